@@ -1,0 +1,707 @@
+//! The config file: YAML text → raw serde types → validated [`Config`].
+//!
+//! Owns the contract of the config keys and every rule that can be checked from the text alone.
+//! Does no IO and is not async: reading the file is the caller's job, and checks that need the
+//! file system or a running interpreter (does the script exist, does the Python run) live in
+//! `preflight`, which reports them at the positions this module records.
+//! This is the only module that calls serde_yaml.
+
+mod locate;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use locate::{Location, Locator};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_THREADS: u32 = 8;
+pub const DEFAULT_PROCESSES: u32 = 1;
+pub const DEFAULT_CALLABLE: &str = "application";
+const MAX_PROCESSES: u32 = 256;
+const MAX_THREADS: u32 = 1024;
+
+/// A validated config. Paths are absolute (resolved against the config file's folder).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The config file, as given.
+    pub file: PathBuf,
+    pub listen: Vec<SocketAddr>,
+    pub runtime_dir: Option<PathBuf>,
+    /// In the order the file lists them.
+    pub apps: Vec<AppSpec>,
+}
+
+/// One app: what to run and where it is routed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppSpec {
+    pub name: String,
+    pub python: PythonSpec,
+    pub entry: Entry,
+    /// Empty: any host.
+    pub hosts: Vec<HostPattern>,
+    pub mount: Mount,
+    pub working_dir: PathBuf,
+    pub python_path: Vec<PathBuf>,
+    pub env: BTreeMap<String, String>,
+    pub processes: u32,
+    pub threads: u32,
+    /// Where the app's keys are in the file, for errors found later (preflight).
+    pub locations: AppLocations,
+}
+
+/// Positions of the keys whose values preflight checks against the machine.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AppLocations {
+    pub python: Option<Location>,
+    pub entry: Option<Location>,
+    pub working_dir: Option<Location>,
+    pub python_path: Vec<Option<Location>>,
+}
+
+/// The `python:` value: a path (file or virtualenv folder) or a command looked up on PATH.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PythonSpec {
+    Path(PathBuf),
+    Command(String),
+}
+
+impl fmt::Display for PythonSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PythonSpec::Path(p) => write!(f, "{}", p.display()),
+            PythonSpec::Command(c) => f.write_str(c),
+        }
+    }
+}
+
+/// What the worker loads: a mod_wsgi-style script file or an importable module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    Script { path: PathBuf, callable: String },
+    Module { module: String, callable: String },
+}
+
+/// A `hosts:` entry, lower-cased: an exact name or `*.suffix`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HostPattern {
+    Exact(String),
+    /// Holds the suffix with its leading dot: `*.example.com` → `.example.com`.
+    Wildcard(String),
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Exact(h) => f.write_str(h),
+            HostPattern::Wildcard(s) => write!(f, "*{s}"),
+        }
+    }
+}
+
+/// A mount path prefix: `/`, or `/a/b` with no trailing slash, no empty or dot segments.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Mount(String);
+
+impl Mount {
+    pub fn root() -> Self {
+        Mount("/".into())
+    }
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if !s.starts_with('/') {
+            return Err(format!("mount {s:?} must start with '/'"));
+        }
+        if s.contains(['?', '#', '%']) || s.chars().any(|c| c.is_control() || c == ' ') {
+            return Err(format!(
+                "mount {s:?} must be a plain path (no '?', '#', '%', spaces or control characters)"
+            ));
+        }
+        let trimmed = s.trim_end_matches('/');
+        if trimmed.is_empty() {
+            return Ok(Mount::root());
+        }
+        if trimmed[1..]
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+        {
+            return Err(format!(
+                "mount {s:?} has an empty, '.' or '..' segment"
+            ));
+        }
+        Ok(Mount(trimmed.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.0 == "/"
+    }
+
+    /// Whether a decoded request path lies under this mount, on a segment boundary.
+    pub fn matches(&self, path: &[u8]) -> bool {
+        if self.is_root() {
+            return true;
+        }
+        let m = self.0.as_bytes();
+        path.starts_with(m) && (path.len() == m.len() || path[m.len()] == b'/')
+    }
+}
+
+impl fmt::Display for Mount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One problem in a config file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub location: Option<Location>,
+    pub app: Option<String>,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(l) = self.location {
+            write!(f, ":{}:{}", l.line, l.column)?;
+        }
+        f.write_str(": ")?;
+        match (&self.app, &self.key) {
+            (Some(app), Some(key)) => write!(f, "app {app:?}, key {key:?}: ")?,
+            (Some(app), None) => write!(f, "app {app:?}: ")?,
+            (None, Some(key)) => write!(f, "key {key:?}: ")?,
+            (None, None) => {}
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Everything wrong with a config file; never empty.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl From<Problem> for ConfigError {
+    fn from(p: Problem) -> Self {
+        ConfigError { problems: vec![p] }
+    }
+}
+
+// ---- raw serde types: exactly the file's shape ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    listen: Option<OneOrMany>,
+    #[serde(default)]
+    runtime_dir: Option<String>,
+    #[serde(default)]
+    apps: BTreeMap<String, RawApp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    python: Option<String>,
+    script: Option<String>,
+    module: Option<String>,
+    callable: Option<String>,
+    hosts: Option<Vec<String>>,
+    mount: Option<String>,
+    working_dir: Option<String>,
+    python_path: Option<Vec<String>>,
+    env: Option<BTreeMap<String, EnvValue>>,
+    processes: Option<u32>,
+    threads: Option<u32>,
+}
+
+/// Environment values may be written as YAML numbers or booleans; they are passed as text.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum EnvValue {
+    Text(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl EnvValue {
+    fn into_string(self) -> String {
+        match self {
+            EnvValue::Text(s) => s,
+            EnvValue::Int(i) => i.to_string(),
+            EnvValue::Float(f) => f.to_string(),
+            EnvValue::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+/// Parses and validates config text read from `file`. Relative paths resolve against `file`'s
+/// folder, which should be absolute for the result to be.
+pub fn from_yaml(text: &str, file: &Path) -> Result<Config, ConfigError> {
+    let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| syntax_problem(file, &e))?;
+    let locator = Locator::new(text);
+    let base = file.parent().unwrap_or(Path::new("")).to_path_buf();
+    Validator {
+        file,
+        base: &base,
+        locator: &locator,
+        problems: Vec::new(),
+    }
+    .validate(raw)
+}
+
+fn syntax_problem(file: &Path, e: &serde_yaml::Error) -> Problem {
+    let mut message = e.to_string();
+    // serde_yaml appends " at line L column C"; the location is reported in front instead.
+    if let Some(i) = message.rfind(" at line ") {
+        message.truncate(i);
+    }
+    // serde_yaml prefixes the path of the offending node ("apps.web: unknown field …").
+    let (app, key, message) = split_serde_path(&message);
+    let message = if message.is_empty() && e.location().is_none() {
+        "the file is empty or not a YAML mapping".to_string()
+    } else {
+        message
+    };
+    Problem {
+        file: file.to_path_buf(),
+        location: e.location().map(|l| Location {
+            line: l.line(),
+            column: l.column(),
+        }),
+        app,
+        key,
+        message,
+    }
+}
+
+/// Splits serde_yaml's "apps.web.threads: invalid type…" into app, key and message.
+fn split_serde_path(message: &str) -> (Option<String>, Option<String>, String) {
+    let Some((path, rest)) = message.split_once(": ") else {
+        return (None, None, message.to_string());
+    };
+    if path.contains(' ') {
+        return (None, None, message.to_string());
+    }
+    let mut parts = path.splitn(3, '.');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("apps"), Some(app), key) => (
+            Some(app.to_string()),
+            key.map(str::to_string),
+            rest.to_string(),
+        ),
+        (Some(top), None, None) => (None, Some(top.to_string()), rest.to_string()),
+        _ => (None, Some(path.to_string()), rest.to_string()),
+    }
+}
+
+struct Validator<'a> {
+    file: &'a Path,
+    base: &'a Path,
+    locator: &'a Locator,
+    problems: Vec<Problem>,
+}
+
+impl Validator<'_> {
+    fn problem(&mut self, location: Option<Location>, app: Option<&str>, key: &str, message: String) {
+        self.problems.push(Problem {
+            file: self.file.to_path_buf(),
+            location,
+            app: app.map(str::to_string),
+            key: Some(key.to_string()),
+            message,
+        });
+    }
+
+    fn app_problem(&mut self, app: &str, key: &str, message: String) {
+        let loc = self.locator.key(&format!("apps.{app}.{key}"));
+        self.problem(loc, Some(app), key, message);
+    }
+
+    fn resolve(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn validate(mut self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let listen = self.listen(raw.listen);
+        let runtime_dir = match raw.runtime_dir {
+            Some(d) if d.trim().is_empty() => {
+                let loc = self.locator.key("runtime_dir");
+                self.problem(loc, None, "runtime_dir", "must not be empty".into());
+                None
+            }
+            d => d.map(|d| self.resolve(&d)),
+        };
+        if raw.apps.is_empty() {
+            let loc = self.locator.key("apps");
+            self.problem(loc, None, "apps", "no apps are configured".into());
+        }
+        let mut apps: Vec<AppSpec> = raw
+            .apps
+            .into_iter()
+            .filter_map(|(name, app)| self.app(name, app))
+            .collect();
+        // serde's map lost the file order; the locator still knows it.
+        apps.sort_by_key(|a| {
+            self.locator
+                .key(&format!("apps.{}", a.name))
+                .map(|l| (l.line, l.column))
+        });
+        self.claims(&apps);
+        if self.problems.is_empty() {
+            Ok(Config {
+                file: self.file.to_path_buf(),
+                listen,
+                runtime_dir,
+                apps,
+            })
+        } else {
+            Err(ConfigError {
+                problems: self.problems,
+            })
+        }
+    }
+
+    fn listen(&mut self, raw: Option<OneOrMany>) -> Vec<SocketAddr> {
+        let list = match raw {
+            None => vec![DEFAULT_LISTEN.to_string()],
+            Some(OneOrMany::One(s)) => vec![s],
+            Some(OneOrMany::Many(v)) => v,
+        };
+        if list.is_empty() {
+            let loc = self.locator.key("listen");
+            self.problem(loc, None, "listen", "needs at least one address".into());
+        }
+        let mut out = Vec::new();
+        for (i, s) in list.iter().enumerate() {
+            match s.trim().parse::<SocketAddr>() {
+                Ok(a) if out.contains(&a) => {
+                    let loc = self.locator.value(&format!("listen.{i}"));
+                    self.problem(loc, None, "listen", format!("{s:?} is listed twice"));
+                }
+                Ok(a) => out.push(a),
+                Err(_) => {
+                    let loc = self
+                        .locator
+                        .value(&format!("listen.{i}"))
+                        .or_else(|| self.locator.value("listen"));
+                    self.problem(
+                        loc,
+                        None,
+                        "listen",
+                        format!(
+                            "{s:?} is not an IP address and port (e.g. \"127.0.0.1:8080\", \"[::]:80\")"
+                        ),
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    fn app(&mut self, name: String, raw: RawApp) -> Option<AppSpec> {
+        let before = self.problems.len();
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        {
+            let loc = self.locator.key(&format!("apps.{name}"));
+            self.problem(
+                loc,
+                Some(&name),
+                "apps",
+                format!("app name {name:?} may only use a-z, 0-9, '_' and '-'"),
+            );
+        }
+        let python = match raw.python.as_deref().map(str::trim) {
+            None | Some("") => {
+                self.app_problem(&name, "python", "is required: an interpreter path, a command on PATH (\"python3.12\") or a virtualenv folder".into());
+                None
+            }
+            Some(p) if p.contains('/') => Some(PythonSpec::Path(self.resolve(p))),
+            Some(p) => Some(PythonSpec::Command(p.to_string())),
+        };
+        let entry = match (raw.script, raw.module) {
+            (Some(_), Some(_)) => {
+                self.app_problem(
+                    &name,
+                    "module",
+                    "give either script or module, not both".into(),
+                );
+                None
+            }
+            (None, None) => {
+                let loc = self.locator.key(&format!("apps.{name}"));
+                self.problem(
+                    loc,
+                    Some(&name),
+                    "script",
+                    "needs a script (a .wsgi/.py file defining `application`) or a module (\"pkg.mod:callable\")".into(),
+                );
+                None
+            }
+            (Some(s), None) => {
+                if s.trim().is_empty() {
+                    self.app_problem(&name, "script", "must not be empty".into());
+                    None
+                } else {
+                    let callable = self.callable(&name, raw.callable.as_deref(), None);
+                    callable.map(|callable| Entry::Script {
+                        path: self.resolve(s.trim()),
+                        callable,
+                    })
+                }
+            }
+            (None, Some(m)) => self.module(&name, &m, raw.callable.as_deref()),
+        };
+        let hosts = self.hosts(&name, raw.hosts);
+        let mount = match raw.mount.as_deref().map(Mount::parse) {
+            None => Some(Mount::root()),
+            Some(Ok(m)) => Some(m),
+            Some(Err(msg)) => {
+                self.app_problem(&name, "mount", msg);
+                None
+            }
+        };
+        let working_dir = match (&raw.working_dir, &entry) {
+            (Some(d), _) if d.trim().is_empty() => {
+                self.app_problem(&name, "working_dir", "must not be empty".into());
+                None
+            }
+            (Some(d), _) => Some(self.resolve(d.trim())),
+            (None, Some(Entry::Script { path, .. })) => {
+                Some(path.parent().unwrap_or(self.base).to_path_buf())
+            }
+            (None, _) => Some(self.base.to_path_buf()),
+        };
+        let python_path: Vec<PathBuf> = raw
+            .python_path
+            .unwrap_or_default()
+            .iter()
+            .map(|p| self.resolve(p.trim()))
+            .collect();
+        let mut env = BTreeMap::new();
+        for (k, v) in raw.env.unwrap_or_default() {
+            if k.is_empty() || k.contains(['=', '\0']) {
+                self.app_problem(
+                    &name,
+                    "env",
+                    format!("{k:?} is not a valid environment variable name"),
+                );
+                continue;
+            }
+            let v = v.into_string();
+            if v.contains('\0') {
+                self.app_problem(&name, "env", format!("the value of {k} contains a NUL byte"));
+                continue;
+            }
+            env.insert(k, v);
+        }
+        let processes = self.count(&name, "processes", raw.processes, DEFAULT_PROCESSES, MAX_PROCESSES);
+        let threads = self.count(&name, "threads", raw.threads, DEFAULT_THREADS, MAX_THREADS);
+        if self.problems.len() > before {
+            return None;
+        }
+        let at = |key: &str| self.locator.key(&format!("apps.{name}.{key}"));
+        let locations = AppLocations {
+            python: at("python"),
+            entry: at("script").or_else(|| at("module")),
+            working_dir: at("working_dir"),
+            python_path: (0..python_path.len())
+                .map(|i| self.locator.value(&format!("apps.{name}.python_path.{i}")))
+                .collect(),
+        };
+        Some(AppSpec {
+            name,
+            python: python?,
+            entry: entry?,
+            hosts,
+            mount: mount?,
+            working_dir: working_dir?,
+            python_path,
+            env,
+            processes,
+            threads,
+            locations,
+        })
+    }
+
+    fn callable(&mut self, app: &str, given: Option<&str>, from_module: Option<&str>) -> Option<String> {
+        let c = match (given, from_module) {
+            (Some(_), Some(_)) => {
+                self.app_problem(
+                    app,
+                    "callable",
+                    "the module already names its callable after ':'; drop one of them".into(),
+                );
+                return None;
+            }
+            (Some(c), None) | (None, Some(c)) => c.trim(),
+            (None, None) => DEFAULT_CALLABLE,
+        };
+        if !is_dotted_identifier(c) {
+            self.app_problem(app, "callable", format!("{c:?} is not a Python name"));
+            return None;
+        }
+        Some(c.to_string())
+    }
+
+    fn module(&mut self, app: &str, spec: &str, callable: Option<&str>) -> Option<Entry> {
+        let (module, attr) = match spec.trim().split_once(':') {
+            Some((m, a)) => (m.trim(), Some(a.trim())),
+            None => (spec.trim(), None),
+        };
+        if !is_dotted_identifier(module) {
+            self.app_problem(
+                app,
+                "module",
+                format!("{spec:?} is not a module path like \"pkg.mod\" or \"pkg.mod:callable\""),
+            );
+            return None;
+        }
+        let callable = self.callable(app, callable, attr)?;
+        Some(Entry::Module {
+            module: module.to_string(),
+            callable,
+        })
+    }
+
+    fn hosts(&mut self, app: &str, raw: Option<Vec<String>>) -> Vec<HostPattern> {
+        let Some(list) = raw else { return Vec::new() };
+        if list.is_empty() {
+            self.app_problem(
+                app,
+                "hosts",
+                "is empty; leave the key out to match any host".into(),
+            );
+        }
+        let mut out = Vec::new();
+        for (i, h) in list.iter().enumerate() {
+            match parse_host_pattern(h) {
+                Ok(p) if out.contains(&p) => {
+                    let loc = self.locator.value(&format!("apps.{app}.hosts.{i}"));
+                    self.problem(loc, Some(app), "hosts", format!("{h:?} is listed twice"));
+                }
+                Ok(p) => out.push(p),
+                Err(msg) => {
+                    let loc = self.locator.value(&format!("apps.{app}.hosts.{i}"));
+                    self.problem(loc, Some(app), "hosts", msg);
+                }
+            }
+        }
+        out
+    }
+
+    fn count(&mut self, app: &str, key: &str, raw: Option<u32>, default: u32, max: u32) -> u32 {
+        match raw {
+            None => default,
+            Some(n) if (1..=max).contains(&n) => n,
+            Some(n) => {
+                self.app_problem(app, key, format!("{n} is out of range 1..={max}"));
+                default
+            }
+        }
+    }
+
+    /// Two apps may not claim the same host (or "any host") at the same mount.
+    fn claims(&mut self, apps: &[AppSpec]) {
+        let mut seen: HashMap<(Option<&HostPattern>, &Mount), &str> = HashMap::new();
+        for app in apps {
+            let hosts: Vec<Option<&HostPattern>> = if app.hosts.is_empty() {
+                vec![None]
+            } else {
+                app.hosts.iter().map(Some).collect()
+            };
+            for h in hosts {
+                if let Some(other) = seen.insert((h, &app.mount), &app.name) {
+                    let host = h.map_or("any host".to_string(), |h| format!("host {h}"));
+                    let key = if app.hosts.is_empty() { "mount" } else { "hosts" };
+                    self.app_problem(
+                        &app.name,
+                        key,
+                        format!(
+                            "{host} at mount {} is already served by app {other:?}",
+                            app.mount
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn is_dotted_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.').all(|part| {
+            let mut chars = part.chars();
+            matches!(chars.next(), Some(c) if c == '_' || c.is_alphabetic())
+                && chars.all(|c| c == '_' || c.is_alphanumeric())
+        })
+}
+
+/// Parses a `hosts:` entry: a host name or `*.suffix`, without scheme, port or path.
+pub fn parse_host_pattern(raw: &str) -> Result<HostPattern, String> {
+    let h = raw.trim().to_ascii_lowercase();
+    let h = h.strip_suffix('.').unwrap_or(&h);
+    let (wild, name) = match h.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, h),
+    };
+    let valid_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    let ipv6 = !wild && name.starts_with('[') && name.ends_with(']');
+    if name.is_empty() || (!ipv6 && !name.split('.').all(valid_label)) {
+        return Err(format!(
+            "{raw:?} is not a host name or \"*.domain\" pattern (no scheme, port or path)"
+        ));
+    }
+    Ok(if wild {
+        HostPattern::Wildcard(format!(".{name}"))
+    } else {
+        HostPattern::Exact(name.to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests;

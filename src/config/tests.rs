@@ -1,0 +1,192 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    from_yaml(text, Path::new("/srv/site/wsgimux.yaml"))
+}
+
+fn first_problem(text: &str) -> Problem {
+    match parse(text) {
+        Ok(c) => panic!("expected an error, got {c:#?}"),
+        Err(e) => e.problems[0].clone(),
+    }
+}
+
+#[test]
+fn full_example_validates() {
+    let c = parse(
+        r#"
+listen: ["127.0.0.1:8080", "[::1]:0"]
+runtime_dir: ./run
+apps:
+  legacy:
+    python: /opt/py27/bin/python
+    script: legacy/app.wsgi
+    hosts: ["Old.Example.com"]
+    mount: /
+  api:
+    python: ./venvs/api
+    module: "api.wsgi:app"
+    hosts: ["example.com", "*.example.com"]
+    mount: /api/
+    working_dir: ./api
+    python_path: ["./api/src"]
+    env: {API_MODE: production, WORKERS: 4, DEBUG: false}
+    processes: 2
+    threads: 16
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.listen.len(), 2);
+    assert_eq!(c.runtime_dir.as_deref(), Some(Path::new("/srv/site/./run")));
+    assert_eq!(c.apps[0].name, "legacy", "file order is kept");
+    let legacy = &c.apps[0];
+    assert_eq!(legacy.python, PythonSpec::Path("/opt/py27/bin/python".into()));
+    assert_eq!(
+        legacy.entry,
+        Entry::Script {
+            path: "/srv/site/legacy/app.wsgi".into(),
+            callable: "application".into()
+        }
+    );
+    assert_eq!(legacy.working_dir, Path::new("/srv/site/legacy"));
+    assert_eq!(legacy.hosts, vec![HostPattern::Exact("old.example.com".into())]);
+    let api = &c.apps[1];
+    assert_eq!(api.python, PythonSpec::Path("/srv/site/./venvs/api".into()));
+    assert_eq!(
+        api.entry,
+        Entry::Module {
+            module: "api.wsgi".into(),
+            callable: "app".into()
+        }
+    );
+    assert_eq!(api.mount.as_str(), "/api");
+    assert_eq!(api.hosts[1], HostPattern::Wildcard(".example.com".into()));
+    assert_eq!(api.env["WORKERS"], "4");
+    assert_eq!(api.env["DEBUG"], "false");
+    assert_eq!((api.processes, api.threads), (2, 16));
+    assert_eq!(api.python_path, vec![PathBuf::from("/srv/site/./api/src")]);
+    assert_eq!(api.locations.python.map(|l| l.line), Some(11));
+}
+
+#[test]
+fn defaults() {
+    let c = parse("apps:\n  web:\n    python: python3\n    module: web\n").unwrap();
+    assert_eq!(c.listen, vec![DEFAULT_LISTEN.parse().unwrap()]);
+    let web = &c.apps[0];
+    assert_eq!(web.python, PythonSpec::Command("python3".into()));
+    assert_eq!(web.mount, Mount::root());
+    assert!(web.hosts.is_empty());
+    assert_eq!(web.working_dir, Path::new("/srv/site"));
+    assert_eq!((web.processes, web.threads), (DEFAULT_PROCESSES, DEFAULT_THREADS));
+}
+
+/// Each bad config: the text, then (line, app, key, words in the message).
+#[test]
+fn errors_name_file_line_app_and_key() {
+    let cases: &[(&str, usize, Option<&str>, &str, &str)] = &[
+        (
+            "apps:\n  web:\n    python: python3\n    module: web\n    colour: red\n",
+            5, Some("web"), "", "unknown field `colour`",
+        ),
+        (
+            "apps:\n  web:\n    python: python3\n    module: web\n    threads: many\n",
+            5, Some("web"), "threads", "invalid type",
+        ),
+        ("lisen: [\"x\"]\napps: {}\n", 1, None, "", "unknown field `lisen`"),
+        (
+            "apps:\n  web:\n    python: python3\n",
+            2, Some("web"), "script", "needs a script",
+        ),
+        (
+            "apps:\n  web:\n    python: python3\n    script: a.wsgi\n    module: a\n",
+            5, Some("web"), "module", "not both",
+        ),
+        (
+            "apps:\n  Web:\n    python: python3\n    module: a\n",
+            2, Some("Web"), "apps", "may only use",
+        ),
+        (
+            "apps:\n  web:\n    module: a\n",
+            2, Some("web"), "python", "is required",
+        ),
+        (
+            "apps:\n  a:\n    python: python3\n    module: a\n    hosts: [x.com]\n    mount: /api\n  b:\n    python: python3\n    module: b\n    hosts: [y.com, X.com]\n    mount: /api/\n",
+            10, Some("b"), "hosts", "host x.com at mount /api is already served by app \"a\"",
+        ),
+        (
+            "apps:\n  a:\n    python: python3\n    module: a\n  b:\n    python: python3\n    module: b\n",
+            5, Some("b"), "mount", "any host at mount / is already served by app \"a\"",
+        ),
+        (
+            "apps:\n  web:\n    python: python3\n    module: a\n    mount: api\n",
+            5, Some("web"), "mount", "must start with '/'",
+        ),
+        (
+            "apps:\n  web:\n    python: python3\n    module: a\n    mount: /a/../b\n",
+            5, Some("web"), "mount", "'..' segment",
+        ),
+        (
+            "apps:\n  web:\n    python: python3\n    module: a\n    hosts:\n      - ok.com\n      - http://bad.com/\n",
+            7, Some("web"), "hosts", "not a host name",
+        ),
+        (
+            "apps:\n  web:\n    python: python3\n    module: \"a b:c\"\n",
+            4, Some("web"), "module", "not a module path",
+        ),
+        (
+            "apps:\n  web:\n    python: python3\n    module: a:app\n    callable: other\n",
+            5, Some("web"), "callable", "drop one",
+        ),
+        (
+            "apps:\n  web:\n    python: python3\n    module: a\n    processes: 0\n",
+            5, Some("web"), "processes", "out of range",
+        ),
+        (
+            "listen: [\"127.0.0.1:80\", \"localhost:80\"]\napps:\n  web:\n    python: python3\n    module: a\n",
+            1, None, "listen", "not an IP address and port",
+        ),
+        ("apps:\n  web:\n    python: \"unterminated\n", 4, None, "", "found unexpected end of stream"),
+        ("apps: {}\n", 1, None, "apps", "no apps"),
+    ];
+    for (text, line, app, key, words) in cases {
+        let p = first_problem(text);
+        let shown = p.to_string();
+        assert!(
+            shown.starts_with("/srv/site/wsgimux.yaml:"),
+            "{shown}"
+        );
+        assert_eq!(p.location.map(|l| l.line), Some(*line), "{shown}\n--\n{text}");
+        assert_eq!(p.app.as_deref(), *app, "{shown}");
+        if !key.is_empty() {
+            assert_eq!(p.key.as_deref(), Some(*key), "{shown}");
+        }
+        assert!(shown.contains(words), "{shown:?} lacks {words:?}");
+    }
+}
+
+#[test]
+fn all_problems_are_reported_at_once() {
+    let e = parse("apps:\n  a:\n    python: python3\n  b:\n    module: b\n").unwrap_err();
+    assert_eq!(e.problems.len(), 2, "{e}");
+    assert_eq!(e.to_string().lines().count(), 2);
+}
+
+#[test]
+fn empty_file_is_an_error() {
+    let p = first_problem("");
+    assert!(p.to_string().starts_with("/srv/site/wsgimux.yaml"), "{p}");
+}
+
+#[test]
+fn mount_rules() {
+    for (raw, want) in [("/", "/"), ("/api/", "/api"), ("//", "/"), ("/a/b", "/a/b"), ("/café", "/café")] {
+        assert_eq!(Mount::parse(raw).unwrap().as_str(), want);
+    }
+    for bad in ["", "api", "/a//b", "/a/./b", "/a?x", "/a%2f", "/a b"] {
+        assert!(Mount::parse(bad).is_err(), "{bad:?}");
+    }
+    let m = Mount::parse("/api").unwrap();
+    assert!(m.matches(b"/api") && m.matches(b"/api/") && m.matches(b"/api/x"));
+    assert!(!m.matches(b"/apix") && !m.matches(b"/ap") && !m.matches(b"/"));
+    assert!(Mount::root().matches(b"/anything"));
+}
