@@ -1,5 +1,18 @@
 //! wsgimux: one HTTP front door for many Python WSGI apps, each run as supervised child
-//! processes under its own interpreter. See ARCHITECTURE.md for the layout.
+//! processes under its own interpreter.
+//!
+//! Layout (see ARCHITECTURE.md): `config` → `preflight` → `app` starts `supervisor` (children),
+//! builds a `routes::RouteTable` of `proxy::AppRoute`s and runs `server`, which hands each
+//! request to `proxy`; `proxy` relays it over `upstream` connections and logs it (`accesslog`).
 
+pub mod accesslog;
+pub mod app;
 pub mod config;
+pub mod error;
+pub mod interpreter;
+pub mod preflight;
+pub mod proxy;
 pub mod routes;
+pub mod server;
+pub mod supervisor;
+pub mod upstream;

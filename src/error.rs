@@ -1,0 +1,111 @@
+//! Why wsgimux answered a request itself, and the one place that turns that into an HTTP
+//! status and a short plain-text page.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Response, StatusCode};
+
+use crate::upstream::{ProxyBody, UpstreamError};
+
+/// Seconds a client is told to wait before retrying an app that is (re)starting.
+pub const RETRY_AFTER_SECS: u32 = 2;
+/// Request paths longer than this are cut in error pages and logs.
+const MAX_SHOWN_PATH: usize = 200;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("invalid Host header {0:?}")]
+    BadHost(String),
+    #[error("no app serves host {host:?} and path {path:?}")]
+    NoRoute { host: String, path: String },
+    #[error("app {app} is starting or restarting")]
+    AppUnavailable { app: String },
+    #[error("app {app} is unreachable: {source}")]
+    Upstream {
+        app: String,
+        #[source]
+        source: UpstreamError,
+    },
+    #[error("app {app} did not answer within {}s", after.as_secs())]
+    Timeout { app: String, after: Duration },
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadHost(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::AppUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The page shown to the client: the status line and one sentence, no internals.
+    fn page(&self) -> String {
+        let status = self.status();
+        let reason = status.canonical_reason().unwrap_or("");
+        let detail = match self {
+            ProxyError::BadHost(h) => format!("The Host header {:?} is not valid.", shorten(h)),
+            ProxyError::NoRoute { host, path } => {
+                format!("No app is configured for http://{}{}", shorten(host), shorten(path))
+            }
+            ProxyError::AppUnavailable { app } => {
+                format!("The app {app} is starting; try again in a moment.")
+            }
+            ProxyError::Upstream { app, .. } => format!("The app {app} could not be reached."),
+            ProxyError::Timeout { app, after } => {
+                format!("The app {app} did not answer within {}s.", after.as_secs())
+            }
+        };
+        format!("{} {reason}\n\n{detail}\n", status.as_u16())
+    }
+
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let page = Bytes::from(self.page());
+        let mut resp = Response::new(Full::new(page).map_err(|e| match e {}).boxed());
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let ProxyError::AppUnavailable { .. } = self {
+            h.insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        resp
+    }
+}
+
+/// Cuts a client-supplied string for display, on a character boundary.
+pub fn shorten(s: &str) -> &str {
+    match s.char_indices().nth(MAX_SHOWN_PATH) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses() {
+        let unavailable = ProxyError::AppUnavailable { app: "api".into() };
+        assert_eq!(unavailable.status(), 503);
+        let resp = unavailable.into_response();
+        assert_eq!(resp.headers()[RETRY_AFTER], "2");
+        let nf = ProxyError::NoRoute {
+            host: "example.com".into(),
+            path: "/x".into(),
+        };
+        assert_eq!(nf.status(), 404);
+        assert!(nf.page().contains("http://example.com/x"));
+        let t = ProxyError::Timeout {
+            app: "a".into(),
+            after: Duration::from_secs(60),
+        };
+        assert_eq!(t.status(), 504);
+    }
+}

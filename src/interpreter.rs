@@ -1,0 +1,195 @@
+//! Finding and probing a Python: a path, a command on PATH, or a virtualenv folder → the
+//! executable to run, and what it is (implementation, version, free-threaded or not).
+//!
+//! Owns nothing long-lived; each probe runs the interpreter once, bounded by a timeout.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::PythonSpec;
+
+/// How long an interpreter may take to answer the probe (a cold start on a busy machine).
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A Python that runs, and what it said about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interpreter {
+    /// The executable wsgimux runs.
+    pub executable: PathBuf,
+    /// The virtualenv folder, when `python:` named one (or an executable inside one).
+    pub venv: Option<PathBuf>,
+    /// `CPython`, `PyPy`, …
+    pub implementation: String,
+    pub version: (u32, u32, u32),
+    pub free_threaded: bool,
+}
+
+impl Interpreter {
+    pub fn version_string(&self) -> String {
+        let (a, b, c) = self.version;
+        format!("{a}.{b}.{c}")
+    }
+}
+
+impl fmt::Display for Interpreter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.implementation, self.version_string())?;
+        if self.free_threaded {
+            f.write_str(" (free-threaded)")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InterpreterError {
+    #[error("{0} does not exist")]
+    Missing(PathBuf),
+    #[error("{dir} is a folder but not a virtualenv: it has no bin/python")]
+    NotAVenv { dir: PathBuf },
+    #[error("{0:?} was not found on PATH")]
+    NotOnPath(String),
+    #[error("{path} could not be started: {source}")]
+    Spawn {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} did not answer within {}s", PROBE_TIMEOUT.as_secs())]
+    Timeout { path: PathBuf },
+    #[error("{path} does not run: {detail}")]
+    Failed { path: PathBuf, detail: String },
+}
+
+/// Resolves `python:` to an executable (and its virtualenv, if any). Touches the file system.
+pub fn resolve(spec: &PythonSpec) -> Result<(PathBuf, Option<PathBuf>), InterpreterError> {
+    match spec {
+        PythonSpec::Path(p) => {
+            if p.is_dir() {
+                let exe = ["bin/python", "bin/python3", "Scripts/python.exe"]
+                    .iter()
+                    .map(|c| p.join(c))
+                    .find(|c| c.is_file())
+                    .ok_or_else(|| InterpreterError::NotAVenv { dir: p.clone() })?;
+                Ok((exe, Some(p.clone())))
+            } else if p.exists() {
+                Ok((p.clone(), venv_of(p)))
+            } else {
+                Err(InterpreterError::Missing(p.clone()))
+            }
+        }
+        PythonSpec::Command(name) => {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            std::env::split_paths(&path)
+                .map(|d| d.join(name))
+                .find(|c| is_executable(c))
+                .map(|exe| (exe, None))
+                .ok_or_else(|| InterpreterError::NotOnPath(name.clone()))
+        }
+    }
+}
+
+/// `<venv>/bin/python` → `<venv>`, recognised by its `pyvenv.cfg`.
+fn venv_of(exe: &Path) -> Option<PathBuf> {
+    let dir = exe.parent()?.parent()?;
+    dir.join("pyvenv.cfg").is_file().then(|| dir.to_path_buf())
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// Runs on every Python from 2.7 on; one line: implementation, version, free-threaded flag.
+const PROBE: &str = "import sys, platform, sysconfig\n\
+v = sys.version_info\n\
+ft = sysconfig.get_config_var('Py_GIL_DISABLED') or 0\n\
+sys.stdout.write('%s %d.%d.%d %d\\n%s\\n' % (platform.python_implementation(), v[0], v[1], v[2], int(ft), sys.executable))\n";
+
+/// Resolves and runs the interpreter once to learn what it is.
+pub async fn probe(spec: &PythonSpec) -> Result<Interpreter, InterpreterError> {
+    let (executable, venv) = resolve(spec)?;
+    let child = tokio::process::Command::new(&executable)
+        .args(["-E", "-s", "-c", PROBE])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = match tokio::time::timeout(PROBE_TIMEOUT, child).await {
+        Err(_) => return Err(InterpreterError::Timeout { path: executable }),
+        Ok(Err(source)) => {
+            return Err(InterpreterError::Spawn {
+                path: executable,
+                source,
+            })
+        }
+        Ok(Ok(out)) => out,
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let parsed = out.status.success().then(|| parse_probe(&stdout)).flatten();
+    // A command found on PATH may be a wrapper (pyenv's shims): run what it runs.
+    let executable = match (spec, stdout.lines().nth(1).map(str::trim)) {
+        (PythonSpec::Command(_), Some(real)) if Path::new(real).is_absolute() && Path::new(real).is_file() => {
+            PathBuf::from(real)
+        }
+        _ => executable,
+    };
+    match parsed {
+        Some((implementation, version, free_threaded)) => Ok(Interpreter {
+            executable,
+            venv,
+            implementation,
+            version,
+            free_threaded,
+        }),
+        None => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let last = stderr
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("no output");
+            Err(InterpreterError::Failed {
+                path: executable,
+                detail: format!("{} ({})", out.status, last.trim()),
+            })
+        }
+    }
+}
+
+fn parse_probe(out: &str) -> Option<(String, (u32, u32, u32), bool)> {
+    let mut it = out.lines().next()?.split_whitespace();
+    let implementation = it.next()?.to_string();
+    let mut v = it.next()?.split('.').map(|n| n.parse::<u32>());
+    let version = (v.next()?.ok()?, v.next()?.ok()?, v.next()?.ok()?);
+    let free_threaded = it.next()? == "1";
+    Some((implementation, version, free_threaded))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_output() {
+        assert_eq!(
+            parse_probe("CPython 3.13.0 0\n"),
+            Some(("CPython".into(), (3, 13, 0), false))
+        );
+        assert_eq!(
+            parse_probe("PyPy 3.9.16 0"),
+            Some(("PyPy".into(), (3, 9, 16), false))
+        );
+        assert_eq!(parse_probe("garbage"), None);
+    }
+
+    #[test]
+    fn missing_paths_are_named() {
+        let e = resolve(&PythonSpec::Path("/nonexistent/python".into())).unwrap_err();
+        assert_eq!(e.to_string(), "/nonexistent/python does not exist");
+        let e = resolve(&PythonSpec::Command("no-such-python-xyz".into())).unwrap_err();
+        assert!(e.to_string().contains("not found on PATH"), "{e}");
+    }
+}

@@ -1,0 +1,134 @@
+//! Listeners: binding, accepting under a connection limit, serving HTTP/1.1 with hyper, and the
+//! graceful drain at shutdown. Each request is handed to `proxy`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+use crate::proxy::{Client, Proxy};
+
+/// Client connections served at once; further clients wait in the listen queue.
+pub const MAX_CONNECTIONS: usize = 10_000;
+/// How long a client may take to send a request's headers (also the idle keep-alive limit).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// At shutdown, how long requests in flight may take to finish.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("cannot listen on {addr}: permission denied (ports below 1024 need root or the CAP_NET_BIND_SERVICE capability; use a port of 1024 or more)")]
+    Privileged { addr: SocketAddr },
+    #[error("cannot listen on {addr}: {source}")]
+    Other {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Binds every address before anything else starts, so a taken port fails fast.
+pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, BindError> {
+    let mut out = Vec::new();
+    for &addr in addrs {
+        match TcpListener::bind(addr).await {
+            Ok(l) => out.push(l),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && addr.port() < 1024 => {
+                return Err(BindError::Privileged { addr })
+            }
+            Err(source) => return Err(BindError::Other { addr, source }),
+        }
+    }
+    Ok(out)
+}
+
+/// Serves until `shutdown` turns true, then stops accepting and lets requests in flight finish
+/// for at most [`DRAIN_TIMEOUT`].
+pub async fn run(listeners: Vec<TcpListener>, proxy: Arc<Proxy>, shutdown: watch::Receiver<bool>) {
+    let graceful = Arc::new(GracefulShutdown::new());
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut accepting = tokio::task::JoinSet::new();
+    for listener in listeners {
+        accepting.spawn(accept_loop(
+            listener,
+            proxy.clone(),
+            limit.clone(),
+            graceful.clone(),
+            shutdown.clone(),
+        ));
+    }
+    while accepting.join_next().await.is_some() {}
+    // The accept loops held the other references; they have all returned.
+    let Ok(graceful) = Arc::try_unwrap(graceful) else {
+        return;
+    };
+    let open = graceful.count();
+    if open > 0 {
+        tracing::info!("waiting up to {}s for {open} connection(s) to finish", DRAIN_TIMEOUT.as_secs());
+    }
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+        tracing::warn!("connections still open after {}s; closing them", DRAIN_TIMEOUT.as_secs());
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    limit: Arc<Semaphore>,
+    graceful: Arc<GracefulShutdown>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
+    loop {
+        // Take a connection slot before accepting: at the limit, clients wait in the backlog.
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = stopping(&mut shutdown) => return,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off rather than spin.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stopping(&mut shutdown) => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let client = Client {
+            peer,
+            scheme: "http",
+        };
+        let proxy = proxy.clone();
+        let service = service_fn(move |req| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(req, client).await) }
+        });
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("connection from {peer}: {e}");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Resolves once shutdown has begun (or its sender is gone).
+async fn stopping(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}

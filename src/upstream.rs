@@ -1,0 +1,287 @@
+//! Pooled HTTP/1.1 connections to one child process's Unix socket.
+//!
+//! An [`Endpoint`] is one ready child. A connection goes back to its endpoint's idle pool only
+//! when the response body has been read to its end; a body dropped early takes its connection
+//! with it (HTTP/1.1 has no other way to abandon a response). Knows nothing of routes or WSGI.
+
+use std::path::{Path, PathBuf};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type of every request and response wsgimux relays.
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// How long a connect to a child's socket may take (it is local: long means stuck).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A child that sends nothing for this long in the middle of a response body is cut off.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(120);
+/// Idle connections kept per child; more are closed when returned.
+const MAX_IDLE: usize = 256;
+/// Idle connections older than this are closed rather than reused (the worker keeps them 300 s).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to {}: {source}", path.display())]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connecting to {} took over {}s", path.display(), CONNECT_TIMEOUT.as_secs())]
+    ConnectTimeout { path: PathBuf },
+    #[error("request to {} failed: {source}", path.display())]
+    Request {
+        path: PathBuf,
+        #[source]
+        source: hyper::Error,
+    },
+}
+
+struct Idle {
+    sender: SendRequest<ProxyBody>,
+    since: Instant,
+}
+
+/// One ready child process: where to reach it and its idle connections.
+pub struct Endpoint {
+    socket: PathBuf,
+    pid: u32,
+    idle: Mutex<Vec<Idle>>,
+    in_flight: AtomicUsize,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("socket", &self.socket)
+            .field("pid", &self.pid)
+            .finish()
+    }
+}
+
+impl Endpoint {
+    pub fn new(socket: PathBuf, pid: u32) -> Arc<Self> {
+        Arc::new(Endpoint {
+            socket,
+            pid,
+            idle: Mutex::new(Vec::new()),
+            in_flight: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Requests sent and not yet finished (response body not fully relayed).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Closes the idle connections (the child is going away).
+    pub fn close_idle(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.clear();
+        }
+    }
+
+    /// Sends one request; the response body returns the connection to the pool when read.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<PooledBody>, UpstreamError> {
+        let guard = InFlight::new(self.clone());
+        while let Some(mut sender) = self.take_idle() {
+            // A pooled connection the child has closed hands the request back unsent.
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(PooledBody::wrap(resp, sender, guard)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(self.request_error(e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect().await?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| self.request_error(e))?;
+        Ok(PooledBody::wrap(resp, sender, guard))
+    }
+
+    fn request_error(&self, source: hyper::Error) -> UpstreamError {
+        UpstreamError::Request {
+            path: self.socket.clone(),
+            source,
+        }
+    }
+
+    fn take_idle(&self) -> Option<SendRequest<ProxyBody>> {
+        let mut idle = self.idle.lock().ok()?;
+        while let Some(c) = idle.pop() {
+            if !c.sender.is_closed() && c.since.elapsed() < IDLE_TIMEOUT {
+                return Some(c.sender);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, sender: SendRequest<ProxyBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < MAX_IDLE {
+                idle.push(Idle {
+                    sender,
+                    since: Instant::now(),
+                });
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<ProxyBody>, UpstreamError> {
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(&self.socket)).await {
+            Err(_) => {
+                return Err(UpstreamError::ConnectTimeout {
+                    path: self.socket.clone(),
+                })
+            }
+            Ok(Err(source)) => {
+                return Err(UpstreamError::Connect {
+                    path: self.socket.clone(),
+                    source,
+                })
+            }
+            Ok(Ok(s)) => s,
+        };
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| self.request_error(e))?;
+        let pid = self.pid;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(pid, "child connection ended: {e}");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// Counts a request as in flight on its endpoint until dropped.
+struct InFlight(Arc<Endpoint>);
+
+impl InFlight {
+    fn new(ep: Arc<Endpoint>) -> Self {
+        ep.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(ep)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A child's response body. At its end the connection goes back to the pool.
+pub struct PooledBody {
+    body: Incoming,
+    conn: Option<SendRequest<ProxyBody>>,
+    in_flight: Option<InFlight>,
+    /// Reset on every frame: bounds how long a stalled child can hold the client.
+    stall: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl PooledBody {
+    fn wrap(resp: Response<Incoming>, sender: SendRequest<ProxyBody>, guard: InFlight) -> Response<Self> {
+        resp.map(|body| {
+            let mut pooled = PooledBody {
+                body,
+                conn: Some(sender),
+                in_flight: Some(guard),
+                stall: Box::pin(tokio::time::sleep(BODY_READ_TIMEOUT)),
+            };
+            if pooled.body.is_end_stream() {
+                pooled.release();
+            }
+            pooled
+        })
+    }
+
+    fn release(&mut self) {
+        if let (Some(sender), Some(guard)) = (self.conn.take(), self.in_flight.take()) {
+            guard.0.put_idle(sender);
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if this.body.is_end_stream() {
+                    this.release();
+                } else {
+                    let next = tokio::time::Instant::now() + BODY_READ_TIMEOUT;
+                    this.stall.as_mut().reset(next);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                this.release();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.conn = None;
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Pending => match this.stall.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    this.conn = None;
+                    let secs = BODY_READ_TIMEOUT.as_secs();
+                    Poll::Ready(Some(Err(format!("the app sent nothing for {secs}s").into())))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
