@@ -70,7 +70,11 @@ struct Entry {
 impl Entry {
     fn write(self, bytes: u64, complete: bool) {
         let l = &self.log;
-        let size = if bytes == 0 { "-".to_string() } else { bytes.to_string() };
+        let size = if bytes == 0 {
+            "-".to_string()
+        } else {
+            bytes.to_string()
+        };
         let mut line = format!(
             "{} - - [{}] \"{}\" {} {} \"{}\" \"{}\" app={} rt={:.3}",
             l.peer.ip(),
@@ -119,8 +123,13 @@ impl Body for LoggedBody {
             }
             Poll::Ready(None) => this.complete = true,
             Poll::Ready(Some(Err(e))) => {
-                tracing::warn!("response body from app {} failed: {e}",
-                    this.entry.as_ref().and_then(|e| e.app.as_deref()).unwrap_or("-"));
+                tracing::warn!(
+                    "response body from app {} failed: {e}",
+                    this.entry
+                        .as_ref()
+                        .and_then(|e| e.app.as_deref())
+                        .unwrap_or("-")
+                );
             }
             Poll::Pending => {}
         }
@@ -168,7 +177,10 @@ fn clf_time(t: SystemTime) -> String {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     // Civil-from-days (Howard Hinnant's algorithm).
     let z = days + 719_468;

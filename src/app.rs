@@ -36,7 +36,11 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error("runtime_dir {} is too long for the socket of app {app:?} ({len} bytes, limit {}); set runtime_dir to a shorter path", path.display(), supervisor::MAX_SOCKET_PATH)]
-    RuntimeDirTooLong { path: PathBuf, app: String, len: usize },
+    RuntimeDirTooLong {
+        path: PathBuf,
+        app: String,
+        len: usize,
+    },
     #[error(transparent)]
     Bind(#[from] BindError),
 }
@@ -69,14 +73,24 @@ pub fn describe_routes(config: &Config, apps: &[ReadyApp]) -> String {
                 host.map_or("*".to_string(), |h| h.to_string()),
                 route.mount.to_string(),
                 app.spec.name.clone(),
-                format!("{} ({})", app.interpreter, app.interpreter.executable.display()),
+                format!(
+                    "{} ({})",
+                    app.interpreter,
+                    app.interpreter.executable.display()
+                ),
                 preflight::worker_kind(&app.interpreter).to_string(),
             ]
         })
         .collect();
     let header = ["HOST", "MOUNT", "APP", "PYTHON", "WORKER"].map(String::from);
     let widths: Vec<usize> = (0..5)
-        .map(|c| rows.iter().chain([&header]).map(|r| r[c].len()).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .chain([&header])
+                .map(|r| r[c].len())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     for row in [&header].into_iter().chain(rows.iter()) {
         let cells: Vec<String> = row
@@ -90,7 +104,10 @@ pub fn describe_routes(config: &Config, apps: &[ReadyApp]) -> String {
     out
 }
 
-fn route_table<T: Clone>(apps: &[ReadyApp], target: impl Fn(usize, &ReadyApp) -> T) -> RouteTable<T> {
+fn route_table<T: Clone>(
+    apps: &[ReadyApp],
+    target: impl Fn(usize, &ReadyApp) -> T,
+) -> RouteTable<T> {
     RouteTable::new(apps.iter().enumerate().flat_map(|(i, app)| {
         let t = target(i, app);
         let hosts: Vec<_> = if app.spec.hosts.is_empty() {
@@ -115,14 +132,18 @@ pub fn runtime_dir(config: &Config) -> PathBuf {
         .as_os_str()
         .as_encoded_bytes()
         .iter()
-        .fold(0xcbf29ce484222325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3));
+        .fold(0xcbf29ce484222325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+        });
     let name = format!("wsgimux-{:012x}", hash & 0xffff_ffff_ffff);
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(d) if Path::new(&d).is_dir() => Path::new(&d).join(name),
         _ => {
             // SAFETY: getuid cannot fail.
             let uid = unsafe { libc::getuid() };
-            std::env::temp_dir().join(format!("wsgimux-{uid}")).join(name)
+            std::env::temp_dir()
+                .join(format!("wsgimux-{uid}"))
+                .join(name)
         }
     }
 }
@@ -173,7 +194,10 @@ pub async fn serve(config: Config, apps: Vec<ReadyApp>) -> Result<(), StartError
     let dir = runtime_dir(&config);
     let worker = prepare_runtime_dir(&dir, &apps)?;
     let listeners = server::bind(&config.listen).await?;
-    let addrs: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+    let addrs: Vec<SocketAddr> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
 
     let (events_tx, events_rx) = mpsc::channel(1024);
     let mut supervisor = Supervisor::new(dir.clone(), worker, events_tx);
@@ -227,14 +251,21 @@ async fn wait_for_stop_signal() {
 
 /// Prints one line per app once all its processes answer (or its first start failed), then
 /// `ready: http://ADDR` per listener; afterwards keeps draining the supervisor's events.
-async fn report_readiness(apps: Vec<ReadyApp>, addrs: Vec<SocketAddr>, mut events: mpsc::Receiver<Event>) {
+async fn report_readiness(
+    apps: Vec<ReadyApp>,
+    addrs: Vec<SocketAddr>,
+    mut events: mpsc::Receiver<Event>,
+) {
     let mut pending: HashMap<String, (usize, Vec<u32>)> = apps
         .iter()
         .map(|a| (a.spec.name.clone(), (a.spec.processes as usize, Vec::new())))
         .collect();
-    let by_name: HashMap<&str, &ReadyApp> = apps.iter().map(|a| (a.spec.name.as_str(), a)).collect();
+    let by_name: HashMap<&str, &ReadyApp> =
+        apps.iter().map(|a| (a.spec.name.as_str(), a)).collect();
     while !pending.is_empty() {
-        let Some(event) = events.recv().await else { return };
+        let Some(event) = events.recv().await else {
+            return;
+        };
         let line = match &event {
             Event::Ready { app, pid, .. } => match pending.get_mut(&**app) {
                 Some((want, pids)) => {
@@ -261,7 +292,9 @@ async fn report_readiness(apps: Vec<ReadyApp>, addrs: Vec<SocketAddr>, mut event
         };
         if let Some(line) = line {
             let name = match &event {
-                Event::Ready { app, .. } | Event::StartFailed { app, .. } | Event::Exited { app, .. } => app.to_string(),
+                Event::Ready { app, .. }
+                | Event::StartFailed { app, .. }
+                | Event::Exited { app, .. } => app.to_string(),
             };
             pending.remove(&name);
             println!("{line}");

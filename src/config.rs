@@ -128,9 +128,7 @@ impl Mount {
             .split('/')
             .any(|seg| seg.is_empty() || seg == "." || seg == "..")
         {
-            return Err(format!(
-                "mount {s:?} has an empty, '.' or '..' segment"
-            ));
+            return Err(format!("mount {s:?} has an empty, '.' or '..' segment"));
         }
         Ok(Mount(trimmed.to_string()))
     }
@@ -335,7 +333,13 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    fn problem(&mut self, location: Option<Location>, app: Option<&str>, key: &str, message: String) {
+    fn problem(
+        &mut self,
+        location: Option<Location>,
+        app: Option<&str>,
+        key: &str,
+        message: String,
+    ) {
         self.problems.push(Problem {
             file: self.file.to_path_buf(),
             location,
@@ -530,12 +534,22 @@ impl Validator<'_> {
             }
             let v = v.into_string();
             if v.contains('\0') {
-                self.app_problem(&name, "env", format!("the value of {k} contains a NUL byte"));
+                self.app_problem(
+                    &name,
+                    "env",
+                    format!("the value of {k} contains a NUL byte"),
+                );
                 continue;
             }
             env.insert(k, v);
         }
-        let processes = self.count(&name, "processes", raw.processes, DEFAULT_PROCESSES, MAX_PROCESSES);
+        let processes = self.count(
+            &name,
+            "processes",
+            raw.processes,
+            DEFAULT_PROCESSES,
+            MAX_PROCESSES,
+        );
         let threads = self.count(&name, "threads", raw.threads, DEFAULT_THREADS, MAX_THREADS);
         if self.problems.len() > before {
             return None;
@@ -564,7 +578,12 @@ impl Validator<'_> {
         })
     }
 
-    fn callable(&mut self, app: &str, given: Option<&str>, from_module: Option<&str>) -> Option<String> {
+    fn callable(
+        &mut self,
+        app: &str,
+        given: Option<&str>,
+        from_module: Option<&str>,
+    ) -> Option<String> {
         let c = match (given, from_module) {
             (Some(_), Some(_)) => {
                 self.app_problem(
@@ -653,7 +672,11 @@ impl Validator<'_> {
             for h in hosts {
                 if let Some(other) = seen.insert((h, &app.mount), &app.name) {
                     let host = h.map_or("any host".to_string(), |h| format!("host {h}"));
-                    let key = if app.hosts.is_empty() { "mount" } else { "hosts" };
+                    let key = if app.hosts.is_empty() {
+                        "mount"
+                    } else {
+                        "hosts"
+                    };
                     self.app_problem(
                         &app.name,
                         key,
@@ -688,7 +711,8 @@ pub fn parse_host_pattern(raw: &str) -> Result<HostPattern, String> {
     let valid_label = |l: &str| {
         !l.is_empty()
             && l.len() <= 63
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     };
     let ipv6 = !wild && name.starts_with('[') && name.ends_with(']');
     if name.is_empty() || (!ipv6 && !name.split('.').all(valid_label)) {

@@ -51,7 +51,11 @@ impl ProxyError {
         let detail = match self {
             ProxyError::BadHost(h) => format!("The Host header {:?} is not valid.", shorten(h)),
             ProxyError::NoRoute { host, path } => {
-                format!("No app is configured for http://{}{}", shorten(host), shorten(path))
+                format!(
+                    "No app is configured for http://{}{}",
+                    shorten(host),
+                    shorten(path)
+                )
             }
             ProxyError::AppUnavailable { app } => {
                 format!("The app {app} is starting; try again in a moment.")
@@ -69,7 +73,10 @@ impl ProxyError {
         let mut resp = Response::new(Full::new(page).map_err(|e| match e {}).boxed());
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let ProxyError::AppUnavailable { .. } = self {
             h.insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));

@@ -84,7 +84,10 @@ pub fn resolve(spec: &PythonSpec) -> Result<(PathBuf, Option<PathBuf>), Interpre
             std::env::split_paths(&path)
                 .map(|d| d.join(name))
                 .find(|c| is_executable(c))
-                .map(|exe| (exe, None))
+                .map(|exe| {
+                    let venv = venv_of(&exe);
+                    (exe, venv)
+                })
                 .ok_or_else(|| InterpreterError::NotOnPath(name.clone()))
         }
     }
@@ -131,7 +134,9 @@ pub async fn probe(spec: &PythonSpec) -> Result<Interpreter, InterpreterError> {
     let parsed = out.status.success().then(|| parse_probe(&stdout)).flatten();
     // A command found on PATH may be a wrapper (pyenv's shims): run what it runs.
     let executable = match (spec, stdout.lines().nth(1).map(str::trim)) {
-        (PythonSpec::Command(_), Some(real)) if Path::new(real).is_absolute() && Path::new(real).is_file() => {
+        (PythonSpec::Command(_), Some(real))
+            if Path::new(real).is_absolute() && Path::new(real).is_file() =>
+        {
             PathBuf::from(real)
         }
         _ => executable,

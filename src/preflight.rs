@@ -64,7 +64,13 @@ fn files(config: &Config, app: &AppSpec) -> Vec<Problem> {
     }
     if !app.working_dir.is_dir() {
         let msg = format!("{} is not a folder", app.working_dir.display());
-        out.push(problem(config, app, app.locations.working_dir, "working_dir", msg));
+        out.push(problem(
+            config,
+            app,
+            app.locations.working_dir,
+            "working_dir",
+            msg,
+        ));
     }
     for (i, p) in app.python_path.iter().enumerate() {
         if !Path::new(p).is_dir() {
@@ -76,7 +82,13 @@ fn files(config: &Config, app: &AppSpec) -> Vec<Problem> {
     out
 }
 
-fn problem(config: &Config, app: &AppSpec, location: Option<Location>, key: &str, message: String) -> Problem {
+fn problem(
+    config: &Config,
+    app: &AppSpec,
+    location: Option<Location>,
+    key: &str,
+    message: String,
+) -> Problem {
     Problem {
         file: config.file.clone(),
         location,

@@ -168,16 +168,23 @@ impl Proxy {
             Some(pq) => pq.as_str(),
             None => "/",
         };
-        let uri: Uri = origin_form.parse().unwrap_or_else(|_| Uri::from_static("/"));
+        let uri: Uri = origin_form
+            .parse()
+            .unwrap_or_else(|_| Uri::from_static("/"));
         clean_request_headers(&mut parts.headers);
         if absolute {
-            if let Some(h) = host_raw.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+            if let Some(h) = host_raw
+                .as_deref()
+                .and_then(|h| HeaderValue::from_str(h).ok())
+            {
                 parts.headers.insert(header::HOST, h);
             }
         }
         add_forwarded(&mut parts.headers, client, host_raw.as_deref());
         if let Some(m) = &route.mount_header {
-            parts.headers.insert(HeaderName::from_static(MOUNT_HEADER), m.clone());
+            parts
+                .headers
+                .insert(HeaderName::from_static(MOUNT_HEADER), m.clone());
         }
         parts.uri = uri;
         parts.version = Version::HTTP_11;
@@ -284,6 +291,8 @@ mod tests {
         let (_tx, rx) = watch::channel(Endpoints::default());
         let r = AppRoute::new("a", &Mount::parse("/café").unwrap(), rx.clone());
         assert_eq!(r.mount_header.unwrap(), "/caf%C3%A9");
-        assert!(AppRoute::new("a", &Mount::root(), rx).mount_header.is_none());
+        assert!(AppRoute::new("a", &Mount::root(), rx)
+            .mount_header
+            .is_none());
     }
 }

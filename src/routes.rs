@@ -77,7 +77,9 @@ impl<T> RouteTable<T> {
             .or_else(|| {
                 self.wildcard
                     .iter()
-                    .filter(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
+                    .filter(|(suffix, _)| {
+                        host.len() > suffix.len() && host.ends_with(suffix.as_str())
+                    })
                     .find_map(|(_, r)| in_tier(r, path))
             })
             .or_else(|| in_tier(&self.any_host, path))
@@ -89,10 +91,18 @@ impl<T> RouteTable<T> {
         exact.sort_by(|a, b| a.0.cmp(b.0));
         let mut out = Vec::new();
         for (h, routes) in exact {
-            out.extend(routes.iter().map(|r| (Some(HostPattern::Exact(h.clone())), r)));
+            out.extend(
+                routes
+                    .iter()
+                    .map(|r| (Some(HostPattern::Exact(h.clone())), r)),
+            );
         }
         for (s, routes) in &self.wildcard {
-            out.extend(routes.iter().map(|r| (Some(HostPattern::Wildcard(s.clone())), r)));
+            out.extend(
+                routes
+                    .iter()
+                    .map(|r| (Some(HostPattern::Wildcard(s.clone())), r)),
+            );
         }
         out.extend(self.any_host.iter().map(|r| (None, r)));
         out

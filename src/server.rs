@@ -71,10 +71,19 @@ pub async fn run(listeners: Vec<TcpListener>, proxy: Arc<Proxy>, shutdown: watch
     };
     let open = graceful.count();
     if open > 0 {
-        tracing::info!("waiting up to {}s for {open} connection(s) to finish", DRAIN_TIMEOUT.as_secs());
+        tracing::info!(
+            "waiting up to {}s for {open} connection(s) to finish",
+            DRAIN_TIMEOUT.as_secs()
+        );
     }
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
-        tracing::warn!("connections still open after {}s; closing them", DRAIN_TIMEOUT.as_secs());
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "connections still open after {}s; closing them",
+            DRAIN_TIMEOUT.as_secs()
+        );
     }
 }
 

@@ -47,9 +47,22 @@ pub const MAX_SOCKET_PATH: usize = 100;
 /// What the supervisor reports as children come and go.
 #[derive(Debug, Clone)]
 pub enum Event {
-    Ready { app: Arc<str>, slot: usize, pid: u32 },
-    StartFailed { app: Arc<str>, slot: usize, reason: String },
-    Exited { app: Arc<str>, slot: usize, pid: u32, status: String },
+    Ready {
+        app: Arc<str>,
+        slot: usize,
+        pid: u32,
+    },
+    StartFailed {
+        app: Arc<str>,
+        slot: usize,
+        reason: String,
+    },
+    Exited {
+        app: Arc<str>,
+        slot: usize,
+        pid: u32,
+        status: String,
+    },
 }
 
 /// Everything needed to start one app's processes.
@@ -88,7 +101,9 @@ impl Supervisor {
 
     /// The longest socket path an app will use; must stay under [`MAX_SOCKET_PATH`].
     pub fn socket_path_len(runtime_dir: &Path, app: &str) -> usize {
-        socket_path(runtime_dir, app, 999, u64::from(u32::MAX)).as_os_str().len()
+        socket_path(runtime_dir, app, 999, u64::from(u32::MAX))
+            .as_os_str()
+            .len()
     }
 
     /// Starts an app's processes; returns the list of its ready endpoints as it changes.
@@ -248,7 +263,11 @@ impl Slot {
             Startup::Exited(status) => {
                 // Let the log pumps deliver the last lines before they are quoted.
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                let reason = format!("exited during start-up ({}){}", describe(status), last_line(&tail));
+                let reason = format!(
+                    "exited during start-up ({}){}",
+                    describe(status),
+                    last_line(&tail)
+                );
                 self.report(Event::StartFailed {
                     app: plan.name.clone(),
                     slot: self.slot,
@@ -299,7 +318,11 @@ impl Slot {
                     Ok(s) => describe(s),
                     Err(e) => format!("wait failed: {e}"),
                 };
-                tracing::warn!("[{}] process {} (pid {pid}) exited: {status}", plan.name, self.slot);
+                tracing::warn!(
+                    "[{}] process {} (pid {pid}) exited: {status}",
+                    plan.name,
+                    self.slot
+                );
                 self.report(Event::Exited {
                     app: plan.name.clone(),
                     slot: self.slot,
@@ -337,8 +360,12 @@ impl Slot {
     /// Adds (Some) or removes (None) this slot's endpoint in the app's ready list.
     fn publish(&self, endpoint: Option<Arc<Endpoint>>, pid: u32) {
         self.endpoints.send_modify(|eps| {
-            let mut list: Vec<Arc<Endpoint>> =
-                eps.ready.iter().filter(|e| e.pid() != pid).cloned().collect();
+            let mut list: Vec<Arc<Endpoint>> = eps
+                .ready
+                .iter()
+                .filter(|e| e.pid() != pid)
+                .cloned()
+                .collect();
             list.extend(endpoint);
             eps.ready = list.into();
         });
@@ -361,7 +388,11 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     }
 }
 
-fn spawn_child(plan: &AppPlan, socket: &Path, tail: &Arc<Mutex<VecDeque<String>>>) -> std::io::Result<Child> {
+fn spawn_child(
+    plan: &AppPlan,
+    socket: &Path,
+    tail: &Arc<Mutex<VecDeque<String>>>,
+) -> std::io::Result<Child> {
     let interp = &plan.interpreter;
     let mut cmd = Command::new(&interp.executable);
     cmd.arg("-u")
@@ -382,7 +413,9 @@ fn spawn_child(plan: &AppPlan, socket: &Path, tail: &Arc<Mutex<VecDeque<String>>
             path.push(":");
             path.push(old);
         }
-        cmd.env("VIRTUAL_ENV", venv).env("PATH", path).env_remove("PYTHONHOME");
+        cmd.env("VIRTUAL_ENV", venv)
+            .env("PATH", path)
+            .env_remove("PYTHONHOME");
     }
     cmd.envs(&plan.env);
     let parent = std::process::id();
@@ -412,7 +445,13 @@ fn prepare_child(parent: u32) -> std::io::Result<()> {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
         // Rust ignores SIGPIPE and a background shell may ignore SIGINT; ignored signals stay
         // ignored across exec, and the app's own subprocesses would inherit that.
-        for sig in [libc::SIGPIPE, libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+        for sig in [
+            libc::SIGPIPE,
+            libc::SIGINT,
+            libc::SIGTERM,
+            libc::SIGHUP,
+            libc::SIGQUIT,
+        ] {
             libc::signal(sig, libc::SIG_DFL);
         }
         let mut empty: libc::sigset_t = std::mem::zeroed();
@@ -432,8 +471,14 @@ async fn stop_child(child: &mut Child, pid: u32) {
         return;
     }
     signal_group(pid, libc::SIGTERM);
-    if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
-        tracing::warn!("pid {pid} did not stop within {}s; killing it", STOP_GRACE.as_secs());
+    if tokio::time::timeout(STOP_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "pid {pid} did not stop within {}s; killing it",
+            STOP_GRACE.as_secs()
+        );
         signal_group(pid, libc::SIGKILL);
         let _ = child.wait().await;
     }
@@ -482,7 +527,11 @@ async fn pump(
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        match (&mut reader).take(MAX_LOG_LINE as u64).read_until(b'\n', &mut buf).await {
+        match (&mut reader)
+            .take(MAX_LOG_LINE as u64)
+            .read_until(b'\n', &mut buf)
+            .await
+        {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
@@ -499,4 +548,3 @@ async fn pump(
         }
     }
 }
-

@@ -4,8 +4,8 @@
 //! when the response body has been read to its end; a body dropped early takes its connection
 //! with it (HTTP/1.1 has no other way to abandon a response). Knows nothing of routes or WSGI.
 
-use std::path::{Path, PathBuf};
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -163,20 +163,21 @@ impl Endpoint {
     }
 
     async fn connect(&self) -> Result<SendRequest<ProxyBody>, UpstreamError> {
-        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(&self.socket)).await {
-            Err(_) => {
-                return Err(UpstreamError::ConnectTimeout {
-                    path: self.socket.clone(),
-                })
-            }
-            Ok(Err(source)) => {
-                return Err(UpstreamError::Connect {
-                    path: self.socket.clone(),
-                    source,
-                })
-            }
-            Ok(Ok(s)) => s,
-        };
+        let stream =
+            match tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(&self.socket)).await {
+                Err(_) => {
+                    return Err(UpstreamError::ConnectTimeout {
+                        path: self.socket.clone(),
+                    })
+                }
+                Ok(Err(source)) => {
+                    return Err(UpstreamError::Connect {
+                        path: self.socket.clone(),
+                        source,
+                    })
+                }
+                Ok(Ok(s)) => s,
+            };
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -217,7 +218,11 @@ pub struct PooledBody {
 }
 
 impl PooledBody {
-    fn wrap(resp: Response<Incoming>, sender: SendRequest<ProxyBody>, guard: InFlight) -> Response<Self> {
+    fn wrap(
+        resp: Response<Incoming>,
+        sender: SendRequest<ProxyBody>,
+        guard: InFlight,
+    ) -> Response<Self> {
         resp.map(|body| {
             let mut pooled = PooledBody {
                 body,
@@ -270,7 +275,9 @@ impl Body for PooledBody {
                 Poll::Ready(()) => {
                     this.conn = None;
                     let secs = BODY_READ_TIMEOUT.as_secs();
-                    Poll::Ready(Some(Err(format!("the app sent nothing for {secs}s").into())))
+                    Poll::Ready(Some(
+                        Err(format!("the app sent nothing for {secs}s").into()),
+                    ))
                 }
                 Poll::Pending => Poll::Pending,
             },

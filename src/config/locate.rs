@@ -55,14 +55,8 @@ impl Locator {
 }
 
 enum Frame {
-    Map {
-        path: String,
-        key: Option<String>,
-    },
-    Seq {
-        path: String,
-        index: usize,
-    },
+    Map { path: String, key: Option<String> },
+    Seq { path: String, index: usize },
 }
 
 #[derive(Default)]
@@ -144,7 +138,10 @@ mod tests {
     fn locates_keys_and_values() {
         let text = "listen: [\"a\", \"b\"]\napps:\n  web:\n    python: python3\n    hosts:\n      - x.com\n      - y.com\n";
         let l = Locator::new(text);
-        assert_eq!(l.key("apps.web.python"), Some(Location { line: 4, column: 5 }));
+        assert_eq!(
+            l.key("apps.web.python"),
+            Some(Location { line: 4, column: 5 })
+        );
         assert_eq!(
             l.value("apps.web.python"),
             Some(Location {

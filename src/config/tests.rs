@@ -40,7 +40,10 @@ apps:
     assert_eq!(c.runtime_dir.as_deref(), Some(Path::new("/srv/site/./run")));
     assert_eq!(c.apps[0].name, "legacy", "file order is kept");
     let legacy = &c.apps[0];
-    assert_eq!(legacy.python, PythonSpec::Path("/opt/py27/bin/python".into()));
+    assert_eq!(
+        legacy.python,
+        PythonSpec::Path("/opt/py27/bin/python".into())
+    );
     assert_eq!(
         legacy.entry,
         Entry::Script {
@@ -49,7 +52,10 @@ apps:
         }
     );
     assert_eq!(legacy.working_dir, Path::new("/srv/site/legacy"));
-    assert_eq!(legacy.hosts, vec![HostPattern::Exact("old.example.com".into())]);
+    assert_eq!(
+        legacy.hosts,
+        vec![HostPattern::Exact("old.example.com".into())]
+    );
     let api = &c.apps[1];
     assert_eq!(api.python, PythonSpec::Path("/srv/site/./venvs/api".into()));
     assert_eq!(
@@ -77,7 +83,10 @@ fn defaults() {
     assert_eq!(web.mount, Mount::root());
     assert!(web.hosts.is_empty());
     assert_eq!(web.working_dir, Path::new("/srv/site"));
-    assert_eq!((web.processes, web.threads), (DEFAULT_PROCESSES, DEFAULT_THREADS));
+    assert_eq!(
+        (web.processes, web.threads),
+        (DEFAULT_PROCESSES, DEFAULT_THREADS)
+    );
 }
 
 /// Each bad config: the text, then (line, app, key, words in the message).
@@ -151,11 +160,12 @@ fn errors_name_file_line_app_and_key() {
     for (text, line, app, key, words) in cases {
         let p = first_problem(text);
         let shown = p.to_string();
-        assert!(
-            shown.starts_with("/srv/site/wsgimux.yaml:"),
-            "{shown}"
+        assert!(shown.starts_with("/srv/site/wsgimux.yaml:"), "{shown}");
+        assert_eq!(
+            p.location.map(|l| l.line),
+            Some(*line),
+            "{shown}\n--\n{text}"
         );
-        assert_eq!(p.location.map(|l| l.line), Some(*line), "{shown}\n--\n{text}");
         assert_eq!(p.app.as_deref(), *app, "{shown}");
         if !key.is_empty() {
             assert_eq!(p.key.as_deref(), Some(*key), "{shown}");
@@ -179,7 +189,13 @@ fn empty_file_is_an_error() {
 
 #[test]
 fn mount_rules() {
-    for (raw, want) in [("/", "/"), ("/api/", "/api"), ("//", "/"), ("/a/b", "/a/b"), ("/café", "/café")] {
+    for (raw, want) in [
+        ("/", "/"),
+        ("/api/", "/api"),
+        ("//", "/"),
+        ("/a/b", "/a/b"),
+        ("/café", "/café"),
+    ] {
         assert_eq!(Mount::parse(raw).unwrap().as_str(), want);
     }
     for bad in ["", "api", "/a//b", "/a/./b", "/a?x", "/a%2f", "/a b"] {

@@ -1,0 +1,116 @@
+# -*- coding: utf-8 -*-
+"""The test app: runs unchanged on Python 2.7, 3.x and PyPy.
+
+Each path answers something a test can check: which interpreter and process served it, what
+the environ holds, how much body arrived, and how errors behave.
+"""
+import hashlib
+import os
+import platform
+import sys
+import threading
+import time
+
+try:
+    from urlparse import parse_qs  # Python 2
+except ImportError:
+    from urllib.parse import parse_qs
+
+IMPORTED_AT = time.time()
+if os.environ.get('PROBE_FAIL_IMPORT'):
+    raise RuntimeError('probe was told to fail at import')
+
+_local = threading.local()
+
+ENV_KEYS = ('REQUEST_METHOD', 'SCRIPT_NAME', 'PATH_INFO', 'QUERY_STRING', 'SERVER_NAME',
+            'SERVER_PORT', 'SERVER_PROTOCOL', 'REMOTE_ADDR', 'CONTENT_TYPE', 'CONTENT_LENGTH',
+            'HTTP_HOST', 'HTTP_COOKIE', 'HTTP_X_FORWARDED_FOR', 'HTTP_X_FORWARDED_PROTO',
+            'HTTP_X_FORWARDED_HOST', 'HTTP_X_CUSTOM', 'wsgi.url_scheme')
+
+
+def wire(s):
+    """A native str as the bytes it stands for (PEP 3333: latin-1 on Python 3)."""
+    return s if isinstance(s, bytes) else s.encode('latin-1')
+
+
+def query(environ):
+    return dict((k, v[0]) for k, v in parse_qs(environ.get('QUERY_STRING', '')).items())
+
+
+def app(environ, start_response):
+    path = environ.get('PATH_INFO', '')
+    q = query(environ)
+    headers = [('Content-Type', 'text/plain')]
+    if path == '/ver':
+        body = ('%s %s %s\n' % (platform.python_implementation(), platform.python_version(),
+                                sys.executable)).encode('utf-8')
+    elif path == '/prefix':
+        body = (sys.prefix + '\n').encode('utf-8')
+    elif path == '/pid':
+        body = ('%d\n' % os.getpid()).encode('ascii')
+    elif '/env' in path:
+        lines = []
+        for k in ENV_KEYS:
+            if k in environ:
+                v = environ[k]
+                lines.append(wire(k) + b'=' + wire(v) + b' ' + wire(type(v).__name__))
+        lines.append(b'wsgi.input_terminated=' + repr(environ.get('wsgi.input_terminated')).encode())
+        lines.append(b'wsgi.multithread=' + repr(environ.get('wsgi.multithread')).encode())
+        lines.append(b'wsgi.multiprocess=' + repr(environ.get('wsgi.multiprocess')).encode())
+        body = b'\n'.join(lines) + b'\n'
+    elif path == '/getenv':
+        body = (os.environ.get(q.get('name', ''), '<unset>') + '\n').encode('utf-8')
+    elif path == '/upload':
+        inp = environ['wsgi.input']
+        digest = hashlib.md5()
+        count = 0
+        while True:
+            chunk = inp.read(65536)
+            if not chunk:
+                break
+            count += len(chunk)
+            digest.update(chunk)
+        body = ('count=%d md5=%s\n' % (count, digest.hexdigest())).encode('ascii')
+    elif path == '/lines':
+        inp = environ['wsgi.input']
+        body = ('lines=%d\n' % len(list(inp))).encode('ascii')
+    elif path == '/download':
+        n = int(q.get('n', '0'))
+        block = b'x' * 65536
+
+        def gen():
+            left = n
+            while left > 0:
+                piece = block[:min(left, len(block))]
+                left -= len(piece)
+                yield piece
+        start_response('200 OK', [('Content-Type', 'application/octet-stream')])
+        return gen()
+    elif path == '/write':
+        write = start_response('200 OK', headers)
+        write(b'written-')
+        return [b'then-returned\n']
+    elif path == '/slow':
+        time.sleep(float(q.get('s', '1')))
+        body = b'slept\n'
+    elif path == '/boom':
+        raise RuntimeError('boom for the test')
+    elif path == '/threadlocal':
+        _local.n = getattr(_local, 'n', 0) + 1
+        body = ('%s %d\n' % (threading.current_thread().name, _local.n)).encode('ascii')
+    else:
+        body = b'probe PATH_INFO=' + wire(path) + b' SCRIPT_NAME=' + wire(environ['SCRIPT_NAME']) + b'\n'
+    headers.append(('Content-Length', str(len(body))))
+    start_response('200 OK', headers)
+    return [body]
+
+
+application = app
+
+
+def _validated():
+    from wsgiref.validate import validator
+    return validator(app)
+
+
+validated = _validated()

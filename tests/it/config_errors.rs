@@ -1,0 +1,136 @@
+//! Every kind of bad config is refused by `check` and `serve`, naming file, line, app and key;
+//! nothing is started.
+
+use std::os::unix::fs::PermissionsExt;
+
+use crate::harness::*;
+
+/// (apps section, line of the error in the written file, words the message must contain).
+/// Line numbers count the two lines `Site::config` puts first.
+fn cases(py: &str) -> Vec<(String, usize, Vec<&'static str>)> {
+    vec![
+        (
+            format!("apps:\n  web:\n    python: {py}\n    script: app/probe.py\n    procesess: 2\n"),
+            7,
+            vec!["\"web\"", "unknown field `procesess`"],
+        ),
+        (
+            format!("apps:\n  web:\n    python: {py}\n    script: app/probe.py\n    threads: lots\n"),
+            7,
+            vec!["\"web\"", "threads", "invalid type"],
+        ),
+        (
+            format!("apps:\n  web:\n    python: {py}\n"),
+            4,
+            vec!["\"web\"", "\"script\"", "needs a script"],
+        ),
+        (
+            format!("apps:\n  web:\n    python: {py}\n    script: app/probe.py\n    module: probe\n"),
+            7,
+            vec!["\"web\"", "\"module\"", "not both"],
+        ),
+        (
+            "apps:\n  web:\n    python: /nonexistent/bin/python\n    script: app/probe.py\n".into(),
+            5,
+            vec!["\"web\"", "\"python\"", "/nonexistent/bin/python does not exist"],
+        ),
+        (
+            "apps:\n  web:\n    python: ./fake-python\n    script: app/probe.py\n".into(),
+            5,
+            vec!["\"web\"", "\"python\"", "does not run", "exit status: 3"],
+        ),
+        (
+            "apps:\n  web:\n    python: no-such-python-9.9\n    script: app/probe.py\n".into(),
+            5,
+            vec!["\"web\"", "\"python\"", "not found on PATH"],
+        ),
+        (
+            format!("apps:\n  web:\n    python: {py}\n    script: app/missing.wsgi\n"),
+            6,
+            vec!["\"web\"", "\"script\"", "missing.wsgi does not exist"],
+        ),
+        (
+            format!("apps:\n  one:\n    python: {py}\n    script: app/probe.py\n    hosts: [a.test]\n    mount: /x\n  two:\n    python: {py}\n    script: app/probe.py\n    hosts: [A.test]\n    mount: /x/\n"),
+            12,
+            vec!["\"two\"", "\"hosts\"", "host a.test at mount /x is already served by app \"one\""],
+        ),
+        (
+            format!("apps:\n  Bad.Name:\n    python: {py}\n    script: app/probe.py\n"),
+            4,
+            vec!["\"Bad.Name\"", "may only use a-z"],
+        ),
+    ]
+}
+
+#[test]
+fn check_and_serve_refuse_bad_configs_with_file_line_app_and_key() {
+    let Some(py) = require_python("3.13") else {
+        return;
+    };
+    let py = py.display().to_string();
+    for (apps, line, words) in cases(&py) {
+        let site = Site::new();
+        site.probe("app");
+        let fake = site.write("fake-python", "#!/bin/sh\necho broken >&2\nexit 3\n");
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let config = site.config(&apps);
+        let (status, _out, err) = site.check();
+        assert_eq!(status.code(), Some(1), "check accepted:\n{apps}");
+        let at = format!("{}:{line}:", config.display());
+        assert!(err.contains(&at), "{err:?} lacks {at:?} for:\n{apps}");
+        for w in &words {
+            assert!(err.contains(w), "{err:?} lacks {w:?}");
+        }
+        // serve refuses the same config the same way and starts nothing.
+        let out = std::process::Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let serr = String::from_utf8_lossy(&out.stderr);
+        assert!(serr.contains(&at), "{serr}");
+        assert!(
+            out.stdout.is_empty(),
+            "serve printed {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            !site.path().join("run").exists(),
+            "serve prepared a runtime dir"
+        );
+    }
+}
+
+#[test]
+fn missing_config_file_is_named() {
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config", "/nonexistent/wsgimux.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot read config /nonexistent/wsgimux.yaml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_example_config_checks() {
+    if require_python("3.13").is_none() {
+        return;
+    }
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.yaml");
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config", example])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("/api") && text.contains("hello"), "{text}");
+}

@@ -1,0 +1,467 @@
+//! Test harness: finds interpreters, starts the real `wsgimux` binary on a free port in a
+//! temporary folder, and speaks plain HTTP/1.1 to it over real sockets.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_wsgimux");
+pub const PROBE_APP: &str = include_str!("../apps/probe.py");
+
+/// Where pyenv keeps its interpreters, if it is installed.
+fn pyenv_root() -> Option<PathBuf> {
+    if let Some(r) = std::env::var_os("PYENV_ROOT") {
+        return Some(r.into());
+    }
+    if let Ok(out) = Command::new("pyenv").arg("root").output() {
+        if out.status.success() {
+            return Some(String::from_utf8_lossy(&out.stdout).trim().into());
+        }
+    }
+    std::env::var_os("HOME").map(|h| Path::new(&h).join(".pyenv"))
+}
+
+/// An interpreter by version prefix ("2.7", "3.13") from pyenv, or "pypy3" from PATH.
+pub fn find_python(version: &str) -> Option<PathBuf> {
+    if version.starts_with("pypy") {
+        let path = std::env::var_os("PATH")?;
+        return std::env::split_paths(&path)
+            .map(|d| d.join(version))
+            .find(|p| p.is_file());
+    }
+    let versions = pyenv_root()?.join("versions");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(versions)
+        .ok()?
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            name == version || name.starts_with(&format!("{version}."))
+        })
+        .map(|e| e.path().join("bin/python"))
+        .filter(|p| p.is_file())
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+/// The interpreter, or None with a printed reason; with WSGIMUX_REQUIRE_ALL=1, a failure.
+pub fn require_python(version: &str) -> Option<PathBuf> {
+    match find_python(version) {
+        Some(p) => Some(p),
+        None if std::env::var("WSGIMUX_REQUIRE_ALL").as_deref() == Ok("1") => {
+            panic!("Python {version} is not installed and WSGIMUX_REQUIRE_ALL=1")
+        }
+        None => {
+            eprintln!("skipped: Python {version} is not installed on this machine");
+            None
+        }
+    }
+}
+
+/// A temporary folder holding a config and its apps.
+pub struct Site {
+    pub dir: tempfile::TempDir,
+}
+
+impl Site {
+    pub fn new() -> Self {
+        Site {
+            dir: tempfile::Builder::new()
+                .prefix("wsgimux-test-")
+                .tempdir()
+                .expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, rel: &str, contents: &str) -> PathBuf {
+        let p = self.dir.path().join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(&p, contents).expect("write");
+        p
+    }
+
+    /// Writes the probe app as `<dir>/probe.py`.
+    pub fn probe(&self, dir: &str) -> PathBuf {
+        self.write(&format!("{dir}/probe.py"), PROBE_APP)
+    }
+
+    pub fn config(&self, yaml: &str) -> PathBuf {
+        let runtime = self.dir.path().join("run");
+        let yaml = format!(
+            "runtime_dir: {}\nlisten: [\"127.0.0.1:0\"]\n{yaml}",
+            runtime.display()
+        );
+        self.write("wsgimux.yaml", &yaml)
+    }
+
+    /// `wsgimux check` on the site's config: (exit status, stdout, stderr).
+    pub fn check(&self) -> (ExitStatus, String, String) {
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(self.path().join("wsgimux.yaml"))
+            .output()
+            .expect("run wsgimux check");
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
+    }
+
+    pub fn serve(&self) -> Server {
+        Server::start(
+            self.path().join("wsgimux.yaml"),
+            self.path().join("wsgimux.log"),
+        )
+    }
+}
+
+/// A running `wsgimux serve`.
+pub struct Server {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    /// The lines printed on stdout before `ready:`.
+    pub ready_lines: Vec<String>,
+    pub log: PathBuf,
+}
+
+impl Server {
+    pub fn start(config: PathBuf, log: PathBuf) -> Self {
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .expect("start wsgimux");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut ready_lines = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(addr) = line.strip_prefix("ready: http://") {
+                        let addr = addr.parse().expect("ready address");
+                        return Server {
+                            child: Some(child),
+                            addr,
+                            ready_lines,
+                            log,
+                        };
+                    }
+                    ready_lines.push(line);
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let log = std::fs::read_to_string(&log).unwrap_or_default();
+                    panic!("wsgimux did not get ready; stdout: {ready_lines:?}\nlog:\n{log}");
+                }
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// The pids the start-up line of `app` names.
+    pub fn app_pids(&self, app: &str) -> Vec<u32> {
+        let line = self
+            .ready_lines
+            .iter()
+            .find(|l| l.starts_with(&format!("app {app}: ready")))
+            .unwrap_or_else(|| panic!("no ready line for {app}: {:?}", self.ready_lines));
+        let after = line.split(", pid ").nth(1).expect("pid list");
+        let list = after.split(", route").next().unwrap_or("");
+        list.split(',')
+            .filter_map(|p| p.trim().parse().ok())
+            .collect()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn get(&self, host: &str, path: &str) -> Response {
+        request(self.addr, &get_bytes(host, path)).expect("request")
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on a child we started.
+        unsafe {
+            libc::kill(self.pid() as i32, sig);
+        }
+    }
+
+    /// Waits for the process to exit; None if it is still running after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.signal(libc::SIGTERM);
+            if self.wait_exit(Duration::from_secs(20)).is_none() {
+                if let Some(c) = self.child.as_mut() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
+        }
+    }
+}
+
+pub fn pid_alive(pid: u32) -> bool {
+    // A zombie still answers kill(0); read its state instead.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// A process's memory figure from /proc (e.g. "VmRSS", "VmHWM"), in KiB.
+pub fn proc_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(&format!("{field}:")))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+pub fn get_bytes(host: &str, path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes()
+}
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The `KEY=value` line of the probe's /env page, as raw bytes.
+    pub fn env(&self, key: &str) -> Option<Vec<u8>> {
+        let prefix = format!("{key}=");
+        self.body
+            .split(|&b| b == b'\n')
+            .find(|l| l.starts_with(prefix.as_bytes()))
+            .map(|l| {
+                let v = &l[prefix.len()..];
+                // Strip the trailing " <type name>".
+                let end = v.iter().rposition(|&b| b == b' ').unwrap_or(v.len());
+                v[..end].to_vec()
+            })
+    }
+}
+
+/// One request on a new connection.
+pub fn request(addr: SocketAddr, raw: &[u8]) -> std::io::Result<Response> {
+    let mut c = Client::connect(addr)?;
+    c.send(raw)?;
+    c.read_response(false)
+}
+
+/// A keep-alive HTTP/1.1 client connection.
+pub struct Client {
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> std::io::Result<Self> {
+        let s = TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        s.set_nodelay(true)?;
+        Ok(Client {
+            reader: BufReader::new(s),
+        })
+    }
+
+    pub fn send(&mut self, raw: &[u8]) -> std::io::Result<()> {
+        self.reader.get_mut().write_all(raw)
+    }
+
+    pub fn stream(&mut self) -> &mut TcpStream {
+        self.reader.get_mut()
+    }
+
+    pub fn get(&mut self, host: &str, path: &str) -> std::io::Result<Response> {
+        self.send(&get_bytes(host, path))?;
+        self.read_response(false)
+    }
+
+    /// Reads one response; with `discard_body`, counts the body instead of keeping it
+    /// (its length is then in `body.len()` only as a count: the body holds nothing).
+    pub fn read_response(&mut self, discard_body: bool) -> std::io::Result<Response> {
+        self.read_response_counted(discard_body).map(|(r, _)| r)
+    }
+
+    /// Reads the response to a HEAD request: headers only, whatever they announce.
+    pub fn read_head_response(&mut self) -> std::io::Result<Response> {
+        self.read_inner(true, true).map(|(r, _)| r)
+    }
+
+    pub fn read_response_counted(
+        &mut self,
+        discard_body: bool,
+    ) -> std::io::Result<(Response, u64)> {
+        self.read_inner(discard_body, false)
+    }
+
+    fn read_inner(&mut self, discard_body: bool, head: bool) -> std::io::Result<(Response, u64)> {
+        let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed before a response",
+            ));
+        }
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad(&format!("bad status line {line:?}")))?;
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            self.reader.read_line(&mut h)?;
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            let (k, v) = h.split_once(':').ok_or_else(|| bad("bad header"))?;
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+        let mut resp = Response {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        let mut count = 0u64;
+        let mut sink = |data: &[u8], body: &mut Vec<u8>| {
+            count += data.len() as u64;
+            if !discard_body {
+                body.extend_from_slice(data);
+            }
+        };
+        let chunked = resp
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+        let mut buf = vec![0u8; 256 * 1024];
+        if head {
+        } else if chunked {
+            loop {
+                let mut size = String::new();
+                self.reader.read_line(&mut size)?;
+                let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
+                    .map_err(|_| bad("bad chunk size"))?;
+                if n == 0 {
+                    let mut end = String::new();
+                    self.reader.read_line(&mut end)?;
+                    break;
+                }
+                let mut left = n;
+                while left > 0 {
+                    let k = left.min(buf.len());
+                    self.reader.read_exact(&mut buf[..k])?;
+                    sink(&buf[..k], &mut resp.body);
+                    left -= k;
+                }
+                let mut crlf = [0u8; 2];
+                self.reader.read_exact(&mut crlf)?;
+            }
+        } else if let Some(len) = resp.header("content-length") {
+            let mut left: usize = len.parse().map_err(|_| bad("bad content-length"))?;
+            while left > 0 {
+                let k = left.min(buf.len());
+                self.reader.read_exact(&mut buf[..k])?;
+                sink(&buf[..k], &mut resp.body);
+                left -= k;
+            }
+        } else if !(status == 204 || status == 304 || (100..200).contains(&status)) {
+            loop {
+                let k = self.reader.read(&mut buf)?;
+                if k == 0 {
+                    break;
+                }
+                sink(&buf[..k], &mut resp.body);
+            }
+        }
+        Ok((resp, count))
+    }
+}
+
+/// Creates a virtualenv with `python -m venv` (no pip, to stay fast and offline).
+pub fn make_venv(python: &Path, dir: &Path) -> PathBuf {
+    let st = Command::new(python)
+        .args(["-m", "venv", "--without-pip"])
+        .arg(dir)
+        .status()
+        .expect("run python -m venv");
+    assert!(st.success(), "python -m venv failed");
+    dir.to_path_buf()
+}
+
+/// Retries `f` until it returns Some or `limit` passes.
+pub fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the real binary, real interpreters, real sockets. One test binary, so
+//! the build links once; each test gets its own temporary folder and a free port.
+
+mod config_errors;
+mod harness;
+mod routing;
+mod streaming;
+mod supervision;
+mod wsgi;

@@ -1,0 +1,192 @@
+//! Children: restart after a crash without disturbing other apps, clean shutdown, no orphans.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+fn two_apps(site: &Site, py: &std::path::Path) {
+    site.probe("app");
+    site.config(&format!(
+        "apps:\n  victim:\n    python: {py}\n    script: app/probe.py\n    mount: /victim\n  bystander:\n    python: {py}\n    script: app/probe.py\n    mount: /bystander\n    processes: 2\n",
+        py = py.display()
+    ));
+}
+
+#[test]
+fn a_killed_child_is_restarted_and_other_apps_never_fail() {
+    let Some(py) = require_python("3.13") else {
+        return;
+    };
+    let site = Site::new();
+    two_apps(&site, &py);
+    let server = site.serve();
+    let victim = server.app_pids("victim");
+    assert_eq!(victim.len(), 1);
+    assert_eq!(server.app_pids("bystander").len(), 2);
+
+    // Keep-alive load on the other app for the whole test.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, failed, addr) = (stop.clone(), ok.clone(), failed.clone(), server.addr);
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    match c.get("localhost", "/bystander/pid") {
+                        Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => {
+                            c = Client::connect(addr).unwrap();
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill(2) on a child process of the server under test.
+    unsafe { libc::kill(victim[0] as i32, libc::SIGKILL) };
+    let killed_at = Instant::now();
+    let mut saw_503 = false;
+    let back = eventually(Duration::from_secs(5), || {
+        let r = server.get("localhost", "/victim/pid");
+        if r.status == 503 {
+            assert!(r.header("retry-after").is_some(), "503 without Retry-After");
+            saw_503 = true;
+        }
+        (r.status == 200).then(|| r.text().trim().parse::<u32>().unwrap())
+    });
+    let new_pid = back.expect("the killed app did not serve again within 5 s");
+    eprintln!(
+        "victim back after {:?} (saw 503: {saw_503})",
+        killed_at.elapsed()
+    );
+    assert_ne!(new_pid, victim[0]);
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests to the other app failed"
+    );
+    assert!(ok.load(Ordering::Relaxed) > 50);
+    assert!(
+        server.log_text().contains("[victim] process 0 (pid"),
+        "exit not logged"
+    );
+}
+
+#[test]
+fn sigterm_finishes_requests_in_flight_and_leaves_no_children() {
+    let Some(py) = require_python("3.13") else {
+        return;
+    };
+    let site = Site::new();
+    two_apps(&site, &py);
+    let mut server = site.serve();
+    let mut pids = server.app_pids("victim");
+    pids.extend(server.app_pids("bystander"));
+    let addr = server.addr;
+    let slow =
+        std::thread::spawn(move || request(addr, &get_bytes("localhost", "/victim/slow?s=1.5")));
+    std::thread::sleep(Duration::from_millis(300));
+    let sent = Instant::now();
+    server.signal(libc::SIGTERM);
+    let status = server
+        .wait_exit(Duration::from_secs(25))
+        .expect("wsgimux still running 25 s after SIGTERM");
+    eprintln!("exited {:?} after SIGTERM", sent.elapsed());
+    assert!(status.success(), "{status:?}");
+    let r = slow.join().unwrap().expect("in-flight request failed");
+    assert_eq!((r.status, r.text().as_str()), (200, "slept\n"));
+    for pid in pids {
+        assert!(!pid_alive(pid), "child {pid} outlived wsgimux");
+    }
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "still listening"
+    );
+}
+
+#[test]
+fn kill_9_of_wsgimux_takes_its_children_down() {
+    let Some(py) = require_python("3.13") else {
+        return;
+    };
+    let site = Site::new();
+    two_apps(&site, &py);
+    let mut server = site.serve();
+    let mut pids = server.app_pids("victim");
+    pids.extend(server.app_pids("bystander"));
+    server.signal(libc::SIGKILL);
+    server
+        .wait_exit(Duration::from_secs(5))
+        .expect("not killed");
+    let gone = eventually(Duration::from_secs(5), || {
+        pids.iter().all(|&p| !pid_alive(p)).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "children outlived a killed wsgimux: {pids:?}"
+    );
+}
+
+#[test]
+fn app_exceptions_are_500s_and_the_worker_keeps_serving() {
+    for version in ["2.7", "3.13"] {
+        let Some(py) = require_python(version) else {
+            continue;
+        };
+        let site = Site::new();
+        two_apps(&site, &py);
+        let server = site.serve();
+        let mut c = Client::connect(server.addr).unwrap();
+        let before = c.get("localhost", "/victim/pid").unwrap().text();
+        let r = request(server.addr, &get_bytes("localhost", "/victim/boom")).unwrap();
+        assert_eq!(r.status, 500, "Python {version}");
+        let after = c.get("localhost", "/victim/pid").unwrap().text();
+        assert_eq!(before, after, "the worker process changed");
+        let log = eventually(Duration::from_secs(3), || {
+            let log = server.log_text();
+            log.contains("RuntimeError: boom for the test")
+                .then_some(log)
+        })
+        .expect("traceback not in the log");
+        assert!(
+            log.lines()
+                .any(|l| l.contains("[victim:") && l.contains("RuntimeError: boom")),
+            "traceback lines are not prefixed with the app name:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn an_app_that_fails_to_import_answers_503_and_others_are_served() {
+    let Some(py) = require_python("3.13") else {
+        return;
+    };
+    let site = Site::new();
+    site.probe("app");
+    site.config(&format!(
+        "apps:\n  broken:\n    python: {py}\n    script: app/probe.py\n    mount: /broken\n    env: {{PROBE_FAIL_IMPORT: '1'}}\n  fine:\n    python: {py}\n    script: app/probe.py\n",
+        py = py.display()
+    ));
+    let server = site.serve();
+    let lines = server.ready_lines.join("\n");
+    assert!(
+        lines.contains("app broken: failed to start")
+            && lines.contains("probe was told to fail at import"),
+        "{lines}"
+    );
+    let r = server.get("localhost", "/broken/x");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after"), Some("2"));
+    assert_eq!(server.get("localhost", "/fine/ver").status, 200);
+}
