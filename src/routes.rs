@@ -56,9 +56,8 @@ impl<T: Clone> RouteTable<T> {
         table
             .wildcard
             .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
-        let by_mount_len = |v: &mut Vec<Route<T>>| {
-            v.sort_by(|a, b| b.mount.as_str().len().cmp(&a.mount.as_str().len()))
-        };
+        let by_mount_len =
+            |v: &mut Vec<Route<T>>| v.sort_by_key(|r| std::cmp::Reverse(r.mount.as_str().len()));
         table.exact.values_mut().for_each(by_mount_len);
         table.wildcard.iter_mut().for_each(|(_, v)| by_mount_len(v));
         by_mount_len(&mut table.any_host);

@@ -103,6 +103,9 @@ fn no_route_is_a_404_naming_host_and_path() {
     assert_eq!(server.get("example.com", "/api/x").status, 200);
 }
 
+/// A request path, then the SCRIPT_NAME, PATH_INFO and QUERY_STRING the app must see.
+type Case = (&'static str, &'static [u8], &'static [u8], &'static [u8]);
+
 /// SCRIPT_NAME and PATH_INFO as each worker interpreter sees them.
 #[test]
 fn script_name_and_path_info() {
@@ -130,7 +133,7 @@ fn script_name_and_path_info() {
         ));
         let server = site.serve();
         // (request path, SCRIPT_NAME, PATH_INFO, QUERY_STRING), PATH_INFO ends in "/env…".
-        let cases: &[(&str, &[u8], &[u8], &[u8])] = &[
+        let cases: &[Case] = &[
             ("/api/env", b"/api", b"/env", b""),
             ("/api/env/", b"/api", b"/env/", b""),
             ("/api/env/x/y?a=1&b=%20", b"/api", b"/env/x/y", b"a=1&b=%20"),
