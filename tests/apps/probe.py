@@ -21,6 +21,20 @@ if os.environ.get('PROBE_FAIL_IMPORT'):
     raise RuntimeError('probe was told to fail at import')
 
 _local = threading.local()
+_closed = [0]
+
+
+class Closing(object):
+    """A response iterable whose close() the server must call."""
+
+    def __init__(self, parts):
+        self.parts = parts
+
+    def __iter__(self):
+        return iter(self.parts)
+
+    def close(self):
+        _closed[0] += 1
 
 ENV_KEYS = ('REQUEST_METHOD', 'SCRIPT_NAME', 'PATH_INFO', 'QUERY_STRING', 'SERVER_NAME',
             'SERVER_PORT', 'SERVER_PROTOCOL', 'REMOTE_ADDR', 'CONTENT_TYPE', 'CONTENT_LENGTH',
@@ -90,6 +104,24 @@ def app(environ, start_response):
         write = start_response('200 OK', headers)
         write(b'written-')
         return [b'then-returned\n']
+    elif path == '/filewrapper':
+        import io
+        start_response('200 OK', [('Content-Type', 'text/plain')])
+        return environ['wsgi.file_wrapper'](io.BytesIO(b'wrapped file body\n'), 4)
+    elif path == '/excinfo':
+        start_response('200 OK', [('Content-Type', 'text/plain')])
+        try:
+            raise ValueError('changed my mind')
+        except ValueError:
+            start_response('503 Service Unavailable', [('Content-Type', 'text/plain')],
+                           sys.exc_info())
+        body = b'replaced\n'
+        return [body]
+    elif path == '/closing':
+        start_response('200 OK', [('Content-Type', 'text/plain')])
+        return Closing([b'a', b'b\n'])
+    elif path == '/closed':
+        body = ('closed=%d\n' % _closed[0]).encode('ascii')
     elif path == '/slow':
         time.sleep(float(q.get('s', '1')))
         body = b'slept\n'

@@ -90,6 +90,17 @@ fn validated_apps_on_every_interpreter() {
         let r = c.get("x", "/v/ver").unwrap();
         assert_eq!(r.status, 200, "keep-alive after HEAD");
 
+        // wsgi.file_wrapper, exc_info before the headers went out, close() on the result.
+        let r = c.get("x", "/v/filewrapper").unwrap();
+        assert_eq!(r.text(), "wrapped file body\n", "{}", ctx("file_wrapper"));
+        let r = c.get("x", "/v/excinfo").unwrap();
+        assert_eq!((r.status, r.text().as_str()), (503, "replaced\n"), "{}", ctx("exc_info"));
+        for _ in 0..3 {
+            assert_eq!(c.get("x", "/v/closing").unwrap().text(), "ab\n");
+        }
+        let closed = c.get("x", "/v/closed").unwrap().text();
+        assert_eq!(closed, "closed=3\n", "close() not called once per response");
+
         // threading.local belongs to a thread across requests.
         let mut seen = std::collections::HashMap::new();
         for _ in 0..20 {
