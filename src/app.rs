@@ -291,12 +291,7 @@ async fn report_readiness(
             Event::Exited { .. } => None,
         };
         if let Some(line) = line {
-            let name = match &event {
-                Event::Ready { app, .. }
-                | Event::StartFailed { app, .. }
-                | Event::Exited { app, .. } => app.to_string(),
-            };
-            pending.remove(&name);
+            pending.remove(&**event.app());
             println!("{line}");
         }
     }

@@ -65,6 +65,16 @@ pub enum Event {
     },
 }
 
+impl Event {
+    pub fn app(&self) -> &Arc<str> {
+        match self {
+            Event::Ready { app, .. }
+            | Event::StartFailed { app, .. }
+            | Event::Exited { app, .. } => app,
+        }
+    }
+}
+
 /// Everything needed to start one app's processes.
 #[derive(Debug)]
 struct AppPlan {
@@ -244,12 +254,7 @@ impl Slot {
                     "cannot start {}: {e}",
                     plan.interpreter.executable.display()
                 );
-                self.report(Event::StartFailed {
-                    app: plan.name.clone(),
-                    slot: self.slot,
-                    reason,
-                })
-                .await;
+                self.start_failed(reason).await;
                 return false;
             }
         };
@@ -268,12 +273,7 @@ impl Slot {
                     describe(status),
                     last_line(&tail)
                 );
-                self.report(Event::StartFailed {
-                    app: plan.name.clone(),
-                    slot: self.slot,
-                    reason,
-                })
-                .await;
+                self.start_failed(reason).await;
                 return false;
             }
             Startup::TimedOut => {
@@ -284,12 +284,7 @@ impl Slot {
                     STARTUP_TIMEOUT.as_secs(),
                     last_line(&tail)
                 );
-                self.report(Event::StartFailed {
-                    app: plan.name.clone(),
-                    slot: self.slot,
-                    reason,
-                })
-                .await;
+                self.start_failed(reason).await;
                 return false;
             }
         }
@@ -372,10 +367,13 @@ impl Slot {
     }
 
     async fn report(&self, event: Event) {
-        if let Event::StartFailed { app, slot, reason } = &event {
-            tracing::error!("[{app}] process {slot} failed to start: {reason}");
-        }
         let _ = self.events.send(event).await;
+    }
+
+    async fn start_failed(&self, reason: String) {
+        let (app, slot) = (self.plan.name.clone(), self.slot);
+        tracing::error!("[{app}] process {slot} failed to start: {reason}");
+        self.report(Event::StartFailed { app, slot, reason }).await;
     }
 }
 

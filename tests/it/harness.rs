@@ -103,6 +103,20 @@ impl Site {
         self.write("wsgimux.yaml", &yaml)
     }
 
+    /// A config with one app, `name`, serving the probe script under `python`; `extra` holds
+    /// more of the app's keys, one per line ("mount: /v").
+    pub fn one_app(&self, name: &str, python: &Path, extra: &[&str]) -> PathBuf {
+        self.probe("app");
+        let mut yaml = format!(
+            "apps:\n  {name}:\n    python: {}\n    script: app/probe.py\n",
+            python.display()
+        );
+        for line in extra {
+            yaml.push_str(&format!("    {line}\n"));
+        }
+        self.config(&yaml)
+    }
+
     /// `wsgimux check` on the site's config: (exit status, stdout, stderr).
     pub fn check(&self) -> (ExitStatus, String, String) {
         let out = Command::new(BIN)

@@ -90,11 +90,7 @@ fn no_route_is_a_404_naming_host_and_path() {
         return;
     };
     let site = Site::new();
-    site.probe("app");
-    site.config(&format!(
-        "apps:\n  only:\n    python: {}\n    script: app/probe.py\n    hosts: [example.com]\n    mount: /api\n",
-        py.display()
-    ));
+    site.one_app("only", &py, &["hosts: [example.com]", "mount: /api"]);
     let server = site.serve();
     let r = server.get("example.com", "/apix");
     assert_eq!(r.status, 404);

@@ -13,11 +13,7 @@ fn hundred_megabytes_up_and_down_with_flat_memory() {
         return;
     };
     let site = Site::new();
-    site.probe("app");
-    site.config(&format!(
-        "apps:\n  files:\n    python: {}\n    script: app/probe.py\n",
-        py.display()
-    ));
+    site.one_app("files", &py, &[]);
     let server = site.serve();
     let pid = server.pid();
     // Warm up: connection pools and buffers exist before the baseline is taken.

@@ -11,11 +11,11 @@ fn validated_apps_on_every_interpreter() {
             continue;
         };
         let site = Site::new();
-        site.probe("app");
-        site.config(&format!(
-            "apps:\n  checked:\n    python: {}\n    script: app/probe.py\n    callable: validated\n    mount: /v\n    threads: 4\n",
-            py.display()
-        ));
+        site.one_app(
+            "checked",
+            &py,
+            &["callable: validated", "mount: /v", "threads: 4"],
+        );
         let server = site.serve();
         let addr = server.addr;
         let ctx = |what: &str| format!("Python {version}: {what}\n{}", server.log_text());
@@ -94,7 +94,12 @@ fn validated_apps_on_every_interpreter() {
         let r = c.get("x", "/v/filewrapper").unwrap();
         assert_eq!(r.text(), "wrapped file body\n", "{}", ctx("file_wrapper"));
         let r = c.get("x", "/v/excinfo").unwrap();
-        assert_eq!((r.status, r.text().as_str()), (503, "replaced\n"), "{}", ctx("exc_info"));
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (503, "replaced\n"),
+            "{}",
+            ctx("exc_info")
+        );
         for _ in 0..3 {
             assert_eq!(c.get("x", "/v/closing").unwrap().text(), "ab\n");
         }
