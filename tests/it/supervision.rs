@@ -83,16 +83,22 @@ fn a_killed_child_is_restarted_and_other_apps_never_fail() {
     );
 }
 
-#[test]
-fn sigterm_finishes_requests_in_flight_and_leaves_no_children() {
-    let Some(py) = require_python("3.13") else {
-        return;
-    };
+/// Two apps served, with the pids of all their processes.
+fn two_apps_served() -> Option<(Site, Server, Vec<u32>)> {
+    let py = require_python("3.13")?;
     let site = Site::new();
     two_apps(&site, &py);
-    let mut server = site.serve();
+    let server = site.serve();
     let mut pids = server.app_pids("victim");
     pids.extend(server.app_pids("bystander"));
+    Some((site, server, pids))
+}
+
+#[test]
+fn sigterm_finishes_requests_in_flight_and_leaves_no_children() {
+    let Some((_site, mut server, pids)) = two_apps_served() else {
+        return;
+    };
     let addr = server.addr;
     let slow =
         std::thread::spawn(move || request(addr, &get_bytes("localhost", "/victim/slow?s=1.5")));
@@ -117,14 +123,9 @@ fn sigterm_finishes_requests_in_flight_and_leaves_no_children() {
 
 #[test]
 fn kill_9_of_wsgimux_takes_its_children_down() {
-    let Some(py) = require_python("3.13") else {
+    let Some((_site, mut server, pids)) = two_apps_served() else {
         return;
     };
-    let site = Site::new();
-    two_apps(&site, &py);
-    let mut server = site.serve();
-    let mut pids = server.app_pids("victim");
-    pids.extend(server.app_pids("bystander"));
     server.signal(libc::SIGKILL);
     server
         .wait_exit(Duration::from_secs(5))
