@@ -256,22 +256,20 @@ async fn report_readiness(
     addrs: Vec<SocketAddr>,
     mut events: mpsc::Receiver<Event>,
 ) {
-    let mut pending: HashMap<String, (usize, Vec<u32>)> = apps
+    // Apps not yet reported, with the pids of their processes ready so far.
+    let mut pending: HashMap<&str, (&ReadyApp, Vec<u32>)> = apps
         .iter()
-        .map(|a| (a.spec.name.clone(), (a.spec.processes as usize, Vec::new())))
+        .map(|a| (a.spec.name.as_str(), (a, Vec::new())))
         .collect();
-    let by_name: HashMap<&str, &ReadyApp> =
-        apps.iter().map(|a| (a.spec.name.as_str(), a)).collect();
     while !pending.is_empty() {
         let Some(event) = events.recv().await else {
             return;
         };
         let line = match &event {
             Event::Ready { app, pid, .. } => match pending.get_mut(&**app) {
-                Some((want, pids)) => {
+                Some((a, pids)) => {
                     pids.push(*pid);
-                    (pids.len() == *want).then(|| {
-                        let a = by_name[&**app];
+                    (pids.len() == a.spec.processes as usize).then(|| {
                         let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
                         format!(
                             "app {app}: ready, {} ({}), {} worker, pid {}, route {}",
@@ -288,7 +286,6 @@ async fn report_readiness(
             Event::StartFailed { app, reason, .. } => pending
                 .contains_key(&**app)
                 .then(|| format!("app {app}: failed to start: {reason} (retrying)")),
-            Event::Exited { .. } => None,
         };
         if let Some(line) = line {
             pending.remove(&**event.app());

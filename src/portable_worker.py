@@ -72,6 +72,7 @@ HOP_BY_HOP = frozenset([
     'trailer', 'trailers', 'transfer-encoding', 'upgrade',
 ])
 MOUNT_HEADER = b'script_name'
+REASONS = {400: 'Bad Request', 414: 'URI Too Long', 431: 'Request Header Fields Too Large'}
 TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 HEX_DIGITS = b'0123456789abcdefABCDEF'
 
@@ -508,9 +509,7 @@ class Worker(object):
         try:
             env, keep_alive, body = self.read_request(conn)
         except BadRequest as e:
-            error_response(conn, '%d Bad Request' % e.status if e.status == 400 else
-                           '%d Request Header Fields Too Large' % e.status
-                           if e.status == 431 else '%d URI Too Long' % e.status, str(e))
+            error_response(conn, '%d %s' % (e.status, REASONS[e.status]), str(e))
             return False
         if env is None:
             return False

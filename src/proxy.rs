@@ -5,6 +5,7 @@
 //! current `Arc` and releasing the lock at once: nothing is held across an `.await`. Does not
 //! start or stop anything; statuses for failures come from `error`.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -146,7 +147,8 @@ impl Proxy {
             Some(h) => normalize_host(h).ok_or_else(|| ProxyError::BadHost(h.clone()))?,
         };
         let path = parts.uri.path();
-        let decoded = percent_decode(path.as_bytes()).collect::<Vec<u8>>();
+        // Borrowed unless the path has escapes: no allocation for the common case.
+        let decoded: Cow<[u8]> = percent_decode(path.as_bytes()).into();
         let route = {
             let table = self.routes.borrow().clone();
             table
@@ -162,15 +164,11 @@ impl Proxy {
             app: route.name.to_string(),
         })?;
 
-        let origin_form = match parts.uri.path_and_query() {
-            Some(pq) if pq.as_str().starts_with('/') || pq.as_str() == "*" => pq.as_str(),
-            Some(pq) if pq.as_str().is_empty() => "/",
-            Some(pq) => pq.as_str(),
-            None => "/",
+        // Origin form towards the child; `PathAndQuery` is shared bytes, so no re-parsing.
+        let uri = match parts.uri.path_and_query() {
+            Some(pq) if !pq.as_str().is_empty() => Uri::from(pq.clone()),
+            _ => Uri::from_static("/"),
         };
-        let uri: Uri = origin_form
-            .parse()
-            .unwrap_or_else(|_| Uri::from_static("/"));
         clean_request_headers(&mut parts.headers);
         if absolute {
             if let Some(h) = host_raw

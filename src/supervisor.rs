@@ -57,20 +57,12 @@ pub enum Event {
         slot: usize,
         reason: String,
     },
-    Exited {
-        app: Arc<str>,
-        slot: usize,
-        pid: u32,
-        status: String,
-    },
 }
 
 impl Event {
     pub fn app(&self) -> &Arc<str> {
         match self {
-            Event::Ready { app, .. }
-            | Event::StartFailed { app, .. }
-            | Event::Exited { app, .. } => app,
+            Event::Ready { app, .. } | Event::StartFailed { app, .. } => app,
         }
     }
 }
@@ -318,13 +310,6 @@ impl Slot {
                     plan.name,
                     self.slot
                 );
-                self.report(Event::Exited {
-                    app: plan.name.clone(),
-                    slot: self.slot,
-                    pid,
-                    status,
-                })
-                .await;
                 false
             }
         }

@@ -5,7 +5,7 @@
 //! with it (HTTP/1.1 has no other way to abandon a response). Knows nothing of routes or WSGI.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -86,10 +86,6 @@ impl Endpoint {
 
     pub fn pid(&self) -> u32 {
         self.pid
-    }
-
-    pub fn socket(&self) -> &Path {
-        &self.socket
     }
 
     /// Requests sent and not yet finished (response body not fully relayed).
