@@ -72,7 +72,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Every error's message already names its cause; `{:#}` would repeat it.
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
