@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -21,6 +22,11 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_THREADS: u32 = 8;
 pub const DEFAULT_PROCESSES: u32 = 1;
 pub const DEFAULT_CALLABLE: &str = "application";
+/// How long a new process may take to answer on its socket before its start counts as failed.
+pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a retired generation may take to finish its requests in flight.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 const MAX_PROCESSES: u32 = 256;
 const MAX_THREADS: u32 = 1024;
 
@@ -49,6 +55,10 @@ pub struct AppSpec {
     pub env: BTreeMap<String, String>,
     pub processes: u32,
     pub threads: u32,
+    pub startup_timeout: Duration,
+    pub drain_timeout: Duration,
+    /// Restart the app (zero-downtime) when its `.py`/`.wsgi` files change.
+    pub reload_on_changes: bool,
     /// Where the app's keys are in the file, for errors found later (preflight).
     pub locations: AppLocations,
 }
@@ -242,6 +252,47 @@ struct RawApp {
     env: Option<BTreeMap<String, EnvValue>>,
     processes: Option<u32>,
     threads: Option<u32>,
+    startup_timeout: Option<RawDuration>,
+    drain_timeout: Option<RawDuration>,
+    reload_on_changes: Option<bool>,
+}
+
+/// A duration as written: `500ms`, `30s`, `2m`, `1h`, or a plain number of seconds.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawDuration {
+    Seconds(f64),
+    Text(String),
+}
+
+/// Parses a duration written `500ms`, `30s`, `2m`, `1h` or as a plain number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = (&t[..split], t[split..].trim());
+    let scale = match unit {
+        "ms" => 0.001,
+        "" | "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(format!(
+            "{text:?} is not a duration (e.g. \"500ms\", \"30s\", \"2m\", or seconds as a number)"
+        )),
+    };
+    match number.parse::<f64>() {
+        Ok(n) if n.is_finite() && n >= 0.0 => seconds(n * scale)
+            .ok_or_else(|| format!("{text:?} is longer than {}h", MAX_DURATION.as_secs() / 3600)),
+        _ => Err(format!(
+            "{text:?} is not a duration (e.g. \"500ms\", \"30s\", \"2m\", or seconds as a number)"
+        )),
+    }
+}
+
+fn seconds(n: f64) -> Option<Duration> {
+    let d = Duration::try_from_secs_f64(n).ok()?;
+    (d <= MAX_DURATION).then_some(d)
 }
 
 /// Environment values may be written as YAML numbers or booleans; they are passed as text.
@@ -551,6 +602,20 @@ impl Validator<'_> {
             MAX_PROCESSES,
         );
         let threads = self.count(&name, "threads", raw.threads, DEFAULT_THREADS, MAX_THREADS);
+        let startup_timeout = self.duration(
+            &name,
+            "startup_timeout",
+            raw.startup_timeout,
+            DEFAULT_STARTUP_TIMEOUT,
+            false,
+        );
+        let drain_timeout = self.duration(
+            &name,
+            "drain_timeout",
+            raw.drain_timeout,
+            DEFAULT_DRAIN_TIMEOUT,
+            true,
+        );
         if self.problems.len() > before {
             return None;
         }
@@ -574,6 +639,9 @@ impl Validator<'_> {
             env,
             processes,
             threads,
+            startup_timeout,
+            drain_timeout,
+            reload_on_changes: raw.reload_on_changes.unwrap_or(false),
             locations,
         })
     }
@@ -655,6 +723,34 @@ impl Validator<'_> {
             Some(n) if (1..=max).contains(&n) => n,
             Some(n) => {
                 self.app_problem(app, key, format!("{n} is out of range 1..={max}"));
+                default
+            }
+        }
+    }
+
+    fn duration(
+        &mut self,
+        app: &str,
+        key: &str,
+        raw: Option<RawDuration>,
+        default: Duration,
+        zero_ok: bool,
+    ) -> Duration {
+        let parsed = match raw {
+            None => return default,
+            Some(RawDuration::Seconds(n)) if n.is_finite() && n >= 0.0 => seconds(n)
+                .ok_or_else(|| format!("{n} is longer than {}h", MAX_DURATION.as_secs() / 3600)),
+            Some(RawDuration::Seconds(n)) => Err(format!("{n} is not a duration")),
+            Some(RawDuration::Text(t)) => parse_duration(&t),
+        };
+        match parsed {
+            Ok(d) if d.is_zero() && !zero_ok => {
+                self.app_problem(app, key, "must be more than 0".into());
+                default
+            }
+            Ok(d) => d,
+            Err(msg) => {
+                self.app_problem(app, key, msg);
                 default
             }
         }

@@ -8,6 +8,7 @@
 pub mod accesslog;
 pub mod app;
 pub mod config;
+pub mod diff;
 pub mod error;
 pub mod interpreter;
 pub mod preflight;

@@ -206,3 +206,58 @@ fn mount_rules() {
     assert!(!m.matches(b"/apix") && !m.matches(b"/ap") && !m.matches(b"/"));
     assert!(Mount::root().matches(b"/anything"));
 }
+
+#[test]
+fn durations() {
+    for (text, ms) in [
+        ("500ms", 500),
+        ("30s", 30_000),
+        ("2m", 120_000),
+        ("1h", 3_600_000),
+        ("45", 45_000),
+        ("1.5", 1_500),
+        (" 2 m ", 120_000),
+    ] {
+        assert_eq!(
+            parse_duration(text),
+            Ok(Duration::from_millis(ms)),
+            "{text}"
+        );
+    }
+    for bad in ["", "ms", "-1s", "5 days", "1e3", "2d", "25h"] {
+        assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
+    }
+}
+
+#[test]
+fn duration_keys_take_numbers_and_units() {
+    let c = parse(
+        "apps:\n  a:\n    python: python3\n    script: a.wsgi\n    startup_timeout: 5\n    drain_timeout: 250ms\n    reload_on_changes: true\n",
+    )
+    .unwrap();
+    assert_eq!(c.apps[0].startup_timeout, Duration::from_secs(5));
+    assert_eq!(c.apps[0].drain_timeout, Duration::from_millis(250));
+    assert!(c.apps[0].reload_on_changes);
+    let d = parse("apps:\n  a:\n    python: python3\n    script: a.wsgi\n").unwrap();
+    assert_eq!(d.apps[0].startup_timeout, DEFAULT_STARTUP_TIMEOUT);
+    assert_eq!(d.apps[0].drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+    assert!(!d.apps[0].reload_on_changes);
+}
+
+#[test]
+fn bad_durations_are_located() {
+    let p = first_problem(
+        "apps:\n  a:\n    python: python3\n    script: a.wsgi\n    startup_timeout: 3 weeks\n",
+    );
+    assert_eq!(p.key.as_deref(), Some("startup_timeout"));
+    assert_eq!(p.location.map(|l| l.line), Some(5));
+    assert!(
+        p.message.contains("\"3 weeks\" is not a duration"),
+        "{}",
+        p.message
+    );
+    let p = first_problem(
+        "apps:\n  a:\n    python: python3\n    script: a.wsgi\n    startup_timeout: 0\n",
+    );
+    assert!(p.message.contains("more than 0"), "{}", p.message);
+}

@@ -1,0 +1,212 @@
+//! The config diff: what a reload must do to turn the running config into a new one, app by
+//! app — start, stop, restart with a new generation, or only re-route.
+//!
+//! Pure and IO-free, like `config` and `routes`: `reload` carries the result out. Every key of
+//! an app is classified here, in one place, as a process setting (a restart), a route, or a
+//! setting wsgimux applies itself; the classification is exhaustive by construction, so a new
+//! key cannot be forgotten.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+
+use crate::config::{AppSpec, Config, Entry};
+
+/// What a reload changes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigDiff {
+    pub listen_added: Vec<SocketAddr>,
+    pub listen_removed: Vec<SocketAddr>,
+    pub runtime_dir_changed: bool,
+    /// The new config's apps in file order, then the removed ones.
+    pub apps: Vec<AppChange>,
+}
+
+/// What happens to one app.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AppChange {
+    /// New: start it, route it once ready.
+    Added(AppSpec),
+    /// Gone: unroute it, drain it, stop it.
+    Removed(String),
+    /// A process setting changed (`keys`): start a new generation, switch to it, drain the old.
+    Restart {
+        spec: AppSpec,
+        keys: Vec<&'static str>,
+    },
+    /// Only routes or settings wsgimux applies itself changed (`keys`): the processes stay.
+    Update {
+        spec: AppSpec,
+        keys: Vec<&'static str>,
+        reroute: bool,
+    },
+    Unchanged(AppSpec),
+}
+
+impl AppChange {
+    pub fn name(&self) -> &str {
+        match self {
+            AppChange::Added(s)
+            | AppChange::Restart { spec: s, .. }
+            | AppChange::Update { spec: s, .. }
+            | AppChange::Unchanged(s) => &s.name,
+            AppChange::Removed(name) => name,
+        }
+    }
+
+    /// The app's spec after the change; None when it is removed.
+    pub fn spec(&self) -> Option<&AppSpec> {
+        match self {
+            AppChange::Added(s)
+            | AppChange::Restart { spec: s, .. }
+            | AppChange::Update { spec: s, .. }
+            | AppChange::Unchanged(s) => Some(s),
+            AppChange::Removed(_) => None,
+        }
+    }
+}
+
+impl ConfigDiff {
+    /// True when applying it would change nothing that runs or routes.
+    pub fn is_empty(&self) -> bool {
+        self.listen_added.is_empty()
+            && self.listen_removed.is_empty()
+            && !self.runtime_dir_changed
+            && self
+                .apps
+                .iter()
+                .all(|c| matches!(c, AppChange::Unchanged(_)))
+    }
+
+    /// The apps after applying the diff to `old`: the model `reload` carries out with processes.
+    /// Apps `old` lacks that the diff expects are left out, so a diff applied to the wrong state
+    /// shows up as a mismatch rather than a panic.
+    pub fn apply(&self, old: &[AppSpec]) -> Vec<AppSpec> {
+        let old: HashMap<&str, &AppSpec> = old.iter().map(|a| (a.name.as_str(), a)).collect();
+        self.apps
+            .iter()
+            .filter_map(|c| match c {
+                AppChange::Added(spec) => Some(spec.clone()),
+                AppChange::Removed(_) => None,
+                AppChange::Restart { spec, .. }
+                | AppChange::Update { spec, .. }
+                | AppChange::Unchanged(spec) => {
+                    old.contains_key(spec.name.as_str()).then(|| spec.clone())
+                }
+            })
+            .collect()
+    }
+}
+
+/// Compares two configs app by app (by name).
+pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
+    let old_listen: BTreeSet<_> = old.listen.iter().collect();
+    let new_listen: BTreeSet<_> = new.listen.iter().collect();
+    let by_name: HashMap<&str, &AppSpec> = old.apps.iter().map(|a| (a.name.as_str(), a)).collect();
+    let mut apps: Vec<AppChange> = new
+        .apps
+        .iter()
+        .map(|spec| match by_name.get(spec.name.as_str()) {
+            None => AppChange::Added(spec.clone()),
+            Some(before) => app_change(before, spec),
+        })
+        .collect();
+    let kept: BTreeSet<&str> = new.apps.iter().map(|a| a.name.as_str()).collect();
+    apps.extend(
+        old.apps
+            .iter()
+            .filter(|a| !kept.contains(a.name.as_str()))
+            .map(|a| AppChange::Removed(a.name.clone())),
+    );
+    ConfigDiff {
+        listen_added: new
+            .listen
+            .iter()
+            .filter(|a| !old_listen.contains(a))
+            .copied()
+            .collect(),
+        listen_removed: old
+            .listen
+            .iter()
+            .filter(|a| !new_listen.contains(a))
+            .copied()
+            .collect(),
+        runtime_dir_changed: old.runtime_dir != new.runtime_dir,
+        apps,
+    }
+}
+
+/// How one app that exists in both configs changed.
+pub fn app_change(old: &AppSpec, new: &AppSpec) -> AppChange {
+    // Destructured so that a new AppSpec field does not compile until it is classified here.
+    let AppSpec {
+        name: _,
+        python,
+        entry,
+        hosts,
+        mount,
+        working_dir,
+        python_path,
+        env,
+        processes,
+        threads,
+        startup_timeout,
+        drain_timeout,
+        reload_on_changes,
+        locations: _,
+    } = new;
+    let entry_key = match entry {
+        Entry::Script { .. } => "script",
+        Entry::Module { .. } => "module",
+    };
+    let process: Vec<&'static str> = [
+        (old.python != *python, "python"),
+        (old.entry != *entry, entry_key),
+        (old.working_dir != *working_dir, "working_dir"),
+        (old.python_path != *python_path, "python_path"),
+        (old.env != *env, "env"),
+        // The worker tells the app (wsgi.multiprocess) and sizes itself by both counts.
+        (old.processes != *processes, "processes"),
+        (old.threads != *threads, "threads"),
+    ]
+    .into_iter()
+    .filter_map(|(changed, key)| changed.then_some(key))
+    .collect();
+    let route: Vec<&'static str> = [
+        (old.hosts != *hosts, "hosts"),
+        (old.mount != *mount, "mount"),
+    ]
+    .into_iter()
+    .filter_map(|(changed, key)| changed.then_some(key))
+    .collect();
+    let settings = [
+        (old.startup_timeout != *startup_timeout, "startup_timeout"),
+        (old.drain_timeout != *drain_timeout, "drain_timeout"),
+        (
+            old.reload_on_changes != *reload_on_changes,
+            "reload_on_changes",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(changed, key)| changed.then_some(key));
+    let reroute = !route.is_empty();
+    let mut keys = process.clone();
+    keys.extend(route);
+    keys.extend(settings);
+    if !process.is_empty() {
+        AppChange::Restart {
+            spec: new.clone(),
+            keys,
+        }
+    } else if !keys.is_empty() {
+        AppChange::Update {
+            spec: new.clone(),
+            keys,
+            reroute,
+        }
+    } else {
+        AppChange::Unchanged(new.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests;
