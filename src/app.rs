@@ -1,20 +1,25 @@
 //! The commands' bodies: loading a config, starting the long-lived parts of `serve` in order
 //! (listeners, children, routes, server), reporting readiness, and shutting down in reverse.
 
-use std::collections::HashMap;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
+use futures_util::StreamExt;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{self, Config, ConfigError};
+use crate::control;
 use crate::preflight::{self, ReadyApp};
-use crate::proxy::{AppRoute, Proxy, Table};
+use crate::proxy::Proxy;
+use crate::reload::{Reloader, RunningApp, Trigger};
 use crate::routes::RouteTable;
-use crate::server::{self, BindError};
-use crate::supervisor::{self, Event, Supervisor};
+use crate::server::{self, BindError, Server};
+use crate::supervisor::{self, Generation, Supervisor};
+use crate::watch::{self as filewatch, ConfigWatcher};
 
 /// The portable worker, carried inside the binary and written to the runtime dir at start.
 const PORTABLE_WORKER: &str = include_str!("portable_worker.py");
@@ -43,11 +48,33 @@ pub enum StartError {
     },
     #[error(transparent)]
     Bind(#[from] BindError),
+    #[error("another wsgimux already serves this config (its control socket in {} answers); stop it first, or use `wsgimux reload`", dir.display())]
+    AlreadyRunning { dir: PathBuf },
+    #[error("cannot set up signal handling: {0}")]
+    Signals(#[source] std::io::Error),
+}
+
+/// A config path made absolute (against the current folder) without resolving symlinks, so it
+/// names the same file however it is swapped later.
+pub fn config_path(path: &Path) -> PathBuf {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    // Lexically, so `./a/../wsgimux.yaml` and `wsgimux.yaml` are one config (and one runtime dir).
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// Reads, validates and preflights a config file.
 pub async fn load(path: &Path) -> Result<(Config, Vec<ReadyApp>), StartError> {
-    let file = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let file = config_path(path);
     let text = std::fs::read_to_string(&file).map_err(|source| StartError::Read {
         path: file.clone(),
         source,
@@ -63,7 +90,7 @@ pub fn describe_routes(config: &Config, apps: &[ReadyApp]) -> String {
     for a in &config.listen {
         out.push_str(&format!("listen http://{a}\n"));
     }
-    let table = route_table(apps, |i, _| i);
+    let table = RouteTable::for_apps(apps.iter().enumerate().map(|(i, a)| (&a.spec, i)));
     let rows: Vec<[String; 5]> = table
         .entries()
         .into_iter()
@@ -104,37 +131,29 @@ pub fn describe_routes(config: &Config, apps: &[ReadyApp]) -> String {
     out
 }
 
-fn route_table<T: Clone>(
-    apps: &[ReadyApp],
-    target: impl Fn(usize, &ReadyApp) -> T,
-) -> RouteTable<T> {
-    RouteTable::new(apps.iter().enumerate().flat_map(|(i, app)| {
-        let t = target(i, app);
-        let hosts: Vec<_> = if app.spec.hosts.is_empty() {
-            vec![None]
-        } else {
-            app.spec.hosts.iter().cloned().map(Some).collect()
-        };
-        hosts
-            .into_iter()
-            .map(move |h| (h, app.spec.mount.clone(), t.clone()))
-    }))
-}
-
 /// The runtime dir: the configured one, else a per-user, per-config default.
 pub fn runtime_dir(config: &Config) -> PathBuf {
-    if let Some(d) = &config.runtime_dir {
-        return d.clone();
+    match &config.runtime_dir {
+        Some(d) => d.clone(),
+        None => default_runtime_dir(&config.file),
     }
-    // FNV-1a of the config path: stable across runs, distinct per config.
-    let hash = config
-        .file
-        .as_os_str()
-        .as_encoded_bytes()
-        .iter()
-        .fold(0xcbf29ce484222325u64, |h, &b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
-        });
+}
+
+/// The runtime dir of the server started with config file `path`, for `wsgimux reload`: read
+/// from the file when it says, even when the file is otherwise invalid (that is when a reload
+/// must report it).
+pub fn runtime_dir_of(path: &Path) -> PathBuf {
+    let file = config_path(path);
+    let text = std::fs::read_to_string(&file).unwrap_or_default();
+    match config::runtime_dir_hint(&text, &file) {
+        Some(d) => d,
+        None => default_runtime_dir(&file),
+    }
+}
+
+fn default_runtime_dir(file: &Path) -> PathBuf {
+    // A hash of the config path: stable across runs, distinct per config.
+    let hash = filewatch::fnv1a(file.as_os_str().as_encoded_bytes());
     let name = format!("wsgimux-{:012x}", hash & 0xffff_ffff_ffff);
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(d) if Path::new(&d).is_dir() => Path::new(&d).join(name),
@@ -189,114 +208,165 @@ fn prepare_runtime_dir(dir: &Path, apps: &[ReadyApp]) -> Result<PathBuf, StartEr
     Ok(worker)
 }
 
-/// `wsgimux serve`: runs until SIGTERM or SIGINT.
-pub async fn serve(config: Config, apps: Vec<ReadyApp>) -> Result<(), StartError> {
+/// The signals `serve` acts on, registered before anything starts so that none of them can
+/// take the default action (termination) once children run.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn register() -> Result<Self, StartError> {
+        let s = |kind| signal(kind).map_err(StartError::Signals);
+        Ok(Signals {
+            term: s(SignalKind::terminate())?,
+            int: s(SignalKind::interrupt())?,
+            hup: s(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// `wsgimux serve`: runs until SIGTERM or SIGINT; reloads on config changes, SIGHUP and
+/// `wsgimux reload`.
+pub async fn serve(path: &Path) -> Result<(), StartError> {
+    let file = config_path(path);
+    let signals = Signals::register()?;
+    // Taken before reading, so an edit made while starting is not missed.
+    let baseline = filewatch::fingerprint(&file);
+    let (config, apps) = load(&file).await?;
     let dir = runtime_dir(&config);
+    if control::is_served(&dir) {
+        return Err(StartError::AlreadyRunning { dir });
+    }
     let worker = prepare_runtime_dir(&dir, &apps)?;
     let listeners = server::bind(&config.listen).await?;
-    let addrs: Vec<SocketAddr> = listeners
+
+    let mut supervisor = Supervisor::new(dir.clone(), worker);
+    let running: Vec<RunningApp> = apps
         .iter()
-        .filter_map(|l| l.local_addr().ok())
+        .map(|a| RunningApp {
+            app: a.clone(),
+            generation: supervisor.start(a),
+        })
         .collect();
-
-    let (events_tx, events_rx) = mpsc::channel(1024);
-    let mut supervisor = Supervisor::new(dir.clone(), worker, events_tx);
-    let mut endpoints = HashMap::new();
-    for app in &apps {
-        endpoints.insert(app.spec.name.clone(), supervisor.start(app));
-    }
-    let table: Table = route_table(&apps, |_, app| {
-        Arc::new(AppRoute::new(
-            &app.spec.name,
-            &app.spec.mount,
-            endpoints[&app.spec.name].clone(),
-        ))
+    let table = Reloader::table(&config.apps, |name| {
+        running
+            .iter()
+            .find(|r| r.app.spec.name == name)
+            .map(|r| &r.generation)
     });
-    // The sender stays here: hot reload (its only writer) will own it.
-    let (_routes_tx, routes_rx) = watch::channel(Arc::new(table));
-    let proxy = Arc::new(Proxy::new(routes_rx));
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let server = tokio::spawn(server::run(listeners, proxy, shutdown_rx));
+    let (routes_tx, routes_rx) = watch::channel(Arc::new(table));
+    let mut server = Server::new(Arc::new(Proxy::new(routes_rx)));
+    for (addr, listener) in listeners {
+        server.add(addr, listener);
+    }
+    let addrs: Vec<SocketAddr> = server.local_addrs().into_iter().map(|(_, l)| l).collect();
     tracing::info!("runtime dir {}", dir.display());
-    let reporter = tokio::spawn(report_readiness(apps, addrs, events_rx));
 
-    wait_for_stop_signal().await;
-    tracing::info!("stopping: no new connections; finishing requests in flight");
-    let _ = shutdown_tx.send(true);
-    let _ = server.await;
-    tracing::info!("stopping children");
-    supervisor.shutdown().await;
+    let (triggers_tx, triggers) = mpsc::channel(64);
+    let control =
+        control::serve(&dir, triggers_tx.clone()).map_err(|source| StartError::RuntimeDir {
+            path: dir.join(control::SOCKET_NAME),
+            source,
+        })?;
+    let config_watch = match ConfigWatcher::start(file.clone(), baseline, triggers_tx.clone()) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!("{e}; config changes need SIGHUP or `wsgimux reload`");
+            None
+        }
+    };
+    let first: Vec<(ReadyApp, Generation)> = running
+        .iter()
+        .map(|r| (r.app.clone(), r.generation.clone()))
+        .collect();
+    let reporter = tokio::spawn(report_readiness(first, addrs));
+    let reloader = Reloader::new(
+        file,
+        config,
+        running,
+        supervisor,
+        server,
+        routes_tx,
+        triggers_tx.clone(),
+    );
+    let reloader = run(reloader, triggers, triggers_tx, signals).await;
     reporter.abort();
+    drop(config_watch);
+    drop(control);
+    reloader.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn wait_for_stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+/// Reloads on triggers until SIGTERM or SIGINT (which also cut a reload in progress short:
+/// whatever it started is stopped with the rest).
+async fn run(
+    mut reloader: Reloader,
+    mut triggers: mpsc::Receiver<Trigger>,
+    again: mpsc::Sender<Trigger>,
+    mut signals: Signals,
+) -> Reloader {
+    loop {
+        let mut batch = tokio::select! {
+            _ = signals.term.recv() => break,
+            _ = signals.int.recv() => break,
+            _ = signals.hup.recv() => vec![Trigger::Hangup],
+            t = triggers.recv() => match t {
+                Some(t) => vec![t],
+                None => break,
+            },
+        };
+        while let Ok(t) = triggers.try_recv() {
+            batch.push(t);
+        }
+        tokio::select! {
+            _ = reloader.handle(batch) => {}
+            _ = signals.term.recv() => break,
+            _ = signals.int.recv() => break,
+            // A SIGHUP during a reload asks for another one after it.
+            _ = signals.hup.recv() => {
+                let _ = again.try_send(Trigger::Hangup);
             }
         }
-        _ => {
-            // Without signal handlers there is no graceful way to stop: wait for Ctrl-C.
-            let _ = tokio::signal::ctrl_c().await;
-        }
     }
+    reloader
 }
 
 /// Prints one line per app once all its processes answer (or its first start failed), then
-/// `ready: http://ADDR` per listener; afterwards keeps draining the supervisor's events.
-async fn report_readiness(
-    apps: Vec<ReadyApp>,
-    addrs: Vec<SocketAddr>,
-    mut events: mpsc::Receiver<Event>,
-) {
-    // Apps not yet reported, with the pids of their processes ready so far.
-    let mut pending: HashMap<&str, (&ReadyApp, Vec<u32>)> = apps
+/// `ready: http://ADDR` per listener.
+async fn report_readiness(apps: Vec<(ReadyApp, Generation)>, addrs: Vec<SocketAddr>) {
+    let mut pending: futures_util::stream::FuturesUnordered<_> = apps
         .iter()
-        .map(|a| (a.spec.name.as_str(), (a, Vec::new())))
+        .map(|(a, g)| async move {
+            // The processes time out by themselves (startup_timeout) and say why.
+            let limit = a.spec.startup_timeout + Duration::from_secs(2);
+            (a, g.wait_ready(limit).await)
+        })
         .collect();
-    while !pending.is_empty() {
-        let Some(event) = events.recv().await else {
-            return;
+    while let Some((a, result)) = pending.next().await {
+        let name = &a.spec.name;
+        let line = match result {
+            Ok(pids) => format!(
+                "app {name}: ready, {} ({}), {} worker, pid {}, route {}",
+                a.interpreter,
+                a.interpreter.executable.display(),
+                preflight::worker_kind(&a.interpreter),
+                pids.iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                route_text(&a.spec),
+            ),
+            Err(f) => format!("app {name}: failed to start: {} (retrying)", f.reason),
         };
-        let line = match &event {
-            Event::Ready { app, pid, .. } => match pending.get_mut(&**app) {
-                Some((a, pids)) => {
-                    pids.push(*pid);
-                    (pids.len() == a.spec.processes as usize).then(|| {
-                        let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
-                        format!(
-                            "app {app}: ready, {} ({}), {} worker, pid {}, route {}",
-                            a.interpreter,
-                            a.interpreter.executable.display(),
-                            preflight::worker_kind(&a.interpreter),
-                            pids.join(","),
-                            route_text(&a.spec),
-                        )
-                    })
-                }
-                None => None,
-            },
-            Event::StartFailed { app, reason, .. } => pending
-                .contains_key(&**app)
-                .then(|| format!("app {app}: failed to start: {reason} (retrying)")),
-        };
-        if let Some(line) = line {
-            pending.remove(&**event.app());
-            println!("{line}");
-        }
+        println!("{line}");
     }
     for a in &addrs {
         println!("ready: http://{a}");
     }
     let _ = std::io::stdout().flush();
-    while events.recv().await.is_some() {}
 }
 
 fn route_text(spec: &crate::config::AppSpec) -> String {

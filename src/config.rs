@@ -277,9 +277,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => 1.0,
         "m" => 60.0,
         "h" => 3600.0,
-        _ => return Err(format!(
+        _ => {
+            return Err(format!(
             "{text:?} is not a duration (e.g. \"500ms\", \"30s\", \"2m\", or seconds as a number)"
-        )),
+        ))
+        }
     };
     match number.parse::<f64>() {
         Ok(n) if n.is_finite() && n >= 0.0 => seconds(n * scale)
@@ -329,6 +331,17 @@ pub fn from_yaml(text: &str, file: &Path) -> Result<Config, ConfigError> {
         problems: Vec::new(),
     }
     .validate(raw)
+}
+
+/// The `runtime_dir` a file names, read leniently (the rest of the file may be invalid):
+/// `wsgimux reload` must find the server even when the file it reports on is broken.
+pub fn runtime_dir_hint(text: &str, file: &Path) -> Option<PathBuf> {
+    let value: serde_yaml::Value = serde_yaml::from_str(text).ok()?;
+    let dir = value.get("runtime_dir")?.as_str()?.trim();
+    if dir.is_empty() {
+        return None;
+    }
+    Some(file.parent().unwrap_or(Path::new("")).join(dir))
 }
 
 fn syntax_problem(file: &Path, e: &serde_yaml::Error) -> Problem {

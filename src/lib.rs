@@ -8,12 +8,15 @@
 pub mod accesslog;
 pub mod app;
 pub mod config;
+pub mod control;
 pub mod diff;
 pub mod error;
 pub mod interpreter;
 pub mod preflight;
 pub mod proxy;
+pub mod reload;
 pub mod routes;
 pub mod server;
 pub mod supervisor;
 pub mod upstream;
+pub mod watch;

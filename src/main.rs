@@ -31,6 +31,17 @@ enum Command {
         #[arg(long, short, default_value = "wsgimux.yaml")]
         config: PathBuf,
     },
+    /// Make the running server apply its config file now; prints the outcome. Exits 0 when
+    /// applied, 1 when rejected or when an app's new processes did not start, 2 when no server
+    /// answers.
+    Reload {
+        /// The config file the server was started with.
+        #[arg(long, short, default_value = "wsgimux.yaml")]
+        config: PathBuf,
+        /// How long to wait for the outcome (e.g. 90s, 5m).
+        #[arg(long, default_value = "10m", value_parser = wsgimux::config::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 fn main() -> ExitCode {
@@ -53,7 +64,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result: anyhow::Result<()> = runtime.block_on(async {
+    let result: anyhow::Result<ExitCode> = runtime.block_on(async {
         match cli.command {
             Command::Check { config } => {
                 let (config, apps) = wsgimux::app::load(&config).await?;
@@ -61,20 +72,53 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Serve { config } => {
-                let (config, apps) = wsgimux::app::load(&config).await?;
-                wsgimux::app::serve(config, apps).await?;
+                wsgimux::app::serve(&config).await?;
                 Ok(())
             }
+            Command::Reload { config, timeout } => return Ok(reload(&config, timeout).await),
         }
+        .map(|()| ExitCode::SUCCESS)
     });
     // Children and connection tasks have been stopped; do not wait for stray blocking tasks.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             // Every error's message already names its cause; `{:#}` would repeat it.
             eprintln!("error: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `wsgimux reload`: asks the server, prints its report.
+async fn reload(config: &std::path::Path, timeout: std::time::Duration) -> ExitCode {
+    use wsgimux::control::{self, Request, Response};
+    let dir = wsgimux::app::runtime_dir_of(config);
+    match control::request(&dir, &Request::Reload, timeout).await {
+        Ok(Response::Reload(report)) => {
+            let ok = report.outcome.succeeded();
+            if ok {
+                println!("{}", report.summary);
+            } else {
+                eprintln!("{}", report.summary);
+                for e in &report.errors {
+                    eprintln!("  {e}");
+                }
+            }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Ok(Response::Error(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
         }
     }
 }

@@ -71,9 +71,16 @@ impl AppRoute {
         }
     }
 
+    /// The same app reached through a new route (a reload changed only its routes): the
+    /// processes and their connections are shared.
+    pub fn rerouted(&self, mount: &Mount) -> Self {
+        AppRoute::new(&self.name, mount, self.endpoints.clone())
+    }
+
     /// The ready process with the fewest requests in flight, starting the scan at a rotating
-    /// position so equal loads spread out.
-    fn pick(&self) -> Option<Arc<Endpoint>> {
+    /// position so equal loads spread out; `avoid` (a process that just failed) only when it is
+    /// the only one.
+    fn pick(&self, avoid: Option<u32>) -> Option<Arc<Endpoint>> {
         let eps = self.endpoints.borrow().ready.clone();
         if eps.is_empty() {
             return None;
@@ -81,7 +88,7 @@ impl AppRoute {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..eps.len())
             .map(|i| &eps[(start + i) % eps.len()])
-            .min_by_key(|e| e.in_flight())
+            .min_by_key(|e| (Some(e.pid()) == avoid, e.in_flight()))
             .cloned()
     }
 }
@@ -125,6 +132,20 @@ impl Proxy {
         log.finish(resp, app)
     }
 
+    /// The route for a host and a raw path, from the current table.
+    fn route(&self, host: &str, path: &str) -> Result<Arc<AppRoute>, ProxyError> {
+        // Borrowed unless the path has escapes: no allocation for the common case.
+        let decoded: Cow<[u8]> = percent_decode(path.as_bytes()).into();
+        let table = self.routes.borrow().clone();
+        table
+            .lookup(host, &decoded)
+            .map(|r| r.target.clone())
+            .ok_or_else(|| ProxyError::NoRoute {
+                host: host.to_string(),
+                path: path.to_string(),
+            })
+    }
+
     async fn forward(
         &self,
         req: Request<Incoming>,
@@ -146,21 +167,10 @@ impl Proxy {
             None => String::new(),
             Some(h) => normalize_host(h).ok_or_else(|| ProxyError::BadHost(h.clone()))?,
         };
-        let path = parts.uri.path();
-        // Borrowed unless the path has escapes: no allocation for the common case.
-        let decoded: Cow<[u8]> = percent_decode(path.as_bytes()).into();
-        let route = {
-            let table = self.routes.borrow().clone();
-            table
-                .lookup(&host, &decoded)
-                .map(|r| r.target.clone())
-                .ok_or_else(|| ProxyError::NoRoute {
-                    host: host.clone(),
-                    path: path.to_string(),
-                })?
-        };
+        let path = parts.uri.path().to_string();
+        let route = self.route(&host, &path)?;
         *app = Some(route.name.clone());
-        let endpoint = route.pick().ok_or_else(|| ProxyError::AppUnavailable {
+        let mut endpoint = route.pick(None).ok_or_else(|| ProxyError::AppUnavailable {
             app: route.name.to_string(),
         })?;
 
@@ -179,34 +189,66 @@ impl Proxy {
             }
         }
         add_forwarded(&mut parts.headers, client, host_raw.as_deref());
-        if let Some(m) = &route.mount_header {
-            parts
-                .headers
-                .insert(HeaderName::from_static(MOUNT_HEADER), m.clone());
-        }
         parts.uri = uri;
         parts.version = Version::HTTP_11;
-        let upstream_req = Request::from_parts(parts, body.map_err(Into::into).boxed());
+        let mut route_now = route;
+        set_mount(&mut parts.headers, &route_now);
+        let mut upstream_req = Request::from_parts(parts, body.map_err(Into::into).boxed());
 
-        let sent = tokio::time::timeout(RESPONSE_TIMEOUT, endpoint.send(upstream_req)).await;
-        let resp = match sent {
-            Err(_) => {
-                return Err(ProxyError::Timeout {
-                    app: route.name.to_string(),
-                    after: RESPONSE_TIMEOUT,
-                })
+        let deadline = tokio::time::Instant::now() + RESPONSE_TIMEOUT;
+        let mut attempts = 0;
+        let resp = loop {
+            attempts += 1;
+            let sent = tokio::time::timeout_at(deadline, endpoint.send(upstream_req)).await;
+            let failure = match sent {
+                Err(_) => {
+                    return Err(ProxyError::Timeout {
+                        app: route_now.name.to_string(),
+                        after: RESPONSE_TIMEOUT,
+                    })
+                }
+                Ok(Ok(resp)) => break resp,
+                Ok(Err(f)) => f,
+            };
+            // Nothing reached the child (its socket is gone: it exited, or a reload retired
+            // it a moment ago): look the route up again in the current table and resend.
+            let failed_pid = endpoint.pid();
+            match failure.unsent {
+                Some(mut unsent) if attempts < MAX_ATTEMPTS => {
+                    tracing::debug!("retrying on another process: {}", failure.error);
+                    let route = self.route(&host, &path)?;
+                    endpoint =
+                        route
+                            .pick(Some(failed_pid))
+                            .ok_or_else(|| ProxyError::AppUnavailable {
+                                app: route.name.to_string(),
+                            })?;
+                    unsent.headers_mut().remove(MOUNT_HEADER);
+                    set_mount(unsent.headers_mut(), &route);
+                    *app = Some(route.name.clone());
+                    route_now = route;
+                    upstream_req = unsent;
+                }
+                _ => {
+                    return Err(ProxyError::Upstream {
+                        app: route_now.name.to_string(),
+                        source: failure.error,
+                    })
+                }
             }
-            Ok(Err(source)) => {
-                return Err(ProxyError::Upstream {
-                    app: route.name.to_string(),
-                    source,
-                })
-            }
-            Ok(Ok(resp)) => resp,
         };
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, body.boxed()))
+    }
+}
+
+/// Sends to a process that cannot be reached are tried this many times in all.
+const MAX_ATTEMPTS: u32 = 3;
+
+fn set_mount(headers: &mut HeaderMap, route: &AppRoute) {
+    if let Some(m) = &route.mount_header {
+        headers.insert(HeaderName::from_static(MOUNT_HEADER), m.clone());
     }
 }
 

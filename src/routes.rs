@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use crate::config::{HostPattern, Mount};
+use crate::config::{AppSpec, HostPattern, Mount};
 
 /// One routing entry: a mount and what it leads to.
 #[derive(Debug, Clone)]
@@ -62,6 +62,23 @@ impl<T: Clone> RouteTable<T> {
         table.wildcard.iter_mut().for_each(|(_, v)| by_mount_len(v));
         by_mount_len(&mut table.any_host);
         table
+    }
+}
+
+impl<T: Clone> RouteTable<T> {
+    /// The table for a set of apps: each app at its mount under each of its hosts (or any host
+    /// when it names none). Earlier apps win duplicate claims.
+    pub fn for_apps<'a>(apps: impl IntoIterator<Item = (&'a AppSpec, T)>) -> Self {
+        RouteTable::new(apps.into_iter().flat_map(|(spec, target)| {
+            let hosts: Vec<Option<HostPattern>> = if spec.hosts.is_empty() {
+                vec![None]
+            } else {
+                spec.hosts.iter().cloned().map(Some).collect()
+            };
+            hosts
+                .into_iter()
+                .map(move |h| (h, spec.mount.clone(), target.clone()))
+        }))
     }
 }
 

@@ -1,6 +1,8 @@
-//! Listeners: binding, accepting under a connection limit, serving HTTP/1.1 with hyper, and the
-//! graceful drain at shutdown. Each request is handed to `proxy`.
+//! Listeners: binding, accepting under a connection limit, serving HTTP/1.1 with hyper, adding
+//! and closing listeners as reloads ask, and the graceful drain at shutdown. Each request is
+//! handed to `proxy`.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
 
 use crate::proxy::{Client, Proxy};
 
@@ -34,12 +37,12 @@ pub enum BindError {
     },
 }
 
-/// Binds every address before anything else starts, so a taken port fails fast.
-pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, BindError> {
+/// Binds every address; the first failure is returned and the sockets bound so far are closed.
+pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<(SocketAddr, TcpListener)>, BindError> {
     let mut out = Vec::new();
     for &addr in addrs {
         match TcpListener::bind(addr).await {
-            Ok(l) => out.push(l),
+            Ok(l) => out.push((addr, l)),
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && addr.port() < 1024 => {
                 return Err(BindError::Privileged { addr })
             }
@@ -49,41 +52,88 @@ pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, BindError> {
     Ok(out)
 }
 
-/// Serves until `shutdown` turns true, then stops accepting and lets requests in flight finish
-/// for at most [`DRAIN_TIMEOUT`].
-pub async fn run(listeners: Vec<TcpListener>, proxy: Arc<Proxy>, shutdown: watch::Receiver<bool>) {
-    let graceful = Arc::new(GracefulShutdown::new());
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut accepting = tokio::task::JoinSet::new();
-    for listener in listeners {
-        accepting.spawn(accept_loop(
+/// The listeners being served, keyed by their configured address. Listeners come and go with
+/// reloads; connections accepted on a listener that goes away are served to their end.
+pub struct Server {
+    proxy: Arc<Proxy>,
+    limit: Arc<Semaphore>,
+    graceful: Arc<GracefulShutdown>,
+    listening: HashMap<SocketAddr, Listening>,
+}
+
+struct Listening {
+    local: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    pub fn new(proxy: Arc<Proxy>) -> Self {
+        Server {
+            proxy,
+            limit: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            graceful: Arc::new(GracefulShutdown::new()),
+            listening: HashMap::new(),
+        }
+    }
+
+    /// Starts accepting on a bound listener.
+    pub fn add(&mut self, configured: SocketAddr, listener: TcpListener) {
+        let local = listener.local_addr().unwrap_or(configured);
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(
             listener,
-            proxy.clone(),
-            limit.clone(),
-            graceful.clone(),
-            shutdown.clone(),
+            self.proxy.clone(),
+            self.limit.clone(),
+            self.graceful.clone(),
+            stop_rx,
         ));
+        self.listening
+            .insert(configured, Listening { local, stop, task });
     }
-    while accepting.join_next().await.is_some() {}
-    // The accept loops held the other references; they have all returned.
-    let Ok(graceful) = Arc::try_unwrap(graceful) else {
-        return;
-    };
-    let open = graceful.count();
-    if open > 0 {
-        tracing::info!(
-            "waiting up to {}s for {open} connection(s) to finish",
-            DRAIN_TIMEOUT.as_secs()
-        );
+
+    /// Stops accepting on a listener and closes its socket; its open connections carry on.
+    pub async fn remove(&mut self, configured: &SocketAddr) {
+        if let Some(l) = self.listening.remove(configured) {
+            let _ = l.stop.send(true);
+            let _ = l.task.await;
+        }
     }
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "connections still open after {}s; closing them",
-            DRAIN_TIMEOUT.as_secs()
-        );
+
+    /// The addresses actually listened on (a configured port 0 becomes the port chosen).
+    pub fn local_addrs(&self) -> Vec<(SocketAddr, SocketAddr)> {
+        let mut v: Vec<_> = self.listening.iter().map(|(c, l)| (*c, l.local)).collect();
+        v.sort();
+        v
+    }
+
+    /// Stops accepting everywhere, then lets requests in flight finish for at most
+    /// [`DRAIN_TIMEOUT`].
+    pub async fn shutdown(mut self) {
+        for (_, l) in self.listening.drain() {
+            let _ = l.stop.send(true);
+            let _ = l.task.await;
+        }
+        // The accept loops held the other references; they have all returned.
+        let Ok(graceful) = Arc::try_unwrap(self.graceful) else {
+            return;
+        };
+        let open = graceful.count();
+        if open > 0 {
+            tracing::info!(
+                "waiting up to {}s for {open} connection(s) to finish",
+                DRAIN_TIMEOUT.as_secs()
+            );
+        }
+        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "connections still open after {}s; closing them",
+                DRAIN_TIMEOUT.as_secs()
+            );
+        }
     }
 }
 

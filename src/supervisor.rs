@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::Entry;
@@ -26,8 +26,6 @@ use crate::preflight::ReadyApp;
 use crate::proxy::Endpoints;
 use crate::upstream::Endpoint;
 
-/// How long a new child may take to answer on its socket.
-pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// After SIGTERM, how long a child may take to finish its requests before SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 /// The child's own limit for finishing in-flight requests after SIGTERM (below STOP_GRACE).
@@ -37,6 +35,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// A child that ran this long before exiting resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 const READY_POLL: Duration = Duration::from_millis(20);
+/// A retired generation is left alone this long before its in-flight count is trusted: a
+/// request that read the old route table just before the switch picks its process within it.
+const RETIRE_SETTLE: Duration = Duration::from_millis(250);
+const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// Lines of a child's stderr kept to explain a failed start.
 const STDERR_TAIL_LINES: usize = 20;
 /// Longest child output line logged as one line; longer ones are split.
@@ -44,75 +46,153 @@ const MAX_LOG_LINE: usize = 16 * 1024;
 /// Unix socket paths must fit in sockaddr_un (104 bytes on macOS, 108 on Linux).
 pub const MAX_SOCKET_PATH: usize = 100;
 
-/// What the supervisor reports as children come and go.
-#[derive(Debug, Clone)]
-pub enum Event {
-    Ready {
-        app: Arc<str>,
-        slot: usize,
-        pid: u32,
-    },
-    StartFailed {
-        app: Arc<str>,
-        slot: usize,
-        reason: String,
-    },
+/// Why a process of a generation did not start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartFailure {
+    pub slot: usize,
+    pub reason: String,
+    /// The child's last lines on stderr (a traceback, usually).
+    pub stderr: Vec<String>,
 }
 
-impl Event {
-    pub fn app(&self) -> &Arc<str> {
-        match self {
-            Event::Ready { app, .. } | Event::StartFailed { app, .. } => app,
+/// One start of an app's processes under one spec. A reload that changes how an app runs starts
+/// a new generation beside the old one, switches routes to it once it is ready, then retires the
+/// old one; the supervisor owns the processes, the holder of this handle only watches them.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub id: u64,
+    pub app: Arc<str>,
+    pub processes: usize,
+    pub endpoints: watch::Receiver<Endpoints>,
+    failure: watch::Receiver<Option<StartFailure>>,
+}
+
+impl Generation {
+    /// The pids of the processes answering now.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self
+            .endpoints
+            .borrow()
+            .ready
+            .iter()
+            .map(|e| e.pid())
+            .collect();
+        pids.sort_unstable();
+        pids
+    }
+
+    /// The first start failure of any of its processes, if one happened.
+    pub fn failure(&self) -> Option<StartFailure> {
+        self.failure.borrow().clone()
+    }
+
+    /// Waits until every process answers (→ their pids) or one fails to start, for at most
+    /// `limit`.
+    pub async fn wait_ready(&self, limit: Duration) -> Result<Vec<u32>, StartFailure> {
+        let mut endpoints = self.endpoints.clone();
+        let mut failure = self.failure.clone();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(f) = failure.borrow_and_update().clone() {
+                return Err(f);
+            }
+            if endpoints.borrow_and_update().ready.len() >= self.processes {
+                return Ok(self.pids());
+            }
+            let gone = tokio::select! {
+                r = endpoints.changed() => r.is_err(),
+                r = failure.changed() => r.is_err(),
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(StartFailure {
+                        slot: 0,
+                        reason: format!("not all processes answered within {}", secs(limit)),
+                        stderr: Vec::new(),
+                    });
+                }
+            };
+            if gone {
+                return Err(StartFailure {
+                    slot: 0,
+                    reason: "stopped before it was ready".into(),
+                    stderr: Vec::new(),
+                });
+            }
         }
     }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
 }
 
 /// Everything needed to start one app's processes.
 #[derive(Debug)]
 struct AppPlan {
     name: Arc<str>,
+    generation: u64,
     interpreter: Interpreter,
     worker_script: PathBuf,
     runtime_dir: PathBuf,
     args: Vec<OsString>,
     working_dir: PathBuf,
     env: BTreeMap<String, String>,
+    startup_timeout: Duration,
 }
 
-struct RunningApp {
+struct LiveGeneration {
+    app: Arc<str>,
     stop: watch::Sender<bool>,
     slots: JoinSet<()>,
+    endpoints: watch::Receiver<Endpoints>,
 }
 
 pub struct Supervisor {
     runtime_dir: PathBuf,
     worker_script: PathBuf,
-    events: mpsc::Sender<Event>,
-    apps: HashMap<String, RunningApp>,
+    next_generation: u64,
+    live: HashMap<u64, LiveGeneration>,
+    /// Generations being drained and stopped in the background.
+    retiring: JoinSet<()>,
+    /// Set at shutdown: drains stop waiting for requests (the front has finished them).
+    shutting_down: watch::Sender<bool>,
 }
 
 impl Supervisor {
-    pub fn new(runtime_dir: PathBuf, worker_script: PathBuf, events: mpsc::Sender<Event>) -> Self {
+    pub fn new(runtime_dir: PathBuf, worker_script: PathBuf) -> Self {
         Supervisor {
             runtime_dir,
             worker_script,
-            events,
-            apps: HashMap::new(),
+            next_generation: 1,
+            live: HashMap::new(),
+            retiring: JoinSet::new(),
+            shutting_down: watch::channel(false).0,
         }
     }
 
     /// The longest socket path an app will use; must stay under [`MAX_SOCKET_PATH`].
     pub fn socket_path_len(runtime_dir: &Path, app: &str) -> usize {
-        socket_path(runtime_dir, app, 999, u64::from(u32::MAX))
-            .as_os_str()
-            .len()
+        socket_path(
+            runtime_dir,
+            app,
+            u64::from(u32::MAX),
+            999,
+            u64::from(u32::MAX),
+        )
+        .as_os_str()
+        .len()
     }
 
-    /// Starts an app's processes; returns the list of its ready endpoints as it changes.
-    pub fn start(&mut self, app: &ReadyApp) -> watch::Receiver<Endpoints> {
-        let plan = Arc::new(self.plan(app));
+    /// Starts a new generation of an app's processes. They restart with backoff when they exit,
+    /// until the generation is retired or stopped.
+    pub fn start(&mut self, app: &ReadyApp) -> Generation {
+        while self.retiring.try_join_next().is_some() {}
+        let id = self.next_generation;
+        self.next_generation += 1;
+        let plan = Arc::new(self.plan(app, id));
         let (endpoints_tx, endpoints_rx) = watch::channel(Endpoints::default());
         let endpoints_tx = Arc::new(endpoints_tx);
+        let (failure_tx, failure_rx) = watch::channel(None);
+        let failure_tx = Arc::new(failure_tx);
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut slots = JoinSet::new();
         for slot in 0..app.spec.processes as usize {
@@ -120,22 +200,62 @@ impl Supervisor {
                 plan: plan.clone(),
                 slot,
                 endpoints: endpoints_tx.clone(),
-                events: self.events.clone(),
+                failure: failure_tx.clone(),
                 stop: stop_rx.clone(),
             };
             slots.spawn(slot_task.run());
         }
-        self.apps.insert(
-            app.spec.name.clone(),
-            RunningApp {
+        self.live.insert(
+            id,
+            LiveGeneration {
+                app: plan.name.clone(),
                 stop: stop_tx,
                 slots,
+                endpoints: endpoints_rx.clone(),
             },
         );
-        endpoints_rx
+        Generation {
+            id,
+            app: plan.name.clone(),
+            processes: app.spec.processes as usize,
+            endpoints: endpoints_rx,
+            failure: failure_rx,
+        }
     }
 
-    fn plan(&self, app: &ReadyApp) -> AppPlan {
+    /// Stops a generation that nothing routes to and that never served (a failed start), at
+    /// once and in the background.
+    pub fn stop(&mut self, generation: u64) {
+        if let Some(g) = self.live.remove(&generation) {
+            self.retiring.spawn(stop_generation(g));
+        }
+    }
+
+    /// Retires a generation that routes no longer lead to: waits (in the background, for at most
+    /// `drain`) until its requests in flight are done, then stops its processes.
+    pub fn retire(&mut self, generation: u64, drain: Duration) {
+        let Some(g) = self.live.remove(&generation) else {
+            return;
+        };
+        let mut shutting_down = self.shutting_down.subscribe();
+        self.retiring.spawn(async move {
+            let waited = tokio::select! {
+                r = drain_requests(&g, drain) => r,
+                _ = stopped(&mut shutting_down) => Ok(()),
+            };
+            if let Err(busy) = waited {
+                tracing::warn!(
+                    "[{}] generation {generation}: {busy} request(s) still running after drain_timeout {}; stopping anyway",
+                    g.app,
+                    secs(drain)
+                );
+            }
+            stop_generation(g).await;
+            tracing::debug!("generation {generation} stopped");
+        });
+    }
+
+    fn plan(&self, app: &ReadyApp, generation: u64) -> AppPlan {
         let spec = &app.spec;
         let mut args: Vec<OsString> = vec![
             "--app-name".into(),
@@ -164,37 +284,70 @@ impl Supervisor {
         }
         AppPlan {
             name: spec.name.as_str().into(),
+            generation,
             interpreter: app.interpreter.clone(),
             worker_script: self.worker_script.clone(),
             runtime_dir: self.runtime_dir.clone(),
             args,
             working_dir: spec.working_dir.clone(),
             env: spec.env.clone(),
+            startup_timeout: spec.startup_timeout,
         }
     }
 
-    /// Stops every app: each child gets SIGTERM, then SIGKILL after [`STOP_GRACE`].
-    pub async fn shutdown(self) {
-        let mut all = Vec::new();
-        for (_, app) in self.apps {
-            let _ = app.stop.send(true);
-            all.push(app.slots);
+    /// Stops every generation: each child gets SIGTERM, then SIGKILL after [`STOP_GRACE`].
+    pub async fn shutdown(mut self) {
+        let _ = self.shutting_down.send(true);
+        for (_, g) in self.live.drain() {
+            self.retiring.spawn(stop_generation(g));
         }
-        for mut slots in all {
-            while slots.join_next().await.is_some() {}
-        }
+        while self.retiring.join_next().await.is_some() {}
     }
 }
 
-fn socket_path(runtime_dir: &Path, app: &str, slot: usize, attempt: u64) -> PathBuf {
-    runtime_dir.join(format!("{app}.{slot}.{attempt}.sock"))
+/// Waits until no request is in flight on the generation's processes; Err(count) at `limit`.
+async fn drain_requests(g: &LiveGeneration, limit: Duration) -> Result<(), usize> {
+    let deadline = tokio::time::Instant::now() + limit;
+    tokio::time::sleep(RETIRE_SETTLE.min(limit)).await;
+    loop {
+        let busy: usize = g
+            .endpoints
+            .borrow()
+            .ready
+            .iter()
+            .map(|e| e.in_flight())
+            .sum();
+        if busy == 0 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(busy);
+        }
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+}
+
+async fn stop_generation(mut g: LiveGeneration) {
+    let _ = g.stop.send(true);
+    while g.slots.join_next().await.is_some() {}
+}
+
+fn socket_path(
+    runtime_dir: &Path,
+    app: &str,
+    generation: u64,
+    slot: usize,
+    attempt: u64,
+) -> PathBuf {
+    runtime_dir.join(format!("{app}.{generation}.{slot}.{attempt}.sock"))
 }
 
 struct Slot {
     plan: Arc<AppPlan>,
     slot: usize,
     endpoints: Arc<watch::Sender<Endpoints>>,
-    events: mpsc::Sender<Event>,
+    /// The generation's first start failure, shared by its slots.
+    failure: Arc<watch::Sender<Option<StartFailure>>>,
     stop: watch::Receiver<bool>,
 }
 
@@ -211,7 +364,13 @@ impl Slot {
         let mut attempt = 0u64;
         loop {
             attempt += 1;
-            let socket = socket_path(&self.plan.runtime_dir, &self.plan.name, self.slot, attempt);
+            let socket = socket_path(
+                &self.plan.runtime_dir,
+                &self.plan.name,
+                self.plan.generation,
+                self.slot,
+                attempt,
+            );
             let started = Instant::now();
             let stop_now = self.run_once(&socket).await;
             let _ = std::fs::remove_file(&socket);
@@ -246,7 +405,7 @@ impl Slot {
                     "cannot start {}: {e}",
                     plan.interpreter.executable.display()
                 );
-                self.start_failed(reason).await;
+                self.start_failed(reason, &tail);
                 return false;
             }
         };
@@ -265,30 +424,30 @@ impl Slot {
                     describe(status),
                     last_line(&tail)
                 );
-                self.start_failed(reason).await;
+                self.start_failed(reason, &tail);
                 return false;
             }
             Startup::TimedOut => {
                 stop_child(&mut child, pid).await;
                 let reason = format!(
-                    "did not answer on {} within {}s{}",
+                    "did not answer on {} within startup_timeout {}{}",
                     socket.display(),
-                    STARTUP_TIMEOUT.as_secs(),
+                    secs(plan.startup_timeout),
                     last_line(&tail)
                 );
-                self.start_failed(reason).await;
+                self.start_failed(reason, &tail);
                 return false;
             }
         }
 
         let endpoint = Endpoint::new(socket.to_path_buf(), pid);
+        tracing::debug!(
+            "[{}] generation {} process {} ready (pid {pid})",
+            plan.name,
+            plan.generation,
+            self.slot
+        );
         self.publish(Some(endpoint.clone()), pid);
-        self.report(Event::Ready {
-            app: plan.name.clone(),
-            slot: self.slot,
-            pid,
-        })
-        .await;
         let outcome = tokio::select! {
             status = child.wait() => Some(status),
             _ = stopped(&mut self.stop) => None,
@@ -316,7 +475,7 @@ impl Slot {
     }
 
     async fn wait_ready(&mut self, child: &mut Child, socket: &Path) -> Startup {
-        let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
+        let deadline = tokio::time::Instant::now() + self.plan.startup_timeout;
         loop {
             // The worker renames its socket into place once it listens: a connect that
             // succeeds means the app is imported and requests will be served.
@@ -351,14 +510,27 @@ impl Slot {
         });
     }
 
-    async fn report(&self, event: Event) {
-        let _ = self.events.send(event).await;
-    }
-
-    async fn start_failed(&self, reason: String) {
-        let (app, slot) = (self.plan.name.clone(), self.slot);
-        tracing::error!("[{app}] process {slot} failed to start: {reason}");
-        self.report(Event::StartFailed { app, slot, reason }).await;
+    fn start_failed(&self, reason: String, tail: &Mutex<VecDeque<String>>) {
+        let slot = self.slot;
+        tracing::error!(
+            "[{}] process {slot} failed to start: {reason}",
+            self.plan.name
+        );
+        let stderr = tail
+            .lock()
+            .map(|t| t.iter().cloned().collect())
+            .unwrap_or_default();
+        self.failure.send_if_modified(|f| {
+            let first = f.is_none();
+            if first {
+                *f = Some(StartFailure {
+                    slot,
+                    reason,
+                    stderr,
+                });
+            }
+            first
+        });
     }
 }
 

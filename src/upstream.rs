@@ -52,6 +52,13 @@ pub enum UpstreamError {
     },
 }
 
+/// A failed send; `unsent` holds the request when none of it reached the child (the connect
+/// failed), so it can safely go to another process.
+pub struct SendError {
+    pub error: UpstreamError,
+    pub unsent: Option<Request<ProxyBody>>,
+}
+
 struct Idle {
     sender: SendRequest<ProxyBody>,
     since: Instant,
@@ -104,7 +111,7 @@ impl Endpoint {
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<ProxyBody>,
-    ) -> Result<Response<PooledBody>, UpstreamError> {
+    ) -> Result<Response<PooledBody>, SendError> {
         let guard = InFlight::new(self.clone());
         while let Some(mut sender) = self.take_idle() {
             // A pooled connection the child has closed hands the request back unsent.
@@ -119,15 +126,35 @@ impl Endpoint {
                 },
             }
         }
-        let mut sender = self.connect().await?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| self.request_error(e))?;
-        Ok(PooledBody::wrap(resp, sender, guard))
+        let mut sender = match self.connect().await {
+            Ok(s) => s,
+            Err(error) => {
+                return Err(SendError {
+                    error,
+                    unsent: Some(req),
+                })
+            }
+        };
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok(PooledBody::wrap(resp, sender, guard)),
+            Err(mut e) => {
+                let unsent = e.take_message();
+                Err(SendError {
+                    error: self.request_error_inner(e.into_error()),
+                    unsent,
+                })
+            }
+        }
     }
 
-    fn request_error(&self, source: hyper::Error) -> UpstreamError {
+    fn request_error(&self, source: hyper::Error) -> SendError {
+        SendError {
+            error: self.request_error_inner(source),
+            unsent: None,
+        }
+    }
+
+    fn request_error_inner(&self, source: hyper::Error) -> UpstreamError {
         UpstreamError::Request {
             path: self.socket.clone(),
             source,
@@ -177,7 +204,7 @@ impl Endpoint {
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| self.request_error(e))?;
+            .map_err(|e| self.request_error_inner(e))?;
         let pid = self.pid;
         tokio::spawn(async move {
             if let Err(e) = conn.await {

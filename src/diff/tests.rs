@@ -44,7 +44,11 @@ fn summary(d: &ConfigDiff) -> Vec<(String, &'static str, Vec<&'static str>)> {
 }
 
 /// Before, after, and the expected change of app "a": its kind and the keys named.
-type Case = (&'static str, &'static str, (&'static str, &'static [&'static str]));
+type Case = (
+    &'static str,
+    &'static str,
+    (&'static str, &'static [&'static str]),
+);
 
 #[test]
 fn table_of_edits() {

@@ -1,0 +1,173 @@
+//! The control socket: how `wsgimux reload` (and later `status`) talk to a running server.
+//!
+//! A Unix socket in the runtime dir (mode 0700, so only the server's user reaches it). One
+//! request per connection: a JSON line `{"command": "reload"}`, answered by one JSON line once
+//! the outcome is known. Owns the wire format and both ends; what a command does is `reload`'s.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::reload::{Report, Trigger};
+
+pub const SOCKET_NAME: &str = "control.sock";
+/// How long a client may take to send its request line.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_REQUEST: u64 = 4096;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "command")]
+pub enum Request {
+    Reload,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Reload(Report),
+    Error(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("no wsgimux is serving this config (nothing answers on {}): {source}", path.display())]
+    NotRunning {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("wsgimux did not answer on {} within {}s", path.display(), after.as_secs())]
+    Timeout { path: PathBuf, after: Duration },
+    #[error("talking to wsgimux on {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("wsgimux sent an answer this version does not understand: {0}")]
+    Protocol(String),
+    #[error("wsgimux refused the request: {0}")]
+    Refused(String),
+}
+
+/// Whether a server answers on the control socket in `runtime_dir`.
+pub fn is_served(runtime_dir: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(runtime_dir.join(SOCKET_NAME)).is_ok()
+}
+
+/// Serves the control socket, handing commands to `reload` as triggers.
+pub fn serve(
+    runtime_dir: &Path,
+    triggers: mpsc::Sender<Trigger>,
+) -> std::io::Result<ControlSocket> {
+    let path = runtime_dir.join(SOCKET_NAME);
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    let task = tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    tokio::spawn(answer(stream, triggers.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!("control socket: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    Ok(ControlSocket { path, task })
+}
+
+/// The served socket; dropping it stops serving and removes the file.
+pub struct ControlSocket {
+    path: PathBuf,
+    task: JoinHandle<()>,
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+async fn answer(stream: UnixStream, triggers: mpsc::Sender<Trigger>) {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST));
+    let response = match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
+        Err(_) => Response::Error("no request within 5s".into()),
+        Ok(Err(e)) => Response::Error(format!("reading the request: {e}")),
+        Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
+            Err(e) => Response::Error(format!("unknown request {:?}: {e}", line.trim())),
+            Ok(Request::Reload) => {
+                let (tx, rx) = oneshot::channel();
+                if triggers.send(Trigger::Command(tx)).await.is_err() {
+                    Response::Error("wsgimux is stopping".into())
+                } else {
+                    match rx.await {
+                        Ok(report) => Response::Reload(report),
+                        Err(_) => Response::Error("wsgimux stopped before the reload ended".into()),
+                    }
+                }
+            }
+        },
+    };
+    let mut out = serde_json::to_string(&response).unwrap_or_else(|e| {
+        serde_json::json!({ "error": format!("cannot encode the answer: {e}") }).to_string()
+    });
+    out.push('\n');
+    let _ = write.write_all(out.as_bytes()).await;
+}
+
+/// Sends one request to the server using `runtime_dir` and waits (at most `limit`) for the
+/// answer.
+pub async fn request(
+    runtime_dir: &Path,
+    req: &Request,
+    limit: Duration,
+) -> Result<Response, ControlError> {
+    let path = runtime_dir.join(SOCKET_NAME);
+    let io = |source| ControlError::Io {
+        path: path.clone(),
+        source,
+    };
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(&path)).await {
+        Err(_) => {
+            return Err(ControlError::Timeout {
+                path,
+                after: CONNECT_TIMEOUT,
+            })
+        }
+        Ok(Err(source)) => return Err(ControlError::NotRunning { path, source }),
+        Ok(Ok(s)) => s,
+    };
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_string(req).map_err(|e| ControlError::Protocol(e.to_string()))?;
+    line.push('\n');
+    write.write_all(line.as_bytes()).await.map_err(io)?;
+    let mut answer = String::new();
+    let mut reader = BufReader::new(read);
+    match tokio::time::timeout(limit, reader.read_line(&mut answer)).await {
+        Err(_) => return Err(ControlError::Timeout { path, after: limit }),
+        Ok(Err(e)) => return Err(io(e)),
+        Ok(Ok(0)) => {
+            return Err(ControlError::Protocol(
+                "the connection closed without an answer".into(),
+            ))
+        }
+        Ok(Ok(_)) => {}
+    }
+    match serde_json::from_str::<Response>(&answer) {
+        Ok(Response::Error(e)) => Err(ControlError::Refused(e)),
+        Ok(r) => Ok(r),
+        Err(e) => Err(ControlError::Protocol(format!("{e}: {}", answer.trim()))),
+    }
+}

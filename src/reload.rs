@@ -1,0 +1,637 @@
+//! Hot reload: the running state (the effective config, each app's current generation, the
+//! listeners) and the only writer of the route table.
+//!
+//! A reload validates the file exactly as `serve` does, diffs it against what runs
+//! (`diff`), then applies only the difference: new generations start beside the old ones, the
+//! route table is swapped once they answer, and what was replaced drains in the background.
+//! A generation that does not become ready leaves its app as it was (rollback). Does not parse
+//! YAML, watch files or speak HTTP: triggers come from `watch`, `control` and signals.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::{AppSpec, Config, Problem};
+use crate::diff::{self, AppChange};
+use crate::preflight::ReadyApp;
+use crate::proxy::{AppRoute, Table};
+use crate::routes::RouteTable;
+use crate::server::{self, Server};
+use crate::supervisor::{Generation, StartFailure, Supervisor};
+use crate::watch::CodeWatcher;
+
+/// Beyond an app's `startup_timeout`, how long a reload waits for its new generation (the
+/// processes time out by themselves first and say why).
+const READY_MARGIN: Duration = Duration::from_secs(2);
+/// Lines of a failed child's stderr repeated in the log.
+const LOGGED_STDERR_LINES: usize = 10;
+
+/// Why a reload happens.
+#[derive(Debug)]
+pub enum Trigger {
+    /// The config file changed on disk.
+    ConfigFile,
+    Hangup,
+    /// `wsgimux reload`: the report goes back to it.
+    Command(oneshot::Sender<Report>),
+    /// A `reload_on_changes` app's code changed.
+    Code {
+        app: String,
+        file: PathBuf,
+    },
+}
+
+/// The outcome of one reload, as logged and as `wsgimux reload` prints it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub number: u64,
+    pub cause: String,
+    pub outcome: Outcome,
+    /// The one summary line.
+    pub summary: String,
+    /// Why it was rejected, or why apps kept their previous processes.
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Applied,
+    Unchanged,
+    /// Applied, except for apps whose new processes did not start (they keep their old ones).
+    PartlyApplied,
+    /// Nothing changed: the file is invalid, or a listener could not be bound.
+    Rejected,
+}
+
+impl Outcome {
+    pub fn succeeded(self) -> bool {
+        matches!(self, Outcome::Applied | Outcome::Unchanged)
+    }
+}
+
+/// One app as it runs: its spec, its interpreter and its current generation.
+pub struct RunningApp {
+    pub app: ReadyApp,
+    pub generation: Generation,
+}
+
+/// Everything a reload reads and changes.
+pub struct Reloader {
+    /// The config file as given to `serve` (absolute, symlinks not resolved).
+    path: PathBuf,
+    /// What runs: the last config applied, with the previous spec of apps whose new
+    /// generation failed.
+    config: Config,
+    apps: BTreeMap<String, RunningApp>,
+    supervisor: Supervisor,
+    server: Server,
+    routes: watch::Sender<Arc<Table>>,
+    code_watchers: HashMap<String, CodeWatcher>,
+    triggers: mpsc::Sender<Trigger>,
+    count: u64,
+    last: Option<Report>,
+}
+
+impl Reloader {
+    /// Takes over what `serve` started: the apps' first generations, the server and the
+    /// route table's sender.
+    pub fn new(
+        path: PathBuf,
+        config: Config,
+        apps: Vec<RunningApp>,
+        supervisor: Supervisor,
+        server: Server,
+        routes: watch::Sender<Arc<Table>>,
+        triggers: mpsc::Sender<Trigger>,
+    ) -> Self {
+        let mut r = Reloader {
+            path,
+            config,
+            apps: apps
+                .into_iter()
+                .map(|a| (a.app.spec.name.clone(), a))
+                .collect(),
+            supervisor,
+            server,
+            routes,
+            code_watchers: HashMap::new(),
+            triggers,
+            count: 0,
+            last: None,
+        };
+        r.update_code_watchers();
+        r
+    }
+
+    /// The route table for a set of running apps, in config order.
+    pub fn table<'a>(order: &[AppSpec], apps: impl Fn(&str) -> Option<&'a Generation>) -> Table {
+        RouteTable::for_apps(order.iter().filter_map(|spec| {
+            let g = apps(&spec.name)?;
+            Some((
+                spec,
+                Arc::new(AppRoute::new(&spec.name, &spec.mount, g.endpoints.clone())),
+            ))
+        }))
+    }
+
+    /// The last reload's report, if any happened.
+    pub fn last_report(&self) -> Option<&Report> {
+        self.last.as_ref()
+    }
+
+    /// Handles a batch of triggers that arrived together: one config reload for all the
+    /// config triggers (each `wsgimux reload` gets its report), then one restart per app whose
+    /// code changed and that the config reload did not already restart.
+    pub async fn handle(&mut self, batch: Vec<Trigger>) {
+        let mut cause: Option<&'static str> = None;
+        let mut waiting = Vec::new();
+        let mut code: BTreeMap<String, PathBuf> = BTreeMap::new();
+        for t in batch {
+            let c = match t {
+                Trigger::ConfigFile => "config file changed",
+                Trigger::Hangup => "SIGHUP",
+                Trigger::Command(reply) => {
+                    waiting.push(reply);
+                    "wsgimux reload"
+                }
+                Trigger::Code { app, file } => {
+                    code.entry(app).or_insert(file);
+                    continue;
+                }
+            };
+            cause.get_or_insert(c);
+        }
+        let mut restarted = BTreeSet::new();
+        if let Some(cause) = cause {
+            let (report, r) = self.reload_config(cause).await;
+            restarted = r;
+            for w in waiting {
+                let _ = w.send(report.clone());
+            }
+        }
+        for (app, file) in code {
+            if !restarted.contains(&app) {
+                self.reload_code(&app, &file).await;
+            }
+        }
+    }
+
+    fn begin(&mut self) -> u64 {
+        self.count += 1;
+        self.count
+    }
+
+    fn finish(&mut self, report: Report) -> Report {
+        match report.outcome {
+            Outcome::Applied | Outcome::Unchanged => tracing::info!("{}", report.summary),
+            Outcome::PartlyApplied | Outcome::Rejected => tracing::error!("{}", report.summary),
+        }
+        self.last = Some(report.clone());
+        report
+    }
+
+    /// Reloads the config file; returns the report and the apps that got new processes.
+    async fn reload_config(&mut self, cause: &str) -> (Report, BTreeSet<String>) {
+        let number = self.begin();
+        let started = Instant::now();
+        let head = format!("reload #{number} ({cause})");
+        let rejected = |errors: Vec<String>| {
+            let first = errors.first().cloned().unwrap_or_default();
+            let more = match errors.len() {
+                0 | 1 => String::new(),
+                n => format!(" (and {} more)", n - 1),
+            };
+            Report {
+                number,
+                cause: cause.to_string(),
+                outcome: Outcome::Rejected,
+                summary: format!(
+                    "{head}: rejected, still serving the previous config: {first}{more}"
+                ),
+                errors,
+            }
+        };
+        let (new, ready) = match crate::app::load(&self.path).await {
+            Ok(x) => x,
+            Err(e) => {
+                let errors = e.to_string().lines().map(str::to_string).collect();
+                return (self.finish(rejected(errors)), BTreeSet::new());
+            }
+        };
+        if new.runtime_dir != self.config.runtime_dir {
+            let problem = runtime_dir_problem(&new);
+            return (
+                self.finish(rejected(vec![problem.to_string()])),
+                BTreeSet::new(),
+            );
+        }
+        let mut d = diff::diff(&self.config, &new);
+        let ready: HashMap<String, ReadyApp> = ready
+            .into_iter()
+            .map(|a| (a.spec.name.clone(), a))
+            .collect();
+        // The same `python:` may now be another interpreter (a venv rebuilt, a pyenv upgrade).
+        for change in &mut d.apps {
+            let (spec, mut keys) = match change {
+                AppChange::Update { spec, keys, .. } => (spec.clone(), keys.clone()),
+                AppChange::Unchanged(spec) => (spec.clone(), Vec::new()),
+                _ => continue,
+            };
+            let now = ready.get(&spec.name).map(|a| &a.interpreter);
+            let before = self.apps.get(&spec.name).map(|a| &a.app.interpreter);
+            if now.is_some() && now != before {
+                keys.insert(0, "python");
+                *change = AppChange::Restart { spec, keys };
+            }
+        }
+        // New listeners are bound before anything else changes: a bind failure rejects the
+        // reload with nothing started.
+        let bound = match server::bind(&d.listen_added).await {
+            Ok(b) => b,
+            Err(e) => return (self.finish(rejected(vec![e.to_string()])), BTreeSet::new()),
+        };
+        if d.is_empty() {
+            let report = Report {
+                number,
+                cause: cause.to_string(),
+                outcome: Outcome::Unchanged,
+                summary: format!("{head}: nothing to change ({})", elapsed(started)),
+                errors: Vec::new(),
+            };
+            self.config = new;
+            self.refresh_specs();
+            return (self.finish(report), BTreeSet::new());
+        }
+
+        // Start every new generation at once, then wait for each.
+        let mut starting: Vec<(String, Generation, Duration)> = Vec::new();
+        for change in &d.apps {
+            if let AppChange::Added(spec) | AppChange::Restart { spec, .. } = change {
+                if let Some(app) = ready.get(&spec.name) {
+                    let g = self.supervisor.start(app);
+                    starting.push((spec.name.clone(), g, spec.startup_timeout));
+                }
+            }
+        }
+        let waits = starting
+            .iter()
+            .map(|(_, g, limit)| g.wait_ready(*limit + READY_MARGIN));
+        let results = futures_util::future::join_all(waits).await;
+        let mut new_generations: HashMap<String, Generation> = HashMap::new();
+        let mut failed: BTreeMap<String, StartFailure> = BTreeMap::new();
+        for ((name, g, _), result) in starting.into_iter().zip(results) {
+            match result {
+                Ok(_) => {
+                    new_generations.insert(name, g);
+                }
+                Err(f) => {
+                    self.supervisor.stop(g.id);
+                    log_failure(&name, &f);
+                    failed.insert(name, f);
+                }
+            }
+        }
+
+        // The effective config: the new one, except where a new generation failed.
+        let mut effective = new.clone();
+        effective.apps = d
+            .apps
+            .iter()
+            .filter_map(|c| {
+                let name = c.name();
+                match (failed.contains_key(name), c) {
+                    (_, AppChange::Removed(_)) => None,
+                    (true, AppChange::Added(_)) => None,
+                    (true, _) => self.apps.get(name).map(|a| a.app.spec.clone()),
+                    (false, _) => c.spec().cloned(),
+                }
+            })
+            .collect();
+
+        // Swap: new and re-routed apps in, removed ones out, in one step.
+        let mut retire: Vec<(Generation, Duration)> = Vec::new();
+        for change in &d.apps {
+            let name = change.name();
+            if failed.contains_key(name) {
+                continue;
+            }
+            match change {
+                AppChange::Removed(_) => {
+                    if let Some(old) = self.apps.remove(name) {
+                        retire.push((old.generation, old.app.spec.drain_timeout));
+                    }
+                }
+                AppChange::Added(_) | AppChange::Restart { .. } => {
+                    let (Some(g), Some(app)) = (new_generations.remove(name), ready.get(name))
+                    else {
+                        continue;
+                    };
+                    let running = RunningApp {
+                        app: app.clone(),
+                        generation: g,
+                    };
+                    if let Some(old) = self.apps.insert(name.to_string(), running) {
+                        retire.push((old.generation, app.spec.drain_timeout));
+                    }
+                }
+                AppChange::Update { .. } | AppChange::Unchanged(_) => {}
+            }
+        }
+        self.config = effective;
+        self.refresh_specs();
+        self.publish_routes();
+        for (addr, listener) in bound {
+            self.server.add(addr, listener);
+        }
+        for addr in &d.listen_removed {
+            self.server.remove(addr).await;
+        }
+        for (g, drain) in retire {
+            self.supervisor.retire(g.id, drain);
+        }
+        self.update_code_watchers();
+
+        let restarted: BTreeSet<String> = d
+            .apps
+            .iter()
+            .filter(|c| matches!(c, AppChange::Restart { .. }) && !failed.contains_key(c.name()))
+            .map(|c| c.name().to_string())
+            .collect();
+        let summary = self.summarize(&d, &failed);
+        let outcome = if failed.is_empty() {
+            Outcome::Applied
+        } else {
+            Outcome::PartlyApplied
+        };
+        let verb = match outcome {
+            Outcome::Applied => "applied",
+            _ => "partly applied",
+        };
+        let errors = failed.iter().map(|(app, f)| failure_text(app, f)).collect();
+        let report = Report {
+            number,
+            cause: cause.to_string(),
+            outcome,
+            summary: format!("{head}: {verb} in {}: {summary}", elapsed(started)),
+            errors,
+        };
+        (self.finish(report), restarted)
+    }
+
+    /// A zero-downtime restart of one app with its current spec (its code changed).
+    async fn reload_code(&mut self, name: &str, file: &Path) {
+        let Some(app) = self.apps.get(name).map(|a| a.app.clone()) else {
+            return;
+        };
+        let number = self.begin();
+        let started = Instant::now();
+        let cause = format!("{} changed", file.display());
+        let g = self.supervisor.start(&app);
+        let report = match g.wait_ready(app.spec.startup_timeout + READY_MARGIN).await {
+            Ok(pids) => {
+                let old = self.apps.insert(
+                    name.to_string(),
+                    RunningApp {
+                        app: app.clone(),
+                        generation: g,
+                    },
+                );
+                self.publish_routes();
+                if let Some(old) = old {
+                    self.supervisor
+                        .retire(old.generation.id, app.spec.drain_timeout);
+                }
+                Report {
+                    number,
+                    cause: cause.clone(),
+                    outcome: Outcome::Applied,
+                    summary: format!(
+                        "reload #{number} ({cause}): applied in {}: restarted {name} (code, pid {})",
+                        elapsed(started),
+                        join_pids(&pids)
+                    ),
+                    errors: Vec::new(),
+                }
+            }
+            Err(f) => {
+                self.supervisor.stop(g.id);
+                log_failure(name, &f);
+                Report {
+                    number,
+                    cause: cause.clone(),
+                    outcome: Outcome::PartlyApplied,
+                    summary: format!(
+                        "reload #{number} ({cause}): not applied after {}: {}",
+                        elapsed(started),
+                        failure_text(name, &f)
+                    ),
+                    errors: vec![failure_text(name, &f)],
+                }
+            }
+        };
+        self.finish(report);
+    }
+
+    /// Gives apps whose processes stayed their new spec (routes and settings may differ; a
+    /// process setting cannot, or the app would have a new generation).
+    fn refresh_specs(&mut self) {
+        for spec in &self.config.apps {
+            if let Some(running) = self.apps.get_mut(&spec.name) {
+                running.app.spec = spec.clone();
+            }
+        }
+    }
+
+    fn publish_routes(&self) {
+        let table = Reloader::table(&self.config.apps, |name| {
+            self.apps.get(name).map(|a| &a.generation)
+        });
+        self.routes.send_replace(Arc::new(table));
+    }
+
+    /// Starts a code watcher for each app with `reload_on_changes`, stops the others'.
+    fn update_code_watchers(&mut self) {
+        let wanted: HashMap<&str, Vec<PathBuf>> = self
+            .config
+            .apps
+            .iter()
+            .filter(|a| a.reload_on_changes)
+            .map(|a| (a.name.as_str(), crate::watch::code_roots(a)))
+            .collect();
+        self.code_watchers
+            .retain(|name, w| wanted.get(name.as_str()) == Some(&w.roots));
+        for (name, roots) in wanted {
+            if self.code_watchers.contains_key(name) {
+                continue;
+            }
+            match CodeWatcher::start(name, roots, self.triggers.clone()) {
+                Ok(w) => {
+                    self.code_watchers.insert(name.to_string(), w);
+                }
+                Err(e) => tracing::error!("[{name}] reload_on_changes: {e}"),
+            }
+        }
+    }
+
+    fn summarize(&self, d: &diff::ConfigDiff, failed: &BTreeMap<String, StartFailure>) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        let mut group = |label: &str, items: Vec<String>| {
+            if !items.is_empty() {
+                parts.push(format!("{label} {}", items.join(", ")));
+            }
+        };
+        let pids = |name: &str| {
+            self.apps
+                .get(name)
+                .map(|a| join_pids(&a.generation.pids()))
+                .unwrap_or_default()
+        };
+        let ok = |c: &&AppChange| !failed.contains_key(c.name());
+        group(
+            "added",
+            d.apps
+                .iter()
+                .filter(ok)
+                .filter(|c| matches!(c, AppChange::Added(_)))
+                .map(|c| format!("{} (pid {})", c.name(), pids(c.name())))
+                .collect(),
+        );
+        group(
+            "removed",
+            d.apps
+                .iter()
+                .filter(|c| matches!(c, AppChange::Removed(_)))
+                .map(|c| c.name().to_string())
+                .collect(),
+        );
+        group(
+            "restarted",
+            d.apps
+                .iter()
+                .filter(ok)
+                .filter_map(|c| match c {
+                    AppChange::Restart { keys, .. } => Some(format!(
+                        "{} ({}; pid {})",
+                        c.name(),
+                        keys.join(", "),
+                        pids(c.name())
+                    )),
+                    _ => None,
+                })
+                .collect(),
+        );
+        group(
+            "re-routed",
+            d.apps
+                .iter()
+                .filter_map(|c| match c {
+                    AppChange::Update {
+                        keys,
+                        reroute: true,
+                        ..
+                    } => Some(format!("{} ({})", c.name(), keys.join(", "))),
+                    _ => None,
+                })
+                .collect(),
+        );
+        group(
+            "updated",
+            d.apps
+                .iter()
+                .filter_map(|c| match c {
+                    AppChange::Update {
+                        keys,
+                        reroute: false,
+                        ..
+                    } => Some(format!("{} ({})", c.name(), keys.join(", "))),
+                    _ => None,
+                })
+                .collect(),
+        );
+        group(
+            "failed",
+            failed
+                .iter()
+                .map(|(app, f)| format!("{app} (kept its previous processes: {})", f.reason))
+                .collect(),
+        );
+        group(
+            "unchanged",
+            d.apps
+                .iter()
+                .filter(|c| matches!(c, AppChange::Unchanged(_)))
+                .map(|c| c.name().to_string())
+                .collect(),
+        );
+        group(
+            "listening on",
+            d.listen_added.iter().map(SocketAddr::to_string).collect(),
+        );
+        group(
+            "closed",
+            d.listen_removed.iter().map(SocketAddr::to_string).collect(),
+        );
+        parts.join("; ")
+    }
+
+    /// Stops everything: no new connections, requests in flight finish, then every child stops.
+    pub async fn shutdown(self) {
+        drop(self.code_watchers);
+        tracing::info!("stopping: no new connections; finishing requests in flight");
+        self.server.shutdown().await;
+        tracing::info!("stopping children");
+        self.supervisor.shutdown().await;
+    }
+}
+
+fn runtime_dir_problem(new: &Config) -> Problem {
+    let text = std::fs::read_to_string(&new.file).unwrap_or_default();
+    let location = crate::config::Locator::new(&text).key("runtime_dir");
+    Problem {
+        file: new.file.clone(),
+        location,
+        app: None,
+        key: Some("runtime_dir".into()),
+        message:
+            "cannot change while wsgimux runs (its sockets live there); restart wsgimux to move it"
+                .into(),
+    }
+}
+
+fn failure_text(app: &str, f: &StartFailure) -> String {
+    format!(
+        "app {app}: new processes did not start, the previous ones keep serving: {}",
+        f.reason
+    )
+}
+
+fn log_failure(app: &str, f: &StartFailure) {
+    let skip = f.stderr.len().saturating_sub(LOGGED_STDERR_LINES);
+    let tail: Vec<&str> = f.stderr[skip..].iter().map(String::as_str).collect();
+    if tail.is_empty() {
+        tracing::error!("[{app}] new generation failed: {}", f.reason);
+    } else {
+        tracing::error!(
+            "[{app}] new generation failed: {}; its last stderr lines:\n{}",
+            f.reason,
+            tail.join("\n")
+        );
+    }
+}
+
+fn join_pids(pids: &[u32]) -> String {
+    pids.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn elapsed(since: Instant) -> String {
+    format!("{:.2}s", since.elapsed().as_secs_f64())
+}
