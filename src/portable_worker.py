@@ -857,11 +857,16 @@ def main(argv=None):
         stop.append(signum)
         if worker is not None:
             worker.stopping = True
+        elif loading:
+            # Still importing the app (which may block for long): nothing to drain.
+            raise SystemExit(0)
 
     worker = None
+    loading = True
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     app = load_app(args)
+    loading = False
     if stop:
         return 0
     listener = listen_unix(args.socket)

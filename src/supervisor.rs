@@ -428,7 +428,7 @@ impl Slot {
                 return false;
             }
             Startup::TimedOut => {
-                stop_child(&mut child, pid).await;
+                // Reported before the stop, which may take STOP_GRACE: a reload waits for it.
                 let reason = format!(
                     "did not answer on {} within startup_timeout {}{}",
                     socket.display(),
@@ -436,6 +436,7 @@ impl Slot {
                     last_line(&tail)
                 );
                 self.start_failed(reason, &tail);
+                stop_child(&mut child, pid).await;
                 return false;
             }
         }

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
@@ -152,7 +152,9 @@ fn watch_dirs(
     Ok(())
 }
 
-/// The file names that are the config: the name given and the symlink target's.
+/// The names whose changes can change what the config path reads: its own, its symlink
+/// target's, and the first folder of a relative link (`config.yaml -> ..data/config.yaml`, where
+/// `..data` is the symlink that deployments swap).
 fn config_names(path: &Path) -> Vec<std::ffi::OsString> {
     let mut names: Vec<_> = path.file_name().into_iter().map(|n| n.to_owned()).collect();
     if let Some(n) = std::fs::canonicalize(path)
@@ -161,18 +163,34 @@ fn config_names(path: &Path) -> Vec<std::ffi::OsString> {
     {
         names.push(n);
     }
+    if let Ok(link) = std::fs::read_link(path) {
+        if let Some(std::path::Component::Normal(first)) = link.components().next() {
+            if link.components().count() > 1 {
+                names.push(first.to_owned());
+            }
+        }
+    }
     names
 }
 
+/// Whether an event is about the config (the folder holds other files: logs, editors' swap
+/// files, runtime dirs).
+fn concerns(ev: &Event, names: &[std::ffi::OsString]) -> bool {
+    // Reads (ours included: every check reads the file) change nothing.
+    let changes = match ev.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    };
+    changes
+        && ev
+            .paths
+            .iter()
+            .any(|p| p.file_name().is_some_and(|n| names.iter().any(|m| m == n)))
+}
+
 /// Whether an event says a writer has the config file open (true) or closed it (false).
-fn writing_state(ev: &Event, names: &[std::ffi::OsString]) -> Option<bool> {
-    let ours = ev
-        .paths
-        .iter()
-        .any(|p| p.file_name().is_some_and(|n| names.iter().any(|m| m == n)));
-    if !ours {
-        return None;
-    }
+fn writing_state(ev: &Event) -> Option<bool> {
     match ev.kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(false),
         EventKind::Modify(ModifyKind::Data(_))
@@ -198,24 +216,37 @@ async fn watch_config(
     mut events: mpsc::UnboundedReceiver<Event>,
     triggers: mpsc::Sender<Trigger>,
 ) {
+    let mut names = config_names(&path);
     loop {
-        let Some(first) = events.recv().await else {
-            return;
+        let first = loop {
+            match events.recv().await {
+                None => return,
+                Some(ev) if concerns(&ev, &names) => {
+                    tracing::debug!("config watch: {:?} {:?}", ev.kind, ev.paths);
+                    break ev;
+                }
+                Some(_) => {}
+            }
         };
-        let names = config_names(&path);
-        let mut writing = writing_state(&first, &names).unwrap_or(false);
-        let burst = Instant::now();
+        let mut writing = writing_state(&first).unwrap_or(false);
+        let burst_end = tokio::time::Instant::now() + BURST_MAX;
+        let mut last_event = tokio::time::Instant::now();
         let mut quiet = if writing { WRITING_QUIET } else { QUIET };
         loop {
-            let left = BURST_MAX.saturating_sub(burst.elapsed());
-            match tokio::time::timeout(quiet.min(left), events.recv()).await {
+            // Unrelated events (a log file beside the config) do not restart the quiet wait.
+            let until = (last_event + quiet).min(burst_end);
+            match tokio::time::timeout_at(until, events.recv()).await {
                 Ok(None) => return,
                 Ok(Some(ev)) => {
-                    if let Some(w) = writing_state(&ev, &names) {
-                        writing = w;
+                    if concerns(&ev, &names) {
+                        tracing::debug!("config watch: {:?} {:?}", ev.kind, ev.paths);
+                        last_event = tokio::time::Instant::now();
+                        if let Some(w) = writing_state(&ev) {
+                            writing = w;
+                        }
+                        quiet = if writing { WRITING_QUIET } else { QUIET };
                     }
-                    quiet = if writing { WRITING_QUIET } else { QUIET };
-                    if !left.is_zero() {
+                    if tokio::time::Instant::now() < burst_end {
                         continue;
                     }
                 }
@@ -226,15 +257,23 @@ async fn watch_config(
             if now == last {
                 break;
             }
-            let over = burst.elapsed() >= BURST_MAX;
+            let over = tokio::time::Instant::now() >= burst_end;
             if !over && !looks_complete(&path) {
                 // Re-read until it validates or the writing is over.
                 quiet = INCOMPLETE_WAIT;
                 writing = true;
-                match tokio::time::timeout(INCOMPLETE_WAIT, events.recv()).await {
-                    Ok(None) => return,
-                    Ok(Some(_)) => continue,
-                    Err(_) => {}
+                let until = tokio::time::Instant::now() + INCOMPLETE_WAIT;
+                let more = loop {
+                    match tokio::time::timeout_at(until, events.recv()).await {
+                        Ok(None) => return,
+                        Ok(Some(ev)) if concerns(&ev, &names) => break true,
+                        Ok(Some(_)) => {}
+                        Err(_) => break false,
+                    }
+                };
+                if more {
+                    last_event = tokio::time::Instant::now();
+                    continue;
                 }
             }
             last = fingerprint(&path);
@@ -243,7 +282,8 @@ async fn watch_config(
             }
             break;
         }
-        // A symlink swap may have moved the target to another folder.
+        // A symlink swap may have moved the target to another folder or name.
+        names = config_names(&path);
         if let Err(e) = watch_dirs(&mut watcher, &mut dirs, &path) {
             tracing::warn!("{e}");
         }
@@ -401,11 +441,13 @@ async fn watch_code(
     triggers: mpsc::Sender<Trigger>,
 ) {
     let mut changed: Option<PathBuf> = None;
-    let mut burst = Instant::now();
+    let mut burst_end = tokio::time::Instant::now();
+    let mut last_change = tokio::time::Instant::now();
     loop {
         let ev = if changed.is_some() {
-            let left = BURST_MAX.saturating_sub(burst.elapsed());
-            match tokio::time::timeout(CODE_QUIET.min(left), events.recv()).await {
+            // Unrelated events do not restart the quiet wait.
+            let until = (last_change + CODE_QUIET).min(burst_end);
+            match tokio::time::timeout_at(until, events.recv()).await {
                 Ok(ev) => ev,
                 Err(_) => {
                     if let Some(file) = changed.take() {
@@ -442,8 +484,9 @@ async fn watch_code(
                     tracing::warn!("[{app}] reload_on_changes: {e}");
                 }
             } else if is_code_file(p) {
+                last_change = tokio::time::Instant::now();
                 if changed.is_none() {
-                    burst = Instant::now();
+                    burst_end = last_change + BURST_MAX;
                 }
                 changed = Some(p.clone());
             }

@@ -17,6 +17,8 @@ except ImportError:
     from urllib.parse import parse_qs
 
 IMPORTED_AT = time.time()
+if os.environ.get('PROBE_SLEEP_IMPORT'):
+    time.sleep(float(os.environ['PROBE_SLEEP_IMPORT']))
 if os.environ.get('PROBE_FAIL_IMPORT'):
     raise RuntimeError('probe was told to fail at import')
 

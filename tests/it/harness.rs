@@ -131,6 +131,20 @@ impl Site {
         )
     }
 
+    /// `wsgimux reload` for the site's config: (exit status, stdout, stderr).
+    pub fn reload(&self) -> (ExitStatus, String, String) {
+        let out = Command::new(BIN)
+            .args(["reload", "--timeout", "60s", "--config"])
+            .arg(self.path().join("wsgimux.yaml"))
+            .output()
+            .expect("run wsgimux reload");
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
+    }
+
     pub fn serve(&self) -> Server {
         Server::start(
             self.path().join("wsgimux.yaml"),
@@ -146,6 +160,42 @@ pub struct Server {
     /// The lines printed on stdout before `ready:`.
     pub ready_lines: Vec<String>,
     pub log: PathBuf,
+    tail: std::sync::Mutex<LogTail>,
+}
+
+/// The log's lines other than access-log lines, read incrementally.
+#[derive(Default)]
+struct LogTail {
+    offset: u64,
+    partial: Vec<u8>,
+    lines: Vec<String>,
+}
+
+impl LogTail {
+    fn read_more(&mut self, path: &Path) {
+        use std::io::{Seek, SeekFrom};
+        let Ok(mut f) = std::fs::File::open(path) else {
+            return;
+        };
+        if f.seek(SeekFrom::Start(self.offset)).is_err() {
+            return;
+        }
+        let mut buf = Vec::new();
+        let Ok(n) = f.read_to_end(&mut buf) else {
+            return;
+        };
+        self.offset += n as u64;
+        self.partial.extend_from_slice(&buf);
+        let Some(end) = self.partial.iter().rposition(|&b| b == b'\n') else {
+            return;
+        };
+        let complete: Vec<u8> = self.partial.drain(..=end).collect();
+        for line in String::from_utf8_lossy(&complete).lines() {
+            if !line.contains(" rt=") {
+                self.lines.push(line.to_string());
+            }
+        }
+    }
 }
 
 impl Server {
@@ -182,6 +232,7 @@ impl Server {
                             addr,
                             ready_lines,
                             log,
+                            tail: Default::default(),
                         };
                     }
                     ready_lines.push(line);
@@ -216,6 +267,23 @@ impl Server {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The first log line containing `needle`, waiting up to `limit` for it. Access-log lines
+    /// are not searched (under load they are most of the log).
+    pub fn wait_log(&self, needle: &str, limit: Duration) -> Option<String> {
+        eventually(limit, || {
+            let mut tail = self.tail.lock().ok()?;
+            tail.read_more(&self.log);
+            tail.lines.iter().find(|l| l.contains(needle)).cloned()
+        })
+    }
+
+    /// The summary line of reload number `n` (each reload logs one), waiting for it.
+    pub fn reload_line(&self, n: u64) -> String {
+        let needle = format!("reload #{n} (");
+        self.wait_log(&needle, Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("no {needle:?} in the log:\n{}", self.log_text()))
     }
 
     pub fn get(&self, host: &str, path: &str) -> Response {
@@ -267,6 +335,25 @@ pub fn pid_alive(pid: u32) -> bool {
             .is_some_and(|rest| rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
+}
+
+/// The live (not zombie) child processes of `parent`.
+pub fn child_pids(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Fields after the command: state, ppid, …
+            let mut rest = stat.rsplit(')').next().unwrap_or("").split_whitespace();
+            let state = rest.next().unwrap_or("Z");
+            let ppid: u32 = rest.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+            ppid == parent && state != "Z"
+        })
+        .collect()
 }
 
 /// A process's memory figure from /proc (e.g. "VmRSS", "VmHWM"), in KiB.
@@ -338,6 +425,10 @@ impl Client {
         Ok(Client {
             reader: BufReader::new(s),
         })
+    }
+
+    pub fn reader_timeout(&self, limit: Duration) {
+        let _ = self.reader.get_ref().set_read_timeout(Some(limit));
     }
 
     pub fn send(&mut self, raw: &[u8]) -> std::io::Result<()> {

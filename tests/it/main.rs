@@ -3,6 +3,7 @@
 
 mod config_errors;
 mod harness;
+mod reload;
 mod routing;
 mod streaming;
 mod supervision;
