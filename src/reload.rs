@@ -23,7 +23,7 @@ use crate::proxy::{AppRoute, Table};
 use crate::routes::RouteTable;
 use crate::server::{self, Server};
 use crate::supervisor::{Generation, StartFailure, Supervisor};
-use crate::watch::CodeWatcher;
+use crate::watch::{self as filewatch, CodeWatcher, Fingerprint};
 
 /// Beyond an app's `startup_timeout`, how long a reload waits for its new generation (the
 /// processes time out by themselves first and say why).
@@ -96,6 +96,8 @@ pub struct Reloader {
     triggers: mpsc::Sender<Trigger>,
     count: u64,
     last: Option<Report>,
+    /// The version of the file the last config reload read.
+    loaded: Option<Fingerprint>,
 }
 
 impl Reloader {
@@ -124,6 +126,7 @@ impl Reloader {
             triggers,
             count: 0,
             last: None,
+            loaded: None,
         };
         r.update_code_watchers();
         r
@@ -167,6 +170,13 @@ impl Reloader {
             };
             cause.get_or_insert(c);
         }
+        // A file event for the version a reload (by command or signal) already read: done.
+        if cause == Some("config file changed")
+            && self.loaded.as_ref() == Some(&filewatch::fingerprint(&self.path))
+        {
+            tracing::debug!("config file event for the version already loaded");
+            cause = None;
+        }
         let mut restarted = BTreeSet::new();
         if let Some(cause) = cause {
             let (report, r) = self.reload_config(cause).await;
@@ -201,6 +211,7 @@ impl Reloader {
         let number = self.begin();
         let started = Instant::now();
         let head = format!("reload #{number} ({cause})");
+        self.loaded = Some(filewatch::fingerprint(&self.path));
         let rejected = |errors: Vec<String>| {
             let first = errors.first().cloned().unwrap_or_default();
             let more = match errors.len() {
