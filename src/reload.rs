@@ -152,31 +152,30 @@ impl Reloader {
     /// config triggers (each `wsgimux reload` gets its report), then one restart per app whose
     /// code changed and that the config reload did not already restart.
     pub async fn handle(&mut self, batch: Vec<Trigger>) {
-        let mut cause: Option<&'static str> = None;
+        let (mut file, mut hangup) = (false, false);
         let mut waiting = Vec::new();
         let mut code: BTreeMap<String, PathBuf> = BTreeMap::new();
         for t in batch {
-            let c = match t {
-                Trigger::ConfigFile => "config file changed",
-                Trigger::Hangup => "SIGHUP",
-                Trigger::Command(reply) => {
-                    waiting.push(reply);
-                    "wsgimux reload"
-                }
+            match t {
+                Trigger::ConfigFile => file = true,
+                Trigger::Hangup => hangup = true,
+                Trigger::Command(reply) => waiting.push(reply),
                 Trigger::Code { app, file } => {
                     code.entry(app).or_insert(file);
-                    continue;
                 }
-            };
-            cause.get_or_insert(c);
+            }
         }
-        // A file event for the version a reload (by command or signal) already read: done.
-        if cause == Some("config file changed")
-            && self.loaded.as_ref() == Some(&filewatch::fingerprint(&self.path))
-        {
-            tracing::debug!("config file event for the version already loaded");
-            cause = None;
-        }
+        // Named after the most explicit request; a file event alone for the version a reload
+        // already read (a `wsgimux reload` right after the edit) needs no second reload.
+        let cause = if !waiting.is_empty() {
+            Some("wsgimux reload")
+        } else if hangup {
+            Some("SIGHUP")
+        } else if file && self.loaded.as_ref() != Some(&filewatch::fingerprint(&self.path)) {
+            Some("config file changed")
+        } else {
+            None
+        };
         let mut restarted = BTreeSet::new();
         if let Some(cause) = cause {
             let (report, r) = self.reload_config(cause).await;
