@@ -482,6 +482,20 @@ fn sighup_reloads_and_the_reload_command_needs_a_server() {
         stdout.contains("(wsgimux reload): nothing to change"),
         "{stdout}"
     );
+
+    // An invalid file: exit 1 with the error at its line and column; still serving.
+    one_probe_app(&site, &py, "    threads: lots\n");
+    let (status, _, stderr) = site.reload();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("rejected, still serving the previous config"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("wsgimux.yaml:7:14: app \"web\", key \"threads\""),
+        "{stderr}"
+    );
+    assert_eq!(server.get("x.test", "/pid").status, 200);
 }
 
 #[test]
