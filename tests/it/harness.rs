@@ -557,6 +557,52 @@ pub fn make_venv(python: &Path, dir: &Path) -> PathBuf {
     dir.to_path_buf()
 }
 
+/// A virtualenv with `packages` installed from PyPI, kept under Cargo's test tmp dir so later
+/// runs reuse it. None (with a printed reason) when pip cannot install them; with
+/// WSGIMUX_REQUIRE_ALL=1, a failure.
+pub fn pip_venv(python: &Path, name: &str, packages: &[&str]) -> Option<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("venvs");
+    let dir = root.join(name);
+    if dir.join(".complete").is_file() {
+        return Some(dir);
+    }
+    let building = root.join(format!("{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_dir_all(&building);
+    std::fs::create_dir_all(&root).expect("venv root");
+    let run = |cmd: &mut Command| -> Result<(), String> {
+        let out = cmd.output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    };
+    let made = run(Command::new(python).args(["-m", "venv"]).arg(&building)).and_then(|()| {
+        run(Command::new(building.join("bin/python"))
+            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+            .args(packages))
+    });
+    match made {
+        Ok(()) => {
+            std::fs::write(building.join(".complete"), "").expect("marker");
+            // Another test process may have finished first; either copy will do.
+            if std::fs::rename(&building, &dir).is_err() {
+                let _ = std::fs::remove_dir_all(&building);
+            }
+            Some(dir)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&building);
+            let msg = format!("cannot install {packages:?} into a venv: {e}");
+            if std::env::var("WSGIMUX_REQUIRE_ALL").as_deref() == Ok("1") {
+                panic!("{msg}");
+            }
+            eprintln!("skipped: {msg}");
+            None
+        }
+    }
+}
+
 /// Retries `f` until it returns Some or `limit` passes.
 pub fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + limit;
