@@ -158,7 +158,7 @@ pub fn app_change(old: &AppSpec, new: &AppSpec) -> AppChange {
         Entry::Script { .. } => "script",
         Entry::Module { .. } => "module",
     };
-    let process: Vec<&'static str> = [
+    let process = changed(&[
         (old.python != *python, "python"),
         (old.entry != *entry, entry_key),
         (old.working_dir != *working_dir, "working_dir"),
@@ -167,27 +167,19 @@ pub fn app_change(old: &AppSpec, new: &AppSpec) -> AppChange {
         // The worker tells the app (wsgi.multiprocess) and sizes itself by both counts.
         (old.processes != *processes, "processes"),
         (old.threads != *threads, "threads"),
-    ]
-    .into_iter()
-    .filter_map(|(changed, key)| changed.then_some(key))
-    .collect();
-    let route: Vec<&'static str> = [
+    ]);
+    let route = changed(&[
         (old.hosts != *hosts, "hosts"),
         (old.mount != *mount, "mount"),
-    ]
-    .into_iter()
-    .filter_map(|(changed, key)| changed.then_some(key))
-    .collect();
-    let settings = [
+    ]);
+    let settings = changed(&[
         (old.startup_timeout != *startup_timeout, "startup_timeout"),
         (old.drain_timeout != *drain_timeout, "drain_timeout"),
         (
             old.reload_on_changes != *reload_on_changes,
             "reload_on_changes",
         ),
-    ]
-    .into_iter()
-    .filter_map(|(changed, key)| changed.then_some(key));
+    ]);
     let reroute = !route.is_empty();
     let mut keys = process.clone();
     keys.extend(route);
@@ -206,6 +198,14 @@ pub fn app_change(old: &AppSpec, new: &AppSpec) -> AppChange {
     } else {
         AppChange::Unchanged(new.clone())
     }
+}
+
+/// The keys whose flag is set, in order.
+fn changed(flags: &[(bool, &'static str)]) -> Vec<&'static str> {
+    flags
+        .iter()
+        .filter_map(|&(changed, key)| changed.then_some(key))
+        .collect()
 }
 
 #[cfg(test)]

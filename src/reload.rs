@@ -490,104 +490,58 @@ impl Reloader {
     }
 
     fn summarize(&self, d: &diff::ConfigDiff, failed: &BTreeMap<String, StartFailure>) -> String {
-        let mut parts: Vec<String> = Vec::new();
-        let mut group = |label: &str, items: Vec<String>| {
-            if !items.is_empty() {
-                parts.push(format!("{label} {}", items.join(", ")));
-            }
-        };
         let pids = |name: &str| {
             self.apps
                 .get(name)
                 .map(|a| join_pids(&a.generation.pids()))
                 .unwrap_or_default()
         };
-        let ok = |c: &&AppChange| !failed.contains_key(c.name());
-        group(
-            "added",
-            d.apps
-                .iter()
-                .filter(ok)
-                .filter(|c| matches!(c, AppChange::Added(_)))
-                .map(|c| format!("{} (pid {})", c.name(), pids(c.name())))
-                .collect(),
-        );
-        group(
-            "removed",
-            d.apps
-                .iter()
-                .filter(|c| matches!(c, AppChange::Removed(_)))
-                .map(|c| c.name().to_string())
-                .collect(),
-        );
-        group(
-            "restarted",
-            d.apps
-                .iter()
-                .filter(ok)
-                .filter_map(|c| match c {
-                    AppChange::Restart { keys, .. } => Some(format!(
-                        "{} ({}; pid {})",
-                        c.name(),
-                        keys.join(", "),
-                        pids(c.name())
-                    )),
-                    _ => None,
-                })
-                .collect(),
-        );
-        group(
-            "re-routed",
-            d.apps
-                .iter()
-                .filter_map(|c| match c {
-                    AppChange::Update {
-                        keys,
-                        reroute: true,
-                        ..
-                    } => Some(format!("{} ({})", c.name(), keys.join(", "))),
-                    _ => None,
-                })
-                .collect(),
-        );
-        group(
-            "updated",
-            d.apps
-                .iter()
-                .filter_map(|c| match c {
-                    AppChange::Update {
-                        keys,
-                        reroute: false,
-                        ..
-                    } => Some(format!("{} ({})", c.name(), keys.join(", "))),
-                    _ => None,
-                })
-                .collect(),
-        );
-        group(
-            "failed",
-            failed
-                .iter()
-                .map(|(app, f)| format!("{app} (kept its previous processes: {})", f.reason))
-                .collect(),
-        );
-        group(
-            "unchanged",
-            d.apps
-                .iter()
-                .filter(|c| matches!(c, AppChange::Unchanged(_)))
-                .map(|c| c.name().to_string())
-                .collect(),
-        );
-        group(
-            "listening on",
-            d.listen_added.iter().map(SocketAddr::to_string).collect(),
-        );
-        group(
-            "closed",
-            d.listen_removed.iter().map(SocketAddr::to_string).collect(),
-        );
-        parts.join("; ")
+        let (mut added, mut removed, mut restarted) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut rerouted, mut updated, mut unchanged) = (Vec::new(), Vec::new(), Vec::new());
+        for c in &d.apps {
+            let name = c.name();
+            if failed.contains_key(name) {
+                continue;
+            }
+            match c {
+                AppChange::Added(_) => added.push(format!("{name} (pid {})", pids(name))),
+                AppChange::Removed(_) => removed.push(name.to_string()),
+                AppChange::Restart { keys, .. } => {
+                    restarted.push(format!("{name} ({}; pid {})", keys.join(", "), pids(name)))
+                }
+                AppChange::Update { keys, reroute, .. } => {
+                    let list = if *reroute {
+                        &mut rerouted
+                    } else {
+                        &mut updated
+                    };
+                    list.push(format!("{name} ({})", keys.join(", ")));
+                }
+                AppChange::Unchanged(_) => unchanged.push(name.to_string()),
+            }
+        }
+        let failed: Vec<String> = failed
+            .iter()
+            .map(|(app, f)| format!("{app} (kept its previous processes: {})", f.reason))
+            .collect();
+        let listening: Vec<String> = d.listen_added.iter().map(SocketAddr::to_string).collect();
+        let closed: Vec<String> = d.listen_removed.iter().map(SocketAddr::to_string).collect();
+        [
+            ("added", added),
+            ("removed", removed),
+            ("restarted", restarted),
+            ("re-routed", rerouted),
+            ("updated", updated),
+            ("failed", failed),
+            ("unchanged", unchanged),
+            ("listening on", listening),
+            ("closed", closed),
+        ]
+        .into_iter()
+        .filter(|(_, items)| !items.is_empty())
+        .map(|(label, items)| format!("{label} {}", items.join(", ")))
+        .collect::<Vec<_>>()
+        .join("; ")
     }
 
     /// Stops everything: no new connections, requests in flight finish, then every child stops.

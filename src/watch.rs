@@ -276,7 +276,8 @@ async fn watch_config(
                     continue;
                 }
             }
-            last = fingerprint(&path);
+            // Nothing about the file moved since `now` was taken (or it would have been seen).
+            last = now;
             if triggers.send(Trigger::ConfigFile).await.is_err() {
                 return;
             }
