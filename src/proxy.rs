@@ -167,8 +167,10 @@ impl Proxy {
             None => String::new(),
             Some(h) => normalize_host(h).ok_or_else(|| ProxyError::BadHost(h.clone()))?,
         };
-        let path = parts.uri.path().to_string();
-        let route = self.route(&host, &path)?;
+        // Kept for a resend's fresh lookup; cloning a parsed `Uri` shares its bytes.
+        let target = parts.uri.clone();
+        let path = target.path();
+        let route = self.route(&host, path)?;
         *app = Some(route.name.clone());
         let mut endpoint = route.pick(None).ok_or_else(|| ProxyError::AppUnavailable {
             app: route.name.to_string(),
@@ -216,7 +218,7 @@ impl Proxy {
             match failure.unsent {
                 Some(mut unsent) if attempts < MAX_ATTEMPTS => {
                     tracing::debug!("retrying on another process: {}", failure.error);
-                    let route = self.route(&host, &path)?;
+                    let route = self.route(&host, path)?;
                     endpoint =
                         route
                             .pick(Some(failed_pid))

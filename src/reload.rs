@@ -171,13 +171,18 @@ impl Reloader {
             Some("wsgimux reload")
         } else if hangup {
             Some("SIGHUP")
-        } else if file && self.loaded.as_ref() != Some(&filewatch::fingerprint(&self.path)) {
+        } else if file {
             Some("config file changed")
         } else {
             None
         };
+        // Taken before the file is read, so an edit made during the reload is seen later.
+        let version = cause.map(|_| filewatch::fingerprint(&self.path));
+        let cause = cause
+            .filter(|&c| c != "config file changed" || self.loaded.as_ref() != version.as_ref());
         let mut restarted = BTreeSet::new();
-        if let Some(cause) = cause {
+        if let (Some(cause), Some(version)) = (cause, version) {
+            self.loaded = Some(version);
             let (report, r) = self.reload_config(cause).await;
             restarted = r;
             for w in waiting {
@@ -210,7 +215,6 @@ impl Reloader {
         let number = self.begin();
         let started = Instant::now();
         let head = format!("reload #{number} ({cause})");
-        self.loaded = Some(filewatch::fingerprint(&self.path));
         let rejected = |errors: Vec<String>| {
             let first = errors.first().cloned().unwrap_or_default();
             let more = match errors.len() {

@@ -119,25 +119,22 @@ impl Site {
 
     /// `wsgimux check` on the site's config: (exit status, stdout, stderr).
     pub fn check(&self) -> (ExitStatus, String, String) {
-        let out = Command::new(BIN)
-            .args(["check", "--config"])
-            .arg(self.path().join("wsgimux.yaml"))
-            .output()
-            .expect("run wsgimux check");
-        (
-            out.status,
-            String::from_utf8_lossy(&out.stdout).into(),
-            String::from_utf8_lossy(&out.stderr).into(),
-        )
+        self.run(&["check"])
     }
 
     /// `wsgimux reload` for the site's config: (exit status, stdout, stderr).
     pub fn reload(&self) -> (ExitStatus, String, String) {
+        self.run(&["reload", "--timeout", "60s"])
+    }
+
+    /// A `wsgimux` command with `--config` set to the site's config.
+    fn run(&self, args: &[&str]) -> (ExitStatus, String, String) {
         let out = Command::new(BIN)
-            .args(["reload", "--timeout", "60s", "--config"])
+            .args(args)
+            .arg("--config")
             .arg(self.path().join("wsgimux.yaml"))
             .output()
-            .expect("run wsgimux reload");
+            .unwrap_or_else(|e| panic!("run wsgimux {args:?}: {e}"));
         (
             out.status,
             String::from_utf8_lossy(&out.stdout).into(),

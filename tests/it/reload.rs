@@ -2,7 +2,7 @@
 //! and truncated) under continuous keep-alive load, with zero failed requests.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -314,26 +314,17 @@ fn eventually_fast<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Opti
     None
 }
 
-/// The probe app plus a config whose one app, `web`, has `extra` keys.
-fn one_probe_app(site: &Site, py: &Path, extra: &str) -> PathBuf {
-    site.probe("app");
-    site.config(&format!(
-        "apps:\n  web:\n    python: {}\n    script: app/probe.py\n{extra}",
-        py.display()
-    ))
-}
-
 #[test]
 fn a_new_generation_that_fails_to_import_is_rolled_back() {
     let Some(py) = require_python("3.13") else {
         return;
     };
     let site = Site::new();
-    one_probe_app(&site, &py, "");
+    site.one_app("web", &py, &[]);
     let server = site.serve();
     let old_pid = server.app_pids("web")[0];
 
-    one_probe_app(&site, &py, "    env: {PROBE_FAIL_IMPORT: \"1\"}\n");
+    site.one_app("web", &py, &["env: {PROBE_FAIL_IMPORT: \"1\"}"]);
     let (status, _, stderr) = site.reload();
     assert_eq!(status.code(), Some(1), "stderr: {stderr}");
     assert!(stderr.contains("app web"), "{stderr}");
@@ -349,10 +340,13 @@ fn a_new_generation_that_fails_to_import_is_rolled_back() {
     assert!(log.contains("Traceback (most recent call last)"), "{log}");
 
     // A new generation that never answers within startup_timeout is rolled back too.
-    one_probe_app(
-        &site,
+    site.one_app(
+        "web",
         &py,
-        "    env: {PROBE_SLEEP_IMPORT: \"30\"}\n    startup_timeout: 700ms\n",
+        &[
+            "env: {PROBE_SLEEP_IMPORT: \"30\"}",
+            "startup_timeout: 700ms",
+        ],
     );
     let t = Instant::now();
     let (status, _, stderr) = site.reload();
@@ -365,7 +359,7 @@ fn a_new_generation_that_fails_to_import_is_rolled_back() {
     );
 
     // Fixed: the reload applies and a new process serves.
-    one_probe_app(&site, &py, "    env: {FIXED: \"1\"}\n");
+    site.one_app("web", &py, &["env: {FIXED: \"1\"}"]);
     let (status, stdout, stderr) = site.reload();
     assert!(status.success(), "stdout: {stdout} stderr: {stderr}");
     assert!(stdout.contains("restarted web (env"), "{stdout}");
@@ -452,7 +446,7 @@ fn sighup_reloads_and_the_reload_command_needs_a_server() {
     };
     let site = Site::new();
     // No server yet: exit 2 and say so.
-    one_probe_app(&site, &py, "");
+    site.one_app("web", &py, &[]);
     let (status, _, stderr) = site.reload();
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(
@@ -484,7 +478,7 @@ fn sighup_reloads_and_the_reload_command_needs_a_server() {
     );
 
     // An invalid file: exit 1 with the error at its line and column; still serving.
-    one_probe_app(&site, &py, "    threads: lots\n");
+    site.one_app("web", &py, &["threads: lots"]);
     let (status, _, stderr) = site.reload();
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
@@ -504,7 +498,7 @@ fn listen_changes_bind_the_new_address_before_closing_the_old() {
         return;
     };
     let site = Site::new();
-    one_probe_app(&site, &py, "");
+    site.one_app("web", &py, &[]);
     let server = site.serve();
     let free_port = || {
         std::net::TcpListener::bind("127.0.0.1:0")
