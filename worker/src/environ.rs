@@ -1,0 +1,222 @@
+//! The WSGI environ of one request, built from hyper's request head exactly as the portable
+//! worker builds it (the front's `SCRIPT_NAME` header is the mount, `X-Forwarded-For`'s last
+//! entry the client, `X-Forwarded-Proto` the scheme).
+//!
+//! Owns the per-thread caches that keep this cheap: a base environ copied per request and the
+//! `HTTP_*` key strings of header names seen before.
+
+use std::collections::HashMap;
+
+use http::header::{HeaderName, HOST};
+use http::request::Parts;
+use http::{Method, Version};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString, PyTuple};
+
+use crate::input::FileWrapper;
+
+/// The header through which the front passes the mount prefix (gunicorn's name for it too).
+const MOUNT_HEADER: &str = "script_name";
+const COOKIE: &str = "cookie";
+/// Header keys kept per thread; names beyond this are built per request.
+const KEY_CACHE_LIMIT: usize = 512;
+
+/// Per Python thread: objects reused by every request it serves.
+pub struct EnvironCache<'py> {
+    base: Bound<'py, PyDict>,
+    keys: HashMap<HeaderName, Bound<'py, PyString>>,
+}
+
+impl<'py> EnvironCache<'py> {
+    pub fn new(py: Python<'py>, multithread: bool, multiprocess: bool) -> PyResult<Self> {
+        let base = PyDict::new(py);
+        base.set_item("wsgi.version", PyTuple::new(py, [1, 0])?)?;
+        base.set_item("wsgi.errors", py.import("sys")?.getattr("stderr")?)?;
+        base.set_item("wsgi.multithread", multithread)?;
+        base.set_item("wsgi.multiprocess", multiprocess)?;
+        base.set_item("wsgi.run_once", false)?;
+        base.set_item("wsgi.input_terminated", true)?;
+        base.set_item("wsgi.file_wrapper", py.get_type::<FileWrapper>())?;
+        base.set_item("SERVER_SOFTWARE", "wsgimux-native")?;
+        Ok(EnvironCache {
+            base,
+            keys: HashMap::new(),
+        })
+    }
+
+    fn key(&mut self, py: Python<'py>, name: &HeaderName) -> Bound<'py, PyString> {
+        if let Some(k) = self.keys.get(name) {
+            return k.clone();
+        }
+        let mut key = String::with_capacity(5 + name.as_str().len());
+        key.push_str("HTTP_");
+        key.extend(name.as_str().chars().map(|c| match c {
+            '-' => '_',
+            c => c.to_ascii_uppercase(),
+        }));
+        let key = PyString::intern(py, &key);
+        if self.keys.len() < KEY_CACHE_LIMIT {
+            self.keys.insert(name.clone(), key.clone());
+        }
+        key
+    }
+}
+
+/// A byte string as a native str: ASCII as is, anything else latin-1 (PEP 3333).
+fn native<'py>(py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyString> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) if s.is_ascii() => PyString::new(py, s),
+        _ => {
+            let s: String = bytes.iter().map(|&b| char::from(b)).collect();
+            PyString::new(py, &s)
+        }
+    }
+}
+
+fn method_str<'py>(py: Python<'py>, method: &Method) -> Bound<'py, PyString> {
+    match *method {
+        Method::GET => pyo3::intern!(py, "GET").clone(),
+        Method::POST => pyo3::intern!(py, "POST").clone(),
+        Method::HEAD => pyo3::intern!(py, "HEAD").clone(),
+        _ => PyString::new(py, method.as_str()),
+    }
+}
+
+/// Host header → (SERVER_NAME, SERVER_PORT).
+fn split_host<'a>(host: &'a str, https: bool) -> (&'a str, &'a str) {
+    let default = if https { "443" } else { "80" };
+    if host.starts_with('[') {
+        if let Some(end) = host.find(']') {
+            let port = host[end + 1..].strip_prefix(':').filter(|p| !p.is_empty());
+            return (&host[..=end], port.unwrap_or(default));
+        }
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            (name, port)
+        }
+        _ => (host, default),
+    }
+}
+
+fn last_entry(value: &[u8]) -> &[u8] {
+    let last = value.rsplit(|&b| b == b',').next().unwrap_or(value);
+    last.trim_ascii()
+}
+
+pub fn build<'py>(
+    py: Python<'py>,
+    cache: &mut EnvironCache<'py>,
+    parts: &Parts,
+    input: Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let env = cache.base.copy()?;
+    let mut mount: Option<Vec<u8>> = None;
+    let mut https = false;
+    let mut remote: &[u8] = b"";
+    for name in parts.headers.keys() {
+        let name_str = name.as_str();
+        let mut values = parts.headers.get_all(name).iter();
+        let Some(first) = values.next() else { continue };
+        match name_str {
+            "content-type" => {
+                env.set_item(pyo3::intern!(py, "CONTENT_TYPE"), native(py, first.as_bytes()))?;
+                continue;
+            }
+            "content-length" => {
+                env.set_item(
+                    pyo3::intern!(py, "CONTENT_LENGTH"),
+                    native(py, first.as_bytes()),
+                )?;
+                continue;
+            }
+            MOUNT_HEADER => {
+                mount = Some(
+                    percent_encoding::percent_decode(first.as_bytes()).collect::<Vec<u8>>(),
+                );
+                continue;
+            }
+            "x-forwarded-proto" => {
+                let v = parts.headers.get_all(name).iter().last().unwrap_or(first);
+                https = last_entry(v.as_bytes()).eq_ignore_ascii_case(b"https");
+            }
+            "x-forwarded-for" => {
+                let v = parts.headers.get_all(name).iter().last().unwrap_or(first);
+                remote = last_entry(v.as_bytes());
+            }
+            _ => {}
+        }
+        // A name with `_` would be indistinguishable from one with `-` in CGI names: never
+        // trusted (nginx and gunicorn drop them too).
+        if name_str.contains('_') {
+            continue;
+        }
+        let key = cache.key(py, name);
+        let mut rest = values.peekable();
+        if rest.peek().is_none() {
+            env.set_item(key, native(py, first.as_bytes()))?;
+        } else {
+            let sep: &[u8] = if name_str == COOKIE { b"; " } else { b", " };
+            let mut joined = first.as_bytes().to_vec();
+            for v in rest {
+                joined.extend_from_slice(sep);
+                joined.extend_from_slice(v.as_bytes());
+            }
+            env.set_item(key, native(py, &joined))?;
+        }
+    }
+
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    let path = parts.uri.path();
+    let decoded: Vec<u8> = if path.contains('%') {
+        percent_encoding::percent_decode_str(path).collect()
+    } else {
+        path.as_bytes().to_vec()
+    };
+    let (script_name, path_info): (&[u8], &[u8]) = match &mount {
+        Some(m)
+            if decoded.starts_with(m)
+                && (decoded.len() == m.len() || decoded[m.len()] == b'/') =>
+        {
+            (m, &decoded[m.len()..])
+        }
+        _ => (b"", &decoded),
+    };
+    let host = parts
+        .headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    let (server_name, server_port) = split_host(host, https);
+
+    env.set_item(pyo3::intern!(py, "REQUEST_METHOD"), method_str(py, &parts.method))?;
+    env.set_item(pyo3::intern!(py, "SCRIPT_NAME"), native(py, script_name))?;
+    env.set_item(pyo3::intern!(py, "PATH_INFO"), native(py, path_info))?;
+    env.set_item(
+        pyo3::intern!(py, "QUERY_STRING"),
+        parts.uri.query().unwrap_or(""),
+    )?;
+    let uri = PyString::new(py, target);
+    env.set_item(pyo3::intern!(py, "REQUEST_URI"), &uri)?;
+    env.set_item(pyo3::intern!(py, "RAW_URI"), uri)?;
+    let protocol = match parts.version {
+        Version::HTTP_10 => pyo3::intern!(py, "HTTP/1.0"),
+        _ => pyo3::intern!(py, "HTTP/1.1"),
+    };
+    env.set_item(pyo3::intern!(py, "SERVER_PROTOCOL"), protocol)?;
+    env.set_item(pyo3::intern!(py, "SERVER_NAME"), server_name)?;
+    env.set_item(pyo3::intern!(py, "SERVER_PORT"), server_port)?;
+    env.set_item(pyo3::intern!(py, "REMOTE_ADDR"), native(py, remote))?;
+    let scheme = if https {
+        pyo3::intern!(py, "https")
+    } else {
+        pyo3::intern!(py, "http")
+    };
+    env.set_item(pyo3::intern!(py, "wsgi.url_scheme"), scheme)?;
+    env.set_item(pyo3::intern!(py, "wsgi.input"), input)?;
+    Ok(env)
+}

@@ -1,0 +1,495 @@
+//! `start_response`, `write()` and the way a response leaves a Python thread: one [`Reply`] (the
+//! head, and either the whole body or the receiving end of a bounded chunk channel) handed to
+//! the hyper task that waits for it.
+//!
+//! Owns the framing decisions a WSGI server makes for the app: hop-by-hop headers are dropped,
+//! a declared Content-Length is never exceeded, a whole body gets its length. Does not write to
+//! sockets; hyper does.
+
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH};
+use http::{HeaderMap, StatusCode};
+use hyper::body::{Body, Frame, SizeHint};
+use hyper::ext::ReasonPhrase;
+use pyo3::exceptions::{PyAssertionError, PyOSError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyString, PyTuple};
+use tokio::sync::{mpsc, oneshot};
+
+/// Chunks a streamed response may have queued before the app's thread waits for the client.
+const STREAM_DEPTH: usize = 4;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1): framing and connection handling are the server's.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// A response cut short after its head went out: hyper aborts the connection, so the client
+/// cannot mistake the partial body for a whole one.
+#[derive(Debug)]
+pub struct Aborted;
+
+impl std::fmt::Display for Aborted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the application failed while streaming its response")
+    }
+}
+
+impl std::error::Error for Aborted {}
+
+type Chunk = Result<Bytes, Aborted>;
+
+/// What a Python thread hands back to the hyper task serving the request.
+pub struct Reply {
+    pub status: StatusCode,
+    pub reason: Option<ReasonPhrase>,
+    pub headers: HeaderMap,
+    pub body: ResponseBody,
+}
+
+impl Reply {
+    /// A response the worker itself makes (the app never answered).
+    pub fn plain(status: StatusCode) -> Reply {
+        let text = status.canonical_reason().unwrap_or("Error");
+        let body = Bytes::from(format!("{text}\n"));
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain"),
+        );
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        Reply {
+            status,
+            reason: None,
+            headers,
+            body: ResponseBody::Full(Some(body)),
+        }
+    }
+
+    pub fn into_response(self) -> hyper::Response<ResponseBody> {
+        let mut resp = hyper::Response::new(self.body);
+        *resp.status_mut() = self.status;
+        *resp.headers_mut() = self.headers;
+        if let Some(reason) = self.reason {
+            resp.extensions_mut().insert(reason);
+        }
+        resp
+    }
+}
+
+pub enum ResponseBody {
+    Full(Option<Bytes>),
+    Stream(mpsc::Receiver<Chunk>),
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Aborted;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Aborted>>> {
+        match self.get_mut() {
+            ResponseBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ResponseBody::Stream(rx) => rx.poll_recv(cx).map(|c| c.map(|c| c.map(Frame::data))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, ResponseBody::Full(None))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            ResponseBody::Full(None) => SizeHint::with_exact(0),
+            ResponseBody::Stream(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// Why data could not be sent.
+pub enum SendError {
+    /// The client (the front) went away: stop producing, nothing to report.
+    Gone,
+    /// The app broke a rule (write before start_response, non-bytes, …).
+    App(PyErr),
+}
+
+impl From<PyErr> for SendError {
+    fn from(e: PyErr) -> Self {
+        SendError::App(e)
+    }
+}
+
+struct Head {
+    status: StatusCode,
+    reason: Option<ReasonPhrase>,
+    headers: HeaderMap,
+}
+
+struct State {
+    /// Set by start_response; taken when the head is handed over.
+    head: Option<Head>,
+    /// The app's Content-Length, if it gave one: never exceeded.
+    length: Option<u64>,
+    /// Present until the head has been handed over.
+    reply: Option<oneshot::Sender<Reply>>,
+    stream: Option<mpsc::Sender<Chunk>>,
+    written: u64,
+    overrun_logged: bool,
+}
+
+/// The `start_response` callable of one request.
+#[pyclass(frozen, module = "wsgimux_native")]
+pub struct StartResponse {
+    state: Mutex<State>,
+}
+
+impl StartResponse {
+    pub fn new(reply: oneshot::Sender<Reply>) -> Self {
+        StartResponse {
+            state: Mutex::new(State {
+                head: None,
+                length: None,
+                reply: Some(reply),
+                stream: None,
+                written: 0,
+                overrun_logged: false,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave State half-updated in a way that matters:
+        // every field is valid on its own.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether start_response has been called (or the head already went out).
+    fn started(&self) -> bool {
+        let s = self.lock();
+        s.head.is_some() || s.reply.is_none()
+    }
+
+    /// Whether the head has gone to the client (an error can then only abort the connection).
+    pub fn head_sent(&self) -> bool {
+        self.lock().reply.is_none()
+    }
+
+    /// Streams one chunk, starting the streamed response if it has not started. Waits, with
+    /// the GIL released, while the channel is full.
+    pub fn send_chunk(&self, py: Python<'_>, data: &[u8], app: &str) -> Result<(), SendError> {
+        let (tx, chunk) = {
+            let mut s = self.lock();
+            if s.head.is_none() && s.reply.is_some() {
+                return Err(PyAssertionError::new_err("write() before start_response()").into());
+            }
+            let room = s.length.map(|l| l.saturating_sub(s.written));
+            let data = match room {
+                Some(room) if (data.len() as u64) > room => {
+                    if !s.overrun_logged {
+                        s.overrun_logged = true;
+                        eprintln!(
+                            "{app}: the app sent more than its Content-Length; the rest is dropped"
+                        );
+                    }
+                    &data[..room as usize]
+                }
+                _ => data,
+            };
+            if data.is_empty() {
+                return Ok(());
+            }
+            s.written += data.len() as u64;
+            if let (Some(reply), Some(head)) = (s.reply.take(), s.head.take()) {
+                let (tx, rx) = mpsc::channel(STREAM_DEPTH);
+                let _ = reply.send(Reply {
+                    status: head.status,
+                    reason: head.reason,
+                    headers: head.headers,
+                    body: ResponseBody::Stream(rx),
+                });
+                s.stream = Some(tx);
+            }
+            match &s.stream {
+                Some(tx) => (tx.clone(), Bytes::copy_from_slice(data)),
+                None => return Err(SendError::Gone),
+            }
+        };
+        // The lock is not held here: another thread of the app could call write() meanwhile.
+        py.detach(|| tx.blocking_send(Ok(chunk)))
+            .map_err(|_| SendError::Gone)
+    }
+
+    /// Sends a whole body at once (the app returned a list, or a one-item iterable), with its
+    /// length — or streams it, when write() already started a streamed response.
+    pub fn send_whole(&self, py: Python<'_>, body: Bytes, app: &str) -> Result<(), SendError> {
+        {
+            let mut s = self.lock();
+            if s.reply.is_some() {
+                let Some(mut head) = s.head.take() else {
+                    return Err(PyAssertionError::new_err(
+                        "the app returned without calling start_response()",
+                    )
+                    .into());
+                };
+                let body = match s.length {
+                    Some(l) if (body.len() as u64) > l => {
+                        eprintln!(
+                            "{app}: the app sent more than its Content-Length; the rest is dropped"
+                        );
+                        body.slice(..l as usize)
+                    }
+                    Some(l) if (body.len() as u64) < l => {
+                        eprintln!(
+                            "{app}: the app sent {} of its {l}-byte Content-Length; closing the connection",
+                            body.len()
+                        );
+                        body
+                    }
+                    Some(_) => body,
+                    None => {
+                        if !bodiless(head.status) {
+                            head.headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+                        }
+                        body
+                    }
+                };
+                if let Some(reply) = s.reply.take() {
+                    let _ = reply.send(Reply {
+                        status: head.status,
+                        reason: head.reason,
+                        headers: head.headers,
+                        body: ResponseBody::Full(Some(body)),
+                    });
+                }
+                return Ok(());
+            }
+        }
+        self.send_chunk(py, &body, app)?;
+        self.finish(app)
+    }
+
+    /// Ends the response: sends the head if nothing was sent yet, closes the stream.
+    pub fn finish(&self, app: &str) -> Result<(), SendError> {
+        let mut s = self.lock();
+        if s.reply.is_some() {
+            drop(s);
+            return self.send_empty();
+        }
+        s.stream = None;
+        if let Some(l) = s.length {
+            if s.written < l {
+                eprintln!(
+                    "{app}: the app sent {} of its {l}-byte Content-Length; closing the connection",
+                    s.written
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn send_empty(&self) -> Result<(), SendError> {
+        let mut s = self.lock();
+        let Some(mut head) = s.head.take() else {
+            return Err(PyAssertionError::new_err(
+                "the app returned without calling start_response()",
+            )
+            .into());
+        };
+        if s.length.is_none() && !bodiless(head.status) {
+            head.headers.insert(CONTENT_LENGTH, HeaderValue::from(0));
+        }
+        if let Some(reply) = s.reply.take() {
+            let _ = reply.send(Reply {
+                status: head.status,
+                reason: head.reason,
+                headers: head.headers,
+                body: ResponseBody::Full(None),
+            });
+        }
+        Ok(())
+    }
+
+    /// The app failed: a 500 if nothing was sent, else the stream is aborted.
+    pub fn fail(&self) {
+        let mut s = self.lock();
+        if let Some(reply) = s.reply.take() {
+            let _ = reply.send(Reply::plain(StatusCode::INTERNAL_SERVER_ERROR));
+        } else if let Some(tx) = s.stream.take() {
+            let _ = tx.try_send(Err(Aborted));
+        }
+    }
+}
+
+fn bodiless(status: StatusCode) -> bool {
+    status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+}
+
+#[pymethods]
+impl StartResponse {
+    #[pyo3(signature = (status, headers, exc_info=None))]
+    fn __call__<'py>(
+        slf: &Bound<'py, Self>,
+        status: &Bound<'py, PyAny>,
+        headers: &Bound<'py, PyAny>,
+        exc_info: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let this = slf.get();
+        let exc_info = exc_info.filter(|e| !e.is_none());
+        if let Some(exc_info) = exc_info {
+            if this.head_sent() {
+                // PEP 3333: the headers are out, so the error can only propagate.
+                let value = exc_info.get_item(1)?;
+                return Err(PyErr::from_value(value));
+            }
+        } else if this.started() {
+            return Err(PyAssertionError::new_err(
+                "start_response() called again without exc_info",
+            ));
+        }
+        let (head, length) = parse_head(status, headers)?;
+        let mut s = this.lock();
+        s.head = Some(head);
+        s.length = length;
+        drop(s);
+        slf.getattr(pyo3::intern!(slf.py(), "write"))
+    }
+
+    fn write(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let data = data.cast::<PyBytes>().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "write() takes bytes, not {}",
+                type_name(data)
+            ))
+        })?;
+        match self.send_chunk(py, data.as_bytes(), "app") {
+            Ok(()) => Ok(()),
+            Err(SendError::Gone) => Err(PyOSError::new_err("the client closed the connection")),
+            Err(SendError::App(e)) => Err(e),
+        }
+    }
+}
+
+pub fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn parse_head(
+    status: &Bound<'_, PyAny>,
+    headers: &Bound<'_, PyAny>,
+) -> PyResult<(Head, Option<u64>)> {
+    let status = status.cast::<PyString>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "status must be a str like \"200 OK\", not {}",
+            type_name(status)
+        ))
+    })?;
+    let status = status.to_cow()?;
+    let bytes = status.as_bytes();
+    if bytes.len() < 4 || !bytes[..3].iter().all(u8::is_ascii_digit) || bytes[3] != b' ' {
+        return Err(PyValueError::new_err(format!(
+            "status {status:?} is not like \"200 OK\""
+        )));
+    }
+    let code = StatusCode::from_bytes(&bytes[..3])
+        .map_err(|_| PyValueError::new_err(format!("status {status:?} has a bad code")))?;
+    let reason_text = &status[4..];
+    let reason = if code.canonical_reason() == Some(reason_text) {
+        None
+    } else {
+        Some(
+            ReasonPhrase::try_from(latin1_bytes(reason_text, "status")?)
+                .map_err(|_| PyValueError::new_err(format!("status {status:?} has a bad reason")))?,
+        )
+    };
+    let mut map = HeaderMap::new();
+    let mut length = None;
+    for item in headers.try_iter()? {
+        let item = item?;
+        let pair = item.cast::<PyTuple>().ok().filter(|t| t.len() == 2);
+        let Some(pair) = pair else {
+            return Err(PyTypeError::new_err(format!(
+                "each header must be a (str, str) tuple, not {}",
+                item.repr()?
+            )));
+        };
+        let (name, value) = (pair.get_item(0)?, pair.get_item(1)?);
+        let (Ok(name), Ok(value)) = (name.cast::<PyString>(), value.cast::<PyString>()) else {
+            return Err(PyTypeError::new_err(format!(
+                "each header must be a (str, str) tuple, not {}",
+                pair.repr()?
+            )));
+        };
+        let name = name.to_cow()?;
+        let value = value.to_cow()?;
+        let header = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| PyValueError::new_err(format!("header name {name:?} is not valid")))?;
+        let value = HeaderValue::from_bytes(&latin1_bytes(&value, &name)?).map_err(|_| {
+            PyValueError::new_err(format!("header {name:?} has a line break in its value"))
+        })?;
+        if HOP_BY_HOP.contains(&header.as_str()) {
+            if header == CONNECTION
+                && value
+                    .to_str()
+                    .map(|v| v.to_ascii_lowercase().contains("close"))
+                    .unwrap_or(false)
+            {
+                map.insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            continue;
+        }
+        if header == CONTENT_LENGTH {
+            let parsed = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| PyValueError::new_err(format!("bad Content-Length {value:?}")))?;
+            length = Some(parsed);
+        }
+        map.append(header, value);
+    }
+    Ok((
+        Head {
+            status: code,
+            reason,
+            headers: map,
+        },
+        length,
+    ))
+}
+
+/// A native string's bytes (PEP 3333: header values are latin-1).
+fn latin1_bytes(s: &str, what: &str) -> PyResult<Vec<u8>> {
+    if s.is_ascii() {
+        return Ok(s.as_bytes().to_vec());
+    }
+    s.chars()
+        .map(|c| u8::try_from(u32::from(c)).ok())
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "{what} has characters outside latin-1 (encode the value, PEP 3333)"
+            ))
+        })
+}
