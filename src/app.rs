@@ -13,12 +13,13 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{self, Config, ConfigError};
 use crate::control;
+use crate::native;
 use crate::preflight::{self, ReadyApp};
 use crate::proxy::Proxy;
 use crate::reload::{Reloader, RunningApp, Trigger};
 use crate::routes::RouteTable;
 use crate::server::{self, BindError, Server};
-use crate::supervisor::{self, Generation, Supervisor};
+use crate::supervisor::{self, Generation, Supervisor, WorkerFiles};
 use crate::watch::{self as filewatch, ConfigWatcher};
 
 /// The portable worker, carried inside the binary and written to the runtime dir at start.
@@ -105,7 +106,7 @@ pub fn describe_routes(config: &Config, apps: &[ReadyApp]) -> String {
                     app.interpreter,
                     app.interpreter.executable.display()
                 ),
-                preflight::worker_kind(&app.interpreter).to_string(),
+                app.worker.to_string(),
             ]
         })
         .collect();
@@ -167,7 +168,7 @@ fn default_runtime_dir(file: &Path) -> PathBuf {
     }
 }
 
-fn prepare_runtime_dir(dir: &Path, apps: &[ReadyApp]) -> Result<PathBuf, StartError> {
+fn prepare_runtime_dir(dir: &Path, apps: &[ReadyApp]) -> Result<WorkerFiles, StartError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let err = |source| StartError::RuntimeDir {
         path: dir.to_path_buf(),
@@ -205,7 +206,11 @@ fn prepare_runtime_dir(dir: &Path, apps: &[ReadyApp]) -> Result<PathBuf, StartEr
         std::fs::write(&tmp, PORTABLE_WORKER).map_err(err)?;
         std::fs::rename(&tmp, &worker).map_err(err)?;
     }
-    Ok(worker)
+    let native_dir = native::install(dir).map_err(err)?;
+    Ok(WorkerFiles {
+        launcher: worker,
+        native_dir,
+    })
 }
 
 /// The signals `serve` acts on, registered before anything starts so that none of them can
@@ -239,10 +244,10 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
     if control::is_served(&dir) {
         return Err(StartError::AlreadyRunning { dir });
     }
-    let worker = prepare_runtime_dir(&dir, &apps)?;
+    let files = prepare_runtime_dir(&dir, &apps)?;
     let listeners = server::bind(&config.listen).await?;
 
-    let mut supervisor = Supervisor::new(dir.clone(), worker);
+    let mut supervisor = Supervisor::new(dir.clone(), files);
     let running: Vec<RunningApp> = apps
         .iter()
         .map(|a| RunningApp {
@@ -352,7 +357,7 @@ async fn report_readiness(apps: Vec<(ReadyApp, Generation)>, addrs: Vec<SocketAd
                 "app {name}: ready, {} ({}), {} worker, pid {}, route {}",
                 a.interpreter,
                 a.interpreter.executable.display(),
-                preflight::worker_kind(&a.interpreter),
+                a.worker,
                 pids.iter()
                     .map(u32::to_string)
                     .collect::<Vec<_>>()

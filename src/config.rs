@@ -59,6 +59,8 @@ pub struct AppSpec {
     pub drain_timeout: Duration,
     /// Restart the app (zero-downtime) when its `.py`/`.wsgi` files change.
     pub reload_on_changes: bool,
+    /// Which worker serves a script/module app.
+    pub worker: WorkerChoice,
     /// Where the app's keys are in the file, for errors found later (preflight).
     pub locations: AppLocations,
 }
@@ -67,9 +69,29 @@ pub struct AppSpec {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AppLocations {
     pub python: Option<Location>,
+    pub worker: Option<Location>,
     pub entry: Option<Location>,
     pub working_dir: Option<Location>,
     pub python_path: Vec<Option<Location>>,
+}
+
+/// The `worker:` value. `Auto` picks the native worker where the interpreter can load it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WorkerChoice {
+    #[default]
+    Auto,
+    Native,
+    Portable,
+}
+
+impl fmt::Display for WorkerChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WorkerChoice::Auto => "auto",
+            WorkerChoice::Native => "native",
+            WorkerChoice::Portable => "portable",
+        })
+    }
 }
 
 /// The `python:` value: a path (file or virtualenv folder) or a command looked up on PATH.
@@ -255,6 +277,7 @@ struct RawApp {
     startup_timeout: Option<RawDuration>,
     drain_timeout: Option<RawDuration>,
     reload_on_changes: Option<bool>,
+    worker: Option<String>,
 }
 
 /// A duration as written: `500ms`, `30s`, `2m`, `1h`, or a plain number of seconds.
@@ -629,12 +652,26 @@ impl Validator<'_> {
             DEFAULT_DRAIN_TIMEOUT,
             true,
         );
+        let worker = match raw.worker.as_deref().map(str::trim) {
+            None | Some("auto") => WorkerChoice::Auto,
+            Some("native") => WorkerChoice::Native,
+            Some("portable") => WorkerChoice::Portable,
+            Some(other) => {
+                self.app_problem(
+                    &name,
+                    "worker",
+                    format!("{other:?} is not a worker: use auto, native or portable"),
+                );
+                WorkerChoice::Auto
+            }
+        };
         if self.problems.len() > before {
             return None;
         }
         let at = |key: &str| self.locator.key(&format!("apps.{name}.{key}"));
         let locations = AppLocations {
             python: at("python"),
+            worker: at("worker"),
             entry: at("script").or_else(|| at("module")),
             working_dir: at("working_dir"),
             python_path: (0..python_path.len())
@@ -655,6 +692,7 @@ impl Validator<'_> {
             startup_timeout,
             drain_timeout,
             reload_on_changes: raw.reload_on_changes.unwrap_or(false),
+            worker,
             locations,
         })
     }

@@ -152,6 +152,7 @@ pub fn app_change(old: &AppSpec, new: &AppSpec) -> AppChange {
         startup_timeout,
         drain_timeout,
         reload_on_changes,
+        worker,
         locations: _,
     } = new;
     let entry_key = match entry {
@@ -167,6 +168,7 @@ pub fn app_change(old: &AppSpec, new: &AppSpec) -> AppChange {
         // The worker tells the app (wsgi.multiprocess) and sizes itself by both counts.
         (old.processes != *processes, "processes"),
         (old.threads != *threads, "threads"),
+        (old.worker != *worker, "worker"),
     ]);
     let route = changed(&[
         (old.hosts != *hosts, "hosts"),

@@ -12,6 +12,7 @@ pub mod control;
 pub mod diff;
 pub mod error;
 pub mod interpreter;
+pub mod native;
 pub mod preflight;
 pub mod proxy;
 pub mod reload;

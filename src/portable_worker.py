@@ -1,6 +1,9 @@
 # -*- coding: utf-8 -*-
 """wsgimux portable worker: one WSGI app served over HTTP/1.1 on a Unix socket.
 
+Also the launcher of the native worker: with --native DIR it loads the app the same way, then
+hands it to `wsgimux_native.serve()` (imported from DIR) instead of serving it here.
+
 Stdlib only; runs unchanged on CPython 2.7, 3.6+ and PyPy. wsgimux writes this file into its
 runtime directory and starts it once per process of an app:
 
@@ -833,6 +836,23 @@ def listen_unix(path):
     return sock
 
 
+def serve_native(app, args):
+    """Hands the loaded app to the native worker, which serves until SIGTERM."""
+    sys.path.insert(0, args.native)
+    try:
+        import wsgimux_native
+    finally:
+        # Only the launcher needs it on the path; the app's imports must not see the folder.
+        sys.path.remove(args.native)
+    # The native worker handles SIGTERM itself; SIGINT raises KeyboardInterrupt as usual.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    wsgimux_native.serve(app, args.socket, threads=max(1, args.threads),
+                         processes=args.processes, graceful_timeout=args.graceful_timeout,
+                         parent_pid=args.parent_pid, app_name=args.app_name)
+    return 0
+
+
 def main(argv=None):
     global APP_NAME
     parser = argparse.ArgumentParser(description='wsgimux portable worker')
@@ -846,6 +866,8 @@ def main(argv=None):
     parser.add_argument('--processes', type=int, default=1)
     parser.add_argument('--graceful-timeout', type=float, default=10.0)
     parser.add_argument('--parent-pid', type=int, default=os.getppid())
+    parser.add_argument('--native', metavar='DIR',
+                        help='serve with the native worker (wsgimux_native) found in DIR')
     args = parser.parse_args(argv)
     APP_NAME = args.app_name
     if bool(args.script) == bool(args.module):
@@ -869,6 +891,8 @@ def main(argv=None):
     loading = False
     if stop:
         return 0
+    if args.native:
+        return serve_native(app, args)
     listener = listen_unix(args.socket)
     worker = Worker(app, listener, max(1, args.threads), args.processes,
                     args.graceful_timeout, args.parent_pid)

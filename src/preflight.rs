@@ -4,19 +4,65 @@
 
 use std::path::Path;
 
-use crate::config::{AppSpec, Config, ConfigError, Entry, Location, Problem};
+use std::fmt;
+
+use crate::config::{AppSpec, Config, ConfigError, Entry, Location, Problem, WorkerChoice};
 use crate::interpreter::{self, Interpreter};
 
-/// An app whose interpreter has been found and probed.
+/// An app whose interpreter has been found and probed, and the worker chosen for it.
 #[derive(Debug, Clone)]
 pub struct ReadyApp {
     pub spec: AppSpec,
     pub interpreter: Interpreter,
+    pub worker: WorkerKind,
 }
 
-/// The worker kind that will serve an app. Only the portable worker exists so far.
-pub fn worker_kind(_interpreter: &Interpreter) -> &'static str {
-    "portable"
+/// What serves an app's requests inside its processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerKind {
+    /// The Rust worker (hyper + pyo3), for CPython ≥ 3.9 with the GIL.
+    Native,
+    /// The stdlib-only Python worker, for every interpreter.
+    Portable,
+}
+
+impl fmt::Display for WorkerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WorkerKind::Native => "native",
+            WorkerKind::Portable => "portable",
+        })
+    }
+}
+
+/// Why the native worker cannot run under this interpreter, if it cannot.
+pub fn native_unsupported(i: &Interpreter) -> Option<String> {
+    if i.implementation != "CPython" {
+        Some(format!(
+            "{i} cannot load CPython's stable-ABI (abi3) extension modules"
+        ))
+    } else if i.version < (3, 9, 0) {
+        Some(format!(
+            "{i} is older than 3.9, the oldest the native worker supports"
+        ))
+    } else if i.free_threaded {
+        Some(format!(
+            "{i} cannot load stable-ABI (abi3) extension modules"
+        ))
+    } else {
+        None
+    }
+}
+
+/// `worker:` against what the interpreter can load.
+pub fn choose_worker(choice: WorkerChoice, i: &Interpreter) -> Result<WorkerKind, String> {
+    match (choice, native_unsupported(i)) {
+        (WorkerChoice::Portable, _) | (WorkerChoice::Auto, Some(_)) => Ok(WorkerKind::Portable),
+        (WorkerChoice::Auto | WorkerChoice::Native, None) => Ok(WorkerKind::Native),
+        (WorkerChoice::Native, Some(why)) => Err(format!(
+            "native needs CPython 3.9 or later with the GIL: {why}; use worker: portable (or auto)"
+        )),
+    }
 }
 
 /// Probes every app's interpreter (concurrently) and checks its files.
@@ -24,11 +70,18 @@ pub async fn check(config: &Config) -> Result<Vec<ReadyApp>, ConfigError> {
     let probes = config.apps.iter().map(|app| async move {
         let mut problems = files(config, app);
         match interpreter::probe(&app.python).await {
-            Ok(interpreter) if problems.is_empty() => Ok(ReadyApp {
-                spec: app.clone(),
-                interpreter,
-            }),
-            Ok(_) => Err(problems),
+            Ok(interpreter) => match choose_worker(app.worker, &interpreter) {
+                Ok(worker) if problems.is_empty() => Ok(ReadyApp {
+                    spec: app.clone(),
+                    interpreter,
+                    worker,
+                }),
+                Ok(_) => Err(problems),
+                Err(why) => {
+                    problems.insert(0, problem(config, app, app.locations.worker, "worker", why));
+                    Err(problems)
+                }
+            },
             Err(e) => {
                 problems.insert(
                     0,
@@ -95,5 +148,45 @@ fn problem(
         app: Some(app.name.clone()),
         key: Some(key.to_string()),
         message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn interp(implementation: &str, version: (u32, u32, u32), free_threaded: bool) -> Interpreter {
+        Interpreter {
+            executable: "/usr/bin/python".into(),
+            venv: None,
+            implementation: implementation.into(),
+            version,
+            free_threaded,
+        }
+    }
+
+    #[test]
+    fn auto_picks_native_only_where_an_abi3_module_loads() {
+        use WorkerChoice::*;
+        let cpython313 = interp("CPython", (3, 13, 0), false);
+        let cpython39 = interp("CPython", (3, 9, 18), false);
+        let cpython38 = interp("CPython", (3, 8, 18), false);
+        let threaded = interp("CPython", (3, 13, 0), true);
+        let pypy = interp("PyPy", (3, 9, 16), false);
+        assert_eq!(choose_worker(Auto, &cpython313), Ok(WorkerKind::Native));
+        assert_eq!(choose_worker(Auto, &cpython39), Ok(WorkerKind::Native));
+        for i in [&cpython38, &threaded, &pypy] {
+            assert_eq!(choose_worker(Auto, i), Ok(WorkerKind::Portable));
+            assert_eq!(choose_worker(Portable, i), Ok(WorkerKind::Portable));
+            let why = choose_worker(Native, i).unwrap_err();
+            assert!(why.contains("native needs CPython 3.9"), "{why}");
+        }
+        assert!(choose_worker(Native, &threaded)
+            .unwrap_err()
+            .contains("free-threaded"));
+        assert_eq!(
+            choose_worker(Portable, &cpython313),
+            Ok(WorkerKind::Portable)
+        );
     }
 }

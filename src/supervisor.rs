@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 
 use crate::config::Entry;
 use crate::interpreter::Interpreter;
-use crate::preflight::ReadyApp;
+use crate::preflight::{ReadyApp, WorkerKind};
 use crate::proxy::Endpoints;
 use crate::upstream::Endpoint;
 
@@ -125,6 +125,14 @@ fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
 }
 
+/// The files wsgimux writes for its children: the launcher (which is also the portable worker)
+/// and the folder holding the native worker's extension module.
+#[derive(Debug, Clone)]
+pub struct WorkerFiles {
+    pub launcher: PathBuf,
+    pub native_dir: PathBuf,
+}
+
 /// Everything needed to start one app's processes.
 #[derive(Debug)]
 struct AppPlan {
@@ -148,7 +156,7 @@ struct LiveGeneration {
 
 pub struct Supervisor {
     runtime_dir: PathBuf,
-    worker_script: PathBuf,
+    files: WorkerFiles,
     next_generation: u64,
     live: HashMap<u64, LiveGeneration>,
     /// Generations being drained and stopped in the background.
@@ -158,10 +166,10 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(runtime_dir: PathBuf, worker_script: PathBuf) -> Self {
+    pub fn new(runtime_dir: PathBuf, files: WorkerFiles) -> Self {
         Supervisor {
             runtime_dir,
-            worker_script,
+            files,
             next_generation: 1,
             live: HashMap::new(),
             retiring: JoinSet::new(),
@@ -282,11 +290,19 @@ impl Supervisor {
         for p in &spec.python_path {
             args.extend(["--python-path".into(), p.clone().into_os_string()]);
         }
+        if app.worker == WorkerKind::Native {
+            // The launcher imports the module from there (sys.path, not PYTHONPATH: the app's
+            // own subprocesses must not inherit it).
+            args.extend([
+                "--native".into(),
+                self.files.native_dir.clone().into_os_string(),
+            ]);
+        }
         AppPlan {
             name: spec.name.as_str().into(),
             generation,
             interpreter: app.interpreter.clone(),
-            worker_script: self.worker_script.clone(),
+            worker_script: self.files.launcher.clone(),
             runtime_dir: self.runtime_dir.clone(),
             args,
             working_dir: spec.working_dir.clone(),

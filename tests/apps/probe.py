@@ -7,6 +7,7 @@ the environ holds, how much body arrived, and how errors behave.
 import hashlib
 import os
 import platform
+import signal
 import sys
 import threading
 import time
@@ -23,6 +24,15 @@ if os.environ.get('PROBE_FAIL_IMPORT'):
     raise RuntimeError('probe was told to fail at import')
 
 _local = threading.local()
+_signals = [0]
+
+
+def _on_usr1(signum, frame):
+    _signals[0] += 1
+
+
+if hasattr(signal, 'SIGUSR1') and threading.current_thread().name == 'MainThread':
+    signal.signal(signal.SIGUSR1, _on_usr1)
 _closed = [0]
 
 
@@ -41,7 +51,7 @@ class Closing(object):
 ENV_KEYS = ('REQUEST_METHOD', 'SCRIPT_NAME', 'PATH_INFO', 'QUERY_STRING', 'SERVER_NAME',
             'SERVER_PORT', 'SERVER_PROTOCOL', 'REMOTE_ADDR', 'CONTENT_TYPE', 'CONTENT_LENGTH',
             'HTTP_HOST', 'HTTP_COOKIE', 'HTTP_X_FORWARDED_FOR', 'HTTP_X_FORWARDED_PROTO',
-            'HTTP_X_FORWARDED_HOST', 'HTTP_X_CUSTOM', 'wsgi.url_scheme')
+            'HTTP_X_FORWARDED_HOST', 'HTTP_X_CUSTOM', 'SERVER_SOFTWARE', 'wsgi.url_scheme')
 
 
 def wire(s):
@@ -119,6 +129,36 @@ def app(environ, start_response):
                            sys.exc_info())
         body = b'replaced\n'
         return [body]
+    elif path == '/excinfo_late':
+        # exc_info after the headers went out: start_response must re-raise (PEP 3333), and the
+        # server can only cut the response short.
+        start_response('200 OK', [('Content-Type', 'text/plain')])
+
+        def late():
+            yield b'partial\n'
+            try:
+                raise ValueError('too late to change the status')
+            except ValueError:
+                start_response('500 Internal Server Error', [('Content-Type', 'text/plain')],
+                               sys.exc_info())
+            yield b'never sent\n'
+        return late()
+    elif path == '/readsome':
+        # Reads only part of the body: the server must cope with the rest (keep-alive).
+        first = environ['wsgi.input'].read(int(q.get('n', '5')))
+        body = b'first=' + first + b'\n'
+    elif path == '/signals':
+        body = ('usr1=%d\n' % _signals[0]).encode('ascii')
+    elif path == '/fork':
+        # A forked child (what multiprocessing does) must stop on SIGTERM like any process.
+        child = os.fork()
+        if child == 0:
+            try:
+                time.sleep(60)
+            finally:
+                os._exit(0)
+        threading.Thread(target=os.waitpid, args=(child, 0)).start()
+        body = ('%d\n' % child).encode('ascii')
     elif path == '/closing':
         start_response('200 OK', [('Content-Type', 'text/plain')])
         return Closing([b'a', b'b\n'])

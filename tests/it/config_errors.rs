@@ -7,8 +7,18 @@ use crate::harness::*;
 
 /// (apps section, line of the error in the written file, words the message must contain).
 /// Line numbers count the two lines `Site::config` puts first.
-fn cases(py: &str) -> Vec<(String, usize, Vec<&'static str>)> {
+fn cases(py: &str, py27: &str) -> Vec<(String, usize, Vec<&'static str>)> {
     vec![
+        (
+            format!("apps:\n  web:\n    python: {py}\n    script: app/probe.py\n    worker: turbo\n"),
+            7,
+            vec!["\"web\"", "\"worker\"", "\"turbo\" is not a worker"],
+        ),
+        (
+            format!("apps:\n  old:\n    python: {py27}\n    script: app/probe.py\n    worker: native\n"),
+            7,
+            vec!["\"old\"", "\"worker\"", "native needs CPython 3.9", "CPython 2.7"],
+        ),
         (
             format!("apps:\n  web:\n    python: {py}\n    script: app/probe.py\n    procesess: 2\n"),
             7,
@@ -64,11 +74,11 @@ fn cases(py: &str) -> Vec<(String, usize, Vec<&'static str>)> {
 
 #[test]
 fn check_and_serve_refuse_bad_configs_with_file_line_app_and_key() {
-    let Some(py) = require_python("3.13") else {
+    let (Some(py), Some(py27)) = (require_python("3.13"), require_python("2.7")) else {
         return;
     };
-    let py = py.display().to_string();
-    for (apps, line, words) in cases(&py) {
+    let (py, py27) = (py.display().to_string(), py27.display().to_string());
+    for (apps, line, words) in cases(&py, &py27) {
         let site = Site::new();
         site.probe("app");
         let fake = site.write("fake-python", "#!/bin/sh\necho broken >&2\nexit 3\n");

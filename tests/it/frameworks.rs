@@ -22,7 +22,16 @@ fn post(c: &mut Client, path: &str, content_type: &str, body: &str) -> Response 
 }
 
 #[test]
-fn flask_and_django_under_mounts() {
+fn flask_and_django_on_the_native_worker() {
+    flask_and_django_under_mounts("native");
+}
+
+#[test]
+fn flask_and_django_on_the_portable_worker() {
+    flask_and_django_under_mounts("portable");
+}
+
+fn flask_and_django_under_mounts(worker: &str) {
     let Some(py) = require_python("3.13") else {
         return;
     };
@@ -33,7 +42,7 @@ fn flask_and_django_under_mounts() {
     site.write("apps/flask_app.py", FLASK_APP);
     site.write("apps/django_app.py", DJANGO_APP);
     site.config(&format!(
-        "apps:\n  flask:\n    python: {venv}\n    script: apps/flask_app.py\n    mount: /flask\n  django:\n    python: {venv}\n    script: apps/django_app.py\n    mount: /dj\n",
+        "apps:\n  flask:\n    python: {venv}\n    script: apps/flask_app.py\n    mount: /flask\n    worker: {worker}\n  django:\n    python: {venv}\n    script: apps/django_app.py\n    mount: /dj\n    worker: {worker}\n",
         venv = venv.display()
     ));
     let server = site.serve();

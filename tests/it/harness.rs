@@ -197,8 +197,13 @@ impl LogTail {
 
 impl Server {
     pub fn start(config: PathBuf, log: PathBuf) -> Self {
+        Self::start_binary(Path::new(BIN), config, log)
+    }
+
+    /// Starts `binary` (a copy of wsgimux somewhere else) as `serve --config config`.
+    pub fn start_binary(binary: &Path, config: PathBuf, log: PathBuf) -> Self {
         let log_file = std::fs::File::create(&log).expect("log file");
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(binary)
             .args(["serve", "--config"])
             .arg(&config)
             .stdin(Stdio::null())

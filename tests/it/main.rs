@@ -4,6 +4,7 @@
 mod config_errors;
 mod frameworks;
 mod harness;
+mod native;
 mod reload;
 mod routing;
 mod streaming;

@@ -1,24 +1,54 @@
-//! PEP 3333 behaviour of the portable worker on every interpreter, under wsgiref's validator.
+//! PEP 3333 behaviour of both workers — the same suite for each — on every interpreter that can
+//! run it, under wsgiref's validator: portable on 2.7, 3.6, 3.13 and PyPy, native on 3.9–3.13.
 
 use crate::harness::*;
 
-const INTERPRETERS: &[&str] = &["2.7", "3.6", "3.13", "pypy3"];
+macro_rules! conformance {
+    ($($name:ident: $version:literal, $worker:literal;)*) => {$(
+        #[test]
+        fn $name() {
+            conformance($version, $worker);
+        }
+    )*};
+}
 
-#[test]
-fn validated_apps_on_every_interpreter() {
-    for version in INTERPRETERS {
+conformance! {
+    portable_on_2_7: "2.7", "portable";
+    portable_on_3_6: "3.6", "portable";
+    portable_on_3_13: "3.13", "portable";
+    portable_on_pypy3: "pypy3", "portable";
+    native_on_3_9: "3.9", "native";
+    native_on_3_10: "3.10", "native";
+    native_on_3_11: "3.11", "native";
+    native_on_3_12: "3.12", "native";
+    native_on_3_13: "3.13", "native";
+}
+
+fn conformance(version: &str, worker: &str) {
+    {
         let Some(py) = require_python(version) else {
-            continue;
+            return;
         };
         let site = Site::new();
+        let worker_line = format!("worker: {worker}");
         site.one_app(
             "checked",
             &py,
-            &["callable: validated", "mount: /v", "threads: 4"],
+            &[
+                "callable: validated",
+                "mount: /v",
+                "threads: 4",
+                &worker_line,
+            ],
         );
         let server = site.serve();
         let addr = server.addr;
-        let ctx = |what: &str| format!("Python {version}: {what}\n{}", server.log_text());
+        let ctx = |what: &str| {
+            format!(
+                "{worker} worker on Python {version}: {what}\n{}",
+                server.log_text()
+            )
+        };
 
         // The environ, as the app sees it.
         let raw = b"GET /v/env/x?q=1 HTTP/1.1\r\nHost: Example.test:8080\r\nCookie: a=1\r\nCookie: b=2\r\nX-Custom: caf\xc3\xa9\r\nX-Forwarded-For: 10.9.8.7\r\n\r\n";
@@ -42,6 +72,13 @@ fn validated_apps_on_every_interpreter() {
             "latin-1 round trip"
         );
         assert!(r.text().contains("wsgi.input_terminated=True"));
+        // The worker asked for is the one that ran.
+        assert!(
+            r.text()
+                .contains(&format!("SERVER_SOFTWARE=wsgimux-{worker} str")),
+            "{}",
+            ctx(&r.text())
+        );
         // Native strings on every version (PEP 3333): `str` on 2.7 and 3.x alike.
         assert!(r.text().contains("PATH_INFO=/env/x str"), "{}", r.text());
 
@@ -89,6 +126,21 @@ fn validated_apps_on_every_interpreter() {
         );
         let r = c.get("x", "/v/ver").unwrap();
         assert_eq!(r.status, 200, "keep-alive after HEAD");
+        // A large streamed response arrives whole.
+        let r = c.get("x", "/v/download?n=8000000").unwrap();
+        assert_eq!(r.body.len(), 8_000_000, "{}", ctx("large download"));
+        // A body the app reads only part of does not break the connection for the next request.
+        c.send(b"POST /v/readsome?n=5 HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+            .unwrap();
+        c.send(&vec![b'z'; 100_000]).unwrap();
+        let r = c.read_response(false).unwrap();
+        assert_eq!(r.text(), "first=zzzzz\n", "{}", ctx("partial read"));
+        assert_eq!(
+            c.get("x", "/v/ver").unwrap().status,
+            200,
+            "{}",
+            ctx("after partial read")
+        );
 
         // wsgi.file_wrapper, exc_info before the headers went out, close() on the result.
         let r = c.get("x", "/v/filewrapper").unwrap();
@@ -100,6 +152,29 @@ fn validated_apps_on_every_interpreter() {
             "{}",
             ctx("exc_info")
         );
+        // exc_info after the headers went out: re-raised, so the response is cut short — the
+        // client gets a broken response (or a 502, if the head had not left the worker yet),
+        // never a complete 200.
+        let late = request(addr, b"GET /v/excinfo_late HTTP/1.1\r\nHost: x\r\n\r\n");
+        if let Ok(r) = &late {
+            assert_ne!(
+                r.status,
+                200,
+                "{}",
+                ctx("exc_info after headers: a complete 200")
+            );
+        }
+        // An exception in the app: 500, logged with its traceback, the process lives on.
+        let r = c.get("x", "/v/boom").unwrap();
+        assert_eq!(r.status, 500, "{}", ctx("app exception"));
+        assert!(
+            server
+                .wait_log("boom for the test", std::time::Duration::from_secs(5))
+                .is_some(),
+            "{}",
+            ctx("traceback not logged")
+        );
+        let mut c = Client::connect(addr).unwrap();
         for _ in 0..3 {
             assert_eq!(c.get("x", "/v/closing").unwrap().text(), "ab\n");
         }

@@ -83,7 +83,7 @@ fn method_str<'py>(py: Python<'py>, method: &Method) -> Bound<'py, PyString> {
 }
 
 /// Host header → (SERVER_NAME, SERVER_PORT).
-fn split_host<'a>(host: &'a str, https: bool) -> (&'a str, &'a str) {
+fn split_host(host: &str, https: bool) -> (&str, &str) {
     let default = if https { "443" } else { "80" };
     if host.starts_with('[') {
         if let Some(end) = host.find(']') {
@@ -120,7 +120,10 @@ pub fn build<'py>(
         let Some(first) = values.next() else { continue };
         match name_str {
             "content-type" => {
-                env.set_item(pyo3::intern!(py, "CONTENT_TYPE"), native(py, first.as_bytes()))?;
+                env.set_item(
+                    pyo3::intern!(py, "CONTENT_TYPE"),
+                    native(py, first.as_bytes()),
+                )?;
                 continue;
             }
             "content-length" => {
@@ -131,17 +134,16 @@ pub fn build<'py>(
                 continue;
             }
             MOUNT_HEADER => {
-                mount = Some(
-                    percent_encoding::percent_decode(first.as_bytes()).collect::<Vec<u8>>(),
-                );
+                mount =
+                    Some(percent_encoding::percent_decode(first.as_bytes()).collect::<Vec<u8>>());
                 continue;
             }
             "x-forwarded-proto" => {
-                let v = parts.headers.get_all(name).iter().last().unwrap_or(first);
+                let v = parts.headers.get_all(name).iter().next_back().unwrap_or(first);
                 https = last_entry(v.as_bytes()).eq_ignore_ascii_case(b"https");
             }
             "x-forwarded-for" => {
-                let v = parts.headers.get_all(name).iter().last().unwrap_or(first);
+                let v = parts.headers.get_all(name).iter().next_back().unwrap_or(first);
                 remote = last_entry(v.as_bytes());
             }
             _ => {}
@@ -179,8 +181,7 @@ pub fn build<'py>(
     };
     let (script_name, path_info): (&[u8], &[u8]) = match &mount {
         Some(m)
-            if decoded.starts_with(m)
-                && (decoded.len() == m.len() || decoded[m.len()] == b'/') =>
+            if decoded.starts_with(m) && (decoded.len() == m.len() || decoded[m.len()] == b'/') =>
         {
             (m, &decoded[m.len()..])
         }
@@ -193,7 +194,10 @@ pub fn build<'py>(
         .unwrap_or("localhost");
     let (server_name, server_port) = split_host(host, https);
 
-    env.set_item(pyo3::intern!(py, "REQUEST_METHOD"), method_str(py, &parts.method))?;
+    env.set_item(
+        pyo3::intern!(py, "REQUEST_METHOD"),
+        method_str(py, &parts.method),
+    )?;
     env.set_item(pyo3::intern!(py, "SCRIPT_NAME"), native(py, script_name))?;
     env.set_item(pyo3::intern!(py, "PATH_INFO"), native(py, path_info))?;
     env.set_item(

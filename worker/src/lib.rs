@@ -99,7 +99,11 @@ struct Stopping {
 
 /// Serves until SIGTERM, a Python signal handler raising, wsgimux going away or an app thread
 /// dying; then drains.
-async fn run(socket: PathBuf, jobs: crossbeam_channel::Sender<Job>, stop: Stopping) -> PyResult<()> {
+async fn run(
+    socket: PathBuf,
+    jobs: crossbeam_channel::Sender<Job>,
+    stop: Stopping,
+) -> PyResult<()> {
     let listener = listen(&socket)?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let graceful = GracefulShutdown::new();

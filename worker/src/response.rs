@@ -265,7 +265,8 @@ impl StartResponse {
                     Some(_) => body,
                     None => {
                         if !bodiless(head.status) {
-                            head.headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+                            head.headers
+                                .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
                         }
                         body
                     }
@@ -375,10 +376,7 @@ impl StartResponse {
 
     fn write(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let data = data.cast::<PyBytes>().map_err(|_| {
-            PyTypeError::new_err(format!(
-                "write() takes bytes, not {}",
-                type_name(data)
-            ))
+            PyTypeError::new_err(format!("write() takes bytes, not {}", type_name(data)))
         })?;
         match self.send_chunk(py, data.as_bytes(), "app") {
             Ok(()) => Ok(()),
@@ -419,8 +417,9 @@ fn parse_head(
         None
     } else {
         Some(
-            ReasonPhrase::try_from(latin1_bytes(reason_text, "status")?)
-                .map_err(|_| PyValueError::new_err(format!("status {status:?} has a bad reason")))?,
+            ReasonPhrase::try_from(latin1_bytes(reason_text, "status")?).map_err(|_| {
+                PyValueError::new_err(format!("status {status:?} has a bad reason"))
+            })?,
         )
     };
     let mut map = HeaderMap::new();

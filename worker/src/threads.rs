@@ -139,7 +139,8 @@ fn run<'py>(
 ) {
     let Job { parts, body, reply } = job;
     let input = Input::new(body, shared.handle.clone(), shared.read_timeout);
-    let objects = Bound::new(py, input).and_then(|i| Ok((i, Bound::new(py, StartResponse::new(reply))?)));
+    let objects =
+        Bound::new(py, input).and_then(|i| Ok((i, Bound::new(py, StartResponse::new(reply))?)));
     let (input, start_response) = match objects {
         Ok(o) => o,
         Err(e) => {
