@@ -101,11 +101,7 @@ pub fn describe_routes(config: &Config, apps: &[ReadyApp]) -> String {
                 host.map_or("*".to_string(), |h| h.to_string()),
                 route.mount.to_string(),
                 app.spec.name.clone(),
-                format!(
-                    "{} ({})",
-                    app.interpreter,
-                    app.interpreter.executable.display()
-                ),
+                app.describe_python(),
                 app.worker.to_string(),
             ]
         })
@@ -353,10 +349,16 @@ async fn report_readiness(apps: Vec<(ReadyApp, Generation)>, addrs: Vec<SocketAd
     while let Some((a, result)) = pending.next().await {
         let name = &a.spec.name;
         let line = match result {
+            Ok(_) if a.worker == preflight::WorkerKind::Upstream => format!(
+                "app {name}: ready, {} answers, route {}",
+                a.describe_python()
+                    .trim_start_matches("- (")
+                    .trim_end_matches(')'),
+                route_text(&a.spec),
+            ),
             Ok(pids) => format!(
-                "app {name}: ready, {} ({}), {} worker, pid {}, route {}",
-                a.interpreter,
-                a.interpreter.executable.display(),
+                "app {name}: ready, {}, {} worker, pid {}, route {}",
+                a.describe_python(),
                 a.worker,
                 pids.iter()
                     .map(u32::to_string)

@@ -45,7 +45,9 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppSpec {
     pub name: String,
-    pub python: PythonSpec,
+    /// Required for script/module apps; for a command app, the virtualenv whose `bin/` goes
+    /// first on PATH; none for an upstream.
+    pub python: Option<PythonSpec>,
     pub entry: Entry,
     /// Empty: any host.
     pub hosts: Vec<HostPattern>,
@@ -110,12 +112,65 @@ impl fmt::Display for PythonSpec {
     }
 }
 
-/// What the worker loads: a mod_wsgi-style script file or an importable module.
+/// What serves the app: a mod_wsgi-style script file or an importable module (loaded by a
+/// wsgimux worker), the app's own server command, or a server wsgimux does not start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
-    Script { path: PathBuf, callable: String },
-    Module { module: String, callable: String },
+    Script {
+        path: PathBuf,
+        callable: String,
+    },
+    Module {
+        module: String,
+        callable: String,
+    },
+    /// Run as is, with `{socket}` or `{port}` replaced by where wsgimux expects it to listen.
+    Command {
+        argv: Vec<String>,
+    },
+    Upstream {
+        address: Address,
+    },
 }
+
+impl Entry {
+    /// The config key that holds it.
+    pub fn key(&self) -> &'static str {
+        match self {
+            Entry::Script { .. } => "script",
+            Entry::Module { .. } => "module",
+            Entry::Command { .. } => "command",
+            Entry::Upstream { .. } => "upstream",
+        }
+    }
+}
+
+/// Where a server listens: a Unix socket or a TCP host and port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    Unix(PathBuf),
+    /// A host name or IP (IPv6 without brackets) and a port; names resolve at each connect.
+    Tcp {
+        host: String,
+        port: u16,
+    },
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Unix(p) => write!(f, "unix:{}", p.display()),
+            Address::Tcp { host, port } if host.contains(':') => {
+                write!(f, "http://[{host}]:{port}")
+            }
+            Address::Tcp { host, port } => write!(f, "http://{host}:{port}"),
+        }
+    }
+}
+
+/// The placeholders a `command:` may use.
+pub const SOCKET_PLACEHOLDER: &str = "{socket}";
+pub const PORT_PLACEHOLDER: &str = "{port}";
 
 /// A `hosts:` entry, lower-cased: an exact name or `*.suffix`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -278,6 +333,8 @@ struct RawApp {
     drain_timeout: Option<RawDuration>,
     reload_on_changes: Option<bool>,
     worker: Option<String>,
+    command: Option<Vec<String>>,
+    upstream: Option<String>,
 }
 
 /// A duration as written: `500ms`, `30s`, `2m`, `1h`, or a plain number of seconds.
@@ -542,46 +599,19 @@ impl Validator<'_> {
                 format!("app name {name:?} may only use a-z, 0-9, '_' and '-'"),
             );
         }
+        let entry = self.entry(&name, &raw);
+        if let Some(entry) = &entry {
+            self.not_applicable(&name, entry, &raw);
+        }
+        let needs_python = matches!(entry, Some(Entry::Script { .. } | Entry::Module { .. }));
         let python = match raw.python.as_deref().map(str::trim) {
-            None | Some("") => {
+            None | Some("") if needs_python => {
                 self.app_problem(&name, "python", "is required: an interpreter path, a command on PATH (\"python3.12\") or a virtualenv folder".into());
                 None
             }
-            Some(p) if p.contains('/') => Some(PythonSpec::Path(self.resolve(p))),
-            Some(p) => Some(PythonSpec::Command(p.to_string())),
-        };
-        let entry = match (raw.script, raw.module) {
-            (Some(_), Some(_)) => {
-                self.app_problem(
-                    &name,
-                    "module",
-                    "give either script or module, not both".into(),
-                );
-                None
-            }
-            (None, None) => {
-                let loc = self.locator.key(&format!("apps.{name}"));
-                self.problem(
-                    loc,
-                    Some(&name),
-                    "script",
-                    "needs a script (a .wsgi/.py file defining `application`) or a module (\"pkg.mod:callable\")".into(),
-                );
-                None
-            }
-            (Some(s), None) => {
-                if s.trim().is_empty() {
-                    self.app_problem(&name, "script", "must not be empty".into());
-                    None
-                } else {
-                    let callable = self.callable(&name, raw.callable.as_deref(), None);
-                    callable.map(|callable| Entry::Script {
-                        path: self.resolve(s.trim()),
-                        callable,
-                    })
-                }
-            }
-            (None, Some(m)) => self.module(&name, &m, raw.callable.as_deref()),
+            None | Some("") => Some(None),
+            Some(p) if p.contains('/') => Some(Some(PythonSpec::Path(self.resolve(p)))),
+            Some(p) => Some(Some(PythonSpec::Command(p.to_string()))),
         };
         let hosts = self.hosts(&name, raw.hosts);
         let mount = match raw.mount.as_deref().map(Mount::parse) {
@@ -672,7 +702,10 @@ impl Validator<'_> {
         let locations = AppLocations {
             python: at("python"),
             worker: at("worker"),
-            entry: at("script").or_else(|| at("module")),
+            entry: at("script")
+                .or_else(|| at("module"))
+                .or_else(|| at("command"))
+                .or_else(|| at("upstream")),
             working_dir: at("working_dir"),
             python_path: (0..python_path.len())
                 .map(|i| self.locator.value(&format!("apps.{name}.python_path.{i}")))
@@ -695,6 +728,187 @@ impl Validator<'_> {
             worker,
             locations,
         })
+    }
+
+    /// The one of script, module, command and upstream the app gives.
+    fn entry(&mut self, name: &str, raw: &RawApp) -> Option<Entry> {
+        let given: Vec<&str> = [
+            ("script", raw.script.is_some()),
+            ("module", raw.module.is_some()),
+            ("command", raw.command.is_some()),
+            ("upstream", raw.upstream.is_some()),
+        ]
+        .iter()
+        .filter_map(|&(k, set)| set.then_some(k))
+        .collect();
+        match given.as_slice() {
+            [] => {
+                let loc = self.locator.key(&format!("apps.{name}"));
+                self.problem(
+                    loc,
+                    Some(name),
+                    "script",
+                    "needs a script (a .wsgi/.py file defining `application`), a module (\"pkg.mod:callable\"), a command (its own server) or an upstream (a server's address)".into(),
+                );
+                None
+            }
+            [first, second, ..] => {
+                self.app_problem(
+                    name,
+                    second,
+                    format!("give only one of script, module, command and upstream, not both {first} and {second}"),
+                );
+                None
+            }
+            ["script"] => {
+                let s = raw.script.as_deref().unwrap_or_default().trim();
+                if s.is_empty() {
+                    self.app_problem(name, "script", "must not be empty".into());
+                    return None;
+                }
+                let callable = self.callable(name, raw.callable.as_deref(), None)?;
+                Some(Entry::Script {
+                    path: self.resolve(s),
+                    callable,
+                })
+            }
+            ["module"] => {
+                let m = raw.module.clone().unwrap_or_default();
+                self.module(name, &m, raw.callable.as_deref())
+            }
+            ["command"] => self.command(name, raw.command.as_deref().unwrap_or_default()),
+            _ => self.upstream(name, raw.upstream.as_deref().unwrap_or_default()),
+        }
+    }
+
+    fn command(&mut self, name: &str, argv: &[String]) -> Option<Entry> {
+        if argv.first().is_none_or(|p| p.trim().is_empty()) {
+            self.app_problem(
+                name,
+                "command",
+                "must be a list starting with the program, e.g. [\"gunicorn\", \"--bind\", \"unix:{socket}\", \"app:application\"]".into(),
+            );
+            return None;
+        }
+        let uses = |p: &str| argv.iter().any(|a| a.contains(p));
+        match (uses(SOCKET_PLACEHOLDER), uses(PORT_PLACEHOLDER)) {
+            (true, true) => {
+                self.app_problem(
+                    name,
+                    "command",
+                    "uses both {socket} and {port}; give one, where the server listens".into(),
+                );
+                None
+            }
+            (false, false) => {
+                self.app_problem(
+                    name,
+                    "command",
+                    "must say where the server listens with {socket} (a Unix socket path wsgimux chooses) or {port} (a free loopback port)".into(),
+                );
+                None
+            }
+            _ => Some(Entry::Command {
+                argv: argv.to_vec(),
+            }),
+        }
+    }
+
+    fn upstream(&mut self, name: &str, text: &str) -> Option<Entry> {
+        let text = text.trim();
+        let bad = |why: &str| {
+            format!("{text:?} {why}: use \"http://host:port\" or \"unix:/path/to.sock\"")
+        };
+        if let Some(path) = text.strip_prefix("unix:") {
+            let path = path.trim_start_matches("//");
+            if path.is_empty() {
+                self.app_problem(name, "upstream", bad("has no socket path"));
+                return None;
+            }
+            return Some(Entry::Upstream {
+                address: Address::Unix(self.resolve(path)),
+            });
+        }
+        let Some(rest) = text.strip_prefix("http://") else {
+            let why = if text.starts_with("https://") {
+                "is https, which wsgimux does not speak to upstreams yet"
+            } else {
+                "is not an upstream address"
+            };
+            self.app_problem(name, "upstream", bad(why));
+            return None;
+        };
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.contains('/') {
+            self.app_problem(
+                name,
+                "upstream",
+                bad("has a path; the app is mounted with `mount:`, not in the address"),
+            );
+            return None;
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            match v6.split_once(']') {
+                Some((h, p)) => (h, p.strip_prefix(':')),
+                None => ("", None),
+            }
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        let port = match port {
+            None => Some(80),
+            Some(p) => p.parse::<u16>().ok().filter(|&p| p != 0),
+        };
+        match port {
+            Some(port) if !host.is_empty() => Some(Entry::Upstream {
+                address: Address::Tcp {
+                    host: host.to_string(),
+                    port,
+                },
+            }),
+            _ => {
+                self.app_problem(name, "upstream", bad("has no valid host and port"));
+                None
+            }
+        }
+    }
+
+    /// Keys that mean nothing for a command or upstream app are errors, not silently ignored.
+    fn not_applicable(&mut self, name: &str, entry: &Entry, raw: &RawApp) {
+        let (what, keys): (&str, Vec<(&str, bool)>) = match entry {
+            Entry::Script { .. } | Entry::Module { .. } => return,
+            Entry::Command { .. } => (
+                "a command app (its own server decides)",
+                vec![
+                    ("callable", raw.callable.is_some()),
+                    ("worker", raw.worker.is_some()),
+                    ("threads", raw.threads.is_some()),
+                    ("python_path", raw.python_path.is_some()),
+                ],
+            ),
+            Entry::Upstream { .. } => (
+                "an upstream app (wsgimux does not start it)",
+                vec![
+                    ("python", raw.python.is_some()),
+                    ("callable", raw.callable.is_some()),
+                    ("worker", raw.worker.is_some()),
+                    ("processes", raw.processes.is_some()),
+                    ("threads", raw.threads.is_some()),
+                    ("working_dir", raw.working_dir.is_some()),
+                    ("python_path", raw.python_path.is_some()),
+                    ("env", raw.env.is_some()),
+                    ("reload_on_changes", raw.reload_on_changes.is_some()),
+                ],
+            ),
+        };
+        for (key, given) in keys {
+            if given {
+                self.app_problem(name, key, format!("does not apply to {what}"));
+            }
+        }
     }
 
     fn callable(

@@ -9,7 +9,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 
-use crate::config::{AppSpec, Config, Entry};
+use crate::config::{AppSpec, Config};
 
 /// What a reload changes.
 #[derive(Debug, Clone, PartialEq)]
@@ -155,10 +155,7 @@ pub fn app_change(old: &AppSpec, new: &AppSpec) -> AppChange {
         worker,
         locations: _,
     } = new;
-    let entry_key = match entry {
-        Entry::Script { .. } => "script",
-        Entry::Module { .. } => "module",
-    };
+    let entry_key = entry.key();
     let process = changed(&[
         (old.python != *python, "python"),
         (old.entry != *entry, entry_key),

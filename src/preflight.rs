@@ -13,8 +13,20 @@ use crate::interpreter::{self, Interpreter};
 #[derive(Debug, Clone)]
 pub struct ReadyApp {
     pub spec: AppSpec,
-    pub interpreter: Interpreter,
+    /// None for an upstream, and for a command app without `python:`.
+    pub interpreter: Option<Interpreter>,
     pub worker: WorkerKind,
+}
+
+impl ReadyApp {
+    /// "CPython 3.13.0 (/path/to/python)", or what stands in for it.
+    pub fn describe_python(&self) -> String {
+        match (&self.interpreter, &self.spec.entry) {
+            (Some(i), _) => format!("{i} ({})", i.executable.display()),
+            (None, Entry::Upstream { address }) => format!("- ({address})"),
+            (None, _) => "-".into(),
+        }
+    }
 }
 
 /// What serves an app's requests inside its processes.
@@ -24,6 +36,10 @@ pub enum WorkerKind {
     Native,
     /// The stdlib-only Python worker, for every interpreter.
     Portable,
+    /// The app's own server (`command:`).
+    Command,
+    /// A server wsgimux routes to but does not start (`upstream:`).
+    Upstream,
 }
 
 impl fmt::Display for WorkerKind {
@@ -31,6 +47,8 @@ impl fmt::Display for WorkerKind {
         f.write_str(match self {
             WorkerKind::Native => "native",
             WorkerKind::Portable => "portable",
+            WorkerKind::Command => "command",
+            WorkerKind::Upstream => "upstream",
         })
     }
 }
@@ -69,11 +87,29 @@ pub fn choose_worker(choice: WorkerChoice, i: &Interpreter) -> Result<WorkerKind
 pub async fn check(config: &Config) -> Result<Vec<ReadyApp>, ConfigError> {
     let probes = config.apps.iter().map(|app| async move {
         let mut problems = files(config, app);
-        match interpreter::probe(&app.python).await {
-            Ok(interpreter) => match choose_worker(app.worker, &interpreter) {
+        let fixed = match app.entry {
+            Entry::Command { .. } => Some(WorkerKind::Command),
+            Entry::Upstream { .. } => Some(WorkerKind::Upstream),
+            _ => None,
+        };
+        let Some(python) = &app.python else {
+            return match fixed {
+                Some(worker) if problems.is_empty() => Ok(ReadyApp {
+                    spec: app.clone(),
+                    interpreter: None,
+                    worker,
+                }),
+                _ => Err(problems),
+            };
+        };
+        match interpreter::probe(python).await {
+            Ok(interpreter) => match fixed
+                .map(Ok)
+                .unwrap_or_else(|| choose_worker(app.worker, &interpreter))
+            {
                 Ok(worker) if problems.is_empty() => Ok(ReadyApp {
                     spec: app.clone(),
-                    interpreter,
+                    interpreter: Some(interpreter),
                     worker,
                 }),
                 Ok(_) => Err(problems),
@@ -114,6 +150,9 @@ fn files(config: &Config, app: &AppSpec) -> Vec<Problem> {
             let msg = format!("{} does not exist or is not a file", path.display());
             out.push(problem(config, app, app.locations.entry, "script", msg));
         }
+    }
+    if matches!(app.entry, Entry::Upstream { .. }) {
+        return out;
     }
     if !app.working_dir.is_dir() {
         let msg = format!("{} is not a folder", app.working_dir.display());

@@ -15,16 +15,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
-use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::config::Entry;
-use crate::interpreter::Interpreter;
+use crate::config::{Address, Entry, PORT_PLACEHOLDER, SOCKET_PLACEHOLDER};
 use crate::preflight::{ReadyApp, WorkerKind};
 use crate::proxy::Endpoints;
 use crate::upstream::Endpoint;
+
+/// How often an `upstream:` server is checked, and how long a check may take.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Failed checks in a row before an upstream is taken out of the routes.
+const HEALTH_FAILURES: u32 = 2;
 
 /// After SIGTERM, how long a child may take to finish its requests before SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -138,13 +142,38 @@ pub struct WorkerFiles {
 struct AppPlan {
     name: Arc<str>,
     generation: u64,
-    interpreter: Interpreter,
-    worker_script: PathBuf,
+    launch: Launch,
+    /// Put first on the child's PATH (the virtualenv's `bin/`, or the interpreter's folder).
+    bin_dir: Option<PathBuf>,
+    venv: Option<PathBuf>,
     runtime_dir: PathBuf,
-    args: Vec<OsString>,
     working_dir: PathBuf,
     env: BTreeMap<String, String>,
     startup_timeout: Duration,
+}
+
+#[derive(Debug)]
+enum Launch {
+    /// A wsgimux worker: `python -u <launcher> <args> --socket PATH`.
+    Worker {
+        python: PathBuf,
+        launcher: PathBuf,
+        args: Vec<OsString>,
+    },
+    /// The app's own server, `{socket}`/`{port}` substituted per start.
+    Command { argv: Vec<String> },
+    /// Nothing to start: checked and published.
+    Upstream { address: Address },
+}
+
+impl Launch {
+    fn program(&self) -> String {
+        match self {
+            Launch::Worker { python, .. } => python.display().to_string(),
+            Launch::Command { argv } => argv.first().cloned().unwrap_or_default(),
+            Launch::Upstream { address } => address.to_string(),
+        }
+    }
 }
 
 struct LiveGeneration {
@@ -265,6 +294,45 @@ impl Supervisor {
 
     fn plan(&self, app: &ReadyApp, generation: u64) -> AppPlan {
         let spec = &app.spec;
+        let launch = match &spec.entry {
+            Entry::Command { argv } => Launch::Command { argv: argv.clone() },
+            Entry::Upstream { address } => Launch::Upstream {
+                address: address.clone(),
+            },
+            Entry::Script { .. } | Entry::Module { .. } => {
+                let python = app
+                    .interpreter
+                    .as_ref()
+                    .map(|i| i.executable.clone())
+                    .unwrap_or_else(|| PathBuf::from("python3"));
+                Launch::Worker {
+                    python,
+                    launcher: self.files.launcher.clone(),
+                    args: self.worker_args(app),
+                }
+            }
+        };
+        let venv = app.interpreter.as_ref().and_then(|i| i.venv.clone());
+        let bin_dir = match (&venv, &app.interpreter) {
+            (Some(v), _) => Some(v.join("bin")),
+            (None, Some(i)) => i.executable.parent().map(Path::to_path_buf),
+            (None, None) => None,
+        };
+        AppPlan {
+            name: spec.name.as_str().into(),
+            generation,
+            launch,
+            bin_dir,
+            venv,
+            runtime_dir: self.runtime_dir.clone(),
+            working_dir: spec.working_dir.clone(),
+            env: spec.env.clone(),
+            startup_timeout: spec.startup_timeout,
+        }
+    }
+
+    fn worker_args(&self, app: &ReadyApp) -> Vec<OsString> {
+        let spec = &app.spec;
         let mut args: Vec<OsString> = vec![
             "--app-name".into(),
             spec.name.clone().into(),
@@ -286,6 +354,7 @@ impl Supervisor {
                 args.extend(["--module".into(), module.into()]);
                 args.extend(["--callable".into(), callable.into()]);
             }
+            Entry::Command { .. } | Entry::Upstream { .. } => {}
         }
         for p in &spec.python_path {
             args.extend(["--python-path".into(), p.clone().into_os_string()]);
@@ -298,17 +367,7 @@ impl Supervisor {
                 self.files.native_dir.clone().into_os_string(),
             ]);
         }
-        AppPlan {
-            name: spec.name.as_str().into(),
-            generation,
-            interpreter: app.interpreter.clone(),
-            worker_script: self.files.launcher.clone(),
-            runtime_dir: self.runtime_dir.clone(),
-            args,
-            working_dir: spec.working_dir.clone(),
-            env: spec.env.clone(),
-            startup_timeout: spec.startup_timeout,
-        }
+        args
     }
 
     /// Stops every generation: each child gets SIGTERM, then SIGKILL after [`STOP_GRACE`].
@@ -376,20 +435,20 @@ enum Startup {
 
 impl Slot {
     async fn run(mut self) {
+        if let Launch::Upstream { address } = &self.plan.launch {
+            let address = address.clone();
+            return self.watch_upstream(address).await;
+        }
         let mut backoff = INITIAL_BACKOFF;
         let mut attempt = 0u64;
         loop {
             attempt += 1;
-            let socket = socket_path(
-                &self.plan.runtime_dir,
-                &self.plan.name,
-                self.plan.generation,
-                self.slot,
-                attempt,
-            );
+            let address = self.listen_address(attempt);
             let started = Instant::now();
-            let stop_now = self.run_once(&socket).await;
-            let _ = std::fs::remove_file(&socket);
+            let stop_now = self.run_once(&address).await;
+            if let Address::Unix(socket) = &address {
+                let _ = std::fs::remove_file(socket);
+            }
             if stop_now || *self.stop.borrow() {
                 return;
             }
@@ -410,23 +469,89 @@ impl Slot {
         }
     }
 
+    /// Where this start of the slot's process is to listen: a fresh socket path per attempt, or
+    /// a free loopback port for a `command:` that asks for `{port}`.
+    fn listen_address(&self, attempt: u64) -> Address {
+        if let Launch::Command { argv } = &self.plan.launch {
+            if argv.iter().any(|a| a.contains(PORT_PLACEHOLDER)) {
+                return Address::Tcp {
+                    host: "127.0.0.1".into(),
+                    port: free_port().unwrap_or(0),
+                };
+            }
+        }
+        Address::Unix(socket_path(
+            &self.plan.runtime_dir,
+            &self.plan.name,
+            self.plan.generation,
+            self.slot,
+            attempt,
+        ))
+    }
+
+    /// An `upstream:` app: nothing to start; checked every [`HEALTH_INTERVAL`], routed to while
+    /// it accepts connections. Not answering within startup_timeout counts as a failed start
+    /// (a reload keeps the old config), but checking goes on.
+    async fn watch_upstream(mut self, address: Address) {
+        let name = self.plan.name.clone();
+        let deadline = Instant::now() + self.plan.startup_timeout;
+        let mut up = false;
+        let mut failures = 0u32;
+        let mut reported = false;
+        loop {
+            if address.answers(HEALTH_TIMEOUT).await {
+                failures = 0;
+                if !up {
+                    up = true;
+                    if reported {
+                        tracing::info!("[{name}] upstream {address} answers again");
+                    }
+                    self.publish(Some(Endpoint::new(address.clone(), 0)), 0);
+                }
+            } else {
+                failures += 1;
+                if up && failures >= HEALTH_FAILURES {
+                    up = false;
+                    reported = true;
+                    tracing::warn!(
+                        "[{name}] upstream {address} does not accept connections; not routing to it"
+                    );
+                    self.publish(None, 0);
+                }
+                if !up && !reported && Instant::now() >= deadline {
+                    reported = true;
+                    let reason = format!(
+                        "upstream {address} did not accept a connection within startup_timeout {}",
+                        secs(self.plan.startup_timeout)
+                    );
+                    self.start_failed(reason, &Mutex::new(VecDeque::new()));
+                }
+            }
+            let pause = if up { HEALTH_INTERVAL } else { READY_POLL * 10 };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stopped(&mut self.stop) => {
+                    self.publish(None, 0);
+                    return;
+                }
+            }
+        }
+    }
+
     /// Starts one child and serves with it until it exits; true when the slot must stop.
-    async fn run_once(&mut self, socket: &Path) -> bool {
+    async fn run_once(&mut self, address: &Address) -> bool {
         let plan = self.plan.clone();
         let tail = Arc::new(Mutex::new(VecDeque::new()));
-        let mut child = match spawn_child(&plan, socket, &tail) {
+        let mut child = match spawn_child(&plan, address, &tail) {
             Ok(c) => c,
             Err(e) => {
-                let reason = format!(
-                    "cannot start {}: {e}",
-                    plan.interpreter.executable.display()
-                );
+                let reason = format!("cannot start {}: {e}", plan.launch.program());
                 self.start_failed(reason, &tail);
                 return false;
             }
         };
         let pid = child.id().unwrap_or(0);
-        match self.wait_ready(&mut child, socket).await {
+        match self.wait_ready(&mut child, address).await {
             Startup::Ready => {}
             Startup::Stopping => {
                 stop_child(&mut child, pid).await;
@@ -446,8 +571,7 @@ impl Slot {
             Startup::TimedOut => {
                 // Reported before the stop, which may take STOP_GRACE: a reload waits for it.
                 let reason = format!(
-                    "did not answer on {} within startup_timeout {}{}",
-                    socket.display(),
+                    "did not answer on {address} within startup_timeout {}{}",
                     secs(plan.startup_timeout),
                     last_line(&tail)
                 );
@@ -457,7 +581,7 @@ impl Slot {
             }
         }
 
-        let endpoint = Endpoint::new(socket.to_path_buf(), pid);
+        let endpoint = Endpoint::new(address.clone(), pid);
         tracing::debug!(
             "[{}] generation {} process {} ready (pid {pid})",
             plan.name,
@@ -491,12 +615,13 @@ impl Slot {
         }
     }
 
-    async fn wait_ready(&mut self, child: &mut Child, socket: &Path) -> Startup {
+    async fn wait_ready(&mut self, child: &mut Child, address: &Address) -> Startup {
         let deadline = tokio::time::Instant::now() + self.plan.startup_timeout;
         loop {
-            // The worker renames its socket into place once it listens: a connect that
-            // succeeds means the app is imported and requests will be served.
-            if UnixStream::connect(socket).await.is_ok() {
+            // wsgimux's workers rename their socket into place once they listen: a connect
+            // that succeeds means the app is imported and requests will be served. (A command's
+            // server may still be loading the app; it queues what arrives meanwhile.)
+            if address.answers(READY_POLL * 10).await {
                 return Startup::Ready;
             }
             tokio::select! {
@@ -560,34 +685,95 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     }
 }
 
+/// A loopback port nothing listens on now (the command binds it a moment later).
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
+        .local_addr()?
+        .port())
+}
+
+/// `argv[0]` looked up in `bin_dir` first, then on PATH, as the child's shell would.
+fn find_program(program: &str, bin_dir: Option<&Path>) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    if program.contains('/') {
+        return PathBuf::from(program);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    bin_dir
+        .map(Path::to_path_buf)
+        .into_iter()
+        .chain(std::env::split_paths(&path))
+        .map(|d| d.join(program))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .unwrap_or_else(|| PathBuf::from(program))
+}
+
 fn spawn_child(
     plan: &AppPlan,
-    socket: &Path,
+    address: &Address,
     tail: &Arc<Mutex<VecDeque<String>>>,
 ) -> std::io::Result<Child> {
-    let interp = &plan.interpreter;
-    let mut cmd = Command::new(&interp.executable);
-    cmd.arg("-u")
-        .arg(&plan.worker_script)
-        .args(&plan.args)
-        .arg("--socket")
-        .arg(socket)
-        .current_dir(&plan.working_dir)
+    let mut cmd = match (&plan.launch, address) {
+        (
+            Launch::Worker {
+                python,
+                launcher,
+                args,
+            },
+            Address::Unix(socket),
+        ) => {
+            let mut cmd = Command::new(python);
+            cmd.arg("-u")
+                .arg(launcher)
+                .args(args)
+                .arg("--socket")
+                .arg(socket);
+            cmd
+        }
+        (Launch::Command { argv }, _) => {
+            let (socket, port) = match address {
+                Address::Unix(p) => (p.display().to_string(), String::new()),
+                Address::Tcp { port, .. } => (String::new(), port.to_string()),
+            };
+            let argv: Vec<String> = argv
+                .iter()
+                .map(|a| {
+                    a.replace(SOCKET_PLACEHOLDER, &socket)
+                        .replace(PORT_PLACEHOLDER, &port)
+                })
+                .collect();
+            let program = argv.first().map(String::as_str).unwrap_or_default();
+            let mut cmd = Command::new(find_program(program, plan.bin_dir.as_deref()));
+            cmd.args(&argv[1..]);
+            cmd
+        }
+        _ => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("nothing to start for {address}"),
+            ))
+        }
+    };
+    cmd.current_dir(&plan.working_dir)
         .env("PYTHONUNBUFFERED", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    if let Some(venv) = &interp.venv {
+    if let Some(bin) = &plan.bin_dir {
         // What `activate` does, so the app's own subprocesses find the venv's tools.
-        let mut path = OsString::from(venv.join("bin"));
+        let mut path = OsString::from(bin);
         if let Some(old) = std::env::var_os("PATH") {
             path.push(":");
             path.push(old);
         }
-        cmd.env("VIRTUAL_ENV", venv)
-            .env("PATH", path)
-            .env_remove("PYTHONHOME");
+        cmd.env("PATH", path);
+    }
+    if let Some(venv) = &plan.venv {
+        cmd.env("VIRTUAL_ENV", venv).env_remove("PYTHONHOME");
     }
     cmd.envs(&plan.env);
     let parent = std::process::id();

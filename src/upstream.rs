@@ -1,11 +1,11 @@
-//! Pooled HTTP/1.1 connections to one child process's Unix socket.
+//! Pooled HTTP/1.1 connections to one child process's Unix socket (or, for `command:` apps on
+//! `{port}` and `upstream:` apps, a TCP address).
 //!
-//! An [`Endpoint`] is one ready child. A connection goes back to its endpoint's idle pool only
+//! An [`Endpoint`] is one ready child (or upstream server). A connection goes back to its endpoint's idle pool only
 //! when the response body has been read to its end; a body dropped early takes its connection
 //! with it (HTTP/1.1 has no other way to abandon a response). Knows nothing of routes or WSGI.
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::net::UnixStream;
+use tokio::net::{TcpStream, UnixStream};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of every request and response wsgimux relays.
@@ -34,19 +34,101 @@ const MAX_IDLE: usize = 256;
 /// Idle connections older than this are closed rather than reused (the worker keeps them 300 s).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
+pub use crate::config::Address;
+
+/// A connected stream to an endpoint: one type for hyper whichever the transport.
+enum Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Address {
+    async fn connect(&self) -> std::io::Result<Stream> {
+        match self {
+            Address::Unix(p) => UnixStream::connect(p).await.map(Stream::Unix),
+            Address::Tcp { host, port } => {
+                let s = TcpStream::connect((host.as_str(), *port)).await?;
+                // Small requests and responses must not wait for Nagle.
+                s.set_nodelay(true)?;
+                Ok(Stream::Tcp(s))
+            }
+        }
+    }
+
+    /// Whether something accepts connections there now (bounded by `limit`).
+    pub async fn answers(&self, limit: Duration) -> bool {
+        matches!(tokio::time::timeout(limit, self.connect()).await, Ok(Ok(_)))
+    }
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("cannot connect to {}: {source}", path.display())]
+    #[error("cannot connect to {address}: {source}")]
     Connect {
-        path: PathBuf,
+        address: Address,
         #[source]
         source: std::io::Error,
     },
-    #[error("connecting to {} took over {}s", path.display(), CONNECT_TIMEOUT.as_secs())]
-    ConnectTimeout { path: PathBuf },
-    #[error("request to {} failed: {source}", path.display())]
+    #[error("connecting to {address} took over {}s", CONNECT_TIMEOUT.as_secs())]
+    ConnectTimeout { address: Address },
+    #[error("request to {address} failed: {source}")]
     Request {
-        path: PathBuf,
+        address: Address,
         #[source]
         source: hyper::Error,
     },
@@ -64,9 +146,10 @@ struct Idle {
     since: Instant,
 }
 
-/// One ready child process: where to reach it and its idle connections.
+/// One ready child process (or upstream server): where to reach it and its idle connections.
 pub struct Endpoint {
-    socket: PathBuf,
+    address: Address,
+    /// The child's pid; 0 for an upstream server wsgimux did not start.
     pid: u32,
     idle: Mutex<Vec<Idle>>,
     in_flight: AtomicUsize,
@@ -75,16 +158,16 @@ pub struct Endpoint {
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Endpoint")
-            .field("socket", &self.socket)
+            .field("address", &self.address)
             .field("pid", &self.pid)
             .finish()
     }
 }
 
 impl Endpoint {
-    pub fn new(socket: PathBuf, pid: u32) -> Arc<Self> {
+    pub fn new(address: Address, pid: u32) -> Arc<Self> {
         Arc::new(Endpoint {
-            socket,
+            address,
             pid,
             idle: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
@@ -156,7 +239,7 @@ impl Endpoint {
 
     fn request_error_inner(&self, source: hyper::Error) -> UpstreamError {
         UpstreamError::Request {
-            path: self.socket.clone(),
+            address: self.address.clone(),
             source,
         }
     }
@@ -186,21 +269,20 @@ impl Endpoint {
     }
 
     async fn connect(&self) -> Result<SendRequest<ProxyBody>, UpstreamError> {
-        let stream =
-            match tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(&self.socket)).await {
-                Err(_) => {
-                    return Err(UpstreamError::ConnectTimeout {
-                        path: self.socket.clone(),
-                    })
-                }
-                Ok(Err(source)) => {
-                    return Err(UpstreamError::Connect {
-                        path: self.socket.clone(),
-                        source,
-                    })
-                }
-                Ok(Ok(s)) => s,
-            };
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, self.address.connect()).await {
+            Err(_) => {
+                return Err(UpstreamError::ConnectTimeout {
+                    address: self.address.clone(),
+                })
+            }
+            Ok(Err(source)) => {
+                return Err(UpstreamError::Connect {
+                    address: self.address.clone(),
+                    source,
+                })
+            }
+            Ok(Ok(s)) => s,
+        };
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await

@@ -311,7 +311,9 @@ pub fn code_roots(spec: &AppSpec) -> Vec<PathBuf> {
         Entry::Script { path, .. } => path
             .parent()
             .map_or_else(|| spec.working_dir.clone(), Path::to_path_buf),
-        Entry::Module { .. } => spec.working_dir.clone(),
+        Entry::Module { .. } | Entry::Command { .. } => spec.working_dir.clone(),
+        // Nothing of it runs here.
+        Entry::Upstream { .. } => return Vec::new(),
     }];
     roots.extend(spec.python_path.iter().cloned());
     roots.sort();

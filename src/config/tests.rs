@@ -42,7 +42,7 @@ apps:
     let legacy = &c.apps[0];
     assert_eq!(
         legacy.python,
-        PythonSpec::Path("/opt/py27/bin/python".into())
+        Some(PythonSpec::Path("/opt/py27/bin/python".into()))
     );
     assert_eq!(
         legacy.entry,
@@ -57,7 +57,10 @@ apps:
         vec![HostPattern::Exact("old.example.com".into())]
     );
     let api = &c.apps[1];
-    assert_eq!(api.python, PythonSpec::Path("/srv/site/./venvs/api".into()));
+    assert_eq!(
+        api.python,
+        Some(PythonSpec::Path("/srv/site/./venvs/api".into()))
+    );
     assert_eq!(
         api.entry,
         Entry::Module {
@@ -79,7 +82,7 @@ fn defaults() {
     let c = parse("apps:\n  web:\n    python: python3\n    module: web\n").unwrap();
     assert_eq!(c.listen, vec![DEFAULT_LISTEN.parse().unwrap()]);
     let web = &c.apps[0];
-    assert_eq!(web.python, PythonSpec::Command("python3".into()));
+    assert_eq!(web.python, Some(PythonSpec::Command("python3".into())));
     assert_eq!(web.mount, Mount::root());
     assert!(web.hosts.is_empty());
     assert_eq!(web.working_dir, Path::new("/srv/site"));
@@ -260,4 +263,118 @@ fn bad_durations_are_located() {
         "apps:\n  a:\n    python: python3\n    script: a.wsgi\n    startup_timeout: 0\n",
     );
     assert!(p.message.contains("more than 0"), "{}", p.message);
+}
+
+#[test]
+fn command_and_upstream_apps() {
+    let c = parse(
+        r#"
+apps:
+  gun:
+    python: ./venv
+    command: ["gunicorn", "--bind", "unix:{socket}", "app:application"]
+    processes: 2
+    mount: /gun
+  byport:
+    command: ["./serve", "--port", "{port}"]
+    mount: /byport
+  remote:
+    upstream: "http://10.0.0.5:8000/"
+    mount: /remote
+  v6:
+    upstream: "http://[::1]:9000"
+    mount: /v6
+  local:
+    upstream: "unix:run/other.sock"
+    mount: /local
+"#,
+    )
+    .expect("valid");
+    let by_name = |n: &str| c.apps.iter().find(|a| a.name == n).expect(n);
+    assert_eq!(
+        by_name("gun").entry,
+        Entry::Command {
+            argv: vec![
+                "gunicorn".into(),
+                "--bind".into(),
+                "unix:{socket}".into(),
+                "app:application".into()
+            ]
+        }
+    );
+    assert_eq!(by_name("byport").python, None);
+    let tcp = |host: &str, port| Entry::Upstream {
+        address: Address::Tcp {
+            host: host.into(),
+            port,
+        },
+    };
+    assert_eq!(by_name("remote").entry, tcp("10.0.0.5", 8000));
+    assert_eq!(by_name("v6").entry, tcp("::1", 9000));
+    assert_eq!(
+        by_name("local").entry,
+        Entry::Upstream {
+            address: Address::Unix("/srv/site/run/other.sock".into())
+        }
+    );
+    assert_eq!(
+        Address::Tcp {
+            host: "::1".into(),
+            port: 9000
+        }
+        .to_string(),
+        "http://[::1]:9000"
+    );
+}
+
+#[test]
+fn command_and_upstream_mistakes_are_located() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "apps:\n  a:\n    command: [\"gunicorn\", \"app:application\"]\n",
+            "command",
+            "{socket}",
+        ),
+        (
+            "apps:\n  a:\n    command: [\"x\", \"{socket}\", \"{port}\"]\n",
+            "command",
+            "both",
+        ),
+        (
+            "apps:\n  a:\n    command: [\"x\", \"{port}\"]\n    worker: native\n",
+            "worker",
+            "does not apply to a command app",
+        ),
+        (
+            "apps:\n  a:\n    upstream: \"https://example.com\"\n",
+            "upstream",
+            "https",
+        ),
+        (
+            "apps:\n  a:\n    upstream: \"http://example.com:8000/app\"\n",
+            "upstream",
+            "mount",
+        ),
+        (
+            "apps:\n  a:\n    upstream: \"http://example.com:0\"\n",
+            "upstream",
+            "no valid host and port",
+        ),
+        (
+            "apps:\n  a:\n    upstream: \"http://h:1\"\n    python: python3\n",
+            "python",
+            "does not apply to an upstream app",
+        ),
+        (
+            "apps:\n  a:\n    upstream: \"http://h:1\"\n    script: x.py\n",
+            "upstream",
+            "only one of script, module, command and upstream",
+        ),
+    ];
+    for (text, key, words) in cases {
+        let p = first_problem(text);
+        assert_eq!(p.key.as_deref(), Some(*key), "{text}: {p}");
+        assert!(p.message.contains(words), "{text}: {p}");
+        assert!(p.location.is_some(), "{text}: {p}");
+    }
 }

@@ -568,9 +568,18 @@ pub fn pip_venv(python: &Path, name: &str, packages: &[&str]) -> Option<PathBuf>
     if dir.join(".complete").is_file() {
         return Some(dir);
     }
-    let building = root.join(format!("{name}.{}.tmp", std::process::id()));
-    let _ = std::fs::remove_dir_all(&building);
     std::fs::create_dir_all(&root).expect("venv root");
+    // Built in place (installed scripts carry the venv's absolute path in their #! line), under
+    // a lock so that tests running at once build it once.
+    let lock = std::fs::File::create(root.join(format!("{name}.lock"))).expect("lock file");
+    // SAFETY: flock on a file descriptor we own; released when `lock` is dropped.
+    unsafe {
+        libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX);
+    }
+    if dir.join(".complete").is_file() {
+        return Some(dir);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
     let run = |cmd: &mut Command| -> Result<(), String> {
         let out = cmd.output().map_err(|e| e.to_string())?;
         if out.status.success() {
@@ -579,22 +588,18 @@ pub fn pip_venv(python: &Path, name: &str, packages: &[&str]) -> Option<PathBuf>
             Err(String::from_utf8_lossy(&out.stderr).into_owned())
         }
     };
-    let made = run(Command::new(python).args(["-m", "venv"]).arg(&building)).and_then(|()| {
-        run(Command::new(building.join("bin/python"))
+    let made = run(Command::new(python).args(["-m", "venv"]).arg(&dir)).and_then(|()| {
+        run(Command::new(dir.join("bin/python"))
             .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
             .args(packages))
     });
     match made {
         Ok(()) => {
-            std::fs::write(building.join(".complete"), "").expect("marker");
-            // Another test process may have finished first; either copy will do.
-            if std::fs::rename(&building, &dir).is_err() {
-                let _ = std::fs::remove_dir_all(&building);
-            }
+            std::fs::write(dir.join(".complete"), "").expect("marker");
             Some(dir)
         }
         Err(e) => {
-            let _ = std::fs::remove_dir_all(&building);
+            let _ = std::fs::remove_dir_all(&dir);
             let msg = format!("cannot install {packages:?} into a venv: {e}");
             if std::env::var("WSGIMUX_REQUIRE_ALL").as_deref() == Ok("1") {
                 panic!("{msg}");

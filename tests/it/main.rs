@@ -7,6 +7,7 @@ mod harness;
 mod native;
 mod reload;
 mod routing;
+mod servers;
 mod streaming;
 mod supervision;
 mod wsgi;

@@ -139,11 +139,21 @@ pub fn build<'py>(
                 continue;
             }
             "x-forwarded-proto" => {
-                let v = parts.headers.get_all(name).iter().next_back().unwrap_or(first);
+                let v = parts
+                    .headers
+                    .get_all(name)
+                    .iter()
+                    .next_back()
+                    .unwrap_or(first);
                 https = last_entry(v.as_bytes()).eq_ignore_ascii_case(b"https");
             }
             "x-forwarded-for" => {
-                let v = parts.headers.get_all(name).iter().next_back().unwrap_or(first);
+                let v = parts
+                    .headers
+                    .get_all(name)
+                    .iter()
+                    .next_back()
+                    .unwrap_or(first);
                 remote = last_entry(v.as_bytes());
             }
             _ => {}
