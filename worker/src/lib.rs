@@ -104,7 +104,7 @@ async fn run(
     jobs: crossbeam_channel::Sender<Job>,
     stop: Stopping,
 ) -> PyResult<()> {
-    let listener = listen(&socket)?;
+    let listener = listen(&socket).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let graceful = GracefulShutdown::new();
     let mut tick = tokio::time::interval(TICK);
@@ -112,16 +112,8 @@ async fn run(
     let outcome: PyResult<()> = loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let jobs = jobs.clone();
-                    let service = hyper::service::service_fn(move |req| handle(req, jobs.clone()));
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service);
-                    let conn = graceful.watch(conn);
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
-                }
+                Ok(Conn::Unix(stream)) => serve_connection(stream, &jobs, &graceful),
+                Ok(Conn::Tcp(stream)) => serve_connection(stream, &jobs, &graceful),
                 Err(e) => {
                     // Out of file descriptors, usually: back off instead of spinning.
                     eprintln!("{name}: accept failed: {e}");
@@ -144,8 +136,10 @@ async fn run(
             }
         }
     };
+    if let Listener::Unix(_) = listener {
+        let _ = std::fs::remove_file(&socket);
+    }
     drop(listener);
-    let _ = std::fs::remove_file(&socket);
     drop(jobs);
     if tokio::time::timeout(stop.grace, graceful.shutdown())
         .await
@@ -159,9 +153,41 @@ async fn run(
     outcome
 }
 
+/// A Unix listener (what wsgimux uses) or, for benchmarks and direct use, a TCP one.
+enum Listener {
+    Unix(UnixListener),
+    Tcp(tokio::net::TcpListener),
+}
+
+enum Conn {
+    Unix(tokio::net::UnixStream),
+    Tcp(tokio::net::TcpStream),
+}
+
+impl Listener {
+    async fn accept(&self) -> std::io::Result<Conn> {
+        match self {
+            Listener::Unix(l) => l.accept().await.map(|(s, _)| Conn::Unix(s)),
+            Listener::Tcp(l) => {
+                let (s, _) = l.accept().await?;
+                s.set_nodelay(true)?;
+                Ok(Conn::Tcp(s))
+            }
+        }
+    }
+}
+
+/// `socket` is a path, or `tcp:HOST:PORT` to serve TCP directly (no front).
+async fn listen(socket: &Path) -> std::io::Result<Listener> {
+    match socket.to_str().and_then(|s| s.strip_prefix("tcp:")) {
+        Some(addr) => Ok(Listener::Tcp(tokio::net::TcpListener::bind(addr).await?)),
+        None => listen_unix(socket).map(Listener::Unix),
+    }
+}
+
 /// Binds under a temporary name and renames, so the path exists only once it accepts: wsgimux
 /// takes a successful connect as "ready".
-fn listen(path: &Path) -> std::io::Result<UnixListener> {
+fn listen_unix(path: &Path) -> std::io::Result<UnixListener> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".{}.tmp", std::process::id()));
     let tmp = PathBuf::from(tmp);
@@ -171,6 +197,23 @@ fn listen(path: &Path) -> std::io::Result<UnixListener> {
     let listener = UnixListener::bind(&tmp)?;
     std::fs::rename(&tmp, path)?;
     Ok(listener)
+}
+
+fn serve_connection<S>(
+    stream: S,
+    jobs: &crossbeam_channel::Sender<Job>,
+    graceful: &GracefulShutdown,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let jobs = jobs.clone();
+    let service = hyper::service::service_fn(move |req| handle(req, jobs.clone()));
+    let conn =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    let conn = graceful.watch(conn);
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
 }
 
 async fn handle(
