@@ -524,7 +524,7 @@ impl Slot {
                         "upstream {address} did not accept a connection within startup_timeout {}",
                         secs(self.plan.startup_timeout)
                     );
-                    self.start_failed(reason, &Mutex::new(VecDeque::new()));
+                    self.start_failed(reason, Vec::new());
                 }
             }
             let pause = if up { HEALTH_INTERVAL } else { READY_POLL * 10 };
@@ -546,7 +546,7 @@ impl Slot {
             Ok(c) => c,
             Err(e) => {
                 let reason = format!("cannot start {}: {e}", plan.launch.program());
-                self.start_failed(reason, &tail);
+                self.start_failed(reason, tail_lines(&tail));
                 return false;
             }
         };
@@ -565,7 +565,7 @@ impl Slot {
                     describe(status),
                     last_line(&tail)
                 );
-                self.start_failed(reason, &tail);
+                self.start_failed(reason, tail_lines(&tail));
                 return false;
             }
             Startup::TimedOut => {
@@ -575,7 +575,7 @@ impl Slot {
                     secs(plan.startup_timeout),
                     last_line(&tail)
                 );
-                self.start_failed(reason, &tail);
+                self.start_failed(reason, tail_lines(&tail));
                 stop_child(&mut child, pid).await;
                 return false;
             }
@@ -652,16 +652,13 @@ impl Slot {
         });
     }
 
-    fn start_failed(&self, reason: String, tail: &Mutex<VecDeque<String>>) {
+    /// Reports the slot's failed start; `stderr`: the child's last lines, if it ran.
+    fn start_failed(&self, reason: String, stderr: Vec<String>) {
         let slot = self.slot;
         tracing::error!(
             "[{}] process {slot} failed to start: {reason}",
             self.plan.name
         );
-        let stderr = tail
-            .lock()
-            .map(|t| t.iter().cloned().collect())
-            .unwrap_or_default();
         self.failure.send_if_modified(|f| {
             let first = f.is_none();
             if first {
@@ -861,6 +858,12 @@ fn describe(status: ExitStatus) -> String {
         (None, Some(sig)) => format!("killed by signal {sig}"),
         _ => status.to_string(),
     }
+}
+
+fn tail_lines(tail: &Mutex<VecDeque<String>>) -> Vec<String> {
+    tail.lock()
+        .map(|t| t.iter().cloned().collect())
+        .unwrap_or_default()
 }
 
 fn last_line(tail: &Mutex<VecDeque<String>>) -> String {

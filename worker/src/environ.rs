@@ -119,18 +119,14 @@ pub fn build<'py>(
         let mut values = parts.headers.get_all(name).iter();
         let Some(first) = values.next() else { continue };
         match name_str {
-            "content-type" => {
-                env.set_item(
-                    pyo3::intern!(py, "CONTENT_TYPE"),
-                    native(py, first.as_bytes()),
-                )?;
-                continue;
-            }
-            "content-length" => {
-                env.set_item(
-                    pyo3::intern!(py, "CONTENT_LENGTH"),
-                    native(py, first.as_bytes()),
-                )?;
+            // CGI names, without the HTTP_ prefix.
+            "content-type" | "content-length" => {
+                let key = if name_str == "content-type" {
+                    pyo3::intern!(py, "CONTENT_TYPE")
+                } else {
+                    pyo3::intern!(py, "CONTENT_LENGTH")
+                };
+                env.set_item(key, native(py, first.as_bytes()))?;
                 continue;
             }
             MOUNT_HEADER => {

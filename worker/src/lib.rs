@@ -122,8 +122,14 @@ async fn run(
             },
             _ = term.recv() => break Ok(()),
             _ = tick.tick() => {
-                if let Err(e) = Python::attach(|py| py.check_signals()) {
-                    let interrupted = Python::attach(|py| e.is_instance_of::<PyKeyboardInterrupt>(py));
+                // A KeyboardInterrupt is a request to stop; any other exception a handler
+                // raised ends serve() with it.
+                let raised = Python::attach(|py| {
+                    py.check_signals()
+                        .err()
+                        .map(|e| (e.is_instance_of::<PyKeyboardInterrupt>(py), e))
+                });
+                if let Some((interrupted, e)) = raised {
                     break if interrupted { Ok(()) } else { Err(e) };
                 }
                 if stop.parent_pid != 0 && std::os::unix::process::parent_id() != stop.parent_pid {

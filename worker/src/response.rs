@@ -154,6 +154,57 @@ struct State {
     overrun_logged: bool,
 }
 
+impl State {
+    /// Hands over the head with the whole body, never more than a declared Content-Length,
+    /// and with a Content-Length when the app gave none.
+    fn reply_full(&mut self, body: Bytes, app: &str) -> Result<(), SendError> {
+        let Some(mut head) = self.head.take() else {
+            return Err(PyAssertionError::new_err(
+                "the app returned without calling start_response()",
+            )
+            .into());
+        };
+        let len = body.len() as u64;
+        let body = match self.length {
+            Some(l) if len > l => {
+                log_overrun(app);
+                body.slice(..l as usize)
+            }
+            Some(l) if len < l => {
+                log_short(app, len, l);
+                body
+            }
+            Some(_) => body,
+            None => {
+                if !bodiless(head.status) {
+                    head.headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+                }
+                body
+            }
+        };
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(Reply {
+                status: head.status,
+                reason: head.reason,
+                headers: head.headers,
+                body: ResponseBody::Full((!body.is_empty()).then_some(body)),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn log_overrun(app: &str) {
+    eprintln!("{app}: the app sent more than its Content-Length; the rest is dropped");
+}
+
+/// hyper closes the connection after a body shorter than its Content-Length.
+fn log_short(app: &str, sent: u64, declared: u64) {
+    eprintln!(
+        "{app}: the app sent {sent} of its {declared}-byte Content-Length; closing the connection"
+    );
+}
+
 /// The `start_response` callable of one request.
 #[pyclass(frozen, module = "wsgimux_native")]
 pub struct StartResponse {
@@ -204,9 +255,7 @@ impl StartResponse {
                 Some(room) if (data.len() as u64) > room => {
                     if !s.overrun_logged {
                         s.overrun_logged = true;
-                        eprintln!(
-                            "{app}: the app sent more than its Content-Length; the rest is dropped"
-                        );
+                        log_overrun(app);
                     }
                     &data[..room as usize]
                 }
@@ -239,90 +288,23 @@ impl StartResponse {
     /// Sends a whole body at once (the app returned a list, or a one-item iterable), with its
     /// length — or streams it, when write() already started a streamed response.
     pub fn send_whole(&self, py: Python<'_>, body: Bytes, app: &str) -> Result<(), SendError> {
-        {
-            let mut s = self.lock();
-            if s.reply.is_some() {
-                let Some(mut head) = s.head.take() else {
-                    return Err(PyAssertionError::new_err(
-                        "the app returned without calling start_response()",
-                    )
-                    .into());
-                };
-                let body = match s.length {
-                    Some(l) if (body.len() as u64) > l => {
-                        eprintln!(
-                            "{app}: the app sent more than its Content-Length; the rest is dropped"
-                        );
-                        body.slice(..l as usize)
-                    }
-                    Some(l) if (body.len() as u64) < l => {
-                        eprintln!(
-                            "{app}: the app sent {} of its {l}-byte Content-Length; closing the connection",
-                            body.len()
-                        );
-                        body
-                    }
-                    Some(_) => body,
-                    None => {
-                        if !bodiless(head.status) {
-                            head.headers
-                                .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-                        }
-                        body
-                    }
-                };
-                if let Some(reply) = s.reply.take() {
-                    let _ = reply.send(Reply {
-                        status: head.status,
-                        reason: head.reason,
-                        headers: head.headers,
-                        body: ResponseBody::Full(Some(body)),
-                    });
-                }
-                return Ok(());
-            }
+        if !self.head_sent() {
+            return self.lock().reply_full(body, app);
         }
         self.send_chunk(py, &body, app)?;
         self.finish(app)
     }
 
-    /// Ends the response: sends the head if nothing was sent yet, closes the stream.
+    /// Ends the response: sends the head (with an empty body) if nothing was sent yet, closes
+    /// the stream otherwise.
     pub fn finish(&self, app: &str) -> Result<(), SendError> {
         let mut s = self.lock();
         if s.reply.is_some() {
-            drop(s);
-            return self.send_empty();
+            return s.reply_full(Bytes::new(), app);
         }
         s.stream = None;
-        if let Some(l) = s.length {
-            if s.written < l {
-                eprintln!(
-                    "{app}: the app sent {} of its {l}-byte Content-Length; closing the connection",
-                    s.written
-                );
-            }
-        }
-        Ok(())
-    }
-
-    fn send_empty(&self) -> Result<(), SendError> {
-        let mut s = self.lock();
-        let Some(mut head) = s.head.take() else {
-            return Err(PyAssertionError::new_err(
-                "the app returned without calling start_response()",
-            )
-            .into());
-        };
-        if s.length.is_none() && !bodiless(head.status) {
-            head.headers.insert(CONTENT_LENGTH, HeaderValue::from(0));
-        }
-        if let Some(reply) = s.reply.take() {
-            let _ = reply.send(Reply {
-                status: head.status,
-                reason: head.reason,
-                headers: head.headers,
-                body: ResponseBody::Full(None),
-            });
+        if let Some(l) = s.length.filter(|&l| s.written < l) {
+            log_short(app, s.written, l);
         }
         Ok(())
     }

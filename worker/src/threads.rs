@@ -237,17 +237,12 @@ fn send_result(
         });
     if let Some(items) = items {
         if !start_response.head_sent() {
-            let body = match items.as_slice() {
-                [one] => Bytes::copy_from_slice(chunk(one)?.as_bytes()),
-                many => {
-                    let mut joined = Vec::new();
-                    for item in many {
-                        joined.extend_from_slice(chunk(item)?.as_bytes());
-                    }
-                    Bytes::from(joined)
-                }
-            };
-            start_response.send_whole(py, body, name)?;
+            // One copy out of Python, whether there is one item or several.
+            let mut joined = Vec::new();
+            for item in &items {
+                joined.extend_from_slice(chunk(item)?.as_bytes());
+            }
+            start_response.send_whole(py, Bytes::from(joined), name)?;
             return Ok(());
         }
     }
