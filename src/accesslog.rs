@@ -45,6 +45,18 @@ impl AccessLog {
         }
     }
 
+    /// A request the gate refused: its head was never parsed into a request.
+    pub fn refused(peer: SocketAddr) -> Self {
+        AccessLog {
+            started: Instant::now(),
+            time: SystemTime::now(),
+            peer,
+            request_line: "-".to_string(),
+            referer: "-".to_string(),
+            user_agent: "-".to_string(),
+        }
+    }
+
     /// Wraps the response body; the line is logged when the body is done or dropped.
     pub fn finish(self, resp: Response<ProxyBody>, app: Option<Arc<str>>) -> Response<LoggedBody> {
         let status = resp.status();

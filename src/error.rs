@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 
+use crate::http1::Rejection;
 use crate::upstream::{ProxyBody, UpstreamError};
 
 /// Seconds a client is told to wait before retrying an app that is (re)starting.
@@ -17,6 +18,8 @@ const MAX_SHOWN_PATH: usize = 200;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
+    #[error("request refused: {}", describe(.0))]
+    Rejected(Rejection),
     #[error("invalid Host header {0:?}")]
     BadHost(String),
     #[error("no app serves host {host:?} and path {path:?}")]
@@ -36,6 +39,15 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
+            ProxyError::Rejected(r) => match r {
+                Rejection::Malformed(_) => StatusCode::BAD_REQUEST,
+                Rejection::UriTooLong => StatusCode::URI_TOO_LONG,
+                Rejection::HeaderTooLarge | Rejection::TooManyHeaders => {
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+                }
+                Rejection::VersionNotSupported => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+                Rejection::CodingNotImplemented => StatusCode::NOT_IMPLEMENTED,
+            },
             ProxyError::BadHost(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::AppUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -49,6 +61,7 @@ impl ProxyError {
         let status = self.status();
         let reason = status.canonical_reason().unwrap_or("");
         let detail = match self {
+            ProxyError::Rejected(r) => format!("The request was refused: {}.", describe(r)),
             ProxyError::BadHost(h) => format!("The Host header {:?} is not valid.", shorten(h)),
             ProxyError::NoRoute { host, path } => {
                 format!(
@@ -78,10 +91,28 @@ impl ProxyError {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let ProxyError::AppUnavailable { .. } = self {
-            h.insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        match self {
+            ProxyError::AppUnavailable { .. } => {
+                h.insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            }
+            // The connection's framing can no longer be trusted.
+            ProxyError::Rejected(_) => {
+                h.insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         resp
+    }
+}
+
+fn describe(r: &Rejection) -> &'static str {
+    match r {
+        Rejection::Malformed(why) => why,
+        Rejection::UriTooLong => "the request target is too long",
+        Rejection::HeaderTooLarge => "the request headers are too large",
+        Rejection::TooManyHeaders => "the request has too many headers",
+        Rejection::VersionNotSupported => "only HTTP/1.0 and HTTP/1.1 are supported here",
+        Rejection::CodingNotImplemented => "only the chunked transfer coding is supported",
     }
 }
 

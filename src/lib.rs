@@ -11,6 +11,8 @@ pub mod config;
 pub mod control;
 pub mod diff;
 pub mod error;
+pub mod gate;
+pub mod http1;
 pub mod interpreter;
 pub mod native;
 pub mod preflight;

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use crate::accesslog::{AccessLog, LoggedBody};
 use crate::config::Mount;
 use crate::error::ProxyError;
+use crate::gate::Verdict;
 use crate::routes::{normalize_host, RouteTable};
 use crate::upstream::{Endpoint, ProxyBody};
 
@@ -117,10 +118,28 @@ impl Proxy {
         Proxy { routes }
     }
 
-    pub async fn handle(&self, req: Request<Incoming>, client: Client) -> Response<LoggedBody> {
-        let log = AccessLog::begin(&req, client.peer);
+    /// Answers one request; `verdict` is the gate's word on it.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        client: Client,
+        verdict: Verdict,
+    ) -> Response<LoggedBody> {
         let mut app = None;
-        let resp = match self.forward(req, client, &mut app).await {
+        let (log, result) = match verdict {
+            Verdict::Reject(r) => (
+                AccessLog::refused(client.peer),
+                Err(ProxyError::Rejected(r)),
+            ),
+            Verdict::Forward { asterisk: true, .. } => {
+                (AccessLog::begin(&req, client.peer), Ok(server_options()))
+            }
+            Verdict::Forward { .. } => {
+                let log = AccessLog::begin(&req, client.peer);
+                (log, self.forward(req, client, &mut app).await)
+            }
+        };
+        let resp = match result {
             Ok(resp) => resp,
             Err(e) => {
                 if e.status().is_server_error() {
@@ -243,6 +262,18 @@ impl Proxy {
         strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, body.boxed()))
     }
+}
+
+/// `OPTIONS *` asks about the server, not a resource: answered here, never by an app.
+fn server_options() -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::default());
+    resp.headers_mut().insert(
+        header::ALLOW,
+        HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+    );
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    resp
 }
 
 /// Sends to a process that cannot be reached are tried this many times in all.

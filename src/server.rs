@@ -16,12 +16,23 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::gate::{BusyBody, ConnState, Gate, Timeouts, Verdict};
+use crate::http1::{HeadLimits, Rejection};
 use crate::proxy::{Client, Proxy};
 
 /// Client connections served at once; further clients wait in the listen queue.
 pub const MAX_CONNECTIONS: usize = 10_000;
-/// How long a client may take to send a request's headers (also the idle keep-alive limit).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+const HEAD_LIMITS: HeadLimits = HeadLimits {
+    max_uri_length: 8 * 1024,
+    max_header_size: 32 * 1024,
+    max_header_field_size: 8 * 1024,
+    max_headers: 100,
+};
+const TIMEOUTS: Timeouts = Timeouts {
+    header: Duration::from_secs(60),
+    body: Duration::from_secs(60),
+    keepalive: Duration::from_secs(75),
+};
 /// At shutdown, how long requests in flight may take to finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -145,9 +156,13 @@ async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut builder = http1::Builder::new();
+    // The gate enforces the head limits and client timeouts; hyper's own are set wider so
+    // they never decide first.
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(None)
+        .max_headers(HEAD_LIMITS.max_headers + 1)
+        .max_buf_size((HEAD_LIMITS.max_header_size * 2).max(64 * 1024))
         .keep_alive(true);
     loop {
         // Take a connection slot before accepting: at the limit, clients wait in the backlog.
@@ -173,11 +188,25 @@ async fn accept_loop(
             scheme: "http",
         };
         let proxy = proxy.clone();
+        let state = ConnState::new();
+        let gate = Gate::new(stream, state.clone(), HEAD_LIMITS, TIMEOUTS);
         let service = service_fn(move |req| {
             let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, client).await) }
+            let state = state.clone();
+            async move {
+                let busy = state.busy();
+                // hyper hands over requests in the order the gate passed their heads.
+                let verdict =
+                    state
+                        .next_verdict()
+                        .unwrap_or(Verdict::Reject(Rejection::Malformed(
+                            "request out of order",
+                        )));
+                let resp = proxy.handle(req, client, verdict).await;
+                Ok::<_, Infallible>(resp.map(|b| BusyBody::new(b, busy)))
+            }
         });
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(gate), service));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!("connection from {peer}: {e}");

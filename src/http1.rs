@@ -1,0 +1,611 @@
+//! Strict HTTP/1.1 request framing: the request head and the chunked body, read the one way
+//! RFC 9112 allows, so that wsgimux and whatever stands behind it can never disagree about where
+//! a request ends (request smuggling).
+//!
+//! Pure and IO-free: `gate` feeds it bytes and acts on the answers. Anything ambiguous is a
+//! [`Rejection`]; `error` turns rejections into statuses. Deliberately narrower than what hyper
+//! accepts, so every head handed on to hyper reads the same to both.
+
+/// Size limits on a request head (statuses 414 and 431).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadLimits {
+    /// The request target, in bytes.
+    pub max_uri_length: usize,
+    /// The whole head: request line, header lines and the empty line.
+    pub max_header_size: usize,
+    /// One header line.
+    pub max_header_field_size: usize,
+    /// Header lines.
+    pub max_headers: usize,
+}
+
+/// Why a request was refused before any of it reached an app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// Broken or ambiguous syntax; the text says which rule.
+    Malformed(&'static str),
+    UriTooLong,
+    HeaderTooLarge,
+    TooManyHeaders,
+    VersionNotSupported,
+    /// A transfer coding other than `chunked` (and the no-op `identity`).
+    CodingNotImplemented,
+}
+
+/// How the body of an accepted request is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// An accepted request head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// Bytes before the request line that are dropped (one empty line, RFC 9112 §2.2).
+    pub skip: usize,
+    /// Bytes of the head after `skip`, up to and including the empty line.
+    pub len: usize,
+    pub framing: Framing,
+    /// `OPTIONS *`: about the server, answered by wsgimux itself.
+    pub asterisk: bool,
+    /// The `Content-Length`, when the request declared one.
+    pub content_length: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    /// Not all of the head has arrived yet (and the part that has is within the limits).
+    Incomplete,
+    Head(Head),
+    Rejected(Rejection),
+}
+
+use Rejection::Malformed;
+
+/// Reads a request head from the start of `buf`.
+pub fn parse_head(buf: &[u8], limits: &HeadLimits) -> Parsed {
+    match parse(buf, limits) {
+        Ok(Some(h)) => Parsed::Head(h),
+        Ok(None) => Parsed::Incomplete,
+        Err(r) => Parsed::Rejected(r),
+    }
+}
+
+fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<Head>, Rejection> {
+    // One empty line before the request line is tolerated (old clients send CRLF after a POST
+    // body); more is not.
+    let skip = match buf {
+        [] | [b'\r'] => return Ok(None),
+        [b'\r', b'\n', ..] => 2,
+        [b'\n', ..] => return Err(Malformed("bare LF")),
+        _ => 0,
+    };
+    let buf = &buf[skip..];
+    // The request line: method SP target SP version, exactly.
+    let Some(line_end) = find_lf(buf, 0) else {
+        // The method and version need 20 bytes at most; the rest is the target.
+        if buf.len() > limits.max_uri_length + 32 {
+            return Err(Rejection::UriTooLong);
+        }
+        reject_early_garbage(buf)?;
+        return Ok(None);
+    };
+    let line = strip_cr(&buf[..line_end])?;
+    let (method, target, version) = request_line(line, limits)?;
+
+    let mut host: Option<&[u8]> = None;
+    let mut hosts = 0;
+    let mut content_length: Option<u64> = None;
+    let mut te: Vec<&[u8]> = Vec::new();
+    let mut count = 0;
+    let mut pos = line_end + 1;
+    let end = loop {
+        let Some(lf) = find_lf(buf, pos) else {
+            if buf.len() - pos > limits.max_header_field_size || buf.len() > limits.max_header_size
+            {
+                return Err(Rejection::HeaderTooLarge);
+            }
+            return Ok(None);
+        };
+        let field = strip_cr(&buf[pos..lf])?;
+        pos = lf + 1;
+        if field.is_empty() {
+            break pos;
+        }
+        if field.len() > limits.max_header_field_size || pos > limits.max_header_size {
+            return Err(Rejection::HeaderTooLarge);
+        }
+        count += 1;
+        if count > limits.max_headers {
+            return Err(Rejection::TooManyHeaders);
+        }
+        let (name, value) = field_line(field)?;
+        if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
+            host = Some(value);
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            if content_length.is_some() {
+                return Err(Malformed("more than one Content-Length"));
+            }
+            content_length = Some(decimal(value).ok_or(Malformed("invalid Content-Length"))?);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            te.push(value);
+        }
+    };
+
+    let http11 = match version {
+        b"HTTP/1.1" => true,
+        b"HTTP/1.0" => false,
+        _ => unreachable!("request_line accepts only these"),
+    };
+    if hosts > 1 {
+        return Err(Malformed("more than one Host"));
+    }
+    if let Some(h) = host {
+        if !(h.is_empty() || valid_authority(h)) {
+            return Err(Malformed("invalid Host"));
+        }
+    }
+    if http11 && host.is_none() {
+        return Err(Malformed("HTTP/1.1 request without Host"));
+    }
+    if method == b"CONNECT" {
+        return Err(Malformed("CONNECT is not supported"));
+    }
+    let asterisk = target == b"*";
+    if asterisk && method != b"OPTIONS" {
+        return Err(Malformed("asterisk-form target without OPTIONS"));
+    }
+    if let Some(authority) = absolute_authority(target)? {
+        let agrees = host.is_some_and(|h| same_authority(authority, h, target));
+        if !agrees {
+            return Err(Malformed("absolute-form target disagrees with Host"));
+        }
+    }
+
+    let framing = if te.is_empty() {
+        match content_length {
+            None | Some(0) => Framing::None,
+            Some(n) => Framing::Length(n),
+        }
+    } else {
+        if !http11 {
+            return Err(Malformed("Transfer-Encoding in an HTTP/1.0 request"));
+        }
+        if content_length.is_some() {
+            return Err(Malformed("both Content-Length and Transfer-Encoding"));
+        }
+        transfer_codings(&te)?;
+        Framing::Chunked
+    };
+    Ok(Some(Head {
+        skip,
+        len: end,
+        framing,
+        asterisk,
+        content_length,
+    }))
+}
+
+/// A request line that is clearly not HTTP (a TLS hello on a plain port, binary junk) is
+/// refused before its end arrives.
+fn reject_early_garbage(buf: &[u8]) -> Result<(), Rejection> {
+    let method_end = buf.iter().position(|&b| b == b' ').unwrap_or(buf.len());
+    if !buf[..method_end].iter().all(|&b| is_tchar(b)) {
+        return Err(Malformed("invalid method"));
+    }
+    Ok(())
+}
+
+fn request_line<'a>(
+    line: &'a [u8],
+    limits: &HeadLimits,
+) -> Result<(&'a [u8], &'a [u8], &'a [u8]), Rejection> {
+    let mut parts = line.split(|&b| b == b' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Malformed("request line is not method, target and version"));
+    };
+    if method.is_empty() || !method.iter().all(|&b| is_tchar(b)) {
+        return Err(Malformed("invalid method"));
+    }
+    if target.len() > limits.max_uri_length {
+        return Err(Rejection::UriTooLong);
+    }
+    if target.is_empty() || !target.iter().all(|&b| (0x21..=0x7e).contains(&b)) {
+        return Err(Malformed("invalid request target"));
+    }
+    if target[0] != b'/' && target != b"*" && absolute_authority(target)?.is_none() {
+        return Err(Malformed(
+            "request target is neither origin-form nor absolute-form",
+        ));
+    }
+    match version {
+        b"HTTP/1.1" | b"HTTP/1.0" => Ok((method, target, version)),
+        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit() =>
+        {
+            Err(Rejection::VersionNotSupported)
+        }
+        _ => Err(Malformed("invalid HTTP version")),
+    }
+}
+
+/// The authority of an absolute-form target (`http://host:port/…`), without userinfo; `None`
+/// for other forms.
+fn absolute_authority(target: &[u8]) -> Result<Option<&[u8]>, Rejection> {
+    let rest = if starts_with_ignore_case(target, b"http://") {
+        &target[7..]
+    } else if starts_with_ignore_case(target, b"https://") {
+        &target[8..]
+    } else {
+        return Ok(None);
+    };
+    let end = rest
+        .iter()
+        .position(|&b| b == b'/' || b == b'?' || b == b'#')
+        .unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let authority = match authority.iter().rposition(|&b| b == b'@') {
+        Some(at) => &authority[at + 1..],
+        None => authority,
+    };
+    if authority.is_empty() || !valid_authority(authority) {
+        return Err(Malformed("invalid authority in absolute-form target"));
+    }
+    Ok(Some(authority))
+}
+
+/// Host and port equal, case-insensitively, a scheme's default port equal to none.
+fn same_authority(a: &[u8], b: &[u8], target: &[u8]) -> bool {
+    let default = if starts_with_ignore_case(target, b"https://") {
+        &b":443"[..]
+    } else {
+        &b":80"[..]
+    };
+    let trim = |x: &'_ [u8]| -> Vec<u8> {
+        let x = x.to_ascii_lowercase();
+        match x.strip_suffix(default) {
+            Some(s) => s.to_vec(),
+            None => x,
+        }
+    };
+    trim(a) == trim(b)
+}
+
+/// `uri-host [":" port]` (RFC 3986): a registered name or IPv4 address, or an IP literal in
+/// brackets; the port all digits.
+fn valid_authority(a: &[u8]) -> bool {
+    let (host, port) = if a.first() == Some(&b'[') {
+        let Some(close) = a.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let inner = &a[1..close];
+        if inner.is_empty()
+            || !inner
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return false;
+        }
+        (&a[..=close], &a[close + 1..])
+    } else {
+        match a.iter().position(|&b| b == b':') {
+            Some(c) => (&a[..c], &a[c..]),
+            None => (a, &a[a.len()..]),
+        }
+    };
+    let reg_name = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b);
+    let host_ok =
+        host.first() == Some(&b'[') || (!host.is_empty() && host.iter().all(|&b| reg_name(b)));
+    let port_ok = match port {
+        [] => true,
+        [b':', digits @ ..] => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    host_ok && port_ok
+}
+
+/// `name ":" OWS value OWS`, with the value's surrounding whitespace removed.
+fn field_line(field: &[u8]) -> Result<(&[u8], &[u8]), Rejection> {
+    if matches!(field[0], b' ' | b'\t') {
+        return Err(Malformed("obsolete line folding"));
+    }
+    let colon = field
+        .iter()
+        .position(|&b| b == b':')
+        .ok_or(Malformed("header line without a colon"))?;
+    let name = &field[..colon];
+    if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+        return Err(Malformed("invalid header name"));
+    }
+    let value = trim_ows(&field[colon + 1..]);
+    if !value.iter().all(|&b| is_field_byte(b)) {
+        return Err(Malformed("invalid character in a header value"));
+    }
+    Ok((name, value))
+}
+
+/// `1*DIGIT`, nothing else (no sign, no list, no spaces), that fits in a u64.
+fn decimal(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// Transfer codings, across all the header's lines: `chunked` exactly once and last; before it
+/// only the no-op `identity`.
+fn transfer_codings(lines: &[&[u8]]) -> Result<(), Rejection> {
+    let codings: Vec<Vec<u8>> = lines
+        .iter()
+        .flat_map(|l| l.split(|&b| b == b','))
+        .map(|c| trim_ows(c).to_ascii_lowercase())
+        .filter(|c| !c.is_empty())
+        .collect();
+    match codings.split_last() {
+        Some((last, rest)) if last == b"chunked" => {
+            if rest.iter().any(|c| c == b"chunked") {
+                return Err(Malformed("chunked applied more than once"));
+            }
+            if rest.iter().any(|c| c != b"identity") {
+                return Err(Rejection::CodingNotImplemented);
+            }
+            Ok(())
+        }
+        _ => Err(Malformed("Transfer-Encoding does not end in chunked")),
+    }
+}
+
+fn find_lf(buf: &[u8], from: usize) -> Option<usize> {
+    buf[from..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|i| from + i)
+}
+
+/// A line must end in CRLF; a CR anywhere else is refused.
+fn strip_cr(line: &[u8]) -> Result<&[u8], Rejection> {
+    match line.split_last() {
+        Some((b'\r', rest)) if !rest.contains(&b'\r') => Ok(rest),
+        Some((b'\r', _)) => Err(Malformed("bare CR")),
+        _ => Err(Malformed("bare LF")),
+    }
+}
+
+fn trim_ows(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|&b| b != b' ' && b != b'\t')
+        .map_or(start, |e| e + 1);
+    &v[start..end]
+}
+
+fn starts_with_ignore_case(s: &[u8], prefix: &[u8]) -> bool {
+    s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
+/// RFC 9110 §5.6.2 token characters.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A header value byte: visible ASCII, space, tab or obs-text. No controls (NUL, CR, BEL, DEL).
+fn is_field_byte(b: u8) -> bool {
+    matches!(b, b'\t' | b' '..=b'~' | 0x80..=0xff)
+}
+
+/// Trailer fields that would change how the request is framed, routed or authorized if a
+/// recipient merged them into the head (RFC 9110 §6.5.1).
+const FORBIDDEN_TRAILERS: &[&[u8]] = &[
+    b"content-length",
+    b"transfer-encoding",
+    b"host",
+    b"content-type",
+    b"content-encoding",
+    b"content-range",
+    b"trailer",
+    b"authorization",
+    b"cookie",
+    b"expect",
+    b"connection",
+    b"te",
+];
+
+/// Longest chunk-size line (size and extensions) accepted.
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// Validates a chunked body as it streams past, and finds where it ends.
+#[derive(Debug)]
+pub struct Chunked {
+    state: ChunkState,
+    line: Vec<u8>,
+    trailer_bytes: usize,
+    max_trailer_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    SizeLine,
+    Data(u64),
+    DataCr,
+    DataLf,
+    Trailers,
+    Done,
+}
+
+impl Chunked {
+    pub fn new(max_trailer_bytes: usize) -> Self {
+        Chunked {
+            state: ChunkState::SizeLine,
+            line: Vec::new(),
+            trailer_bytes: 0,
+            max_trailer_bytes,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+
+    /// Consumes body bytes from `input`, returning how many belong to the body (all of them
+    /// unless the body ends inside `input`).
+    pub fn feed(&mut self, input: &[u8]) -> Result<usize, Rejection> {
+        let mut i = 0;
+        while i < input.len() {
+            match self.state {
+                ChunkState::Done => break,
+                ChunkState::Data(left) => {
+                    let n = left.min((input.len() - i) as u64);
+                    i += n as usize;
+                    self.state = if n == left {
+                        ChunkState::DataCr
+                    } else {
+                        ChunkState::Data(left - n)
+                    };
+                }
+                ChunkState::DataCr => {
+                    if input[i] != b'\r' {
+                        return Err(Malformed("chunk data not followed by CRLF"));
+                    }
+                    i += 1;
+                    self.state = ChunkState::DataLf;
+                }
+                ChunkState::DataLf => {
+                    if input[i] != b'\n' {
+                        return Err(Malformed("chunk data not followed by CRLF"));
+                    }
+                    i += 1;
+                    self.state = ChunkState::SizeLine;
+                }
+                ChunkState::SizeLine | ChunkState::Trailers => {
+                    let b = input[i];
+                    i += 1;
+                    if b != b'\n' {
+                        self.line.push(b);
+                        let limit = if self.state == ChunkState::SizeLine {
+                            MAX_CHUNK_LINE
+                        } else {
+                            self.max_trailer_bytes
+                        };
+                        if self.line.len() > limit {
+                            return Err(Malformed("chunk-size line or trailer too long"));
+                        }
+                        continue;
+                    }
+                    let line = std::mem::take(&mut self.line);
+                    let line = strip_cr(&line)?;
+                    if self.state == ChunkState::SizeLine {
+                        let size = chunk_size(line)?;
+                        self.state = if size == 0 {
+                            ChunkState::Trailers
+                        } else {
+                            ChunkState::Data(size)
+                        };
+                    } else if line.is_empty() {
+                        self.state = ChunkState::Done;
+                    } else {
+                        self.trailer_bytes += line.len() + 2;
+                        if self.trailer_bytes > self.max_trailer_bytes {
+                            return Err(Malformed("trailers too large"));
+                        }
+                        let (name, _) = field_line(line)?;
+                        let lower = name.to_ascii_lowercase();
+                        if FORBIDDEN_TRAILERS.contains(&lower.as_slice()) {
+                            return Err(Malformed("forbidden trailer field"));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(i)
+    }
+}
+
+/// `1*HEXDIG *( BWS ";" BWS name [ BWS "=" BWS ( token / quoted-string ) ] )`.
+fn chunk_size(line: &[u8]) -> Result<u64, Rejection> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 {
+        return Err(Malformed("invalid chunk size"));
+    }
+    // Leading zeros are allowed; the value must fit in 64 bits.
+    let significant = line[..digits]
+        .iter()
+        .skip_while(|&&b| b == b'0')
+        .copied()
+        .collect::<Vec<u8>>();
+    if significant.len() > 16 {
+        return Err(Malformed("chunk size too large"));
+    }
+    let size = if significant.is_empty() {
+        0
+    } else {
+        let text =
+            std::str::from_utf8(&significant).map_err(|_| Malformed("invalid chunk size"))?;
+        u64::from_str_radix(text, 16).map_err(|_| Malformed("invalid chunk size"))?
+    };
+    chunk_extensions(&line[digits..])?;
+    Ok(size)
+}
+
+fn chunk_extensions(mut rest: &[u8]) -> Result<(), Rejection> {
+    const BAD: Rejection = Malformed("invalid chunk extension");
+    let skip_bws =
+        |s: &[u8]| -> usize { s.iter().take_while(|&&b| b == b' ' || b == b'\t').count() };
+    while !rest.is_empty() {
+        rest = &rest[skip_bws(rest)..];
+        // Whitespace after the size is only allowed before an extension.
+        let Some((b';', after)) = rest.split_first() else {
+            return Err(BAD);
+        };
+        rest = &after[skip_bws(after)..];
+        let name_len = rest.iter().take_while(|&&b| is_tchar(b)).count();
+        if name_len == 0 {
+            return Err(BAD);
+        }
+        rest = &rest[name_len..];
+        let ws = skip_bws(rest);
+        if rest.get(ws) != Some(&b'=') {
+            // No value; what follows must be another extension.
+            if ws == rest.len() {
+                return Ok(());
+            }
+            continue;
+        }
+        rest = &rest[ws + 1..];
+        rest = &rest[skip_bws(rest)..];
+        if rest.first() == Some(&b'"') {
+            let mut i = 1;
+            loop {
+                match rest.get(i) {
+                    None => return Err(BAD),
+                    Some(b'"') => break,
+                    Some(b'\\') => match rest.get(i + 1) {
+                        Some(&c) if is_field_byte(c) => i += 2,
+                        _ => return Err(BAD),
+                    },
+                    Some(&c) if is_field_byte(c) => i += 1,
+                    Some(_) => return Err(BAD),
+                }
+            }
+            rest = &rest[i + 1..];
+        } else {
+            let v = rest.iter().take_while(|&&b| is_tchar(b)).count();
+            if v == 0 {
+                return Err(BAD);
+            }
+            rest = &rest[v..];
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
