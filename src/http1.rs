@@ -199,10 +199,10 @@ fn reject_early_garbage(buf: &[u8]) -> Result<(), Rejection> {
     Ok(())
 }
 
-fn request_line<'a>(
-    line: &'a [u8],
-    limits: &HeadLimits,
-) -> Result<(&'a [u8], &'a [u8], &'a [u8]), Rejection> {
+/// Method, target and version of a request line.
+type RequestLine<'a> = (&'a [u8], &'a [u8], &'a [u8]);
+
+fn request_line<'a>(line: &'a [u8], limits: &HeadLimits) -> Result<RequestLine<'a>, Rejection> {
     let mut parts = line.split(|&b| b == b' ');
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
