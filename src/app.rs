@@ -18,7 +18,7 @@ use crate::preflight::{self, ReadyApp};
 use crate::proxy::Proxy;
 use crate::reload::{Reloader, RunningApp, Trigger};
 use crate::routes::RouteTable;
-use crate::server::{self, BindError, Server};
+use crate::server::{self, BindError, FrontSettings, Server};
 use crate::supervisor::{self, Generation, Supervisor, WorkerFiles};
 use crate::watch::{self as filewatch, ConfigWatcher};
 
@@ -49,6 +49,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Bind(#[from] BindError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("another wsgimux already serves this config (its control socket in {} answers); stop it first, or use `wsgimux reload`", dir.display())]
     AlreadyRunning { dir: PathBuf },
     #[error("cannot set up signal handling: {0}")]
@@ -89,7 +91,12 @@ pub async fn load(path: &Path) -> Result<(Config, Vec<ReadyApp>), StartError> {
 pub fn describe_routes(config: &Config, apps: &[ReadyApp]) -> String {
     let mut out = format!("{}: ok\n", config.file.display());
     for a in &config.listen {
-        out.push_str(&format!("listen http://{a}\n"));
+        let scheme = if config.tls.contains_key(a) {
+            "https"
+        } else {
+            "http"
+        };
+        out.push_str(&format!("listen {scheme}://{a}\n"));
     }
     let table = RouteTable::for_apps(apps.iter().enumerate().map(|(i, a)| (&a.spec, i)));
     let rows: Vec<[String; 5]> = table
@@ -231,6 +238,10 @@ impl Signals {
 /// `wsgimux serve`: runs until SIGTERM or SIGINT; reloads on config changes, SIGHUP and
 /// `wsgimux reload`.
 pub async fn serve(path: &Path) -> Result<(), StartError> {
+    let activated = crate::activation::init();
+    if activated > 0 {
+        tracing::info!("{activated} listening socket(s) passed by the service manager");
+    }
     let file = config_path(path);
     let signals = Signals::register()?;
     // Taken before reading, so an edit made while starting is not missed.
@@ -241,7 +252,15 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
         return Err(StartError::AlreadyRunning { dir });
     }
     let files = prepare_runtime_dir(&dir, &apps)?;
+    let front = FrontSettings::build(&config, None)?;
     let listeners = server::bind(&config.listen).await?;
+    let unclaimed = crate::activation::unclaimed();
+    if !unclaimed.is_empty() {
+        tracing::warn!(
+            "sockets passed by the service manager that no listen entry names: {}",
+            unclaimed.join(", ")
+        );
+    }
 
     let mut supervisor = Supervisor::new(dir.clone(), files);
     let running: Vec<RunningApp> = apps
@@ -258,7 +277,7 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
             .map(|r| &r.generation)
     });
     let (routes_tx, routes_rx) = watch::channel(Arc::new(table));
-    let mut server = Server::new(Arc::new(Proxy::new(routes_rx)));
+    let mut server = Server::new(Arc::new(Proxy::new(routes_rx)), front);
     for (addr, listener) in listeners {
         server.add(addr, listener);
     }

@@ -6,6 +6,7 @@
 //! `preflight`, which reports them at the positions this module records.
 //! This is the only module that calls serde_yaml.
 
+mod front;
 mod locate;
 
 use std::collections::{BTreeMap, HashMap};
@@ -16,6 +17,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use front::{
+    parse_size, CertSpec, Cidr, Limits, TlsSpec, DEFAULT_MAX_BODY_SIZE, DEFAULT_QUEUE_LIMIT,
+    DEFAULT_REQUEST_TIMEOUT,
+};
 pub use locate::{Location, Locator};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -36,6 +41,16 @@ pub struct Config {
     /// The config file, as given.
     pub file: PathBuf,
     pub listen: Vec<SocketAddr>,
+    /// The listeners that speak TLS, by address.
+    pub tls: BTreeMap<SocketAddr, TlsSpec>,
+    /// Plain-HTTP requests for a host that has a certificate get a 308 to https.
+    pub redirect_https: bool,
+    /// Peers whose `X-Forwarded-*`, `Forwarded` and mount headers are believed.
+    pub trusted_proxies: Vec<Cidr>,
+    pub limits: Limits,
+    /// Who wsgimux runs as after binding its listeners, when started as root.
+    pub user: Option<String>,
+    pub group: Option<String>,
     pub runtime_dir: Option<PathBuf>,
     /// In the order the file lists them.
     pub apps: Vec<AppSpec>,
@@ -63,6 +78,15 @@ pub struct AppSpec {
     pub reload_on_changes: bool,
     /// Which worker serves a script/module app.
     pub worker: WorkerChoice,
+    /// Who the app's processes run as (default: whoever wsgimux runs as).
+    pub user: Option<String>,
+    pub group: Option<String>,
+    /// Larger request bodies get 413; None: no limit.
+    pub max_body_size: Option<u64>,
+    /// Longest wait for the app's response headers before 504.
+    pub request_timeout: Duration,
+    /// Requests that may wait for a free thread beyond processes × threads before 503.
+    pub queue_limit: u32,
     /// Where the app's keys are in the file, for errors found later (preflight).
     pub locations: AppLocations,
 }
@@ -301,18 +325,16 @@ impl From<Problem> for ConfigError {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default)]
-    listen: Option<OneOrMany>,
+    listen: Option<front::RawListen>,
+    redirect_https: Option<bool>,
+    trusted_proxies: Option<Vec<String>>,
+    limits: Option<front::RawLimits>,
+    user: Option<String>,
+    group: Option<String>,
     #[serde(default)]
     runtime_dir: Option<String>,
     #[serde(default)]
     apps: BTreeMap<String, RawApp>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -335,6 +357,11 @@ struct RawApp {
     worker: Option<String>,
     command: Option<Vec<String>>,
     upstream: Option<String>,
+    user: Option<String>,
+    group: Option<String>,
+    max_body_size: Option<front::RawSize>,
+    request_timeout: Option<RawDuration>,
+    queue_limit: Option<u32>,
 }
 
 /// A duration as written: `500ms`, `30s`, `2m`, `1h`, or a plain number of seconds.
@@ -508,7 +535,21 @@ impl Validator<'_> {
     }
 
     fn validate(mut self, raw: RawConfig) -> Result<Config, ConfigError> {
-        let listen = self.listen(raw.listen);
+        let (listen, tls) = self.listeners(raw.listen);
+        let trusted_proxies = self.trusted_proxies(raw.trusted_proxies);
+        let limits = self.limits(raw.limits);
+        let user = self.account("user", None, "user", raw.user);
+        let group = self.account("group", None, "group", raw.group);
+        let redirect_https = raw.redirect_https.unwrap_or(false);
+        if redirect_https && tls.is_empty() {
+            let loc = self.locator.key("redirect_https");
+            self.problem(
+                loc,
+                None,
+                "redirect_https",
+                "needs a listener with tls to redirect to".into(),
+            );
+        }
         let runtime_dir = match raw.runtime_dir {
             Some(d) if d.trim().is_empty() => {
                 let loc = self.locator.key("runtime_dir");
@@ -537,6 +578,12 @@ impl Validator<'_> {
             Ok(Config {
                 file: self.file.to_path_buf(),
                 listen,
+                tls,
+                redirect_https,
+                trusted_proxies,
+                limits,
+                user,
+                group,
                 runtime_dir,
                 apps,
             })
@@ -545,43 +592,6 @@ impl Validator<'_> {
                 problems: self.problems,
             })
         }
-    }
-
-    fn listen(&mut self, raw: Option<OneOrMany>) -> Vec<SocketAddr> {
-        let list = match raw {
-            None => vec![DEFAULT_LISTEN.to_string()],
-            Some(OneOrMany::One(s)) => vec![s],
-            Some(OneOrMany::Many(v)) => v,
-        };
-        if list.is_empty() {
-            let loc = self.locator.key("listen");
-            self.problem(loc, None, "listen", "needs at least one address".into());
-        }
-        let mut out = Vec::new();
-        for (i, s) in list.iter().enumerate() {
-            match s.trim().parse::<SocketAddr>() {
-                Ok(a) if out.contains(&a) => {
-                    let loc = self.locator.value(&format!("listen.{i}"));
-                    self.problem(loc, None, "listen", format!("{s:?} is listed twice"));
-                }
-                Ok(a) => out.push(a),
-                Err(_) => {
-                    let loc = self
-                        .locator
-                        .value(&format!("listen.{i}"))
-                        .or_else(|| self.locator.value("listen"));
-                    self.problem(
-                        loc,
-                        None,
-                        "listen",
-                        format!(
-                            "{s:?} is not an IP address and port (e.g. \"127.0.0.1:8080\", \"[::]:80\")"
-                        ),
-                    );
-                }
-            }
-        }
-        out
     }
 
     fn app(&mut self, name: String, raw: RawApp) -> Option<AppSpec> {
@@ -695,6 +705,36 @@ impl Validator<'_> {
                 WorkerChoice::Auto
             }
         };
+        let user = self.account(
+            &format!("apps.{name}.user"),
+            Some(&name),
+            "user",
+            raw.user.clone(),
+        );
+        let group = self.account(
+            &format!("apps.{name}.group"),
+            Some(&name),
+            "group",
+            raw.group.clone(),
+        );
+        let max_body_size = match self.size_value(
+            &format!("apps.{name}.max_body_size"),
+            "max_body_size",
+            raw.max_body_size,
+        ) {
+            None => Some(DEFAULT_MAX_BODY_SIZE),
+            // nginx's convention: 0 turns the check off.
+            Some(0) => None,
+            Some(n) => Some(n),
+        };
+        let request_timeout = self.duration(
+            &name,
+            "request_timeout",
+            raw.request_timeout,
+            DEFAULT_REQUEST_TIMEOUT,
+            false,
+        );
+        let queue_limit = raw.queue_limit.unwrap_or(DEFAULT_QUEUE_LIMIT);
         if self.problems.len() > before {
             return None;
         }
@@ -726,6 +766,11 @@ impl Validator<'_> {
             drain_timeout,
             reload_on_changes: raw.reload_on_changes.unwrap_or(false),
             worker,
+            user,
+            group,
+            max_body_size,
+            request_timeout,
+            queue_limit,
             locations,
         })
     }

@@ -17,6 +17,11 @@ pub struct ConfigDiff {
     pub listen_added: Vec<SocketAddr>,
     pub listen_removed: Vec<SocketAddr>,
     pub runtime_dir_changed: bool,
+    /// TLS certificates, redirect, trusted proxies or limits changed: the front takes the new
+    /// settings for new connections and requests.
+    pub front_changed: bool,
+    /// `user`/`group` of wsgimux itself changed: only a restart applies that.
+    pub account_changed: bool,
     /// The new config's apps in file order, then the removed ones.
     pub apps: Vec<AppChange>,
 }
@@ -71,6 +76,7 @@ impl ConfigDiff {
         self.listen_added.is_empty()
             && self.listen_removed.is_empty()
             && !self.runtime_dir_changed
+            && !self.front_changed
             && self
                 .apps
                 .iter()
@@ -131,6 +137,11 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
             .copied()
             .collect(),
         runtime_dir_changed: old.runtime_dir != new.runtime_dir,
+        front_changed: old.tls != new.tls
+            || old.redirect_https != new.redirect_https
+            || old.trusted_proxies != new.trusted_proxies
+            || old.limits != new.limits,
+        account_changed: old.user != new.user || old.group != new.group,
         apps,
     }
 }
@@ -153,6 +164,11 @@ pub fn app_change(old: &AppSpec, new: &AppSpec) -> AppChange {
         drain_timeout,
         reload_on_changes,
         worker,
+        user,
+        group,
+        max_body_size,
+        request_timeout,
+        queue_limit,
         locations: _,
     } = new;
     let entry_key = entry.key();
@@ -166,10 +182,16 @@ pub fn app_change(old: &AppSpec, new: &AppSpec) -> AppChange {
         (old.processes != *processes, "processes"),
         (old.threads != *threads, "threads"),
         (old.worker != *worker, "worker"),
+        (old.user != *user, "user"),
+        (old.group != *group, "group"),
     ]);
+    // Read by the proxy from the route, so a change takes a new route (the processes stay).
     let route = changed(&[
         (old.hosts != *hosts, "hosts"),
         (old.mount != *mount, "mount"),
+        (old.max_body_size != *max_body_size, "max_body_size"),
+        (old.request_timeout != *request_timeout, "request_timeout"),
+        (old.queue_limit != *queue_limit, "queue_limit"),
     ]);
     let settings = changed(&[
         (old.startup_timeout != *startup_timeout, "startup_timeout"),

@@ -32,6 +32,10 @@ pub enum ProxyError {
         #[source]
         source: UpstreamError,
     },
+    #[error("request body for app {app} is larger than its max_body_size ({limit} bytes)")]
+    BodyTooLarge { app: String, limit: u64 },
+    #[error("app {app} has too many requests waiting (queue_limit)")]
+    Overloaded { app: String },
     #[error("app {app} did not answer within {}s", after.as_secs())]
     Timeout { app: String, after: Duration },
 }
@@ -45,13 +49,14 @@ impl ProxyError {
                 Rejection::HeaderTooLarge | Rejection::TooManyHeaders => {
                     StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
                 }
-                Rejection::VersionNotSupported => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
                 Rejection::CodingNotImplemented => StatusCode::NOT_IMPLEMENTED,
             },
             ProxyError::BadHost(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::AppUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -74,6 +79,12 @@ impl ProxyError {
                 format!("The app {app} is starting; try again in a moment.")
             }
             ProxyError::Upstream { app, .. } => format!("The app {app} could not be reached."),
+            ProxyError::BodyTooLarge { app, limit } => {
+                format!("The app {app} accepts request bodies of at most {limit} bytes.")
+            }
+            ProxyError::Overloaded { app } => {
+                format!("The app {app} is busy; try again in a moment.")
+            }
             ProxyError::Timeout { app, after } => {
                 format!("The app {app} did not answer within {}s.", after.as_secs())
             }
@@ -92,11 +103,11 @@ impl ProxyError {
         );
         h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match self {
-            ProxyError::AppUnavailable { .. } => {
+            ProxyError::AppUnavailable { .. } | ProxyError::Overloaded { .. } => {
                 h.insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
             }
-            // The connection's framing can no longer be trusted.
-            ProxyError::Rejected(_) => {
+            // The connection's framing can no longer be trusted, or its body was not read.
+            ProxyError::Rejected(_) | ProxyError::BodyTooLarge { .. } => {
                 h.insert(CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
@@ -111,7 +122,6 @@ fn describe(r: &Rejection) -> &'static str {
         Rejection::UriTooLong => "the request target is too long",
         Rejection::HeaderTooLarge => "the request headers are too large",
         Rejection::TooManyHeaders => "the request has too many headers",
-        Rejection::VersionNotSupported => "only HTTP/1.0 and HTTP/1.1 are supported here",
         Rejection::CodingNotImplemented => "only the chunked transfer coding is supported",
     }
 }

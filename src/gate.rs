@@ -90,6 +90,11 @@ impl ConnState {
         q.push_back(v);
     }
 
+    /// How long the connection has been idle, or `None` while a response is under way.
+    pub fn idle_for(&self) -> Option<Duration> {
+        self.idle_since().map(|since| since.elapsed())
+    }
+
     /// When the connection became idle, or `None` while a response is under way.
     fn idle_since(&self) -> Option<Instant> {
         let b = lock(&self.busy);

@@ -13,7 +13,7 @@ pub struct HeadLimits {
     pub max_uri_length: usize,
     /// The whole head: request line, header lines and the empty line.
     pub max_header_size: usize,
-    /// One header line.
+    /// One header line, with its CRLF.
     pub max_header_field_size: usize,
     /// Header lines.
     pub max_headers: usize,
@@ -27,7 +27,6 @@ pub enum Rejection {
     UriTooLong,
     HeaderTooLarge,
     TooManyHeaders,
-    VersionNotSupported,
     /// A transfer coding other than `chunked` (and the no-op `identity`).
     CodingNotImplemented,
 }
@@ -97,6 +96,7 @@ fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<Head>, Rejection> {
 
     let mut host: Option<&[u8]> = None;
     let mut hosts = 0;
+    let mut content_types = 0;
     let mut content_length: Option<u64> = None;
     let mut te: Vec<&[u8]> = Vec::new();
     let mut count = 0;
@@ -114,7 +114,7 @@ fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<Head>, Rejection> {
         if field.is_empty() {
             break pos;
         }
-        if field.len() > limits.max_header_field_size || pos > limits.max_header_size {
+        if field.len() + 2 > limits.max_header_field_size || pos > limits.max_header_size {
             return Err(Rejection::HeaderTooLarge);
         }
         count += 1;
@@ -132,6 +132,8 @@ fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<Head>, Rejection> {
             content_length = Some(decimal(value).ok_or(Malformed("invalid Content-Length"))?);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             te.push(value);
+        } else if name.eq_ignore_ascii_case(b"content-type") {
+            content_types += 1;
         }
     };
 
@@ -140,8 +142,13 @@ fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<Head>, Rejection> {
         b"HTTP/1.0" => false,
         _ => unreachable!("request_line accepts only these"),
     };
+    // Fields that admit one value only (RFC 9110 §5.3): a repeat cannot be merged, and two
+    // readers could each pick a different one.
     if hosts > 1 {
         return Err(Malformed("more than one Host"));
+    }
+    if content_types > 1 {
+        return Err(Malformed("more than one Content-Type"));
     }
     if let Some(h) = host {
         if !(h.is_empty() || valid_authority(h)) {
@@ -225,12 +232,9 @@ fn request_line<'a>(line: &'a [u8], limits: &HeadLimits) -> Result<RequestLine<'
     }
     match version {
         b"HTTP/1.1" | b"HTTP/1.0" => Ok((method, target, version)),
-        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
-            if major.is_ascii_digit() && minor.is_ascii_digit() =>
-        {
-            Err(Rejection::VersionNotSupported)
-        }
-        _ => Err(Malformed("invalid HTTP version")),
+        // HTTP/2 and later never arrive as a request line (they start with a preface), and no
+        // HTTP/1 client sends 1.2 or 0.9 with headers: refused like any other bad version.
+        _ => Err(Malformed("invalid or unsupported HTTP version")),
     }
 }
 

@@ -6,6 +6,7 @@
 //! request to `proxy`; `proxy` relays it over `upstream` connections and logs it (`accesslog`).
 
 pub mod accesslog;
+pub mod activation;
 pub mod app;
 pub mod config;
 pub mod control;
@@ -21,5 +22,6 @@ pub mod reload;
 pub mod routes;
 pub mod server;
 pub mod supervisor;
+pub mod tls;
 pub mod upstream;
 pub mod watch;

@@ -8,6 +8,7 @@ use std::fmt;
 
 use crate::config::{AppSpec, Config, ConfigError, Entry, Location, Problem, WorkerChoice};
 use crate::interpreter::{self, Interpreter};
+use crate::tls::CertStore;
 
 /// An app whose interpreter has been found and probed, and the worker chosen for it.
 #[derive(Debug, Clone)]
@@ -129,7 +130,7 @@ pub async fn check(config: &Config) -> Result<Vec<ReadyApp>, ConfigError> {
     });
     let results = futures_util::future::join_all(probes).await;
     let mut ready = Vec::new();
-    let mut problems = Vec::new();
+    let mut problems = certificates(config);
     for r in results {
         match r {
             Ok(app) => ready.push(app),
@@ -141,6 +142,37 @@ pub async fn check(config: &Config) -> Result<Vec<ReadyApp>, ConfigError> {
     } else {
         Err(ConfigError { problems })
     }
+}
+
+/// Every TLS listener's certificates and keys load and match.
+fn certificates(config: &Config) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for spec in config.tls.values() {
+        let Err(e) = CertStore::load(spec) else {
+            continue;
+        };
+        let (key, location) = spec
+            .certificates
+            .iter()
+            .find_map(|c| {
+                if c.key == e.file() {
+                    Some(("key", c.key_at))
+                } else if c.cert == e.file() {
+                    Some(("cert", c.cert_at))
+                } else {
+                    None
+                }
+            })
+            .unwrap_or(("tls", None));
+        out.push(Problem {
+            file: config.file.clone(),
+            location,
+            app: None,
+            key: Some(key.to_string()),
+            message: e.to_string(),
+        });
+    }
+    out
 }
 
 fn files(config: &Config, app: &AppSpec) -> Vec<Problem> {

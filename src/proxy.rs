@@ -7,7 +7,7 @@
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,14 +19,12 @@ use percent_encoding::{percent_decode, utf8_percent_encode, AsciiSet, CONTROLS};
 use tokio::sync::watch;
 
 use crate::accesslog::{AccessLog, LoggedBody};
-use crate::config::Mount;
+use crate::config::AppSpec;
 use crate::error::ProxyError;
 use crate::gate::Verdict;
+use crate::http1::Rejection;
 use crate::routes::{normalize_host, RouteTable};
-use crate::upstream::{Endpoint, ProxyBody};
-
-/// Longest wait for a child's response headers before answering 504.
-pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+use crate::upstream::{BoxError, Endpoint, ProxyBody};
 
 /// The header that carries the mount prefix to a child, which sets `SCRIPT_NAME` from it.
 /// gunicorn honours the same header, so any such server can stand in for a child.
@@ -44,38 +42,55 @@ const HOP_BY_HOP: &[&str] = &[
     "trailer",
     "transfer-encoding",
     "upgrade",
+    "http2-settings",
 ];
 
 /// Characters of a mount escaped in the mount header (it must stay visible ASCII).
 const MOUNT_ESCAPES: &AsciiSet = &CONTROLS.add(b' ').add(b'%').add(b'"').add(b'\\');
 
-/// What the route table leads to: an app, its mount, and its ready processes.
+/// What the route table leads to: an app, its mount, its limits and its ready processes.
 #[derive(Debug)]
 pub struct AppRoute {
     pub name: Arc<str>,
+    mount: String,
     mount_header: Option<HeaderValue>,
     endpoints: watch::Receiver<Endpoints>,
     next: AtomicUsize,
+    max_body_size: Option<u64>,
+    request_timeout: Duration,
+    /// Requests in flight at which new ones get 503: processes × threads + queue_limit.
+    max_in_flight: usize,
 }
 
 impl AppRoute {
-    pub fn new(name: &str, mount: &Mount, endpoints: watch::Receiver<Endpoints>) -> Self {
-        let mount_header = (!mount.is_root()).then(|| {
-            let encoded = utf8_percent_encode(mount.as_str(), MOUNT_ESCAPES).to_string();
-            HeaderValue::from_str(&encoded).expect("percent-encoded mount is a valid header")
-        });
+    pub fn new(spec: &AppSpec, endpoints: watch::Receiver<Endpoints>) -> Self {
+        let mount = &spec.mount;
+        let mount_header = (!mount.is_root()).then(|| encode_mount(mount.as_str()));
         AppRoute {
-            name: name.into(),
+            name: spec.name.as_str().into(),
+            mount: if mount.is_root() {
+                String::new()
+            } else {
+                mount.as_str().to_string()
+            },
             mount_header,
             endpoints,
             next: AtomicUsize::new(0),
+            max_body_size: spec.max_body_size,
+            request_timeout: spec.request_timeout,
+            max_in_flight: (spec.processes as usize * spec.threads as usize)
+                .saturating_add(spec.queue_limit as usize),
         }
     }
 
-    /// The same app reached through a new route (a reload changed only its routes): the
-    /// processes and their connections are shared.
-    pub fn rerouted(&self, mount: &Mount) -> Self {
-        AppRoute::new(&self.name, mount, self.endpoints.clone())
+    /// Requests in flight over all the app's ready processes.
+    fn in_flight(&self) -> usize {
+        self.endpoints
+            .borrow()
+            .ready
+            .iter()
+            .map(|e| e.in_flight())
+            .sum()
     }
 
     /// The ready process with the fewest requests in flight, starting the scan at a rotating
@@ -102,11 +117,23 @@ pub struct Endpoints {
 
 pub type Table = RouteTable<Arc<AppRoute>>;
 
-/// Where a request came from.
-#[derive(Debug, Clone, Copy)]
+/// Where a request came from, and how the listener it came in on treats it.
+#[derive(Debug, Clone)]
 pub struct Client {
     pub peer: SocketAddr,
     pub scheme: &'static str,
+    /// The peer is in `trusted_proxies`: its forwarded headers are believed.
+    pub trusted: bool,
+    /// A plain listener with `redirect_https`: where hosts with a certificate are sent.
+    pub redirect: Option<Arc<HttpsRedirect>>,
+}
+
+/// `redirect_https`: plain-HTTP requests for hosts that have a certificate go to https.
+#[derive(Debug)]
+pub struct HttpsRedirect {
+    /// The port of the TLS listener (left out of the URL when it is 443).
+    pub port: u16,
+    pub certificates: Arc<crate::tls::CertStore>,
 }
 
 pub struct Proxy {
@@ -172,36 +199,58 @@ impl Proxy {
         app: &mut Option<Arc<str>>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
-        let (host_raw, absolute) = match parts.uri.authority() {
-            Some(a) if parts.uri.scheme().is_some() => (Some(a.as_str().to_string()), true),
-            _ => (
-                parts
-                    .headers
-                    .get(header::HOST)
-                    .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned()),
-                false,
-            ),
+        // The gate made sure an absolute-form target agrees with Host; HTTP/2 has only the
+        // authority (without userinfo, which never reaches an app).
+        let host_raw: Option<String> = match parts.headers.get(header::HOST) {
+            Some(h) => Some(String::from_utf8_lossy(h.as_bytes()).into_owned()),
+            None => parts.uri.authority().map(|a| match a.port() {
+                Some(p) => format!("{}:{}", a.host(), p),
+                None => a.host().to_string(),
+            }),
         };
         let host = match &host_raw {
             None => String::new(),
             Some(h) => normalize_host(h).ok_or_else(|| ProxyError::BadHost(h.clone()))?,
         };
+        if let Some(r) = &client.redirect {
+            if let Some(resp) = r.response(&host, &parts.uri) {
+                return Ok(resp);
+            }
+        }
         // Kept for a resend's fresh lookup; cloning a parsed `Uri` shares its bytes.
         let target = parts.uri.clone();
         let path = target.path();
         let route = self.route(&host, path)?;
         *app = Some(route.name.clone());
+        if route.in_flight() >= route.max_in_flight {
+            return Err(ProxyError::Overloaded {
+                app: route.name.to_string(),
+            });
+        }
         let mut endpoint = route.pick(None).ok_or_else(|| ProxyError::AppUnavailable {
             app: route.name.to_string(),
         })?;
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if let (Some(max), Some(n)) = (route.max_body_size, declared) {
+            if n > max {
+                return Err(ProxyError::BodyTooLarge {
+                    app: route.name.to_string(),
+                    limit: max,
+                });
+            }
+        }
 
         // Origin form towards the child; `PathAndQuery` is shared bytes, so no re-parsing.
         let uri = match parts.uri.path_and_query() {
             Some(pq) if !pq.as_str().is_empty() => Uri::from(pq.clone()),
             _ => Uri::from_static("/"),
         };
-        clean_request_headers(&mut parts.headers);
-        if absolute {
+        let outer_mount = forwarded_headers(&mut parts.headers, &client)?;
+        if parts.headers.get(header::HOST).is_none() {
             if let Some(h) = host_raw
                 .as_deref()
                 .and_then(|h| HeaderValue::from_str(h).ok())
@@ -209,14 +258,23 @@ impl Proxy {
                 parts.headers.insert(header::HOST, h);
             }
         }
-        add_forwarded(&mut parts.headers, client, host_raw.as_deref());
+        add_forwarded(&mut parts.headers, &client, host_raw.as_deref());
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         let mut route_now = route;
-        set_mount(&mut parts.headers, &route_now);
-        let mut upstream_req = Request::from_parts(parts, body.map_err(Into::into).boxed());
+        set_mount(&mut parts.headers, &route_now, outer_mount.as_deref());
+        let over_limit = Arc::new(AtomicBool::new(false));
+        let client_failed = Arc::new(AtomicBool::new(false));
+        let body = LimitedBody {
+            inner: body,
+            left: route_now.max_body_size,
+            over: over_limit.clone(),
+            failed: client_failed.clone(),
+        };
+        let mut upstream_req = Request::from_parts(parts, body.boxed());
 
-        let deadline = tokio::time::Instant::now() + RESPONSE_TIMEOUT;
+        let timeout = route_now.request_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut attempts = 0;
         let resp = loop {
             attempts += 1;
@@ -225,7 +283,7 @@ impl Proxy {
                 Err(_) => {
                     return Err(ProxyError::Timeout {
                         app: route_now.name.to_string(),
-                        after: RESPONSE_TIMEOUT,
+                        after: timeout,
                     })
                 }
                 Ok(Ok(resp)) => break resp,
@@ -245,10 +303,23 @@ impl Proxy {
                                 app: route.name.to_string(),
                             })?;
                     unsent.headers_mut().remove(MOUNT_HEADER);
-                    set_mount(unsent.headers_mut(), &route);
+                    set_mount(unsent.headers_mut(), &route, outer_mount.as_deref());
                     *app = Some(route.name.clone());
                     route_now = route;
                     upstream_req = unsent;
+                }
+                // The client's body broke off or turned out invalid (the gate ends the stream
+                // with an error): the request was the fault, not the app.
+                _ if client_failed.load(Ordering::Relaxed) => {
+                    return Err(ProxyError::Rejected(Rejection::Malformed(
+                        "incomplete or invalid request body",
+                    )))
+                }
+                _ if over_limit.load(Ordering::Relaxed) => {
+                    return Err(ProxyError::BodyTooLarge {
+                        app: route_now.name.to_string(),
+                        limit: route_now.max_body_size.unwrap_or(0),
+                    })
                 }
                 _ => {
                     return Err(ProxyError::Upstream {
@@ -264,6 +335,32 @@ impl Proxy {
     }
 }
 
+/// The gate's rules for an HTTP/2 request (h2 itself already refuses malformed framing and
+/// connection-specific headers): no CONNECT, and a Host header that agrees with the authority.
+pub fn admit_h2<B>(req: &Request<B>) -> Verdict {
+    if req.method() == hyper::Method::CONNECT {
+        return Verdict::Reject(Rejection::Malformed("CONNECT is not supported"));
+    }
+    let hosts = req.headers().get_all(header::HOST).iter().count();
+    if hosts > 1 {
+        return Verdict::Reject(Rejection::Malformed("more than one Host"));
+    }
+    if let (Some(a), Some(h)) = (req.uri().authority(), req.headers().get(header::HOST)) {
+        let host = a.as_str().rsplit('@').next().unwrap_or("");
+        if !h.as_bytes().eq_ignore_ascii_case(host.as_bytes()) {
+            return Verdict::Reject(Rejection::Malformed("Host disagrees with :authority"));
+        }
+    }
+    let asterisk = req.uri() == "*";
+    if asterisk && req.method() != hyper::Method::OPTIONS {
+        return Verdict::Reject(Rejection::Malformed("asterisk-form target without OPTIONS"));
+    }
+    Verdict::Forward {
+        asterisk,
+        content_length: None,
+    }
+}
+
 /// `OPTIONS *` asks about the server, not a resource: answered here, never by an app.
 fn server_options() -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::default());
@@ -276,12 +373,29 @@ fn server_options() -> Response<ProxyBody> {
     resp
 }
 
-/// Sends to a process that cannot be reached are tried this many times in all.
-const MAX_ATTEMPTS: u32 = 3;
+/// A request none of which reached a process is sent once more, to another process.
+const MAX_ATTEMPTS: u32 = 2;
 
-fn set_mount(headers: &mut HeaderMap, route: &AppRoute) {
-    if let Some(m) = &route.mount_header {
-        headers.insert(HeaderName::from_static(MOUNT_HEADER), m.clone());
+fn encode_mount(mount: &str) -> HeaderValue {
+    let encoded = utf8_percent_encode(mount, MOUNT_ESCAPES).to_string();
+    HeaderValue::from_str(&encoded).expect("percent-encoded mount is a valid header")
+}
+
+/// The mount header: the app's mount, after the prefix a trusted proxy in front already
+/// mounted wsgimux under.
+fn set_mount(headers: &mut HeaderMap, route: &AppRoute, outer: Option<&str>) {
+    match outer {
+        Some(outer) => {
+            let full = format!("{}{}", outer.trim_end_matches('/'), route.mount);
+            if !full.is_empty() {
+                headers.insert(HeaderName::from_static(MOUNT_HEADER), encode_mount(&full));
+            }
+        }
+        None => {
+            if let Some(m) = &route.mount_header {
+                headers.insert(HeaderName::from_static(MOUNT_HEADER), m.clone());
+            }
+        }
     }
 }
 
@@ -302,16 +416,88 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Headers a client could use to claim another address, scheme, host or mount.
+const FORWARDED: &[&str] = &[
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-protocol",
+    "x-forwarded-ssl",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-real-ip",
+    "x-scheme",
+    MOUNT_HEADER,
+];
+
+/// gunicorn's `secure_scheme_headers`: each names the scheme as https with one value.
+const SCHEME_HEADERS: &[(&str, &str)] = &[
+    ("x-forwarded-proto", "https"),
+    ("x-forwarded-protocol", "ssl"),
+    ("x-forwarded-ssl", "on"),
+];
+
+/// Cleans the request's headers for the child: hop-by-hop headers, `Expect` (answered here),
+/// header names with underscores (which a CGI-style environ cannot tell from dashes), and,
+/// unless the peer is a trusted proxy, every forwarded header. Returns the mount prefix a
+/// trusted proxy sent. A trusted proxy's scheme headers that disagree are refused, as gunicorn
+/// refuses them.
+fn forwarded_headers(
+    headers: &mut HeaderMap,
+    client: &Client,
+) -> Result<Option<String>, ProxyError> {
+    clean_request_headers(headers);
+    if !client.trusted {
+        for name in FORWARDED {
+            headers.remove(*name);
+        }
+        return Ok(None);
+    }
+    let mut secure = None;
+    for (name, https_value) in SCHEME_HEADERS {
+        if let Some(v) = headers.get(*name).and_then(|v| v.to_str().ok()) {
+            let says = v.trim().eq_ignore_ascii_case(https_value);
+            if secure.is_some_and(|s| s != says) {
+                return Err(ProxyError::Rejected(Rejection::Malformed(
+                    "forwarded scheme headers disagree",
+                )));
+            }
+            secure = Some(says);
+        }
+    }
+    if let Some(s) = secure {
+        let scheme = if s { "https" } else { "http" };
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
+    }
+    let outer = headers
+        .remove(MOUNT_HEADER)
+        .and_then(|v| v.to_str().ok().map(str::to_string))
+        .map(|v| {
+            percent_decode(v.as_bytes())
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .filter(|v| v.starts_with('/'));
+    Ok(outer)
+}
+
 fn clean_request_headers(headers: &mut HeaderMap) {
     strip_hop_by_hop(headers);
     headers.remove(header::EXPECT);
-    // Only the front decides the mount prefix and the forwarded scheme and host.
-    headers.remove(MOUNT_HEADER);
-    headers.remove("x-forwarded-proto");
-    headers.remove("x-forwarded-host");
+    let underscored: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().contains('_') && k.as_str() != MOUNT_HEADER)
+        .cloned()
+        .collect();
+    for name in underscored {
+        headers.remove(name);
+    }
 }
 
-fn add_forwarded(headers: &mut HeaderMap, client: Client, host: Option<&str>) {
+/// X-Forwarded-For gains the peer; the scheme and host are the front's own unless a trusted
+/// proxy already said them.
+fn add_forwarded(headers: &mut HeaderMap, client: &Client, host: Option<&str>) {
     let ip = client.peer.ip().to_string();
     let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
@@ -320,9 +506,84 @@ fn add_forwarded(headers: &mut HeaderMap, client: Client, host: Option<&str>) {
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert("x-forwarded-for", v);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(client.scheme));
-    if let Some(h) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
-        headers.insert("x-forwarded-host", h);
+    if !headers.contains_key("x-forwarded-proto") {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(client.scheme));
+    }
+    if !headers.contains_key("x-forwarded-host") {
+        if let Some(h) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
+            headers.insert("x-forwarded-host", h);
+        }
+    }
+}
+
+impl HttpsRedirect {
+    /// A 308 to the https URL when `name` (a normalized host, no port) has a certificate.
+    fn response(&self, name: &str, uri: &Uri) -> Option<Response<ProxyBody>> {
+        if !self.certificates.covers(name) {
+            return None;
+        }
+        let port = if self.port == 443 {
+            String::new()
+        } else {
+            format!(":{}", self.port)
+        };
+        let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let location = HeaderValue::from_str(&format!("https://{name}{port}{pq}")).ok()?;
+        let mut resp = Response::new(ProxyBody::default());
+        *resp.status_mut() = hyper::StatusCode::PERMANENT_REDIRECT;
+        resp.headers_mut().insert(header::LOCATION, location);
+        resp.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        Some(resp)
+    }
+}
+
+/// The client's request body on its way to the child. Fails once more than `left` bytes
+/// passed (bodies without a declared length, or longer than declared); flags why it failed
+/// (`over`: too large, 413; `failed`: the client's stream broke, 400).
+struct LimitedBody {
+    inner: Incoming,
+    left: Option<u64>,
+    over: Arc<AtomicBool>,
+    failed: Arc<AtomicBool>,
+}
+
+impl http_body::Body for LimitedBody {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        let frame = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_frame(cx));
+        let frame = match frame {
+            Some(Ok(f)) => f,
+            Some(Err(e)) => {
+                self.failed.store(true, Ordering::Relaxed);
+                return std::task::Poll::Ready(Some(Err(e.into())));
+            }
+            None => return std::task::Poll::Ready(None),
+        };
+        if let (Some(left), Some(data)) = (self.left, frame.data_ref()) {
+            let n = data.len() as u64;
+            if n > left {
+                self.over.store(true, Ordering::Relaxed);
+                return std::task::Poll::Ready(Some(Err(
+                    "request body larger than max_body_size".into()
+                )));
+            }
+            self.left = Some(left - n);
+        }
+        std::task::Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -330,42 +591,125 @@ fn add_forwarded(headers: &mut HeaderMap, client: Client, host: Option<&str>) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn hop_by_hop_and_connection_named_headers_are_removed() {
+    fn client(trusted: bool) -> Client {
+        Client {
+            peer: "127.0.0.1:5555".parse().unwrap(),
+            scheme: "http",
+            trusted,
+            redirect: None,
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("close, x-secret"));
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("x-kept", HeaderValue::from_static("yes"));
-        h.insert(MOUNT_HEADER, HeaderValue::from_static("/spoofed"));
-        h.insert("expect", HeaderValue::from_static("100-continue"));
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_connection_named_and_underscored_headers_are_removed() {
+        let mut h = headers(&[
+            ("connection", "close, x-secret"),
+            ("x-secret", "1"),
+            ("transfer-encoding", "chunked"),
+            ("keep-alive", "timeout=5"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAAQAAP__"),
+            ("x-kept", "yes"),
+            ("content_length", "5"),
+            ("expect", "100-continue"),
+        ]);
         clean_request_headers(&mut h);
         let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, vec!["x-kept"]);
     }
 
     #[test]
-    fn forwarded_headers() {
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        let client = Client {
-            peer: "127.0.0.1:5555".parse().unwrap(),
-            scheme: "http",
-        };
-        add_forwarded(&mut h, client, Some("Example.com:8080"));
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+    fn forwarded_headers_from_untrusted_peers_are_replaced() {
+        let mut h = headers(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
+            ("forwarded", "for=10.0.0.1;proto=https"),
+            (MOUNT_HEADER, "/spoofed"),
+        ]);
+        assert_eq!(forwarded_headers(&mut h, &client(false)).unwrap(), None);
+        add_forwarded(&mut h, &client(false), Some("Example.com:8080"));
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "Example.com:8080");
+        assert!(h.get("forwarded").is_none() && h.get(MOUNT_HEADER).is_none());
     }
 
     #[test]
-    fn mount_header_is_percent_encoded() {
+    fn forwarded_headers_from_trusted_proxies_are_honoured() {
+        let mut h = headers(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-ssl", "on"),
+            ("forwarded", "for=10.0.0.1;proto=https"),
+            (MOUNT_HEADER, "/outer"),
+        ]);
+        let outer = forwarded_headers(&mut h, &client(true)).unwrap();
+        assert_eq!(outer.as_deref(), Some("/outer"));
+        add_forwarded(&mut h, &client(true), Some("example.com"));
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["forwarded"], "for=10.0.0.1;proto=https");
+        // Scheme headers that disagree are refused, as gunicorn refuses them.
+        let mut h = headers(&[("x-forwarded-proto", "https"), ("x-forwarded-ssl", "off")]);
+        assert!(matches!(
+            forwarded_headers(&mut h, &client(true)),
+            Err(ProxyError::Rejected(_))
+        ));
+    }
+
+    fn spec(mount: &str) -> AppSpec {
+        let yaml =
+            format!("apps:\n  a:\n    python: python3\n    script: a.py\n    mount: {mount}\n");
+        let config = crate::config::from_yaml(&yaml, std::path::Path::new("/x/w.yaml")).unwrap();
+        config.apps[0].clone()
+    }
+
+    #[test]
+    fn mount_header_is_percent_encoded_and_follows_a_trusted_prefix() {
         let (_tx, rx) = watch::channel(Endpoints::default());
-        let r = AppRoute::new("a", &Mount::parse("/café").unwrap(), rx.clone());
-        assert_eq!(r.mount_header.unwrap(), "/caf%C3%A9");
-        assert!(AppRoute::new("a", &Mount::root(), rx)
-            .mount_header
-            .is_none());
+        let r = AppRoute::new(&spec("/café"), rx.clone());
+        assert_eq!(r.mount_header.clone().unwrap(), "/caf%C3%A9");
+        let mut h = HeaderMap::new();
+        set_mount(&mut h, &r, Some("/outer/"));
+        assert_eq!(h[MOUNT_HEADER], "/outer/caf%C3%A9");
+        let root = AppRoute::new(&spec("/"), rx);
+        assert!(root.mount_header.is_none());
+        let mut h = HeaderMap::new();
+        set_mount(&mut h, &root, Some("/outer"));
+        assert_eq!(h[MOUNT_HEADER], "/outer");
+    }
+
+    #[test]
+    fn h2_admission() {
+        let req = |method: &str, uri: &str, host: Option<&str>| {
+            let mut b = Request::builder().method(method).uri(uri);
+            if let Some(h) = host {
+                b = b.header("host", h);
+            }
+            b.body(()).unwrap()
+        };
+        assert!(matches!(
+            admit_h2(&req("GET", "https://a.example/x", None)),
+            Verdict::Forward {
+                asterisk: false,
+                ..
+            }
+        ));
+        assert!(matches!(
+            admit_h2(&req("GET", "https://a.example/x", Some("b.example"))),
+            Verdict::Reject(_)
+        ));
+        assert!(matches!(
+            admit_h2(&req("CONNECT", "a.example:443", None)),
+            Verdict::Reject(_)
+        ));
     }
 }

@@ -21,7 +21,7 @@ use crate::diff::{self, AppChange};
 use crate::preflight::ReadyApp;
 use crate::proxy::{AppRoute, Table};
 use crate::routes::RouteTable;
-use crate::server::{self, Server};
+use crate::server::{self, FrontSettings, Server};
 use crate::supervisor::{Generation, StartFailure, Supervisor};
 use crate::watch::{self as filewatch, CodeWatcher, Fingerprint};
 
@@ -136,10 +136,7 @@ impl Reloader {
     pub fn table<'a>(order: &[AppSpec], apps: impl Fn(&str) -> Option<&'a Generation>) -> Table {
         RouteTable::for_apps(order.iter().filter_map(|spec| {
             let g = apps(&spec.name)?;
-            Some((
-                spec,
-                Arc::new(AppRoute::new(&spec.name, &spec.mount, g.endpoints.clone())),
-            ))
+            Some((spec, Arc::new(AppRoute::new(spec, g.endpoints.clone()))))
         }))
     }
 
@@ -264,12 +261,28 @@ impl Reloader {
                 *change = AppChange::Restart { spec, keys };
             }
         }
-        // New listeners are bound before anything else changes: a bind failure rejects the
-        // reload with nothing started.
+        // Certificates are loaded and new listeners bound before anything else changes: a
+        // failure rejects the reload with nothing started.
+        let front = if d.front_changed {
+            match FrontSettings::build(&new, Some(&self.server.settings())) {
+                Ok(f) => Some(f),
+                Err(e) => return (self.finish(rejected(vec![e.to_string()])), BTreeSet::new()),
+            }
+        } else {
+            None
+        };
+        if d.account_changed {
+            tracing::warn!(
+                "the top-level user/group changed; it applies when wsgimux is restarted"
+            );
+        }
         let bound = match server::bind(&d.listen_added).await {
             Ok(b) => b,
             Err(e) => return (self.finish(rejected(vec![e.to_string()])), BTreeSet::new()),
         };
+        if let Some(front) = front {
+            self.server.set_settings(front);
+        }
         if d.is_empty() {
             let report = Report {
                 number,

@@ -1,44 +1,44 @@
-//! Listeners: binding, accepting under a connection limit, serving HTTP/1.1 with hyper, adding
-//! and closing listeners as reloads ask, and the graceful drain at shutdown. Each request is
-//! handed to `proxy`.
+//! Listeners: binding (or taking them from systemd/launchd socket activation), accepting under
+//! a connection limit, TLS handshakes, serving HTTP/1.1 (through the `gate`) and HTTP/2 with
+//! hyper, adding and closing listeners as reloads ask, and the graceful drain at shutdown.
+//! Each request is handed to `proxy`.
+//!
+//! The front's settings (limits, trusted proxies, certificates, redirect) are one
+//! [`FrontSettings`] snapshot that reloads replace; a connection reads it once, when accepted.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
+use crate::config::{Cidr, Config, Limits};
 use crate::gate::{BusyBody, ConnState, Gate, Timeouts, Verdict};
 use crate::http1::{HeadLimits, Rejection};
-use crate::proxy::{Client, Proxy};
+use crate::proxy::{self, Client, HttpsRedirect, Proxy};
+use crate::tls::{CertStore, TlsError, CERT_CHECK_INTERVAL, HANDSHAKE_TIMEOUT};
 
-/// Client connections served at once; further clients wait in the listen queue.
-pub const MAX_CONNECTIONS: usize = 10_000;
-const HEAD_LIMITS: HeadLimits = HeadLimits {
-    max_uri_length: 8 * 1024,
-    max_header_size: 32 * 1024,
-    max_header_field_size: 8 * 1024,
-    max_headers: 100,
-};
-const TIMEOUTS: Timeouts = Timeouts {
-    header: Duration::from_secs(60),
-    body: Duration::from_secs(60),
-    keepalive: Duration::from_secs(75),
-};
 /// At shutdown, how long requests in flight may take to finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// HTTP/2 streams a client may have open at once (nginx: http2_max_concurrent_streams 128).
+const H2_MAX_STREAMS: u32 = 128;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
-    #[error("cannot listen on {addr}: permission denied (ports below 1024 need root or the CAP_NET_BIND_SERVICE capability; use a port of 1024 or more)")]
+    #[error("cannot listen on {addr}: permission denied. Ports below 1024 need one of: start wsgimux as root with `user:` set in the config (it binds, then runs as that user); give the binary the capability (`sudo setcap cap_net_bind_service=+ep $(which wsgimux)`); or let systemd (wsgimux.socket) or launchd hand it the socket. Or use a port of 1024 or more")]
     Privileged { addr: SocketAddr },
     #[error("cannot listen on {addr}: {source}")]
     Other {
@@ -48,10 +48,15 @@ pub enum BindError {
     },
 }
 
-/// Binds every address; the first failure is returned and the sockets bound so far are closed.
+/// Binds every address, or takes it from the sockets the service manager passed
+/// ([`crate::activation`]); the first failure is returned and the sockets bound so far are closed.
 pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<(SocketAddr, TcpListener)>, BindError> {
     let mut out = Vec::new();
     for &addr in addrs {
+        if let Some(l) = crate::activation::take(addr) {
+            out.push((addr, l));
+            continue;
+        }
         match TcpListener::bind(addr).await {
             Ok(l) => out.push((addr, l)),
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && addr.port() < 1024 => {
@@ -63,13 +68,101 @@ pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<(SocketAddr, TcpListener)>
     Ok(out)
 }
 
+/// What the front applies to new connections and requests; a reload replaces it whole.
+#[derive(Debug)]
+pub struct FrontSettings {
+    pub limits: Limits,
+    pub trusted: Vec<Cidr>,
+    /// TLS listeners by configured address: their certificates and rustls config.
+    pub tls: HashMap<SocketAddr, TlsListener>,
+    /// Set when `redirect_https` is on.
+    pub redirect: Option<Arc<HttpsRedirect>>,
+}
+
+#[derive(Clone)]
+pub struct TlsListener {
+    pub store: Arc<CertStore>,
+    acceptor: TlsAcceptor,
+}
+
+impl std::fmt::Debug for TlsListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsListener")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FrontSettings {
+    /// Loads the certificates `config` names. `previous` stores are kept when their spec did
+    /// not change, so a reload does not re-read unchanged files.
+    pub fn build(config: &Config, previous: Option<&FrontSettings>) -> Result<Self, TlsError> {
+        let mut tls = HashMap::new();
+        for (addr, spec) in &config.tls {
+            let kept = previous
+                .and_then(|p| p.tls.get(addr))
+                .filter(|t| t.store.spec() == spec)
+                .cloned();
+            let listener = match kept {
+                Some(t) => t,
+                None => {
+                    let store = Arc::new(CertStore::load(spec)?);
+                    let acceptor = TlsAcceptor::from(store.server_config());
+                    TlsListener { store, acceptor }
+                }
+            };
+            tls.insert(*addr, listener);
+        }
+        // Redirects go to the first TLS listener in the file's order.
+        let redirect = config
+            .redirect_https
+            .then(|| {
+                config.listen.iter().find_map(|a| {
+                    tls.get(a).map(|t| {
+                        Arc::new(HttpsRedirect {
+                            port: a.port(),
+                            certificates: t.store.clone(),
+                        })
+                    })
+                })
+            })
+            .flatten();
+        Ok(FrontSettings {
+            limits: config.limits,
+            trusted: config.trusted_proxies.clone(),
+            tls,
+            redirect,
+        })
+    }
+
+    fn head_limits(&self) -> HeadLimits {
+        HeadLimits {
+            max_uri_length: self.limits.max_uri_length,
+            max_header_size: self.limits.max_header_size,
+            max_header_field_size: self.limits.max_header_field_size,
+            max_headers: self.limits.max_headers,
+        }
+    }
+
+    fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            header: self.limits.header_timeout,
+            body: self.limits.body_timeout,
+            keepalive: self.limits.keepalive_timeout,
+        }
+    }
+}
+
 /// The listeners being served, keyed by their configured address. Listeners come and go with
 /// reloads; connections accepted on a listener that goes away are served to their end.
 pub struct Server {
     proxy: Arc<Proxy>,
+    settings: watch::Sender<Arc<FrontSettings>>,
     limit: Arc<Semaphore>,
+    max_connections: usize,
     graceful: Arc<GracefulShutdown>,
     listening: HashMap<SocketAddr, Listening>,
+    cert_watch: JoinHandle<()>,
 }
 
 struct Listening {
@@ -79,13 +172,45 @@ struct Listening {
 }
 
 impl Server {
-    pub fn new(proxy: Arc<Proxy>) -> Self {
+    pub fn new(proxy: Arc<Proxy>, settings: FrontSettings) -> Self {
+        let max_connections = settings.limits.max_connections;
+        let (settings, rx) = watch::channel(Arc::new(settings));
         Server {
             proxy,
-            limit: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            settings,
+            limit: Arc::new(Semaphore::new(max_connections)),
+            max_connections,
             graceful: Arc::new(GracefulShutdown::new()),
             listening: HashMap::new(),
+            cert_watch: tokio::spawn(watch_certificates(rx)),
         }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> Arc<FrontSettings> {
+        self.settings.borrow().clone()
+    }
+
+    /// New settings, for connections accepted from now on (and the connection limit at once).
+    pub fn set_settings(&mut self, settings: FrontSettings) {
+        let max = settings.limits.max_connections;
+        if max > self.max_connections {
+            self.limit.add_permits(max - self.max_connections);
+        } else if max < self.max_connections {
+            // Permits held by open connections are forgotten as they come back.
+            let gone = self.limit.forget_permits(self.max_connections - max);
+            let rest = self.max_connections - max - gone;
+            if rest > 0 {
+                let limit = self.limit.clone();
+                tokio::spawn(async move {
+                    if let Ok(p) = limit.acquire_many_owned(rest as u32).await {
+                        p.forget();
+                    }
+                });
+            }
+        }
+        self.max_connections = max;
+        self.settings.send_replace(Arc::new(settings));
     }
 
     /// Starts accepting on a bound listener.
@@ -93,8 +218,10 @@ impl Server {
         let local = listener.local_addr().unwrap_or(configured);
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(
+            configured,
             listener,
             self.proxy.clone(),
+            self.settings.subscribe(),
             self.limit.clone(),
             self.graceful.clone(),
             stop_rx,
@@ -121,6 +248,7 @@ impl Server {
     /// Stops accepting everywhere, then lets requests in flight finish for at most
     /// [`DRAIN_TIMEOUT`].
     pub async fn shutdown(mut self) {
+        self.cert_watch.abort();
         for (_, l) in self.listening.drain() {
             let _ = l.stop.send(true);
             let _ = l.task.await;
@@ -148,22 +276,38 @@ impl Server {
     }
 }
 
+/// Reloads certificate files that changed, every [`CERT_CHECK_INTERVAL`]; open connections
+/// keep the certificate they were made with.
+async fn watch_certificates(settings: watch::Receiver<Arc<FrontSettings>>) {
+    let mut tick = tokio::time::interval(CERT_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let current = settings.borrow().clone();
+        for (addr, t) in &current.tls {
+            let store = t.store.clone();
+            // File reads off the async threads.
+            let outcome = tokio::task::spawn_blocking(move || store.reload_if_changed()).await;
+            match outcome {
+                Ok(Some(Ok(()))) => tracing::info!("listener {addr}: certificates reloaded"),
+                Ok(Some(Err(e))) => tracing::warn!(
+                    "listener {addr}: certificate files changed but do not load, still serving the previous ones: {e}"
+                ),
+                _ => {}
+            }
+        }
+    }
+}
+
 async fn accept_loop(
+    configured: SocketAddr,
     listener: TcpListener,
     proxy: Arc<Proxy>,
+    settings: watch::Receiver<Arc<FrontSettings>>,
     limit: Arc<Semaphore>,
     graceful: Arc<GracefulShutdown>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut builder = http1::Builder::new();
-    // The gate enforces the head limits and client timeouts; hyper's own are set wider so
-    // they never decide first.
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(None)
-        .max_headers(HEAD_LIMITS.max_headers + 1)
-        .max_buf_size((HEAD_LIMITS.max_header_size * 2).max(64 * 1024))
-        .keep_alive(true);
     loop {
         // Take a connection slot before accepting: at the limit, clients wait in the backlog.
         let permit = tokio::select! {
@@ -183,36 +327,156 @@ async fn accept_loop(
             _ = stopping(&mut shutdown) => return,
         };
         let _ = stream.set_nodelay(true);
+        let current = settings.borrow().clone();
+        let proxy = proxy.clone();
+        let graceful = graceful.watcher();
+        tokio::spawn(async move {
+            serve_connection(configured, stream, peer, current, proxy, graceful).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(
+    configured: SocketAddr,
+    stream: TcpStream,
+    peer: SocketAddr,
+    settings: Arc<FrontSettings>,
+    proxy: Arc<Proxy>,
+    graceful: Watcher,
+) {
+    let trusted = settings.trusted.iter().any(|c| c.contains(peer.ip()));
+    let Some(tls) = settings.tls.get(&configured) else {
         let client = Client {
             peer,
             scheme: "http",
+            trusted,
+            redirect: settings.redirect.clone(),
         };
+        return serve_h1(stream, client, &settings, proxy, graceful).await;
+    };
+    let tls_stream =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!("TLS handshake with {peer} failed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake with {peer} timed out");
+                return;
+            }
+        };
+    let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let client = Client {
+        peer,
+        scheme: "https",
+        trusted,
+        redirect: None,
+    };
+    if h2 {
+        serve_h2(tls_stream, client, &settings, proxy, graceful).await
+    } else {
+        serve_h1(tls_stream, client, &settings, proxy, graceful).await
+    }
+}
+
+async fn serve_h1<S>(
+    stream: S,
+    client: Client,
+    settings: &FrontSettings,
+    proxy: Arc<Proxy>,
+    graceful: Watcher,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let head_limits = settings.head_limits();
+    let state = ConnState::new();
+    let gate = Gate::new(stream, state.clone(), head_limits, settings.timeouts());
+    let peer = client.peer;
+    let service = service_fn(move |req: Request<Incoming>| {
         let proxy = proxy.clone();
-        let state = ConnState::new();
-        let gate = Gate::new(stream, state.clone(), HEAD_LIMITS, TIMEOUTS);
-        let service = service_fn(move |req| {
-            let proxy = proxy.clone();
-            let state = state.clone();
-            async move {
-                let busy = state.busy();
-                // hyper hands over requests in the order the gate passed their heads.
-                let verdict =
-                    state
-                        .next_verdict()
-                        .unwrap_or(Verdict::Reject(Rejection::Malformed(
-                            "request out of order",
-                        )));
-                let resp = proxy.handle(req, client, verdict).await;
-                Ok::<_, Infallible>(resp.map(|b| BusyBody::new(b, busy)))
+        let state = state.clone();
+        let client = client.clone();
+        async move {
+            let busy = state.busy();
+            // hyper hands over requests in the order the gate passed their heads.
+            let verdict = state
+                .next_verdict()
+                .unwrap_or(Verdict::Reject(Rejection::Malformed(
+                    "request out of order",
+                )));
+            let resp = proxy.handle(req, client, verdict).await;
+            Ok::<_, Infallible>(resp.map(|b| BusyBody::new(b, busy)))
+        }
+    });
+    let mut builder = http1::Builder::new();
+    // The gate enforces the head limits and client timeouts; hyper's own are set wider so
+    // they never decide first.
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_headers(head_limits.max_headers + 1)
+        .max_buf_size((head_limits.max_header_size * 2).max(64 * 1024))
+        .half_close(true)
+        .keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(gate), service);
+    if let Err(e) = graceful.watch(conn).await {
+        tracing::debug!("connection from {peer}: {e}");
+    }
+}
+
+async fn serve_h2<S>(
+    stream: S,
+    client: Client,
+    settings: &FrontSettings,
+    proxy: Arc<Proxy>,
+    graceful: Watcher,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let state = ConnState::new();
+    let peer = client.peer;
+    let service_state = state.clone();
+    let service = service_fn(move |req: Request<Incoming>| {
+        let proxy = proxy.clone();
+        let state = service_state.clone();
+        let client = client.clone();
+        async move {
+            let busy = state.busy();
+            let verdict = proxy::admit_h2(&req);
+            let resp = proxy.handle(req, client, verdict).await;
+            Ok::<_, Infallible>(resp.map(|b| BusyBody::new(b, busy)))
+        }
+    });
+    let limits = settings.limits;
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(limits.keepalive_timeout))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let mut conn = pin!(graceful.watch(conn));
+    // HTTP/2 has no per-request head wait to hang an idle timeout on: close connections that
+    // had no stream for keepalive_timeout.
+    let mut check = tokio::time::interval(limits.keepalive_timeout.min(Duration::from_secs(5)));
+    loop {
+        tokio::select! {
+            r = &mut conn => {
+                if let Err(e) = r {
+                    tracing::debug!("HTTP/2 connection from {peer}: {e}");
+                }
+                return;
             }
-        });
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(gate), service));
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!("connection from {peer}: {e}");
+            _ = check.tick() => {
+                if state.idle_for().is_some_and(|d| d >= limits.keepalive_timeout) {
+                    tracing::debug!("HTTP/2 connection from {peer}: idle, closing");
+                    return;
+                }
             }
-            drop(permit);
-        });
+        }
     }
 }
 

@@ -13,6 +13,12 @@ fn empty() -> Config {
     Config {
         file: FILE.into(),
         listen: vec!["127.0.0.1:8080".parse().unwrap()],
+        tls: Default::default(),
+        redirect_https: false,
+        trusted_proxies: Vec::new(),
+        limits: Default::default(),
+        user: None,
+        group: None,
         runtime_dir: None,
         apps: Vec::new(),
     }

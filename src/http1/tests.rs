@@ -91,7 +91,7 @@ fn rejects_ambiguous_heads() {
     }
     assert_eq!(
         rejected("GET / HTTP/2.0\r\n\r\n"),
-        Rejection::VersionNotSupported
+        Rejection::Malformed("invalid or unsupported HTTP version")
     );
     assert_eq!(
         rejected("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),

@@ -563,49 +563,99 @@ pub fn make_venv(python: &Path, dir: &Path) -> PathBuf {
 /// runs reuse it. None (with a printed reason) when pip cannot install them; with
 /// WSGIMUX_REQUIRE_ALL=1, a failure.
 pub fn pip_venv(python: &Path, name: &str, packages: &[&str]) -> Option<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("venvs");
+    cached_dir("venvs", name, |dir| {
+        run(Command::new(python).args(["-m", "venv"]).arg(dir))?;
+        run(Command::new(dir.join("bin/python"))
+            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+            .args(packages))
+    })
+    .map_err(|e| format!("cannot install {packages:?} into a venv: {e}"))
+    .or_skip()
+}
+
+/// The unpacked source distribution of `package==version` from PyPI (for the test corpora
+/// projects ship in their sdists), cached like [`pip_venv`].
+pub fn pypi_sdist(python: &Path, package: &str, version: &str) -> Option<PathBuf> {
+    let name = format!("{package}-{version}");
+    cached_dir("sdists", &name, |dir| {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        run(Command::new(python)
+            .args(["-m", "pip", "download", "-q", "--disable-pip-version-check"])
+            .args(["--no-deps", "--no-binary", ":all:", "-d"])
+            .arg(dir)
+            .arg(format!("{package}=={version}")))?;
+        let archive = dir.join(format!("{name}.tar.gz"));
+        run(Command::new("tar")
+            .arg("-xzf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(dir))
+    })
+    .map(|d| d.join(&name))
+    .map_err(|e| format!("cannot fetch the {package} {version} sdist from PyPI: {e}"))
+    .or_skip()
+}
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    let out = cmd.output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// `<target tmp>/<kind>/<name>`, made once by `make` (in place, under a lock, so tests running
+/// at once make it once) and reused by later runs.
+fn cached_dir(
+    kind: &str,
+    name: &str,
+    make: impl FnOnce(&Path) -> Result<(), String>,
+) -> Result<PathBuf, String> {
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(kind);
     let dir = root.join(name);
     if dir.join(".complete").is_file() {
-        return Some(dir);
+        return Ok(dir);
     }
-    std::fs::create_dir_all(&root).expect("venv root");
-    // Built in place (installed scripts carry the venv's absolute path in their #! line), under
-    // a lock so that tests running at once build it once.
-    let lock = std::fs::File::create(root.join(format!("{name}.lock"))).expect("lock file");
+    std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
+    let lock =
+        std::fs::File::create(root.join(format!("{name}.lock"))).map_err(|e| e.to_string())?;
     // SAFETY: flock on a file descriptor we own; released when `lock` is dropped.
     unsafe {
         libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX);
     }
     if dir.join(".complete").is_file() {
-        return Some(dir);
+        return Ok(dir);
     }
     let _ = std::fs::remove_dir_all(&dir);
-    let run = |cmd: &mut Command| -> Result<(), String> {
-        let out = cmd.output().map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
-    };
-    let made = run(Command::new(python).args(["-m", "venv"]).arg(&dir)).and_then(|()| {
-        run(Command::new(dir.join("bin/python"))
-            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
-            .args(packages))
-    });
-    match made {
+    match make(&dir) {
         Ok(()) => {
-            std::fs::write(dir.join(".complete"), "").expect("marker");
-            Some(dir)
+            std::fs::write(dir.join(".complete"), "").map_err(|e| e.to_string())?;
+            Ok(dir)
         }
         Err(e) => {
             let _ = std::fs::remove_dir_all(&dir);
-            let msg = format!("cannot install {packages:?} into a venv: {e}");
-            if std::env::var("WSGIMUX_REQUIRE_ALL").as_deref() == Ok("1") {
-                panic!("{msg}");
+            Err(e)
+        }
+    }
+}
+
+trait OrSkip<T> {
+    /// None with a printed reason; with WSGIMUX_REQUIRE_ALL=1, a failure.
+    fn or_skip(self) -> Option<T>;
+}
+
+impl<T> OrSkip<T> for Result<T, String> {
+    fn or_skip(self) -> Option<T> {
+        match self {
+            Ok(v) => Some(v),
+            Err(msg) if std::env::var("WSGIMUX_REQUIRE_ALL").as_deref() == Ok("1") => {
+                panic!("{msg}")
             }
-            eprintln!("skipped: {msg}");
-            None
+            Err(msg) => {
+                eprintln!("skipped: {msg}");
+                None
+            }
         }
     }
 }

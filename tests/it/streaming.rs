@@ -13,7 +13,7 @@ fn hundred_megabytes_up_and_down_with_flat_memory() {
         return;
     };
     let site = Site::new();
-    site.one_app("files", &py, &[]);
+    site.one_app("files", &py, &["max_body_size: 0"]);
     let server = site.serve();
     let pid = server.pid();
     // Warm up: connection pools and buffers exist before the baseline is taken.

@@ -1,0 +1,245 @@
+//! TLS for the listeners that have `tls:`: certificates loaded from PEM files, chosen by SNI,
+//! reloaded when their files change; the rustls server config (ALPN h2 + http/1.1).
+//!
+//! Owns reading certificate and key files (preflight calls [`CertStore::load`] to report bad
+//! files as config errors). Does not accept connections: `server` does, with the acceptor
+//! built here.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+
+use crate::config::{CertSpec, TlsSpec};
+
+/// How often certificate files are checked for changes.
+pub const CERT_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// Longest a client may take to complete the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {}: {source}", file.display())]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", file.display())]
+    Invalid { file: PathBuf, message: String },
+}
+
+impl TlsError {
+    /// The file at fault.
+    pub fn file(&self) -> &Path {
+        match self {
+            TlsError::Read { file, .. } | TlsError::Invalid { file, .. } => file,
+        }
+    }
+}
+
+/// One loaded certificate: its chain and key, and the host names it is chosen for.
+#[derive(Debug)]
+struct Loaded {
+    key: Arc<CertifiedKey>,
+    /// Names from the config; empty: the names in the certificate.
+    hosts: Vec<String>,
+}
+
+/// The certificates of one TLS listener, swapped whole when their files change.
+#[derive(Debug)]
+pub struct CertStore {
+    spec: TlsSpec,
+    current: RwLock<Arc<Vec<Loaded>>>,
+    stamps: Mutex<Vec<Option<FileStamp>>>,
+}
+
+/// What tells that a file changed: replaced (inode), rewritten (mtime, size).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    // Follows symlinks: certbot-style `live/` links change their target.
+    let m = std::fs::metadata(path).ok()?;
+    Some(FileStamp {
+        modified: m.modified().ok(),
+        len: m.len(),
+        inode: m.ino(),
+    })
+}
+
+impl CertStore {
+    /// Reads every certificate and key; the first bad file is the error.
+    pub fn load(spec: &TlsSpec) -> Result<Self, TlsError> {
+        let stamps = stamps_of(spec);
+        let loaded = load_all(spec)?;
+        Ok(CertStore {
+            spec: spec.clone(),
+            current: RwLock::new(Arc::new(loaded)),
+            stamps: Mutex::new(stamps),
+        })
+    }
+
+    pub fn spec(&self) -> &TlsSpec {
+        &self.spec
+    }
+
+    /// Reloads the certificates if any of their files changed. A change that does not load
+    /// (a key written before its certificate, say) keeps the old certificates and is
+    /// retried at the next check.
+    pub fn reload_if_changed(&self) -> Option<Result<(), TlsError>> {
+        let now = stamps_of(&self.spec);
+        let mut stamps = self.stamps.lock().unwrap_or_else(|e| e.into_inner());
+        if *stamps == now {
+            return None;
+        }
+        match load_all(&self.spec) {
+            Ok(loaded) => {
+                *stamps = now;
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(loaded);
+                Some(Ok(()))
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    fn snapshot(&self) -> Arc<Vec<Loaded>> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The certificate for a host name: configured names first (exact, then `*.` wildcard),
+    /// then the names certificates carry, in config order.
+    fn find(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        let all = self.snapshot();
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let configured = |wild: bool| {
+            all.iter().find(|l| {
+                l.hosts.iter().any(|h| match h.strip_prefix("*.") {
+                    Some(suffix) if wild => name
+                        .strip_suffix(suffix)
+                        .is_some_and(|head| head.ends_with('.') && head.len() > 1),
+                    Some(_) => false,
+                    None => !wild && *h == name,
+                })
+            })
+        };
+        if let Some(l) = configured(false).or_else(|| configured(true)) {
+            return Some(l.key.clone());
+        }
+        let server_name = ServerName::try_from(name.as_str()).ok()?;
+        all.iter()
+            .filter(|l| l.hosts.is_empty())
+            .find(|l| names_match(&l.key, &server_name))
+            .map(|l| l.key.clone())
+    }
+
+    /// True when a certificate is configured for, or carries, `host`.
+    pub fn covers(&self, host: &str) -> bool {
+        self.find(host).is_some()
+    }
+
+    /// The rustls config for a listener: this store picks certificates; h2 and http/1.1.
+    pub fn server_config(self: &Arc<Self>) -> Arc<ServerConfig> {
+        let mut config = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Resolver(self.clone())));
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+}
+
+fn names_match(key: &CertifiedKey, name: &ServerName<'_>) -> bool {
+    let Some(end_entity) = key.cert.first() else {
+        return false;
+    };
+    webpki::EndEntityCert::try_from(end_entity)
+        .and_then(|c| c.verify_is_valid_for_subject_name(name))
+        .is_ok()
+}
+
+fn stamps_of(spec: &TlsSpec) -> Vec<Option<FileStamp>> {
+    spec.certificates
+        .iter()
+        .flat_map(|c| [stamp(&c.cert), stamp(&c.key)])
+        .collect()
+}
+
+fn load_all(spec: &TlsSpec) -> Result<Vec<Loaded>, TlsError> {
+    spec.certificates.iter().map(load_one).collect()
+}
+
+fn load_one(spec: &CertSpec) -> Result<Loaded, TlsError> {
+    let invalid = |file: &Path, message: String| TlsError::Invalid {
+        file: file.to_path_buf(),
+        message,
+    };
+    let read = |file: &Path| {
+        std::fs::read(file).map_err(|source| TlsError::Read {
+            file: file.to_path_buf(),
+            source,
+        })
+    };
+    let cert_pem = read(&spec.cert)?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| invalid(&spec.cert, format!("not a PEM certificate file ({e})")))?;
+    if chain.is_empty() {
+        return Err(invalid(&spec.cert, "holds no PEM certificate".into()));
+    }
+    webpki::EndEntityCert::try_from(&chain[0]).map_err(|e| {
+        invalid(
+            &spec.cert,
+            format!("the first certificate is not valid ({e})"),
+        )
+    })?;
+    let key_pem = read(&spec.key)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        invalid(
+            &spec.key,
+            format!("holds no PKCS#8, RSA or EC private key in PEM ({e})"),
+        )
+    })?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| invalid(&spec.key, format!("unsupported private key ({e})")))?;
+    let certified = CertifiedKey::new(chain, signing);
+    match certified.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(_) => {
+            return Err(invalid(
+                &spec.key,
+                format!("does not match the certificate in {}", spec.cert.display()),
+            ))
+        }
+    }
+    Ok(Loaded {
+        key: Arc::new(certified),
+        hosts: spec.hosts.clone(),
+    })
+}
+
+/// SNI → certificate; without SNI, or for a name no certificate has, the first certificate
+/// (as nginx's default server does).
+#[derive(Debug)]
+struct Resolver(Arc<CertStore>);
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        hello
+            .server_name()
+            .and_then(|n| self.0.find(n))
+            .or_else(|| self.0.snapshot().first().map(|l| l.key.clone()))
+    }
+}
