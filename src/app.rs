@@ -281,7 +281,18 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
     for (addr, listener) in listeners {
         server.add(addr, listener);
     }
-    let addrs: Vec<SocketAddr> = server.local_addrs().into_iter().map(|(_, l)| l).collect();
+    let addrs: Vec<(&'static str, SocketAddr)> = server
+        .local_addrs()
+        .into_iter()
+        .map(|(configured, local)| {
+            let scheme = if config.tls.contains_key(&configured) {
+                "https"
+            } else {
+                "http"
+            };
+            (scheme, local)
+        })
+        .collect();
     tracing::info!("runtime dir {}", dir.display());
 
     let (triggers_tx, triggers) = mpsc::channel(64);
@@ -355,8 +366,11 @@ async fn run(
 }
 
 /// Prints one line per app once all its processes answer (or its first start failed), then
-/// `ready: http://ADDR` per listener.
-async fn report_readiness(apps: Vec<(ReadyApp, Generation)>, addrs: Vec<SocketAddr>) {
+/// `ready: http://ADDR` (or https) per listener.
+async fn report_readiness(
+    apps: Vec<(ReadyApp, Generation)>,
+    addrs: Vec<(&'static str, SocketAddr)>,
+) {
     let mut pending: futures_util::stream::FuturesUnordered<_> = apps
         .iter()
         .map(|(a, g)| async move {
@@ -389,8 +403,8 @@ async fn report_readiness(apps: Vec<(ReadyApp, Generation)>, addrs: Vec<SocketAd
         };
         println!("{line}");
     }
-    for a in &addrs {
-        println!("ready: http://{a}");
+    for (scheme, a) in &addrs {
+        println!("ready: {scheme}://{a}");
     }
     let _ = std::io::stdout().flush();
 }

@@ -11,4 +11,5 @@ mod routing;
 mod servers;
 mod streaming;
 mod supervision;
+mod tls;
 mod wsgi;

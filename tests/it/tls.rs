@@ -1,0 +1,195 @@
+//! TLS listeners: certificates made in the test (rcgen), two hosts on one port chosen by SNI,
+//! h2 and http/1.1 by ALPN (curl, h2load), certificate files replaced while serving,
+//! redirect_https, and a bad certificate file reported as a config error.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::*;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A self-signed certificate for `names`, written as `<stem>.pem` and `<stem>.key`.
+fn certificate(dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    let made = rcgen::generate_simple_self_signed(names).expect("generate certificate");
+    let cert = dir.join(format!("{stem}.pem"));
+    let key = dir.join(format!("{stem}.key"));
+    std::fs::write(&cert, made.cert.pem()).expect("write cert");
+    std::fs::write(&key, made.key_pair.serialize_pem()).expect("write key");
+    (cert, key)
+}
+
+/// `curl` to `https://{host}:{port}{path}` trusting only `ca`: (HTTP version, status, body).
+fn curl(
+    host: &str,
+    port: u16,
+    path: &str,
+    ca: &Path,
+    extra: &[&str],
+) -> Option<(String, u16, String)> {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(ca)
+        .arg("--resolve")
+        .arg(format!("{host}:{port}:127.0.0.1"))
+        .args(extra)
+        .args(["-w", "\n%{http_version} %{http_code}"])
+        .arg(format!("https://{host}:{port}{path}"))
+        .output()
+        .expect("run curl");
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, tail) = text.rsplit_once('\n')?;
+    let (version, status) = tail.split_once(' ')?;
+    Some((version.to_string(), status.parse().ok()?, body.to_string()))
+}
+
+fn tools_present() -> bool {
+    let have = |t: &str| Command::new(t).arg("--version").output().is_ok();
+    match (have("curl"), have("h2load")) {
+        (true, true) => true,
+        _ if std::env::var("WSGIMUX_REQUIRE_ALL").as_deref() == Ok("1") => {
+            panic!("curl and h2load (nghttp2-client) are needed and WSGIMUX_REQUIRE_ALL=1")
+        }
+        _ => {
+            eprintln!("skipped: curl or h2load (nghttp2-client) is not installed");
+            false
+        }
+    }
+}
+
+#[test]
+fn sni_alpn_h2_certificate_reload_and_redirect() {
+    let Some(py) = require_python("3.12") else {
+        return;
+    };
+    if !tools_present() {
+        return;
+    }
+    let site = Site::new();
+    site.probe("app");
+    let (a_cert, a_key) = certificate(site.path(), "a", &["a.test"]);
+    let (b_cert, b_key) = certificate(site.path(), "b", &["b.test", "www.b.test"]);
+    let tls_port = free_port();
+    site.write(
+        "wsgimux.yaml",
+        &format!(
+            r#"runtime_dir: {run}
+listen:
+  - "127.0.0.1:0"
+  - address: "127.0.0.1:{tls_port}"
+    tls:
+      certificates:
+        - {{cert: a.pem, key: a.key}}
+        - {{cert: b.pem, key: b.key, hosts: ["b.test"]}}
+redirect_https: true
+apps:
+  probe:
+    python: {py}
+    script: app/probe.py
+"#,
+            run = site.path().join("run").display(),
+            py = py.display()
+        ),
+    );
+    let server = site.serve();
+
+    // SNI picks each certificate; curl verifies it against only that one.
+    let (version, status, body) =
+        curl("a.test", tls_port, "/env", &a_cert, &[]).expect("a.test over TLS");
+    assert_eq!(
+        (version.as_str(), status),
+        ("2", 200),
+        "h2 negotiated by ALPN"
+    );
+    assert!(body.contains("wsgi.url_scheme=https"), "{body}");
+    assert!(body.contains("HTTP_X_FORWARDED_PROTO=https"), "{body}");
+    let (version, status, _) =
+        curl("b.test", tls_port, "/", &b_cert, &["--http1.1"]).expect("b.test over TLS");
+    assert_eq!((version.as_str(), status), ("1.1", 200));
+    assert!(
+        curl("b.test", tls_port, "/", &a_cert, &[]).is_none(),
+        "b.test must not get a's certificate"
+    );
+
+    // h2load: many streams over a few connections, all answered.
+    let out = Command::new("h2load")
+        .args(["-n", "400", "-c", "4", "-m", "10"])
+        .arg(format!("--connect-to=127.0.0.1:{tls_port}"))
+        .arg(format!("https://a.test:{tls_port}/"))
+        .output()
+        .expect("run h2load");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("Application protocol: h2"), "{report}");
+    assert!(report.contains("400 succeeded, 0 failed"), "{report}");
+
+    // Plain HTTP for a host with a certificate is redirected; other hosts are served.
+    let r = server.get("a.test", "/x?y=1");
+    assert_eq!(r.status, 308);
+    assert_eq!(
+        r.header("location"),
+        Some(format!("https://a.test:{tls_port}/x?y=1").as_str())
+    );
+    assert_eq!(server.get("c.test", "/").status, 200);
+
+    // Replace a's certificate and key (as certbot does, by rename): served without a restart.
+    let fresh = site.path().join("fresh");
+    std::fs::create_dir_all(&fresh).unwrap();
+    let (new_cert, new_key) = certificate(&fresh, "a", &["a.test"]);
+    std::fs::rename(&new_key, &a_key).unwrap();
+    std::fs::rename(&new_cert, &a_cert).unwrap();
+    let served = eventually(Duration::from_secs(15), || {
+        curl("a.test", tls_port, "/", &a_cert, &[]).filter(|(_, s, _)| *s == 200)
+    });
+    assert!(
+        served.is_some(),
+        "the replaced certificate is served:\n{}",
+        server.log_text()
+    );
+    assert!(server.log_text().contains("certificates reloaded"));
+    let _ = b_key;
+}
+
+#[test]
+fn bad_certificate_files_are_config_errors() {
+    let site = Site::new();
+    site.probe("app");
+    let (cert, _) = certificate(site.path(), "good", &["a.test"]);
+    site.write(
+        "broken.key",
+        "-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----\n",
+    );
+    site.write(
+        "wsgimux.yaml",
+        &format!(
+            "listen:\n  - address: \"127.0.0.1:0\"\n    tls:\n      certificates:\n        - {{cert: {}, key: broken.key}}\napps:\n  a:\n    upstream: \"http://127.0.0.1:9\"\n",
+            cert.display()
+        ),
+    );
+    let (status, _, stderr) = site.check();
+    assert!(!status.success());
+    assert!(stderr.contains("broken.key"), "{stderr}");
+    assert!(stderr.contains(":5:"), "names the line: {stderr}");
+    assert!(stderr.contains("key \"key\""), "{stderr}");
+    // A certificate file that is not PEM at all.
+    site.write("junk.pem", "hello");
+    site.write(
+        "wsgimux.yaml",
+        "listen:\n  - address: \"127.0.0.1:0\"\n    tls:\n      certificates:\n        - {cert: junk.pem, key: good.key}\napps:\n  a:\n    upstream: \"http://127.0.0.1:9\"\n",
+    );
+    let (status, _, stderr) = site.check();
+    assert!(!status.success());
+    assert!(
+        stderr.contains("junk.pem") && stderr.contains("no PEM certificate"),
+        "{stderr}"
+    );
+}
