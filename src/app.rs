@@ -51,6 +51,8 @@ pub enum StartError {
     Bind(#[from] BindError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Account(#[from] crate::account::AccountError),
     #[error("another wsgimux already serves this config (its control socket in {} answers); stop it first, or use `wsgimux reload`", dir.display())]
     AlreadyRunning { dir: PathBuf },
     #[error("cannot set up signal handling: {0}")]
@@ -171,6 +173,38 @@ fn default_runtime_dir(file: &Path) -> PathBuf {
     }
 }
 
+/// Started as root with `user:` set: hand the runtime dir to that user and become it (keeping
+/// only the capabilities to start apps as their own accounts). Listeners are bound already.
+fn become_configured_user(
+    config: &Config,
+    apps: &[ReadyApp],
+    dir: &Path,
+) -> Result<(), StartError> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(user) = &config.user else {
+        return Ok(());
+    };
+    if !crate::account::is_root() {
+        tracing::warn!(
+            "user {user:?} is set but wsgimux was not started as root: running as the current user"
+        );
+        return Ok(());
+    }
+    let front = crate::account::resolve(user, config.group.as_deref())?;
+    let err = |source| StartError::RuntimeDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::os::unix::fs::chown(dir, Some(front.uid), Some(front.gid)).map_err(err)?;
+    if apps.iter().any(|a| a.account.is_some()) {
+        // App accounts pass through to their own socket folders and read the worker files.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).map_err(err)?;
+    }
+    crate::account::drop_privileges(&front)?;
+    tracing::info!("running as {front}");
+    Ok(())
+}
+
 fn prepare_runtime_dir(dir: &Path, apps: &[ReadyApp]) -> Result<WorkerFiles, StartError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let err = |source| StartError::RuntimeDir {
@@ -261,6 +295,8 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
             unclaimed.join(", ")
         );
     }
+
+    become_configured_user(&config, &apps, &dir)?;
 
     let mut supervisor = Supervisor::new(dir.clone(), files);
     let running: Vec<RunningApp> = apps

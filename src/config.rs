@@ -95,6 +95,7 @@ pub struct AppSpec {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AppLocations {
     pub python: Option<Location>,
+    pub user: Option<Location>,
     pub worker: Option<Location>,
     pub entry: Option<Location>,
     pub working_dir: Option<Location>,
@@ -741,6 +742,7 @@ impl Validator<'_> {
         let at = |key: &str| self.locator.key(&format!("apps.{name}.{key}"));
         let locations = AppLocations {
             python: at("python"),
+            user: at("user").or_else(|| at("group")),
             worker: at("worker"),
             entry: at("script")
                 .or_else(|| at("module"))

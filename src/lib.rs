@@ -6,6 +6,7 @@
 //! request to `proxy`; `proxy` relays it over `upstream` connections and logs it (`accesslog`).
 
 pub mod accesslog;
+pub mod account;
 pub mod activation;
 pub mod app;
 pub mod config;

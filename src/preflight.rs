@@ -6,6 +6,7 @@ use std::path::Path;
 
 use std::fmt;
 
+use crate::account::{self, Account, Need};
 use crate::config::{AppSpec, Config, ConfigError, Entry, Location, Problem, WorkerChoice};
 use crate::interpreter::{self, Interpreter};
 use crate::tls::CertStore;
@@ -17,6 +18,8 @@ pub struct ReadyApp {
     /// None for an upstream, and for a command app without `python:`.
     pub interpreter: Option<Interpreter>,
     pub worker: WorkerKind,
+    /// The app's own `user:`/`group:`; None: its processes run as wsgimux does.
+    pub account: Option<Account>,
 }
 
 impl ReadyApp {
@@ -86,8 +89,17 @@ pub fn choose_worker(choice: WorkerChoice, i: &Interpreter) -> Result<WorkerKind
 
 /// Probes every app's interpreter (concurrently) and checks its files.
 pub async fn check(config: &Config) -> Result<Vec<ReadyApp>, ConfigError> {
+    let front = front_account(config);
+    let front_ref = front.as_ref().ok().and_then(Option::as_ref);
     let probes = config.apps.iter().map(|app| async move {
         let mut problems = files(config, app);
+        let (account, runs_as) = match app_account(config, app, front_ref) {
+            Ok(a) => a,
+            Err(p) => {
+                problems.push(p);
+                (None, None)
+            }
+        };
         let fixed = match app.entry {
             Entry::Command { .. } => Some(WorkerKind::Command),
             Entry::Upstream { .. } => Some(WorkerKind::Upstream),
@@ -99,6 +111,7 @@ pub async fn check(config: &Config) -> Result<Vec<ReadyApp>, ConfigError> {
                     spec: app.clone(),
                     interpreter: None,
                     worker,
+                    account,
                 }),
                 _ => Err(problems),
             };
@@ -108,11 +121,19 @@ pub async fn check(config: &Config) -> Result<Vec<ReadyApp>, ConfigError> {
                 .map(Ok)
                 .unwrap_or_else(|| choose_worker(app.worker, &interpreter))
             {
-                Ok(worker) if problems.is_empty() => Ok(ReadyApp {
-                    spec: app.clone(),
-                    interpreter: Some(interpreter),
-                    worker,
-                }),
+                Ok(worker) if problems.is_empty() => {
+                    problems.extend(reachable(config, app, runs_as.as_ref(), Some(&interpreter)));
+                    if problems.is_empty() {
+                        Ok(ReadyApp {
+                            spec: app.clone(),
+                            interpreter: Some(interpreter),
+                            worker,
+                            account,
+                        })
+                    } else {
+                        Err(problems)
+                    }
+                }
                 Ok(_) => Err(problems),
                 Err(why) => {
                     problems.insert(0, problem(config, app, app.locations.worker, "worker", why));
@@ -131,6 +152,9 @@ pub async fn check(config: &Config) -> Result<Vec<ReadyApp>, ConfigError> {
     let results = futures_util::future::join_all(probes).await;
     let mut ready = Vec::new();
     let mut problems = certificates(config);
+    if let Err(p) = &front {
+        problems.insert(0, p.clone());
+    }
     for r in results {
         match r {
             Ok(app) => ready.push(app),
@@ -142,6 +166,122 @@ pub async fn check(config: &Config) -> Result<Vec<ReadyApp>, ConfigError> {
     } else {
         Err(ConfigError { problems })
     }
+}
+
+/// The top-level `user:`/`group:`, resolved; None when not set.
+fn front_account(config: &Config) -> Result<Option<Account>, Problem> {
+    let Some(user) = &config.user else {
+        return Ok(None);
+    };
+    account::resolve(user, config.group.as_deref())
+        .map(Some)
+        .map_err(|e| Problem {
+            file: config.file.clone(),
+            location: None,
+            app: None,
+            key: Some(
+                if config.group.is_some() && matches!(e, account::AccountError::NoGroup(_)) {
+                    "group"
+                } else {
+                    "user"
+                }
+                .to_string(),
+            ),
+            message: e.to_string(),
+        })
+}
+
+/// The app's own account (None when it has no `user:`), and the account its processes run as
+/// (its own, else wsgimux's `user:`, else None: whoever runs wsgimux).
+fn app_account(
+    config: &Config,
+    app: &AppSpec,
+    front: Option<&Account>,
+) -> Result<(Option<Account>, Option<Account>), Problem> {
+    let Some(user) = app.user.as_deref().or(app.group.as_ref().map(|_| "")) else {
+        return Ok((None, front.cloned()));
+    };
+    let user = if user.is_empty() {
+        front.map_or_else(
+            || {
+                nix::unistd::User::from_uid(nix::unistd::Uid::effective())
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name)
+                    .unwrap_or_default()
+            },
+            |f| f.user.clone(),
+        )
+    } else {
+        user.to_string()
+    };
+    let own = account::resolve(&user, app.group.as_deref())
+        .map_err(|e| problem(config, app, app.locations.user, "user", e.to_string()))?;
+    let me = nix::unistd::Uid::effective().as_raw();
+    if !account::can_start_as_others() && own.uid != me {
+        return Err(problem(
+            config,
+            app,
+            app.locations.user,
+            "user",
+            format!(
+                "running the app as {} needs wsgimux to be started as root (it binds its listeners, then gives up root)",
+                own.user
+            ),
+        ));
+    }
+    Ok((Some(own.clone()), Some(own)))
+}
+
+/// The account the app's processes run as can run the interpreter and read the app.
+fn reachable(
+    config: &Config,
+    app: &AppSpec,
+    runs_as: Option<&Account>,
+    interpreter: Option<&Interpreter>,
+) -> Vec<Problem> {
+    let Some(acct) = runs_as else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if let Some(i) = interpreter {
+        if let Err(why) = account::can_reach(acct, &i.executable, Need::Execute) {
+            out.push(problem(
+                config,
+                app,
+                app.locations.python,
+                "python",
+                format!(
+                    "the app runs as {}, who cannot run {}: {why}. An interpreter under a private home (pyenv's ~/.pyenv, mode 0700) is out of reach of other users: use one installed system-wide, or a virtualenv made from one",
+                    acct.user,
+                    i.executable.display()
+                ),
+            ));
+        }
+    }
+    let (path, need, key, at) = match &app.entry {
+        Entry::Script { path, .. } => (path.clone(), Need::Read, "script", app.locations.entry),
+        _ => (
+            app.working_dir.clone(),
+            Need::Folder,
+            "working_dir",
+            app.locations.working_dir,
+        ),
+    };
+    if let Err(why) = account::can_reach(acct, &path, need) {
+        out.push(problem(
+            config,
+            app,
+            at,
+            key,
+            format!(
+                "the app runs as {}, who cannot read {}: {why}",
+                acct.user,
+                path.display()
+            ),
+        ));
+    }
+    out
 }
 
 /// Every TLS listener's certificates and keys load and match.

@@ -19,6 +19,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::account::Account;
 use crate::config::{Address, Entry, PORT_PLACEHOLDER, SOCKET_PLACEHOLDER};
 use crate::preflight::{ReadyApp, WorkerKind};
 use crate::proxy::Endpoints;
@@ -146,7 +147,11 @@ struct AppPlan {
     /// Put first on the child's PATH (the virtualenv's `bin/`, or the interpreter's folder).
     bin_dir: Option<PathBuf>,
     venv: Option<PathBuf>,
-    runtime_dir: PathBuf,
+    /// Where the app's sockets go: the runtime dir, or for an app with its own account a
+    /// folder it may write in and wsgimux's group may connect in.
+    socket_dir: PathBuf,
+    /// The app's own account, when it has one.
+    account: Option<Account>,
     working_dir: PathBuf,
     env: BTreeMap<String, String>,
     startup_timeout: Duration,
@@ -209,7 +214,7 @@ impl Supervisor {
     /// The longest socket path an app will use; must stay under [`MAX_SOCKET_PATH`].
     pub fn socket_path_len(runtime_dir: &Path, app: &str) -> usize {
         socket_path(
-            runtime_dir,
+            &app_socket_dir(runtime_dir, app),
             app,
             u64::from(u32::MAX),
             999,
@@ -318,13 +323,24 @@ impl Supervisor {
             (None, Some(i)) => i.executable.parent().map(Path::to_path_buf),
             (None, None) => None,
         };
+        let socket_dir = match &app.account {
+            Some(acct) => {
+                let dir = app_socket_dir(&self.runtime_dir, &spec.name);
+                if let Err(e) = prepare_socket_dir(&dir, acct) {
+                    tracing::warn!("app {}: cannot prepare {}: {e}", spec.name, dir.display());
+                }
+                dir
+            }
+            None => self.runtime_dir.clone(),
+        };
         AppPlan {
             name: spec.name.as_str().into(),
             generation,
             launch,
             bin_dir,
             venv,
-            runtime_dir: self.runtime_dir.clone(),
+            socket_dir,
+            account: app.account.clone(),
             working_dir: spec.working_dir.clone(),
             env: spec.env.clone(),
             startup_timeout: spec.startup_timeout,
@@ -407,6 +423,24 @@ async fn stop_generation(mut g: LiveGeneration) {
     while g.slots.join_next().await.is_some() {}
 }
 
+/// The socket folder of an app that runs as its own account.
+fn app_socket_dir(runtime_dir: &Path, app: &str) -> PathBuf {
+    runtime_dir.join(format!("{app}.d"))
+}
+
+/// Owned by the app's account, group wsgimux's, mode 2770: the app binds its sockets there,
+/// and the setgid bit gives them wsgimux's group, so wsgimux (a group member) can connect.
+fn prepare_socket_dir(dir: &Path, acct: &Account) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    std::os::unix::fs::chown(dir, Some(acct.uid), Some(nix::unistd::getegid().as_raw()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o2770))
+}
+
 fn socket_path(
     runtime_dir: &Path,
     app: &str,
@@ -481,7 +515,7 @@ impl Slot {
             }
         }
         Address::Unix(socket_path(
-            &self.plan.runtime_dir,
+            &self.plan.socket_dir,
             &self.plan.name,
             self.plan.generation,
             self.slot,
@@ -772,13 +806,28 @@ fn spawn_child(
     if let Some(venv) = &plan.venv {
         cmd.env("VIRTUAL_ENV", venv).env_remove("PYTHONHOME");
     }
+    if let Some(acct) = &plan.account {
+        cmd.uid(acct.uid)
+            .gid(acct.gid)
+            .env("HOME", &acct.home)
+            .env("USER", &acct.user)
+            .env("LOGNAME", &acct.user);
+    }
     cmd.envs(&plan.env);
     let parent = std::process::id();
-    // SAFETY: only async-signal-safe calls (setpgid, prctl, signal, sigprocmask, getppid).
+    // Sockets an app with its own account creates must be connectable by wsgimux's group.
+    let umask = plan.account.as_ref().map(|_| 0o007);
+    // SAFETY: only async-signal-safe calls (setpgid, prctl, signal, sigprocmask, getppid,
+    // umask).
     unsafe {
-        cmd.pre_exec(move || prepare_child(parent));
+        cmd.pre_exec(move || prepare_child(parent, umask));
     }
-    let mut child = cmd.spawn()?;
+    // Starting a process as another account needs the capabilities only one thread holds.
+    let mut child = if plan.account.is_some() {
+        crate::account::privileged(move || cmd.spawn())?
+    } else {
+        cmd.spawn()?
+    };
     let pid = child.id().unwrap_or(0);
     if let Some(out) = child.stdout.take() {
         tokio::spawn(pump(out, plan.name.clone(), pid, None));
@@ -790,7 +839,7 @@ fn spawn_child(
 }
 
 /// Runs in the forked child before exec.
-fn prepare_child(parent: u32) -> std::io::Result<()> {
+fn prepare_child(parent: u32, umask: Option<libc::mode_t>) -> std::io::Result<()> {
     // Its own process group: a terminal's Ctrl-C reaches wsgimux, which then stops the
     // children in order, rather than every process at once.
     // SAFETY: plain syscalls on the current process.
@@ -812,6 +861,9 @@ fn prepare_child(parent: u32) -> std::io::Result<()> {
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        if let Some(m) = umask {
+            libc::umask(m);
+        }
         // wsgimux may have died between fork and prctl: then nobody would stop this child.
         if libc::getppid() as u32 != parent {
             libc::_exit(1);
@@ -843,12 +895,15 @@ fn signal_group(pid: u32, sig: libc::c_int) {
     if pid == 0 {
         return;
     }
-    // SAFETY: kill(2) has no memory effects; a negative pid addresses the process group.
-    unsafe {
-        if libc::kill(-(pid as libc::pid_t), sig) != 0 {
-            libc::kill(pid as libc::pid_t, sig);
+    // Children of other accounts can only be signalled with CAP_KILL, held by one thread.
+    crate::account::privileged(move || {
+        // SAFETY: kill(2) has no memory effects; a negative pid addresses the process group.
+        unsafe {
+            if libc::kill(-(pid as libc::pid_t), sig) != 0 {
+                libc::kill(pid as libc::pid_t, sig);
+            }
         }
-    }
+    });
 }
 
 fn describe(status: ExitStatus) -> String {

@@ -6,6 +6,7 @@ mod corpus;
 mod frameworks;
 mod harness;
 mod native;
+mod privileges;
 mod reload;
 mod routing;
 mod servers;
