@@ -34,8 +34,8 @@ pub enum ProxyError {
     },
     #[error("request body for app {app} is larger than its max_body_size ({limit} bytes)")]
     BodyTooLarge { app: String, limit: u64 },
-    #[error("app {app} has too many requests waiting (queue_limit)")]
-    Overloaded { app: String },
+    #[error("app {app} has {in_flight} requests in flight, its limit (processes × threads + queue_limit)")]
+    Overloaded { app: String, in_flight: usize },
     #[error("app {app} did not answer within {}s", after.as_secs())]
     Timeout { app: String, after: Duration },
 }
@@ -82,7 +82,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { app, limit } => {
                 format!("The app {app} accepts request bodies of at most {limit} bytes.")
             }
-            ProxyError::Overloaded { app } => {
+            ProxyError::Overloaded { app, .. } => {
                 format!("The app {app} is busy; try again in a moment.")
             }
             ProxyError::Timeout { app, after } => {

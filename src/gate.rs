@@ -153,6 +153,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 const PLACEHOLDER_HEAD: &[u8] = b"GET / HTTP/1.1\r\nhost: rejected.invalid\r\n\r\n";
 /// Bytes read from the client at a time.
 const READ_CHUNK: usize = 16 * 1024;
+/// Bytes read at a time into the stack while the buffer is empty (most requests fit).
+const IDLE_READ: usize = 8 * 1024;
 
 enum State {
     Head,
@@ -367,22 +369,35 @@ impl<S: AsyncRead + Unpin> AsyncRead for Gate<S> {
                     }
                 }
             }
-            this.buf.reserve(READ_CHUNK);
-            let n = {
-                let spare = this.buf.spare_capacity_mut();
-                let mut rb = ReadBuf::uninit(spare);
+            // Waiting for a new request holds no buffer: read into the stack, keep what came.
+            let n = if this.buf.is_empty() {
+                let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); IDLE_READ];
+                let mut rb = ReadBuf::uninit(&mut stack);
                 match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
-                    Poll::Ready(Ok(())) => rb.filled().len(),
+                    Poll::Ready(Ok(())) => {
+                        this.buf.extend_from_slice(rb.filled());
+                        rb.filled().len()
+                    }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => return this.poll_timer(cx),
                 }
+            } else {
+                this.buf.reserve(READ_CHUNK);
+                let spare = this.buf.spare_capacity_mut();
+                let mut rb = ReadBuf::uninit(spare);
+                let n = match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) => rb.filled().len(),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return this.poll_timer(cx),
+                };
+                // SAFETY: `poll_read` initialized and filled `n` bytes of the spare capacity.
+                unsafe { this.buf.set_len(this.buf.len() + n) };
+                n
             };
             if n == 0 {
                 this.eof = true;
                 continue;
             }
-            // SAFETY: `poll_read` initialized and filled `n` bytes of the spare capacity.
-            unsafe { this.buf.set_len(this.buf.len() + n) };
             if matches!(this.state, State::Head) && this.head_started.is_none() {
                 this.head_started = Some(Instant::now());
             }

@@ -6,6 +6,7 @@
 //! start or stop anything; statuses for failures come from `error`.
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -222,9 +223,11 @@ impl Proxy {
         let path = target.path();
         let route = self.route(&host, path)?;
         *app = Some(route.name.clone());
-        if route.in_flight() >= route.max_in_flight {
+        let in_flight = route.in_flight();
+        if in_flight >= route.max_in_flight {
             return Err(ProxyError::Overloaded {
                 app: route.name.to_string(),
+                in_flight,
             });
         }
         let mut endpoint = route.pick(None).ok_or_else(|| ProxyError::AppUnavailable {
@@ -265,11 +268,29 @@ impl Proxy {
         set_mount(&mut parts.headers, &route_now, outer_mount.as_deref());
         let over_limit = Arc::new(AtomicBool::new(false));
         let client_failed = Arc::new(AtomicBool::new(false));
-        let body = LimitedBody {
+        let mut body = LimitedBody {
             inner: body,
             left: route_now.max_body_size,
             over: over_limit.clone(),
             failed: client_failed.clone(),
+        };
+        // The start of the body is read here before the app is involved: a client trickling a
+        // small body (slow POST) holds a connection of the front, not a thread of the app.
+        let (prefix, ended) = prebuffer(&mut body).await;
+        if over_limit.load(Ordering::Relaxed) {
+            return Err(ProxyError::BodyTooLarge {
+                app: route_now.name.to_string(),
+                limit: route_now.max_body_size.unwrap_or(0),
+            });
+        }
+        if client_failed.load(Ordering::Relaxed) {
+            return Err(ProxyError::Rejected(Rejection::Malformed(
+                "incomplete or invalid request body",
+            )));
+        }
+        let body = PrefixedBody {
+            prefix,
+            rest: (!ended).then_some(body),
         };
         let mut upstream_req = Request::from_parts(parts, body.boxed());
 
@@ -535,6 +556,79 @@ impl HttpsRedirect {
         resp.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
         Some(resp)
+    }
+}
+
+/// How much of a request body is read before the request goes to an app.
+const PREBUFFER: usize = 64 * 1024;
+
+/// Reads the body's first frames, up to [`PREBUFFER`] bytes or its end (each read bounded by
+/// the gate's body timeout). Returns them, and whether the body ended.
+async fn prebuffer(body: &mut LimitedBody) -> (VecDeque<http_body::Frame<bytes::Bytes>>, bool) {
+    let mut frames = VecDeque::new();
+    let mut size = 0;
+    if http_body::Body::is_end_stream(&body.inner) {
+        return (frames, true);
+    }
+    while size < PREBUFFER {
+        match body.frame().await {
+            Some(Ok(f)) => {
+                size += f.data_ref().map_or(0, |d| d.len());
+                frames.push_back(f);
+            }
+            // Flagged in the body (too large, or the client's stream broke).
+            Some(Err(_)) => return (frames, true),
+            None => return (frames, true),
+        }
+    }
+    (frames, false)
+}
+
+/// A body whose first frames were read already.
+struct PrefixedBody {
+    prefix: VecDeque<http_body::Frame<bytes::Bytes>>,
+    rest: Option<LimitedBody>,
+}
+
+impl http_body::Body for PrefixedBody {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        if let Some(f) = self.prefix.pop_front() {
+            return std::task::Poll::Ready(Some(Ok(f)));
+        }
+        match &mut self.rest {
+            Some(rest) => std::pin::Pin::new(rest).poll_frame(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_empty() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let buffered: u64 = self
+            .prefix
+            .iter()
+            .map(|f| f.data_ref().map_or(0, |d| d.len() as u64))
+            .sum();
+        match &self.rest {
+            None => http_body::SizeHint::with_exact(buffered),
+            Some(r) => {
+                let h = r.size_hint();
+                let mut out = http_body::SizeHint::new();
+                out.set_lower(h.lower() + buffered);
+                if let Some(u) = h.upper() {
+                    out.set_upper(u + buffered);
+                }
+                out
+            }
+        }
     }
 }
 

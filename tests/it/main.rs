@@ -5,6 +5,7 @@ mod config_errors;
 mod corpus;
 mod frameworks;
 mod harness;
+mod limits;
 mod native;
 mod privileges;
 mod reload;
