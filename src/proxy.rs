@@ -247,12 +247,19 @@ impl Proxy {
             }
         }
 
+        let outer_mount = forwarded_headers(&mut parts.headers, &client)?;
         // Origin form towards the child; `PathAndQuery` is shared bytes, so no re-parsing.
-        let uri = match parts.uri.path_and_query() {
-            Some(pq) if !pq.as_str().is_empty() => Uri::from(pq.clone()),
+        // Behind a trusted proxy that mounted wsgimux under a prefix, the child sees the full
+        // path, so the prefix becomes part of its SCRIPT_NAME.
+        let uri = match (parts.uri.path_and_query(), &outer_mount) {
+            (Some(pq), Some(outer)) => {
+                Uri::try_from(format!("{}{}", outer.trim_end_matches('/'), pq.as_str())).map_err(
+                    |_| ProxyError::Rejected(Rejection::Malformed("invalid forwarded prefix")),
+                )?
+            }
+            (Some(pq), None) if !pq.as_str().is_empty() => Uri::from(pq.clone()),
             _ => Uri::from_static("/"),
         };
-        let outer_mount = forwarded_headers(&mut parts.headers, &client)?;
         if parts.headers.get(header::HOST).is_none() {
             if let Some(h) = host_raw
                 .as_deref()
@@ -407,6 +414,7 @@ fn encode_mount(mount: &str) -> HeaderValue {
 fn set_mount(headers: &mut HeaderMap, route: &AppRoute, outer: Option<&str>) {
     match outer {
         Some(outer) => {
+            let outer = percent_decode(outer.as_bytes()).decode_utf8_lossy();
             let full = format!("{}{}", outer.trim_end_matches('/'), route.mount);
             if !full.is_empty() {
                 headers.insert(HeaderName::from_static(MOUNT_HEADER), encode_mount(&full));
@@ -491,15 +499,13 @@ fn forwarded_headers(
         let scheme = if s { "https" } else { "http" };
         headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
     }
+    // Kept as sent (a path prefix, percent-encoded): it goes in front of the request path.
     let outer = headers
         .remove(MOUNT_HEADER)
         .and_then(|v| v.to_str().ok().map(str::to_string))
-        .map(|v| {
-            percent_decode(v.as_bytes())
-                .decode_utf8_lossy()
-                .into_owned()
-        })
-        .filter(|v| v.starts_with('/'));
+        .filter(|v| {
+            v.starts_with('/') && v.len() > 1 && !v.bytes().any(|b| matches!(b, b'?' | b'#' | b' '))
+        });
     Ok(outer)
 }
 

@@ -4,6 +4,7 @@
 mod config_errors;
 mod corpus;
 mod frameworks;
+mod front;
 mod harness;
 mod limits;
 mod native;
