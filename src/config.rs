@@ -1048,24 +1048,8 @@ impl Validator<'_> {
         default: Duration,
         zero_ok: bool,
     ) -> Duration {
-        let parsed = match raw {
-            None => return default,
-            Some(RawDuration::Seconds(n)) if n.is_finite() && n >= 0.0 => seconds(n)
-                .ok_or_else(|| format!("{n} is longer than {}h", MAX_DURATION.as_secs() / 3600)),
-            Some(RawDuration::Seconds(n)) => Err(format!("{n} is not a duration")),
-            Some(RawDuration::Text(t)) => parse_duration(&t),
-        };
-        match parsed {
-            Ok(d) if d.is_zero() && !zero_ok => {
-                self.app_problem(app, key, "must be more than 0".into());
-                default
-            }
-            Ok(d) => d,
-            Err(msg) => {
-                self.app_problem(app, key, msg);
-                default
-            }
-        }
+        let path = format!("apps.{app}.{key}");
+        self.duration_value(&path, Some(app), key, raw, default, zero_ok)
     }
 
     /// Two apps may not claim the same host (or "any host") at the same mount.
