@@ -378,3 +378,91 @@ fn command_and_upstream_mistakes_are_located() {
         assert!(p.location.is_some(), "{text}: {p}");
     }
 }
+
+#[test]
+fn front_door_keys() {
+    let c = parse(
+        r#"
+listen:
+  - "127.0.0.1:80"
+  - address: "127.0.0.1:443"
+    tls:
+      certificates:
+        - {cert: certs/a.pem, key: certs/a.key}
+        - {cert: /etc/b.pem, key: /etc/b.key, hosts: ["Old.Example.com.", "*.b.example"]}
+redirect_https: true
+trusted_proxies: ["10.0.0.0/8", "::1"]
+user: www-data
+limits: {max_uri_length: 2k, max_headers: 50, header_timeout: 5s, max_connections: 100}
+apps:
+  a:
+    python: python3
+    script: a.py
+    user: app
+    max_body_size: 10m
+    request_timeout: 2m
+    queue_limit: 0
+  b:
+    python: python3
+    script: b.py
+    mount: /b
+    max_body_size: 0
+"#,
+    )
+    .unwrap();
+    let tls = &c.tls[&"127.0.0.1:443".parse().unwrap()];
+    assert_eq!(tls.certificates[0].cert, Path::new("/srv/site/certs/a.pem"));
+    assert_eq!(
+        tls.certificates[1].hosts,
+        vec!["old.example.com", "*.b.example"]
+    );
+    assert!(c.redirect_https);
+    assert!(c.trusted_proxies[0].contains("10.9.8.7".parse().unwrap()));
+    assert!(!c.trusted_proxies[0].contains("11.0.0.1".parse().unwrap()));
+    assert!(c.trusted_proxies[1].contains("::1".parse().unwrap()));
+    assert_eq!(c.user.as_deref(), Some("www-data"));
+    assert_eq!(c.limits.max_uri_length, 2048);
+    assert_eq!(c.limits.max_headers, 50);
+    assert_eq!(c.limits.header_timeout, Duration::from_secs(5));
+    assert_eq!(
+        c.limits.max_header_field_size, 8190,
+        "defaults for the rest"
+    );
+    let (a, b) = (&c.apps[0], &c.apps[1]);
+    assert_eq!(a.max_body_size, Some(10 << 20));
+    assert_eq!(a.request_timeout, Duration::from_secs(120));
+    assert_eq!(a.queue_limit, 0);
+    assert_eq!(a.user.as_deref(), Some("app"));
+    assert_eq!(b.max_body_size, None, "0 turns the check off");
+    assert_eq!(b.request_timeout, DEFAULT_REQUEST_TIMEOUT);
+}
+
+#[test]
+fn front_door_mistakes_are_located() {
+    let app = "apps:\n  a:\n    python: python3\n    script: a.py\n";
+    let p = first_problem(&format!("trusted_proxies: [\"10.0.0.0/33\"]\n{app}"));
+    assert_eq!(p.key.as_deref(), Some("trusted_proxies"));
+    assert_eq!(p.location.map(|l| l.line), Some(1));
+    let p = first_problem(&format!("redirect_https: true\n{app}"));
+    assert!(p.message.contains("tls"), "{p}");
+    let p = first_problem(&format!("limits:\n  max_header_size: lots\n{app}"));
+    assert_eq!(
+        (p.key.as_deref(), p.location.map(|l| l.line)),
+        (Some("max_header_size"), Some(2))
+    );
+    let p = first_problem(&format!("limits:\n  max_headers: 0\n{app}"));
+    assert!(p.message.contains("more than 0"), "{p}");
+    let p = first_problem(&format!(
+        "listen:\n  - address: \"127.0.0.1:443\"\n    tls: {{certificates: []}}\n{app}"
+    ));
+    assert!(p.message.contains("at least one certificate"), "{p}");
+    let p = first_problem(&format!("{app}    max_body_size: 5 parsecs\n"));
+    assert_eq!(
+        (p.app.as_deref(), p.key.as_deref()),
+        (Some("a"), Some("max_body_size"))
+    );
+    assert_eq!(p.location.map(|l| l.line), Some(5));
+    assert_eq!(parse_size("8k"), Ok(8192));
+    assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+    assert!(parse_size("-1").is_err());
+}
