@@ -34,7 +34,6 @@ pub enum Verdict {
     Forward {
         /// `OPTIONS *`: answered by wsgimux.
         asterisk: bool,
-        content_length: Option<u64>,
     },
     Reject(Rejection),
 }
@@ -231,7 +230,6 @@ impl<S> Gate<S> {
                             }
                             self.conn.push(Verdict::Forward {
                                 asterisk: h.asterisk,
-                                content_length: h.content_length,
                             });
                             self.head_at = Some(self.ready);
                             self.ready += h.len;

@@ -49,8 +49,6 @@ pub struct Head {
     pub framing: Framing,
     /// `OPTIONS *`: about the server, answered by wsgimux itself.
     pub asterisk: bool,
-    /// The `Content-Length`, when the request declared one.
-    pub content_length: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,7 +190,6 @@ fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<Head>, Rejection> {
         len: end,
         framing,
         asterisk,
-        content_length,
     }))
 }
 

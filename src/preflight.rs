@@ -180,10 +180,9 @@ fn front_account(config: &Config) -> Result<Option<Account>, Problem> {
             location: None,
             app: None,
             key: Some(
-                if config.group.is_some() && matches!(e, account::AccountError::NoGroup(_)) {
-                    "group"
-                } else {
-                    "user"
+                match e {
+                    account::AccountError::NoGroup(_) => "group",
+                    _ => "user",
                 }
                 .to_string(),
             ),
@@ -198,22 +197,14 @@ fn app_account(
     app: &AppSpec,
     front: Option<&Account>,
 ) -> Result<(Option<Account>, Option<Account>), Problem> {
-    let Some(user) = app.user.as_deref().or(app.group.as_ref().map(|_| "")) else {
-        return Ok((None, front.cloned()));
-    };
-    let user = if user.is_empty() {
-        front.map_or_else(
-            || {
-                nix::unistd::User::from_uid(nix::unistd::Uid::effective())
-                    .ok()
-                    .flatten()
-                    .map(|u| u.name)
-                    .unwrap_or_default()
-            },
+    let user = match (&app.user, &app.group) {
+        (None, None) => return Ok((None, front.cloned())),
+        (Some(u), _) => u.clone(),
+        // Only a group: wsgimux's own user (resolve takes a numeric uid too).
+        (None, Some(_)) => front.map_or_else(
+            || nix::unistd::Uid::effective().as_raw().to_string(),
             |f| f.user.clone(),
-        )
-    } else {
-        user.to_string()
+        ),
     };
     let own = account::resolve(&user, app.group.as_deref())
         .map_err(|e| problem(config, app, app.locations.user, "user", e.to_string()))?;

@@ -273,27 +273,17 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         let mut route_now = route;
         set_mount(&mut parts.headers, &route_now, outer_mount.as_deref());
-        let over_limit = Arc::new(AtomicBool::new(false));
-        let client_failed = Arc::new(AtomicBool::new(false));
+        let fault = Arc::new(BodyFault::default());
         let mut body = LimitedBody {
             inner: body,
             left: route_now.max_body_size,
-            over: over_limit.clone(),
-            failed: client_failed.clone(),
+            fault: fault.clone(),
         };
         // The start of the body is read here before the app is involved: a client trickling a
         // small body (slow POST) holds a connection of the front, not a thread of the app.
         let (prefix, ended) = prebuffer(&mut body).await;
-        if over_limit.load(Ordering::Relaxed) {
-            return Err(ProxyError::BodyTooLarge {
-                app: route_now.name.to_string(),
-                limit: route_now.max_body_size.unwrap_or(0),
-            });
-        }
-        if client_failed.load(Ordering::Relaxed) {
-            return Err(ProxyError::Rejected(Rejection::Malformed(
-                "incomplete or invalid request body",
-            )));
+        if let Some(e) = fault.error(&route_now) {
+            return Err(e);
         }
         let body = PrefixedBody {
             prefix,
@@ -319,6 +309,11 @@ impl Proxy {
             };
             // Nothing reached the child (its socket is gone: it exited, or a reload retired
             // it a moment ago): look the route up again in the current table and resend.
+            // The request's own body stopped it (too large, or the client's stream broke),
+            // not the app.
+            if let Some(e) = fault.error(&route_now) {
+                return Err(e);
+            }
             let failed_pid = endpoint.pid();
             match failure.unsent {
                 Some(mut unsent) if attempts < MAX_ATTEMPTS => {
@@ -335,19 +330,6 @@ impl Proxy {
                     *app = Some(route.name.clone());
                     route_now = route;
                     upstream_req = unsent;
-                }
-                // The client's body broke off or turned out invalid (the gate ends the stream
-                // with an error): the request was the fault, not the app.
-                _ if client_failed.load(Ordering::Relaxed) => {
-                    return Err(ProxyError::Rejected(Rejection::Malformed(
-                        "incomplete or invalid request body",
-                    )))
-                }
-                _ if over_limit.load(Ordering::Relaxed) => {
-                    return Err(ProxyError::BodyTooLarge {
-                        app: route_now.name.to_string(),
-                        limit: route_now.max_body_size.unwrap_or(0),
-                    })
                 }
                 _ => {
                     return Err(ProxyError::Upstream {
@@ -383,10 +365,7 @@ pub fn admit_h2<B>(req: &Request<B>) -> Verdict {
     if asterisk && req.method() != hyper::Method::OPTIONS {
         return Verdict::Reject(Rejection::Malformed("asterisk-form target without OPTIONS"));
     }
-    Verdict::Forward {
-        asterisk,
-        content_length: None,
-    }
+    Verdict::Forward { asterisk }
 }
 
 /// `OPTIONS *` asks about the server, not a resource: answered here, never by an app.
@@ -638,14 +617,39 @@ impl http_body::Body for PrefixedBody {
     }
 }
 
+/// Why a request body stopped short, as `LimitedBody` saw it.
+#[derive(Debug, Default)]
+struct BodyFault {
+    /// More than the app's `max_body_size`.
+    over: AtomicBool,
+    /// The client's stream broke off or turned out invalid (the gate ends it with an error).
+    failed: AtomicBool,
+}
+
+impl BodyFault {
+    /// The answer a body that stopped short calls for; None while it has not.
+    fn error(&self, route: &AppRoute) -> Option<ProxyError> {
+        if self.failed.load(Ordering::Relaxed) {
+            Some(ProxyError::Rejected(Rejection::Malformed(
+                "incomplete or invalid request body",
+            )))
+        } else if self.over.load(Ordering::Relaxed) {
+            Some(ProxyError::BodyTooLarge {
+                app: route.name.to_string(),
+                limit: route.max_body_size.unwrap_or(0),
+            })
+        } else {
+            None
+        }
+    }
+}
+
 /// The client's request body on its way to the child. Fails once more than `left` bytes
-/// passed (bodies without a declared length, or longer than declared); flags why it failed
-/// (`over`: too large, 413; `failed`: the client's stream broke, 400).
+/// passed (bodies without a declared length, or longer than declared), noting why in `fault`.
 struct LimitedBody {
     inner: Incoming,
     left: Option<u64>,
-    over: Arc<AtomicBool>,
-    failed: Arc<AtomicBool>,
+    fault: Arc<BodyFault>,
 }
 
 impl http_body::Body for LimitedBody {
@@ -660,7 +664,7 @@ impl http_body::Body for LimitedBody {
         let frame = match frame {
             Some(Ok(f)) => f,
             Some(Err(e)) => {
-                self.failed.store(true, Ordering::Relaxed);
+                self.fault.failed.store(true, Ordering::Relaxed);
                 return std::task::Poll::Ready(Some(Err(e.into())));
             }
             None => return std::task::Poll::Ready(None),
@@ -668,7 +672,7 @@ impl http_body::Body for LimitedBody {
         if let (Some(left), Some(data)) = (self.left, frame.data_ref()) {
             let n = data.len() as u64;
             if n > left {
-                self.over.store(true, Ordering::Relaxed);
+                self.fault.over.store(true, Ordering::Relaxed);
                 return std::task::Poll::Ready(Some(Err(
                     "request body larger than max_body_size".into()
                 )));

@@ -16,7 +16,7 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper::Request;
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -25,6 +25,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
+use crate::accesslog::LoggedBody;
 use crate::config::{Cidr, Config, Limits};
 use crate::gate::{BusyBody, ConnState, Gate, Timeouts, Verdict};
 use crate::http1::{HeadLimits, Rejection};
@@ -395,20 +396,13 @@ async fn serve_h1<S>(
     let gate = Gate::new(stream, state.clone(), head_limits, settings.timeouts());
     let peer = client.peer;
     let service = service_fn(move |req: Request<Incoming>| {
-        let proxy = proxy.clone();
-        let state = state.clone();
-        let client = client.clone();
-        async move {
-            let busy = state.busy();
-            // hyper hands over requests in the order the gate passed their heads.
-            let verdict = state
-                .next_verdict()
-                .unwrap_or(Verdict::Reject(Rejection::Malformed(
-                    "request out of order",
-                )));
-            let resp = proxy.handle(req, client, verdict).await;
-            Ok::<_, Infallible>(resp.map(|b| BusyBody::new(b, busy)))
-        }
+        // hyper hands over requests in the order the gate passed their heads.
+        let verdict = state
+            .next_verdict()
+            .unwrap_or(Verdict::Reject(Rejection::Malformed(
+                "request out of order",
+            )));
+        answer(proxy.clone(), state.clone(), client.clone(), req, verdict)
     });
     let mut builder = http1::Builder::new();
     // The gate enforces the head limits and client timeouts; hyper's own are set wider so
@@ -439,15 +433,14 @@ async fn serve_h2<S>(
     let peer = client.peer;
     let service_state = state.clone();
     let service = service_fn(move |req: Request<Incoming>| {
-        let proxy = proxy.clone();
-        let state = service_state.clone();
-        let client = client.clone();
-        async move {
-            let busy = state.busy();
-            let verdict = proxy::admit_h2(&req);
-            let resp = proxy.handle(req, client, verdict).await;
-            Ok::<_, Infallible>(resp.map(|b| BusyBody::new(b, busy)))
-        }
+        let verdict = proxy::admit_h2(&req);
+        answer(
+            proxy.clone(),
+            service_state.clone(),
+            client.clone(),
+            req,
+            verdict,
+        )
     });
     let limits = settings.limits;
     let mut builder = http2::Builder::new(TokioExecutor::new());
@@ -478,6 +471,20 @@ async fn serve_h2<S>(
             }
         }
     }
+}
+
+/// One request of a connection: marked busy until its response body ends (the idle timeouts
+/// never run during a response), answered by the proxy under the gate's `verdict`.
+async fn answer(
+    proxy: Arc<Proxy>,
+    state: Arc<ConnState>,
+    client: Client,
+    req: Request<Incoming>,
+    verdict: Verdict,
+) -> Result<Response<BusyBody<LoggedBody>>, Infallible> {
+    let busy = state.busy();
+    let resp = proxy.handle(req, client, verdict).await;
+    Ok(resp.map(|b| BusyBody::new(b, busy)))
 }
 
 /// Resolves once shutdown has begun (or its sender is gone).
