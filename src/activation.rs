@@ -3,8 +3,9 @@
 //! without ever running as root.
 //!
 //! [`init`] takes the sockets once, at start-up, before any other file is opened; `server::bind`
-//! then asks for each configured address with [`take`], which matches a socket by its name
-//! (systemd `FileDescriptorName=` set to the address) or by the address it is bound to.
+//! then asks for each configured address with [`take`], which matches a socket by the address
+//! it is bound to (or by a name that spells the address, where a service manager allows one:
+//! systemd's `FileDescriptorName=` does not allow `:`).
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::os::fd::{FromRawFd, RawFd};

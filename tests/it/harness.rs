@@ -673,3 +673,21 @@ pub fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
         std::thread::sleep(Duration::from_millis(25));
     }
 }
+
+/// Whether `tool` runs here; when not, a printed reason naming the Debian `package` (with
+/// WSGIMUX_REQUIRE_ALL=1, a failure).
+pub fn have_tool(tool: &str, package: &str) -> bool {
+    tool_exists(tool)
+        || Err::<(), String>(format!("{tool} is not installed (apt-get install {package})"))
+            .or_skip()
+            .is_some()
+}
+
+/// Whether `tool` is on PATH.
+pub fn tool_exists(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}

@@ -3,6 +3,7 @@
 
 mod config_errors;
 mod corpus;
+mod deploy;
 mod frameworks;
 mod front;
 mod harness;

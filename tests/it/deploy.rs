@@ -1,0 +1,135 @@
+//! The files in deploy/, checked by the tools that read them: Ruby for the Homebrew formula,
+//! Python's plistlib (and plutil where present) for the launchd plist, systemd-analyze for
+//! the units. Each is then read for what wsgimux needs of it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::harness::{self, Site};
+
+fn deploy(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(rel)
+}
+
+fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().expect("run the checker");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn homebrew_formula() {
+    if !harness::have_tool("ruby", "ruby") {
+        return;
+    }
+    let formula = deploy("homebrew/wsgimux.rb");
+    let (ok, out) = run(Command::new("ruby").arg("-c").arg(&formula));
+    assert!(ok && out.contains("Syntax OK"), "ruby -c: {out}");
+    let probe = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/deploy/formula_probe.rb");
+    let (ok, out) = run(Command::new("ruby").arg(&probe).arg(&formula));
+    assert!(ok, "loading the formula: {out}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("probe output is JSON");
+    assert_eq!(v["decl"]["depends_on"][0], "{\"rust\"=>:build}", "{v}");
+    for key in ["desc", "homepage", "url", "sha256", "license"] {
+        assert!(v["decl"].get(key).is_some(), "formula lacks {key}: {v}");
+    }
+    let service = &v["service"];
+    let run_args = service["run"].to_string();
+    assert!(
+        run_args.contains("/prefix/opt/bin/wsgimux")
+            && run_args.contains("serve")
+            && run_args.contains("/prefix/etc/wsgimux/wsgimux.yaml"),
+        "service run: {run_args}"
+    );
+    assert_eq!(service["keep_alive"][0], "true", "{service}");
+    assert_eq!(service["require_root"][0], "true", "{service}");
+    for key in ["log_path", "error_log_path"] {
+        let path = service[key][0].as_str().unwrap_or_default();
+        assert!(path.starts_with("/prefix/var/log/"), "{key}: {path}");
+    }
+    assert!(service.get("working_dir").is_some(), "{service}");
+    assert_eq!(v["test"], true, "no test do block: {v}");
+    let methods = v["methods"].to_string();
+    assert!(methods.contains("install"), "no install method: {methods}");
+    // The test block checks the installed example with `wsgimux check`.
+    let text = std::fs::read_to_string(&formula).expect("read the formula");
+    let test_block = text.split("test do").nth(1).expect("test do block");
+    assert!(test_block.contains("wsgimux check"), "{test_block}");
+    assert!(text.contains("etc/\"wsgimux\").install \"config.example.yaml\""));
+}
+
+#[test]
+fn launchd_plist() {
+    let Some(python) = harness::require_python("3") else {
+        return;
+    };
+    let plist = deploy("launchd/org.wsgimux.wsgimux.plist");
+    let script = r#"
+import json, plistlib, sys
+with open(sys.argv[1], "rb") as f:
+    print(json.dumps(plistlib.load(f)))
+"#;
+    let (ok, out) = run(Command::new(&python).args(["-c", script]).arg(&plist));
+    assert!(ok, "plistlib: {out}");
+    if harness::tool_exists("plutil") {
+        let (ok, lint) = run(Command::new("plutil").arg("-lint").arg(&plist));
+        assert!(ok, "plutil -lint: {lint}");
+    }
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("plist as JSON");
+    let args = &v["ProgramArguments"];
+    assert_eq!(args[1], "serve", "{args}");
+    assert_eq!(args[2], "--config", "{args}");
+    // Socket activation: launchd binds port 80 under the name wsgimux asks for.
+    let listeners = &v["Sockets"]["Listeners"];
+    assert_eq!(listeners["SockServiceName"], "80", "{listeners}");
+    // Nothing but launchd runs as root.
+    let user = v["UserName"].as_str().unwrap_or("root");
+    assert_ne!(user, "root", "the daemon must not run as root");
+    assert_eq!(v["KeepAlive"], true);
+    assert!(v["StandardErrorPath"].as_str().is_some());
+}
+
+#[test]
+fn systemd_units() {
+    if !harness::have_tool("systemd-analyze", "systemd") {
+        return;
+    }
+    // verify checks that the commands exist: point them at the binary under test.
+    let site = Site::new();
+    for unit in ["wsgimux.service", "wsgimux.socket"] {
+        let text = std::fs::read_to_string(deploy(&format!("systemd/{unit}"))).expect("read unit");
+        site.write(unit, &text.replace("/usr/local/bin/wsgimux", harness::BIN));
+    }
+    let service = site.path().join("wsgimux.service");
+    let socket = site.path().join("wsgimux.socket");
+    let (ok, out) = run(Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&service)
+        .arg(&socket));
+    assert!(ok, "systemd-analyze verify: {out}");
+    assert!(
+        !out.contains("wsgimux.service:") && !out.contains("wsgimux.socket:"),
+        "systemd-analyze warned about the units: {out}"
+    );
+    let text = std::fs::read_to_string(&service).expect("read the service");
+    let line = |key: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key}= in wsgimux.service"))
+            .to_string()
+    };
+    assert!(line("ExecStartPre").contains(" check --config "));
+    assert!(line("ExecStart").contains(" serve --config "));
+    assert!(line("ExecReload").contains(" reload --config "));
+    for hardening in ["NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes"] {
+        assert!(text.contains(hardening), "missing {hardening}");
+    }
+    // The config the service reads must list the socket's address: wsgimux takes the passed
+    // socket by the address it is bound to.
+    let socket_text = std::fs::read_to_string(&socket).expect("read the socket unit");
+    assert!(socket_text.contains("ListenStream=0.0.0.0:80"));
+}
