@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod diff;
 pub mod error;
+pub mod explain;
 pub mod gate;
 pub mod http1;
 pub mod interpreter;

@@ -42,6 +42,15 @@ enum Command {
         #[arg(long, default_value = "10m", value_parser = wsgimux::config::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// Show which listener, route and app would serve a URL, and the SCRIPT_NAME and
+    /// PATH_INFO the app would see.
+    Explain {
+        /// The config file.
+        #[arg(long, short, default_value = "wsgimux.yaml")]
+        config: PathBuf,
+        /// The URL, e.g. http://example.com/blog/post?id=1
+        url: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -76,6 +85,20 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Reload { config, timeout } => return Ok(reload(&config, timeout).await),
+            Command::Explain { config, url } => {
+                let (config, apps) = wsgimux::app::load(&config).await?;
+                let stores: Vec<wsgimux::tls::CertStore> = config
+                    .tls
+                    .values()
+                    .map(wsgimux::tls::CertStore::load)
+                    .collect::<Result<_, _>>()?;
+                let certified = |host: &str| stores.iter().any(|s| s.covers(host));
+                print!(
+                    "{}",
+                    wsgimux::explain::explain(&config, &apps, &url, certified)?
+                );
+                Ok(())
+            }
         }
         .map(|()| ExitCode::SUCCESS)
     });

@@ -8,7 +8,9 @@ use std::process::Command;
 use crate::harness::{self, Site};
 
 fn deploy(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(rel)
 }
 
 fn run(cmd: &mut Command) -> (bool, String) {
@@ -125,7 +127,11 @@ fn systemd_units() {
     assert!(line("ExecStartPre").contains(" check --config "));
     assert!(line("ExecStart").contains(" serve --config "));
     assert!(line("ExecReload").contains(" reload --config "));
-    for hardening in ["NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes"] {
+    for hardening in [
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "PrivateTmp=yes",
+    ] {
         assert!(text.contains(hardening), "missing {hardening}");
     }
     // The config the service reads must list the socket's address: wsgimux takes the passed

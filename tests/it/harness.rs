@@ -678,9 +678,11 @@ pub fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
 /// WSGIMUX_REQUIRE_ALL=1, a failure).
 pub fn have_tool(tool: &str, package: &str) -> bool {
     tool_exists(tool)
-        || Err::<(), String>(format!("{tool} is not installed (apt-get install {package})"))
-            .or_skip()
-            .is_some()
+        || Err::<(), String>(format!(
+            "{tool} is not installed (apt-get install {package})"
+        ))
+        .or_skip()
+        .is_some()
 }
 
 /// Whether `tool` is on PATH.

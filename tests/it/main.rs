@@ -9,6 +9,7 @@ mod front;
 mod harness;
 mod limits;
 mod native;
+mod operating;
 mod privileges;
 mod reload;
 mod routing;

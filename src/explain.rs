@@ -1,0 +1,166 @@
+//! `wsgimux explain`: which listener, route and app would serve a URL, and the `SCRIPT_NAME`
+//! and `PATH_INFO` the app would see. Pure: works on a loaded config and its preflighted apps,
+//! with the same route table and host rules the proxy uses.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+
+use percent_encoding::percent_decode;
+
+use crate::config::Config;
+use crate::preflight::ReadyApp;
+use crate::routes::{normalize_host, RouteTable};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    #[error("{url:?} is not an http:// or https:// URL: {reason}")]
+    BadUrl { url: String, reason: String },
+}
+
+/// What serves `url`, as lines of text. `certified(host)`: whether a TLS certificate covers
+/// the host (for `redirect_https`; reading certificates is the caller's IO).
+pub fn explain(
+    config: &Config,
+    apps: &[ReadyApp],
+    url: &str,
+    certified: impl Fn(&str) -> bool,
+) -> Result<String, ExplainError> {
+    let bad = |reason: &str| ExplainError::BadUrl {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    };
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(bad("the scheme must be http or https")),
+    };
+    let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+    let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let host = normalize_host(authority.host()).ok_or_else(|| bad("the host is not valid"))?;
+    let path = uri.path();
+    let decoded = percent_decode(path.as_bytes()).collect::<Vec<u8>>();
+
+    let mut out = String::new();
+    let _ = writeln!(out, "{url}");
+    let listener = listener_for(config, &host, port, tls);
+    let line = match &listener {
+        Some(addr) => format!(
+            "{}://{addr}",
+            if config.tls.contains_key(addr) {
+                "https"
+            } else {
+                "http"
+            }
+        ),
+        None => {
+            let all: Vec<String> = config.listen.iter().map(|a| a.to_string()).collect();
+            format!(
+                "none: no {} listener on port {port} (listening on {}); the request would not reach wsgimux",
+                if tls { "TLS" } else { "plain" },
+                all.join(", ")
+            )
+        }
+    };
+    let _ = writeln!(out, "  listener     : {line}");
+    if listener.is_some() && !tls && config.redirect_https {
+        if certified(&host) {
+            let _ = writeln!(
+                out,
+                "  redirect     : 308 to https (redirect_https, {host} has a certificate)"
+            );
+            return Ok(out);
+        }
+    }
+    let table = RouteTable::for_apps(apps.iter().enumerate().map(|(i, a)| (&a.spec, i)));
+    let Some(route) = table.lookup(&host, &decoded) else {
+        let _ = writeln!(
+            out,
+            "  route        : none: 404 (no app answers host {host:?} at this path)"
+        );
+        return Ok(out);
+    };
+    let app = &apps[route.target];
+    let hosts = if app.spec.hosts.is_empty() {
+        "any host".to_string()
+    } else {
+        app.spec
+            .hosts
+            .iter()
+            .map(|h| h.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = writeln!(
+        out,
+        "  route        : mount {} ({hosts})",
+        route.mount.as_str()
+    );
+    let _ = writeln!(
+        out,
+        "  app          : {} ({}, {} worker, {} process(es) x {} thread(s))",
+        app.spec.name,
+        app.describe_python(),
+        app.worker,
+        app.spec.processes,
+        app.spec.threads
+    );
+    let (script_name, path_info) = split_mount(route.mount.as_str(), &decoded);
+    let _ = writeln!(out, "  SCRIPT_NAME  : {script_name:?}");
+    let _ = writeln!(out, "  PATH_INFO    : {path_info:?}");
+    let _ = writeln!(out, "  QUERY_STRING : {:?}", uri.query().unwrap_or(""));
+    let _ = writeln!(out, "  HTTP_HOST    : {:?}", authority.as_str());
+    Ok(out)
+}
+
+/// The listener a client would reach for `host:port`: an address that is `host` itself, or a
+/// wildcard address on that port (for a name, any listener on the port: it is assumed to
+/// resolve to this machine).
+fn listener_for(config: &Config, host: &str, port: u16, tls: bool) -> Option<SocketAddr> {
+    let ip: Option<IpAddr> = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok();
+    config
+        .listen
+        .iter()
+        .filter(|a| a.port() == port && config.tls.contains_key(*a) == tls)
+        .find(|a| match ip {
+            Some(ip) => a.ip() == ip || a.ip().is_unspecified(),
+            None => true,
+        })
+        .copied()
+}
+
+/// (SCRIPT_NAME, PATH_INFO) for a decoded path under a mount, as WSGI servers give them:
+/// latin-1 text of the decoded bytes, the mount without its trailing part.
+pub fn split_mount(mount: &str, decoded: &[u8]) -> (String, String) {
+    let latin1 = |b: &[u8]| b.iter().map(|&c| c as char).collect::<String>();
+    if mount == "/" {
+        return (String::new(), latin1(decoded));
+    }
+    let rest = decoded.get(mount.len()..).unwrap_or_default();
+    (mount.to_string(), latin1(rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_mount;
+
+    #[test]
+    fn mounts_split_paths() {
+        assert_eq!(split_mount("/", b"/a/b"), ("".into(), "/a/b".into()));
+        assert_eq!(split_mount("/blog", b"/blog"), ("/blog".into(), "".into()));
+        assert_eq!(
+            split_mount("/blog", b"/blog/x y"),
+            ("/blog".into(), "/x y".into())
+        );
+        assert_eq!(
+            split_mount("/b", b"/b/\xe9"),
+            ("/b".into(), "/\u{e9}".into())
+        );
+    }
+}
