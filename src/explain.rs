@@ -65,14 +65,12 @@ pub fn explain(
         }
     };
     let _ = writeln!(out, "  listener     : {line}");
-    if listener.is_some() && !tls && config.redirect_https {
-        if certified(&host) {
-            let _ = writeln!(
-                out,
-                "  redirect     : 308 to https (redirect_https, {host} has a certificate)"
-            );
-            return Ok(out);
-        }
+    if listener.is_some() && !tls && config.redirect_https && certified(&host) {
+        let _ = writeln!(
+            out,
+            "  redirect     : 308 to https (redirect_https, {host} has a certificate)"
+        );
+        return Ok(out);
     }
     let table = RouteTable::for_apps(apps.iter().enumerate().map(|(i, a)| (&a.spec, i)));
     let Some(route) = table.lookup(&host, &decoded) else {
