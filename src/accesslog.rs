@@ -1,5 +1,7 @@
 //! One access-log line per request, written when its response body has been relayed (or
-//! abandoned): Apache/nginx "combined" format plus the app name and the request time.
+//! abandoned): Apache/nginx "combined" format plus the app name and the request time, or one
+//! JSON object; to wsgimux's log, stdout or a file (`access_log`). The same moment counts the
+//! request in the app's and the process's metrics.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -13,14 +15,78 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::header::{REFERER, USER_AGENT};
 use hyper::{Request, Response, StatusCode};
 
-use crate::upstream::{BoxError, ProxyBody};
+use crate::config::{AccessLogFormat, AccessLogSpec, AccessLogTo};
+use crate::logfile::LogFile;
+use crate::metrics::Counters;
+use crate::upstream::{BoxError, Endpoint, ProxyBody};
+
+/// Where access-log lines go and how they look; replaced as a whole by a reload.
+#[derive(Debug)]
+pub struct AccessSink {
+    to: Destination,
+    format: AccessLogFormat,
+}
+
+#[derive(Debug)]
+enum Destination {
+    MainLog,
+    Stdout,
+    File(Arc<LogFile>),
+    Off,
+}
+
+impl AccessSink {
+    pub fn open(spec: &AccessLogSpec) -> std::io::Result<Self> {
+        let to = match &spec.to {
+            AccessLogTo::MainLog => Destination::MainLog,
+            AccessLogTo::Stdout => Destination::Stdout,
+            AccessLogTo::Off => Destination::Off,
+            AccessLogTo::File(p) => Destination::File(LogFile::open(p)?),
+        };
+        Ok(AccessSink {
+            to,
+            format: spec.format,
+        })
+    }
+
+    fn write(&self, line: &str) {
+        match &self.to {
+            Destination::MainLog => tracing::info!(target: "wsgimux::access", "{line}"),
+            Destination::Stdout => {
+                let mut out = std::io::stdout().lock();
+                let _ = std::io::Write::write_all(&mut out, format!("{line}\n").as_bytes());
+            }
+            Destination::File(f) => f.write_line(line),
+            Destination::Off => {}
+        }
+    }
+}
+
+impl Default for AccessSink {
+    fn default() -> Self {
+        AccessSink {
+            to: Destination::MainLog,
+            format: AccessLogFormat::Combined,
+        }
+    }
+}
+
+/// Which app (and which of its processes) served a request: where it is counted.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub app: Arc<str>,
+    pub stats: Arc<Counters>,
+    pub process: Option<Arc<Endpoint>>,
+}
 
 /// What is known of a request when it arrives.
 pub struct AccessLog {
     started: Instant,
     time: SystemTime,
     peer: SocketAddr,
-    request_line: String,
+    method: String,
+    target: String,
+    version: &'static str,
     referer: String,
     user_agent: String,
 }
@@ -37,9 +103,9 @@ impl AccessLog {
             started: Instant::now(),
             time: SystemTime::now(),
             peer,
-            request_line: escape(
-                format!("{} {} {:?}", req.method(), req.uri(), req.version()).as_bytes(),
-            ),
+            method: escape(req.method().as_str().as_bytes()),
+            target: escape(req.uri().to_string().as_bytes()),
+            version: version_text(req.version()),
             referer: header(REFERER),
             user_agent: header(USER_AGENT),
         }
@@ -51,14 +117,22 @@ impl AccessLog {
             started: Instant::now(),
             time: SystemTime::now(),
             peer,
-            request_line: "-".to_string(),
+            method: "-".to_string(),
+            target: String::new(),
+            version: "",
             referer: "-".to_string(),
             user_agent: "-".to_string(),
         }
     }
 
-    /// Wraps the response body; the line is logged when the body is done or dropped.
-    pub fn finish(self, resp: Response<ProxyBody>, app: Option<Arc<str>>) -> Response<LoggedBody> {
+    /// Wraps the response body; the line is logged (and the request counted) when the body is
+    /// done or dropped.
+    pub fn finish(
+        self,
+        resp: Response<ProxyBody>,
+        served: Option<Served>,
+        sink: Arc<AccessSink>,
+    ) -> Response<LoggedBody> {
         let status = resp.status();
         resp.map(|inner| LoggedBody {
             inner,
@@ -67,42 +141,88 @@ impl AccessLog {
             entry: Some(Entry {
                 log: self,
                 status,
-                app,
+                served,
+                sink,
             }),
         })
+    }
+}
+
+fn version_text(v: hyper::Version) -> &'static str {
+    match v {
+        hyper::Version::HTTP_09 => "HTTP/0.9",
+        hyper::Version::HTTP_10 => "HTTP/1.0",
+        hyper::Version::HTTP_2 => "HTTP/2.0",
+        hyper::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
     }
 }
 
 struct Entry {
     log: AccessLog,
     status: StatusCode,
-    app: Option<Arc<str>>,
+    served: Option<Served>,
+    sink: Arc<AccessSink>,
 }
 
 impl Entry {
     fn write(self, bytes: u64, complete: bool) {
         let l = &self.log;
-        let size = if bytes == 0 {
-            "-".to_string()
-        } else {
-            bytes.to_string()
-        };
-        let mut line = format!(
-            "{} - - [{}] \"{}\" {} {} \"{}\" \"{}\" app={} rt={:.3}",
-            l.peer.ip(),
-            clf_time(l.time),
-            l.request_line,
-            self.status.as_u16(),
-            size,
-            l.referer,
-            l.user_agent,
-            self.app.as_deref().unwrap_or("-"),
-            l.started.elapsed().as_secs_f64(),
-        );
-        if !complete {
-            line.push_str(" aborted");
+        let elapsed = l.started.elapsed();
+        let status = self.status.as_u16();
+        if let Some(s) = &self.served {
+            s.stats.record(status, complete, elapsed);
+            if let Some(p) = &s.process {
+                p.stats.record(status, complete, elapsed);
+            }
         }
-        tracing::info!(target: "wsgimux::access", "{line}");
+        let app = self.served.as_ref().map_or("-", |s| &s.app);
+        let line = match self.sink.format {
+            AccessLogFormat::Combined => {
+                let size = if bytes == 0 {
+                    "-".to_string()
+                } else {
+                    bytes.to_string()
+                };
+                let request = if l.target.is_empty() {
+                    l.method.clone()
+                } else {
+                    format!("{} {} {}", l.method, l.target, l.version)
+                };
+                let mut line = format!(
+                    "{} - - [{}] \"{request}\" {status} {size} \"{}\" \"{}\" app={app} rt={:.3}",
+                    l.peer.ip(),
+                    clf_time(l.time),
+                    l.referer,
+                    l.user_agent,
+                    elapsed.as_secs_f64(),
+                );
+                if !complete {
+                    line.push_str(" aborted");
+                }
+                line
+            }
+            AccessLogFormat::Json => {
+                let dash = |s: &str| (s != "-").then(|| s.to_string());
+                serde_json::json!({
+                    "time": iso_time(l.time),
+                    "remote_addr": l.peer.ip().to_string(),
+                    "method": dash(&l.method),
+                    "uri": (!l.target.is_empty()).then(|| l.target.clone()),
+                    "protocol": (!l.version.is_empty()).then_some(l.version),
+                    "status": status,
+                    "bytes": bytes,
+                    "referer": dash(&l.referer),
+                    "user_agent": dash(&l.user_agent),
+                    "app": dash(app),
+                    "pid": self.served.as_ref().and_then(|s| s.process.as_ref()).map(|p| p.pid()),
+                    "request_time": (elapsed.as_secs_f64() * 1e6).round() / 1e6,
+                    "complete": complete,
+                })
+                .to_string()
+            }
+        };
+        self.sink.write(&line);
     }
 }
 
@@ -139,8 +259,8 @@ impl Body for LoggedBody {
                     "response body from app {} failed: {e}",
                     this.entry
                         .as_ref()
-                        .and_then(|e| e.app.as_deref())
-                        .unwrap_or("-")
+                        .and_then(|e| e.served.as_ref())
+                        .map_or("-", |s| &s.app)
                 );
             }
             Poll::Pending => {}
@@ -189,6 +309,24 @@ fn clf_time(t: SystemTime) -> String {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
+    let (year, month, day, h, m, s) = civil(t);
+    format!(
+        "{day:02}/{}/{year}:{h:02}:{m:02}:{s:02} +0000",
+        MONTHS[(month - 1) as usize],
+    )
+}
+
+/// `2000-10-10T13:55:36.123Z`.
+pub fn iso_time(t: SystemTime) -> String {
+    let (year, month, day, h, m, s) = civil(t);
+    let ms = t
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_millis());
+    format!("{year}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z")
+}
+
+/// (year, month, day, hour, minute, second) in UTC.
+fn civil(t: SystemTime) -> (i64, i64, i64, u64, u64, u64) {
     let secs = t
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -204,13 +342,7 @@ fn clf_time(t: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{day:02}/{}/{year}:{:02}:{:02}:{:02} +0000",
-        MONTHS[(month - 1) as usize],
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    (year, month, day, rem / 3600, rem / 60 % 60, rem % 60)
 }
 
 #[cfg(test)]
@@ -225,6 +357,7 @@ mod tests {
         assert_eq!(clf_time(t), "10/Oct/2000:13:42:16 +0000");
         let leap = UNIX_EPOCH + Duration::from_secs(1_709_210_096);
         assert_eq!(clf_time(leap), "29/Feb/2024:12:34:56 +0000");
+        assert_eq!(iso_time(leap), "2024-02-29T12:34:56.000Z");
     }
 
     #[test]

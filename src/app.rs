@@ -13,12 +13,14 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{self, Config, ConfigError};
 use crate::control;
+use crate::metrics::Registry;
 use crate::native;
 use crate::preflight::{self, ReadyApp};
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, ProxySettings};
 use crate::reload::{Reloader, RunningApp, Trigger};
 use crate::routes::RouteTable;
 use crate::server::{self, BindError, FrontSettings, Server};
+use crate::status::Overview;
 use crate::supervisor::{self, Generation, Supervisor, WorkerFiles};
 use crate::watch::{self as filewatch, ConfigWatcher};
 
@@ -57,6 +59,8 @@ pub enum StartError {
     AlreadyRunning { dir: PathBuf },
     #[error("cannot set up signal handling: {0}")]
     Signals(#[source] std::io::Error),
+    #[error("{0}")]
+    AccessLog(String),
 }
 
 /// A config path made absolute (against the current folder) without resolving symlinks, so it
@@ -256,6 +260,7 @@ struct Signals {
     term: Signal,
     int: Signal,
     hup: Signal,
+    usr1: Signal,
 }
 
 impl Signals {
@@ -265,6 +270,7 @@ impl Signals {
             term: s(SignalKind::terminate())?,
             int: s(SignalKind::interrupt())?,
             hup: s(SignalKind::hangup())?,
+            usr1: s(SignalKind::user_defined1())?,
         })
     }
 }
@@ -272,6 +278,12 @@ impl Signals {
 /// `wsgimux serve`: runs until SIGTERM or SIGINT; reloads on config changes, SIGHUP and
 /// `wsgimux reload`.
 pub async fn serve(path: &Path) -> Result<(), StartError> {
+    serve_with(path, None).await
+}
+
+/// `serve`, printing `banner` (given the listeners' URLs) once everything is ready: express
+/// mode's start-up summary.
+pub async fn serve_with(path: &Path, banner: Option<Banner>) -> Result<(), StartError> {
     let activated = crate::activation::init();
     if activated > 0 {
         tracing::info!("{activated} listening socket(s) passed by the service manager");
@@ -287,7 +299,12 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
     }
     let files = prepare_runtime_dir(&dir, &apps)?;
     let front = FrontSettings::build(&config, None)?;
+    let proxy_settings = ProxySettings::build(&config).map_err(StartError::AccessLog)?;
     let listeners = server::bind(&config.listen).await?;
+    let admin_listener = match config.admin {
+        Some(addr) => server::bind(&[addr]).await?.pop(),
+        None => None,
+    };
     let unclaimed = crate::activation::unclaimed();
     if !unclaimed.is_empty() {
         tracing::warn!(
@@ -298,7 +315,8 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
 
     become_configured_user(&config, &apps, &dir)?;
 
-    let mut supervisor = Supervisor::new(dir.clone(), files);
+    let mut supervisor = Supervisor::new(dir.clone(), files, config.log_dir.clone());
+    let metrics = Arc::new(Registry::default());
     let running: Vec<RunningApp> = apps
         .iter()
         .map(|a| RunningApp {
@@ -306,14 +324,18 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
             generation: supervisor.start(a),
         })
         .collect();
-    let table = Reloader::table(&config.apps, |name| {
-        running
-            .iter()
-            .find(|r| r.app.spec.name == name)
-            .map(|r| &r.generation)
-    });
+    let table = Reloader::table(
+        &config.apps,
+        |name| {
+            running
+                .iter()
+                .find(|r| r.app.spec.name == name)
+                .map(|r| &r.generation)
+        },
+        &metrics,
+    );
     let (routes_tx, routes_rx) = watch::channel(Arc::new(table));
-    let mut server = Server::new(Arc::new(Proxy::new(routes_rx)), front);
+    let mut server = Server::new(Arc::new(Proxy::new(routes_rx, proxy_settings)), front);
     for (addr, listener) in listeners {
         server.add(addr, listener);
     }
@@ -332,11 +354,30 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
     tracing::info!("runtime dir {}", dir.display());
 
     let (triggers_tx, triggers) = mpsc::channel(64);
+    let admin_addr = admin_listener
+        .as_ref()
+        .and_then(|(_, l)| l.local_addr().ok())
+        .map(|a| a.to_string());
+    let (overview_tx, overview_rx) = watch::channel(Arc::new(Overview {
+        started: std::time::SystemTime::now(),
+        config: file.clone(),
+        listeners: Vec::new(),
+        admin: admin_addr.clone(),
+        apps: Vec::new(),
+        reloads: 0,
+        last_reload: None,
+    }));
     let control =
-        control::serve(&dir, triggers_tx.clone()).map_err(|source| StartError::RuntimeDir {
-            path: dir.join(control::SOCKET_NAME),
-            source,
+        control::serve(&dir, triggers_tx.clone(), overview_rx.clone()).map_err(|source| {
+            StartError::RuntimeDir {
+                path: dir.join(control::SOCKET_NAME),
+                source,
+            }
         })?;
+    let admin = admin_listener.map(|(_, l)| crate::admin::serve(l, overview_rx));
+    if let Some(a) = &admin_addr {
+        tracing::info!("status page on http://{a}/ (metrics at /metrics)");
+    }
     let config_watch = match ConfigWatcher::start(file.clone(), baseline, triggers_tx.clone()) {
         Ok(w) => Some(w),
         Err(e) => {
@@ -348,7 +389,7 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
         .iter()
         .map(|r| (r.app.clone(), r.generation.clone()))
         .collect();
-    let reporter = tokio::spawn(report_readiness(first, addrs));
+    let reporter = tokio::spawn(report_readiness(first, addrs, banner));
     let reloader = Reloader::new(
         file,
         config,
@@ -357,9 +398,14 @@ pub async fn serve(path: &Path) -> Result<(), StartError> {
         server,
         routes_tx,
         triggers_tx.clone(),
+        metrics,
+        overview_tx,
     );
     let reloader = run(reloader, triggers, triggers_tx, signals).await;
     reporter.abort();
+    if let Some(a) = admin {
+        a.abort();
+    }
     drop(config_watch);
     drop(control);
     reloader.shutdown().await;
@@ -380,6 +426,10 @@ async fn run(
             _ = signals.term.recv() => break,
             _ = signals.int.recv() => break,
             _ = signals.hup.recv() => vec![Trigger::Hangup],
+            _ = signals.usr1.recv() => {
+                reopen_logs();
+                continue;
+            }
             t = triggers.recv() => match t {
                 Some(t) => vec![t],
                 None => break,
@@ -396,28 +446,50 @@ async fn run(
             _ = signals.hup.recv() => {
                 let _ = again.try_send(Trigger::Hangup);
             }
+            _ = signals.usr1.recv() => reopen_logs(),
         }
     }
     reloader
 }
 
+/// SIGUSR1: reopen the access log and the apps' log files (after logrotate/newsyslog moved
+/// them).
+fn reopen_logs() {
+    let (count, failed) = crate::logfile::reopen_all();
+    if failed.is_empty() {
+        tracing::info!("SIGUSR1: reopened {count} log file(s)");
+    } else {
+        tracing::error!("SIGUSR1: cannot reopen {}", failed.join("; "));
+    }
+}
+
 /// Prints one line per app once all its processes answer (or its first start failed), then
 /// `ready: http://ADDR` (or https) per listener.
+/// Express mode's start-up summary, made from the listeners' URLs once they are known.
+pub type Banner = Box<dyn FnOnce(&[ReadyApp], &[String]) -> String + Send>;
+
 async fn report_readiness(
     apps: Vec<(ReadyApp, Generation)>,
     addrs: Vec<(&'static str, SocketAddr)>,
+    banner: Option<Banner>,
 ) {
     let mut pending: futures_util::stream::FuturesUnordered<_> = apps
         .iter()
         .map(|(a, g)| async move {
             // The processes time out by themselves (startup_timeout) and say why.
             let limit = a.spec.startup_timeout + Duration::from_secs(2);
-            (a, g.wait_ready(limit).await)
+            (a, g, g.wait_ready(limit).await)
         })
         .collect();
-    while let Some((a, result)) = pending.next().await {
+    while let Some((a, g, result)) = pending.next().await {
         let name = &a.spec.name;
         let line = match result {
+            Ok(pids) if pids.is_empty() && g.dormant() => format!(
+                "app {name}: on demand, {}, {} worker, starts with its first request, route {}",
+                a.describe_python(),
+                a.worker,
+                route_text(&a.spec),
+            ),
             Ok(_) if a.worker == preflight::WorkerKind::Upstream => format!(
                 "app {name}: ready, {} answers, route {}",
                 a.describe_python()
@@ -438,6 +510,11 @@ async fn report_readiness(
             Err(f) => format!("app {name}: failed to start: {} (retrying)", f.reason),
         };
         println!("{line}");
+    }
+    if let Some(banner) = banner {
+        let urls: Vec<String> = addrs.iter().map(|(s, a)| format!("{s}://{a}")).collect();
+        let ready: Vec<ReadyApp> = apps.iter().map(|(a, _)| a.clone()).collect();
+        print!("{}", banner(&ready, &urls));
     }
     for (scheme, a) in &addrs {
         println!("ready: {scheme}://{a}");

@@ -8,6 +8,7 @@
 
 mod front;
 mod locate;
+mod operating;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -22,6 +23,9 @@ pub use front::{
     DEFAULT_REQUEST_TIMEOUT,
 };
 pub use locate::{Location, Locator};
+pub use operating::{
+    AccessLogFormat, AccessLogSpec, AccessLogTo, ProcessPolicy, StartMode, StaticAlias,
+};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_THREADS: u32 = 8;
@@ -52,6 +56,13 @@ pub struct Config {
     pub user: Option<String>,
     pub group: Option<String>,
     pub runtime_dir: Option<PathBuf>,
+    pub access_log: AccessLogSpec,
+    /// Each app's output goes to `<log_dir>/<app>.log` instead of wsgimux's own log.
+    pub log_dir: Option<PathBuf>,
+    /// The admin listener: status page and `/metrics`.
+    pub admin: Option<SocketAddr>,
+    /// Host-wide static folders, longest prefix first.
+    pub statics: Vec<StaticAlias>,
     /// In the order the file lists them.
     pub apps: Vec<AppSpec>,
 }
@@ -87,6 +98,10 @@ pub struct AppSpec {
     pub request_timeout: Duration,
     /// Requests that may wait for a free thread beyond processes × threads before 503.
     pub queue_limit: u32,
+    /// Static folders under the app's mount, longest prefix first.
+    pub statics: Vec<StaticAlias>,
+    /// `start`, `idle_timeout`, `max_requests`, `max_requests_jitter`.
+    pub policy: ProcessPolicy,
     /// Where the app's keys are in the file, for errors found later (preflight).
     pub locations: AppLocations,
 }
@@ -334,6 +349,12 @@ struct RawConfig {
     group: Option<String>,
     #[serde(default)]
     runtime_dir: Option<String>,
+    access_log: Option<operating::RawAccessLog>,
+    access_log_format: Option<String>,
+    log_dir: Option<String>,
+    admin: Option<operating::RawAdmin>,
+    #[serde(rename = "static")]
+    statics: Option<BTreeMap<String, String>>,
     #[serde(default)]
     apps: BTreeMap<String, RawApp>,
 }
@@ -363,6 +384,12 @@ struct RawApp {
     max_body_size: Option<front::RawSize>,
     request_timeout: Option<RawDuration>,
     queue_limit: Option<u32>,
+    #[serde(rename = "static")]
+    statics: Option<BTreeMap<String, String>>,
+    start: Option<String>,
+    idle_timeout: Option<RawDuration>,
+    max_requests: Option<u64>,
+    max_requests_jitter: Option<u64>,
 }
 
 /// A duration as written: `500ms`, `30s`, `2m`, `1h`, or a plain number of seconds.
@@ -559,6 +586,10 @@ impl Validator<'_> {
             }
             d => d.map(|d| self.resolve(&d)),
         };
+        let access_log = self.access_log(raw.access_log, raw.access_log_format);
+        let log_dir = self.log_dir(raw.log_dir);
+        let admin = self.admin(raw.admin);
+        let statics = self.statics("static", None, raw.statics);
         if raw.apps.is_empty() {
             let loc = self.locator.key("apps");
             self.problem(loc, None, "apps", "no apps are configured".into());
@@ -586,6 +617,10 @@ impl Validator<'_> {
                 user,
                 group,
                 runtime_dir,
+                access_log,
+                log_dir,
+                admin,
+                statics,
                 apps,
             })
         } else {
@@ -736,6 +771,14 @@ impl Validator<'_> {
             false,
         );
         let queue_limit = raw.queue_limit.unwrap_or(DEFAULT_QUEUE_LIMIT);
+        let statics = self.statics(&format!("apps.{name}.static"), Some(&name), raw.statics);
+        let policy = self.process_policy(
+            &name,
+            raw.start,
+            raw.idle_timeout,
+            raw.max_requests,
+            raw.max_requests_jitter,
+        );
         if self.problems.len() > before {
             return None;
         }
@@ -773,6 +816,8 @@ impl Validator<'_> {
             max_body_size,
             request_timeout,
             queue_limit,
+            statics,
+            policy,
             locations,
         })
     }

@@ -1,19 +1,21 @@
-//! The control socket: how `wsgimux reload` (and later `status`) talk to a running server.
+//! The control socket: how `wsgimux reload` and `wsgimux status` talk to a running server.
 //!
 //! A Unix socket in the runtime dir (mode 0700, so only the server's user reaches it). One
 //! request per connection: a JSON line `{"command": "reload"}`, answered by one JSON line once
 //! the outcome is known. Owns the wire format and both ends; what a command does is `reload`'s.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::reload::{Report, Trigger};
+use crate::status::{self, Overview, StatusReport};
 
 pub const SOCKET_NAME: &str = "control.sock";
 /// How long a client may take to send its request line.
@@ -25,12 +27,14 @@ const MAX_REQUEST: u64 = 4096;
 #[serde(rename_all = "snake_case", tag = "command")]
 pub enum Request {
     Reload,
+    Status,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {
     Reload(Report),
+    Status(Box<StatusReport>),
     Error(String),
 }
 
@@ -65,6 +69,7 @@ pub fn is_served(runtime_dir: &Path) -> bool {
 pub fn serve(
     runtime_dir: &Path,
     triggers: mpsc::Sender<Trigger>,
+    overview: watch::Receiver<Arc<Overview>>,
 ) -> std::io::Result<ControlSocket> {
     let path = runtime_dir.join(SOCKET_NAME);
     let _ = std::fs::remove_file(&path);
@@ -73,7 +78,7 @@ pub fn serve(
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    tokio::spawn(answer(stream, triggers.clone()));
+                    tokio::spawn(answer(stream, triggers.clone(), overview.clone()));
                 }
                 Err(e) => {
                     tracing::warn!("control socket: {e}");
@@ -98,7 +103,11 @@ impl Drop for ControlSocket {
     }
 }
 
-async fn answer(stream: UnixStream, triggers: mpsc::Sender<Trigger>) {
+async fn answer(
+    stream: UnixStream,
+    triggers: mpsc::Sender<Trigger>,
+    overview: watch::Receiver<Arc<Overview>>,
+) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST));
@@ -107,6 +116,10 @@ async fn answer(stream: UnixStream, triggers: mpsc::Sender<Trigger>) {
         Ok(Err(e)) => Response::Error(format!("reading the request: {e}")),
         Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
             Err(e) => Response::Error(format!("unknown request {:?}: {e}", line.trim())),
+            Ok(Request::Status) => {
+                let snapshot = overview.borrow().clone();
+                Response::Status(Box::new(status::collect(&snapshot)))
+            }
             Ok(Request::Reload) => {
                 let (tx, rx) = oneshot::channel();
                 if triggers.send(Trigger::Command(tx)).await.is_err() {

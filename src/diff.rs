@@ -17,11 +17,12 @@ pub struct ConfigDiff {
     pub listen_added: Vec<SocketAddr>,
     pub listen_removed: Vec<SocketAddr>,
     pub runtime_dir_changed: bool,
-    /// TLS certificates, redirect, trusted proxies or limits changed: the front takes the new
-    /// settings for new connections and requests.
+    /// TLS certificates, redirect, trusted proxies, limits, host-wide static folders or the
+    /// access log changed: the front takes the new settings for new connections and requests.
     pub front_changed: bool,
-    /// `user`/`group` of wsgimux itself changed: only a restart applies that.
-    pub account_changed: bool,
+    /// Top-level keys that changed and that only a restart of wsgimux applies (its own
+    /// `user`/`group`, `admin`, `log_dir`).
+    pub restart_only: Vec<&'static str>,
     /// The new config's apps in file order, then the removed ones.
     pub apps: Vec<AppChange>,
 }
@@ -140,8 +141,15 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         front_changed: old.tls != new.tls
             || old.redirect_https != new.redirect_https
             || old.trusted_proxies != new.trusted_proxies
-            || old.limits != new.limits,
-        account_changed: old.user != new.user || old.group != new.group,
+            || old.limits != new.limits
+            || old.statics != new.statics
+            || old.access_log != new.access_log,
+        restart_only: changed(&[
+            (old.user != new.user, "user"),
+            (old.group != new.group, "group"),
+            (old.admin != new.admin, "admin"),
+            (old.log_dir != new.log_dir, "log_dir"),
+        ]),
         apps,
     }
 }
@@ -169,6 +177,8 @@ pub fn app_change(old: &AppSpec, new: &AppSpec) -> AppChange {
         max_body_size,
         request_timeout,
         queue_limit,
+        statics,
+        policy,
         locations: _,
     } = new;
     let entry_key = entry.key();
@@ -184,6 +194,20 @@ pub fn app_change(old: &AppSpec, new: &AppSpec) -> AppChange {
         (old.worker != *worker, "worker"),
         (old.user != *user, "user"),
         (old.group != *group, "group"),
+        // The supervisor runs a generation's processes by this policy.
+        (old.policy.start != policy.start, "start"),
+        (
+            old.policy.idle_timeout != policy.idle_timeout,
+            "idle_timeout",
+        ),
+        (
+            old.policy.max_requests != policy.max_requests,
+            "max_requests",
+        ),
+        (
+            old.policy.max_requests_jitter != policy.max_requests_jitter,
+            "max_requests_jitter",
+        ),
     ]);
     // Read by the proxy from the route, so a change takes a new route (the processes stay).
     let route = changed(&[
@@ -192,6 +216,7 @@ pub fn app_change(old: &AppSpec, new: &AppSpec) -> AppChange {
         (old.max_body_size != *max_body_size, "max_body_size"),
         (old.request_timeout != *request_timeout, "request_timeout"),
         (old.queue_limit != *queue_limit, "queue_limit"),
+        (old.statics != *statics, "static"),
     ]);
     let settings = changed(&[
         (old.startup_timeout != *startup_timeout, "startup_timeout"),

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{
+    HeaderValue, ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_RANGE, CONTENT_TYPE, RETRY_AFTER,
+};
 use hyper::{Response, StatusCode};
 
 use crate::http1::Rejection;
@@ -38,6 +40,21 @@ pub enum ProxyError {
     Overloaded { app: String, in_flight: usize },
     #[error("app {app} did not answer within {}s", after.as_secs())]
     Timeout { app: String, after: Duration },
+    #[error("static file: {0}")]
+    Static(StaticError),
+}
+
+/// Why a `static:` folder did not give a file.
+#[derive(Debug, thiserror::Error)]
+pub enum StaticError {
+    #[error("no file for {path:?}")]
+    NotFound { path: String },
+    #[error("method {method} is not allowed on static files")]
+    MethodNotAllowed { method: String },
+    #[error("the range is outside the file ({size} bytes)")]
+    RangeNotSatisfiable { size: u64 },
+    #[error("a precondition (If-Match / If-Unmodified-Since) failed")]
+    PreconditionFailed,
 }
 
 impl ProxyError {
@@ -58,6 +75,12 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Static(s) => match s {
+                StaticError::NotFound { .. } => StatusCode::NOT_FOUND,
+                StaticError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+                StaticError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+                StaticError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            },
         }
     }
 
@@ -88,6 +111,10 @@ impl ProxyError {
             ProxyError::Timeout { app, after } => {
                 format!("The app {app} did not answer within {}s.", after.as_secs())
             }
+            ProxyError::Static(StaticError::NotFound { path }) => {
+                format!("There is no file at {}.", shorten(path))
+            }
+            ProxyError::Static(e) => format!("{}.", capitalize(&e.to_string())),
         };
         format!("{} {reason}\n\n{detail}\n", status.as_u16())
     }
@@ -110,6 +137,14 @@ impl ProxyError {
             ProxyError::Rejected(_) | ProxyError::BodyTooLarge { .. } => {
                 h.insert(CONNECTION, HeaderValue::from_static("close"));
             }
+            ProxyError::Static(StaticError::MethodNotAllowed { .. }) => {
+                h.insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+            }
+            ProxyError::Static(StaticError::RangeNotSatisfiable { size }) => {
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                    h.insert(CONTENT_RANGE, v);
+                }
+            }
             _ => {}
         }
         resp
@@ -124,6 +159,13 @@ fn describe(r: &Rejection) -> &'static str {
         Rejection::TooManyHeaders => "the request has too many headers",
         Rejection::CodingNotImplemented => "only the chunked transfer coding is supported",
     }
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
 }
 
 /// Cuts a client-supplied string for display, on a character boundary.

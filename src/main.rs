@@ -42,6 +42,48 @@ enum Command {
         #[arg(long, default_value = "10m", value_parser = wsgimux::config::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// Show every app of the running server: routes, interpreter, worker, generation, and per
+    /// process pid, state, uptime, restarts, requests, in flight, errors, p50/p99; and the
+    /// last reload. Exits 2 when no server answers.
+    Status {
+        /// The config file the server was started with.
+        #[arg(long, short, default_value = "wsgimux.yaml")]
+        config: PathBuf,
+        /// Print JSON (for scripts) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve one WSGI app without a config file, like `mod_wsgi-express start-server`.
+    Run {
+        /// The app: a script file (app.wsgi, app.py) or a module ("pkg.mod:callable").
+        app: String,
+        /// The interpreter or virtualenv.
+        #[arg(long, default_value = "python3")]
+        python: String,
+        /// The callable's name in a script.
+        #[arg(long, default_value = "application")]
+        callable: String,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long, default_value_t = 8000)]
+        port: u16,
+        #[arg(long, default_value_t = 1)]
+        processes: u32,
+        #[arg(long, default_value_t = 5)]
+        threads: u32,
+        /// Serve the app under this path prefix.
+        #[arg(long, default_value = "/")]
+        mount: String,
+        /// Restart the app (zero-downtime) when its code changes.
+        #[arg(long)]
+        reload_on_changes: bool,
+        /// Serve a folder's files at a URL: /static=./static (repeatable).
+        #[arg(long = "static", value_name = "URL=FOLDER")]
+        statics: Vec<String>,
+        /// Access log: stdout, off or a file (default: with wsgimux's log on stderr).
+        #[arg(long)]
+        access_log: Option<String>,
+    },
     /// Show which listener, route and app would serve a URL, and the SCRIPT_NAME and
     /// PATH_INFO the app would see.
     Explain {
@@ -85,6 +127,46 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Reload { config, timeout } => return Ok(reload(&config, timeout).await),
+            Command::Status { config, json } => return Ok(status(&config, json).await),
+            Command::Run {
+                app,
+                python,
+                callable,
+                host,
+                port,
+                processes,
+                threads,
+                mount,
+                reload_on_changes,
+                statics,
+                access_log,
+            } => {
+                let opts = wsgimux::express::Express {
+                    target: app,
+                    callable,
+                    python,
+                    host,
+                    port,
+                    processes,
+                    threads,
+                    mount,
+                    reload_on_changes,
+                    statics,
+                    access_log,
+                };
+                let cwd = std::env::current_dir()?;
+                let config = opts.write(&cwd)?;
+                let shown = config.clone();
+                let banner: wsgimux::app::Banner = Box::new(move |apps, urls| {
+                    let (python, worker) = apps
+                        .first()
+                        .map(|a| (a.describe_python(), a.worker.to_string()))
+                        .unwrap_or_default();
+                    wsgimux::express::banner(&opts, &shown, &python, &worker, urls)
+                });
+                wsgimux::app::serve_with(&config, Some(banner)).await?;
+                Ok(())
+            }
             Command::Explain { config, url } => {
                 let (config, apps) = wsgimux::app::load(&config).await?;
                 let stores: Vec<wsgimux::tls::CertStore> = config
@@ -137,6 +219,44 @@ async fn reload(config: &std::path::Path, timeout: std::time::Duration) -> ExitC
         }
         Ok(Response::Error(e)) => {
             eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+        Ok(Response::Status(_)) => {
+            eprintln!("error: wsgimux answered a reload with a status");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `wsgimux status`: asks the server, prints its answer.
+async fn status(config: &std::path::Path, json: bool) -> ExitCode {
+    use wsgimux::control::{self, Request, Response};
+    let dir = wsgimux::app::runtime_dir_of(config);
+    match control::request(&dir, &Request::Status, std::time::Duration::from_secs(10)).await {
+        Ok(Response::Status(report)) => {
+            if json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => {
+                        eprintln!("error: cannot encode the status: {e}");
+                        return ExitCode::from(1);
+                    }
+                }
+            } else {
+                print!("{}", wsgimux::status::render_text(&report));
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(Response::Error(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+        Ok(Response::Reload(_)) => {
+            eprintln!("error: wsgimux answered a status request with a reload report");
             ExitCode::from(1)
         }
         Err(e) => {

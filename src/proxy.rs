@@ -19,11 +19,12 @@ use hyper::{Request, Response, Uri, Version};
 use percent_encoding::{percent_decode, utf8_percent_encode, AsciiSet, CONTROLS};
 use tokio::sync::watch;
 
-use crate::accesslog::{AccessLog, LoggedBody};
-use crate::config::AppSpec;
+use crate::accesslog::{AccessLog, AccessSink, LoggedBody, Served};
+use crate::config::{AppSpec, StaticAlias};
 use crate::error::ProxyError;
 use crate::gate::Verdict;
 use crate::http1::Rejection;
+use crate::metrics::Counters;
 use crate::routes::{normalize_host, RouteTable};
 use crate::upstream::{BoxError, Endpoint, ProxyBody};
 
@@ -61,10 +62,22 @@ pub struct AppRoute {
     request_timeout: Duration,
     /// Requests in flight at which new ones get 503: processes × threads + queue_limit.
     max_in_flight: usize,
+    /// The app's counters (kept across its generations).
+    stats: Arc<Counters>,
+    /// The app's `static:` folders, prefixes including the mount; longest first.
+    statics: Vec<StaticAlias>,
+    /// Wakes the processes of an app that starts on demand (or stopped when idle).
+    demand: Option<crate::supervisor::Demand>,
+    startup_timeout: Duration,
 }
 
 impl AppRoute {
-    pub fn new(spec: &AppSpec, endpoints: watch::Receiver<Endpoints>) -> Self {
+    pub fn new(
+        spec: &AppSpec,
+        endpoints: watch::Receiver<Endpoints>,
+        stats: Arc<Counters>,
+        demand: Option<crate::supervisor::Demand>,
+    ) -> Self {
         let mount = &spec.mount;
         let mount_header = (!mount.is_root()).then(|| encode_mount(mount.as_str()));
         AppRoute {
@@ -81,7 +94,47 @@ impl AppRoute {
             request_timeout: spec.request_timeout,
             max_in_flight: (spec.processes as usize * spec.threads as usize)
                 .saturating_add(spec.queue_limit as usize),
+            stats,
+            statics: spec
+                .statics
+                .iter()
+                .map(|a| StaticAlias {
+                    prefix: if mount.is_root() {
+                        a.prefix.clone()
+                    } else {
+                        format!("{}{}", mount.as_str(), a.prefix)
+                    },
+                    ..a.clone()
+                })
+                .collect(),
+            demand,
+            startup_timeout: spec.startup_timeout,
         }
+    }
+
+    /// A ready process; for an app whose processes are not running (on demand, or stopped
+    /// when idle), wakes them and waits up to its startup_timeout.
+    async fn ready_process(&self, avoid: Option<u32>) -> Option<Arc<Endpoint>> {
+        if let Some(e) = self.pick(avoid) {
+            return Some(e);
+        }
+        let demand = self.demand.as_ref()?;
+        demand.wake();
+        let mut endpoints = self.endpoints.clone();
+        let wait = async {
+            loop {
+                if let Some(e) = self.pick(avoid) {
+                    return Some(e);
+                }
+                if endpoints.changed().await.is_err() {
+                    return None;
+                }
+            }
+        };
+        tokio::time::timeout(self.startup_timeout, wait)
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Requests in flight over all the app's ready processes.
@@ -139,11 +192,51 @@ pub struct HttpsRedirect {
 
 pub struct Proxy {
     routes: watch::Receiver<Arc<Table>>,
+    settings: std::sync::RwLock<Arc<ProxySettings>>,
+}
+
+/// What the proxy reads per request beside the route table; a reload replaces it whole.
+#[derive(Debug, Default)]
+pub struct ProxySettings {
+    pub access: Arc<AccessSink>,
+    /// Host-wide `static:` folders, longest prefix first.
+    pub statics: Vec<StaticAlias>,
+}
+
+impl ProxySettings {
+    /// Opens the access log; Err names the file that could not be opened.
+    pub fn build(config: &crate::config::Config) -> Result<Self, String> {
+        let access =
+            AccessSink::open(&config.access_log).map_err(|e| match &config.access_log.to {
+                crate::config::AccessLogTo::File(p) => {
+                    format!("access_log {}: cannot open it: {e}", p.display())
+                }
+                _ => format!("access_log: {e}"),
+            })?;
+        Ok(ProxySettings {
+            access: Arc::new(access),
+            statics: config.statics.clone(),
+        })
+    }
 }
 
 impl Proxy {
-    pub fn new(routes: watch::Receiver<Arc<Table>>) -> Self {
-        Proxy { routes }
+    pub fn new(routes: watch::Receiver<Arc<Table>>, settings: ProxySettings) -> Self {
+        Proxy {
+            routes,
+            settings: std::sync::RwLock::new(Arc::new(settings)),
+        }
+    }
+
+    pub fn set_settings(&self, settings: ProxySettings) {
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(settings);
+    }
+
+    fn settings(&self) -> Arc<ProxySettings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Answers one request; `verdict` is the gate's word on it.
@@ -154,6 +247,7 @@ impl Proxy {
         verdict: Verdict,
     ) -> Response<LoggedBody> {
         let mut app = None;
+        let settings = self.settings();
         let (log, result) = match verdict {
             Verdict::Reject(r) => (
                 AccessLog::refused(client.peer),
@@ -164,7 +258,7 @@ impl Proxy {
             }
             Verdict::Forward { .. } => {
                 let log = AccessLog::begin(&req, client.peer);
-                (log, self.forward(req, client, &mut app).await)
+                (log, self.forward(req, client, &settings, &mut app).await)
             }
         };
         let resp = match result {
@@ -176,7 +270,7 @@ impl Proxy {
                 e.into_response()
             }
         };
-        log.finish(resp, app)
+        log.finish(resp, app, settings.access.clone())
     }
 
     /// The route for a host and a raw path, from the current table.
@@ -197,7 +291,8 @@ impl Proxy {
         &self,
         req: Request<Incoming>,
         client: Client,
-        app: &mut Option<Arc<str>>,
+        settings: &ProxySettings,
+        app: &mut Option<Served>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         // The gate made sure an absolute-form target agrees with Host; HTTP/2 has only the
@@ -221,8 +316,18 @@ impl Proxy {
         // Kept for a resend's fresh lookup; cloning a parsed `Uri` shares its bytes.
         let target = parts.uri.clone();
         let path = target.path();
+        if let Some(resp) = crate::statics::answer(&settings.statics, &parts).await {
+            return resp;
+        }
         let route = self.route(&host, path)?;
-        *app = Some(route.name.clone());
+        *app = Some(Served {
+            app: route.name.clone(),
+            stats: route.stats.clone(),
+            process: None,
+        });
+        if let Some(resp) = crate::statics::answer(&route.statics, &parts).await {
+            return resp;
+        }
         let in_flight = route.in_flight();
         if in_flight >= route.max_in_flight {
             return Err(ProxyError::Overloaded {
@@ -230,9 +335,13 @@ impl Proxy {
                 in_flight,
             });
         }
-        let mut endpoint = route.pick(None).ok_or_else(|| ProxyError::AppUnavailable {
-            app: route.name.to_string(),
-        })?;
+        let mut endpoint =
+            route
+                .ready_process(None)
+                .await
+                .ok_or_else(|| ProxyError::AppUnavailable {
+                    app: route.name.to_string(),
+                })?;
         let declared = parts
             .headers
             .get(header::CONTENT_LENGTH)
@@ -319,15 +428,18 @@ impl Proxy {
                 Some(mut unsent) if attempts < MAX_ATTEMPTS => {
                     tracing::debug!("retrying on another process: {}", failure.error);
                     let route = self.route(&host, path)?;
-                    endpoint =
-                        route
-                            .pick(Some(failed_pid))
-                            .ok_or_else(|| ProxyError::AppUnavailable {
-                                app: route.name.to_string(),
-                            })?;
+                    endpoint = route.ready_process(Some(failed_pid)).await.ok_or_else(|| {
+                        ProxyError::AppUnavailable {
+                            app: route.name.to_string(),
+                        }
+                    })?;
                     unsent.headers_mut().remove(MOUNT_HEADER);
                     set_mount(unsent.headers_mut(), &route, outer_mount.as_deref());
-                    *app = Some(route.name.clone());
+                    *app = Some(Served {
+                        app: route.name.clone(),
+                        stats: route.stats.clone(),
+                        process: None,
+                    });
                     route_now = route;
                     upstream_req = unsent;
                 }
@@ -339,6 +451,9 @@ impl Proxy {
                 }
             }
         };
+        if let Some(served) = app.as_mut() {
+            served.process = Some(endpoint.clone());
+        }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, body.boxed()))
@@ -779,12 +894,12 @@ mod tests {
     #[test]
     fn mount_header_is_percent_encoded_and_follows_a_trusted_prefix() {
         let (_tx, rx) = watch::channel(Endpoints::default());
-        let r = AppRoute::new(&spec("/café"), rx.clone());
+        let r = AppRoute::new(&spec("/café"), rx.clone(), Default::default(), None);
         assert_eq!(r.mount_header.clone().unwrap(), "/caf%C3%A9");
         let mut h = HeaderMap::new();
         set_mount(&mut h, &r, Some("/outer/"));
         assert_eq!(h[MOUNT_HEADER], "/outer/caf%C3%A9");
-        let root = AppRoute::new(&spec("/"), rx);
+        let root = AppRoute::new(&spec("/"), rx, Default::default(), None);
         assert!(root.mount_header.is_none());
         let mut h = HeaderMap::new();
         set_mount(&mut h, &root, Some("/outer"));

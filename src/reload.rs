@@ -18,10 +18,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::{AppSpec, Config, Problem};
 use crate::diff::{self, AppChange};
+use crate::metrics::Registry;
 use crate::preflight::ReadyApp;
 use crate::proxy::{AppRoute, Table};
 use crate::routes::RouteTable;
 use crate::server::{self, FrontSettings, Server};
+use crate::status::{AppOverview, Overview};
 use crate::supervisor::{Generation, StartFailure, Supervisor};
 use crate::watch::{self as filewatch, CodeWatcher, Fingerprint};
 
@@ -96,13 +98,20 @@ pub struct Reloader {
     triggers: mpsc::Sender<Trigger>,
     count: u64,
     last: Option<Report>,
+    last_at: Option<std::time::SystemTime>,
     /// The version of the file the last config reload read.
     loaded: Option<Fingerprint>,
+    /// Each app's counters, kept across reloads.
+    metrics: Arc<Registry>,
+    /// What `status` shows: replaced whenever what runs changes.
+    overview: watch::Sender<Arc<Overview>>,
+    started: std::time::SystemTime,
 }
 
 impl Reloader {
     /// Takes over what `serve` started: the apps' first generations, the server and the
     /// route table's sender.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         path: PathBuf,
         config: Config,
@@ -111,6 +120,8 @@ impl Reloader {
         server: Server,
         routes: watch::Sender<Arc<Table>>,
         triggers: mpsc::Sender<Trigger>,
+        metrics: Arc<Registry>,
+        overview: watch::Sender<Arc<Overview>>,
     ) -> Self {
         let mut r = Reloader {
             path,
@@ -126,17 +137,76 @@ impl Reloader {
             triggers,
             count: 0,
             last: None,
+            last_at: None,
             loaded: None,
+            metrics,
+            overview,
+            started: std::time::SystemTime::now(),
         };
         r.update_code_watchers();
+        r.publish_overview();
         r
     }
 
+    /// Replaces what `status` shows with what runs now.
+    fn publish_overview(&self) {
+        let settings = self.server.settings();
+        let listeners = self
+            .server
+            .local_addrs()
+            .into_iter()
+            .map(|(configured, local)| {
+                let scheme = if settings.is_tls(&configured) {
+                    "https"
+                } else {
+                    "http"
+                };
+                format!("{scheme}://{local}")
+            })
+            .collect();
+        let apps = self
+            .config
+            .apps
+            .iter()
+            .filter_map(|spec| {
+                let r = self.apps.get(&spec.name)?;
+                Some(AppOverview {
+                    app: r.app.clone(),
+                    generation: r.generation.clone(),
+                    stats: self.metrics.app(&spec.name),
+                })
+            })
+            .collect();
+        let previous = self.overview.borrow().clone();
+        self.overview.send_replace(Arc::new(Overview {
+            started: self.started,
+            config: self.path.clone(),
+            listeners,
+            admin: previous.admin.clone(),
+            apps,
+            reloads: self.count,
+            last_reload: self
+                .last
+                .clone()
+                .map(|r| (self.last_at.unwrap_or(self.started), r)),
+        }));
+    }
+
     /// The route table for a set of running apps, in config order.
-    pub fn table<'a>(order: &[AppSpec], apps: impl Fn(&str) -> Option<&'a Generation>) -> Table {
+    pub fn table<'a>(
+        order: &[AppSpec],
+        apps: impl Fn(&str) -> Option<&'a Generation>,
+        metrics: &Registry,
+    ) -> Table {
         RouteTable::for_apps(order.iter().filter_map(|spec| {
             let g = apps(&spec.name)?;
-            Some((spec, Arc::new(AppRoute::new(spec, g.endpoints.clone()))))
+            let route = AppRoute::new(
+                spec,
+                g.endpoints.clone(),
+                metrics.app(&spec.name),
+                g.demand.clone(),
+            );
+            Some((spec, Arc::new(route)))
         }))
     }
 
@@ -204,6 +274,8 @@ impl Reloader {
             Outcome::PartlyApplied | Outcome::Rejected => tracing::error!("{}", report.summary),
         }
         self.last = Some(report.clone());
+        self.last_at = Some(std::time::SystemTime::now());
+        self.publish_overview();
         report
     }
 
@@ -264,24 +336,29 @@ impl Reloader {
         // Certificates are loaded and new listeners bound before anything else changes: a
         // failure rejects the reload with nothing started.
         let front = if d.front_changed {
-            match FrontSettings::build(&new, Some(&self.server.settings())) {
+            let built = FrontSettings::build(&new, Some(&self.server.settings()))
+                .map_err(|e| e.to_string())
+                .and_then(|f| Ok((f, crate::proxy::ProxySettings::build(&new)?)));
+            match built {
                 Ok(f) => Some(f),
-                Err(e) => return (self.finish(rejected(vec![e.to_string()])), BTreeSet::new()),
+                Err(e) => return (self.finish(rejected(vec![e])), BTreeSet::new()),
             }
         } else {
             None
         };
-        if d.account_changed {
+        if !d.restart_only.is_empty() {
             tracing::warn!(
-                "the top-level user/group changed; it applies when wsgimux is restarted"
+                "changed top-level {} applies when wsgimux is restarted",
+                d.restart_only.join(", ")
             );
         }
         let bound = match server::bind(&d.listen_added).await {
             Ok(b) => b,
             Err(e) => return (self.finish(rejected(vec![e.to_string()])), BTreeSet::new()),
         };
-        if let Some(front) = front {
+        if let Some((front, proxy)) = front {
             self.server.set_settings(front);
+            self.server.proxy().set_settings(proxy);
         }
         if d.is_empty() {
             let report = Report {
@@ -302,6 +379,7 @@ impl Reloader {
             if let AppChange::Added(spec) | AppChange::Restart { spec, .. } = change {
                 if let Some(app) = ready.get(&spec.name) {
                     let g = self.supervisor.start(app);
+                    self.wake_if_running(&spec.name, &g);
                     starting.push((spec.name.clone(), g, spec.startup_timeout));
                 }
             }
@@ -420,6 +498,7 @@ impl Reloader {
         let started = Instant::now();
         let cause = format!("{} changed", file.display());
         let g = self.supervisor.start(&app);
+        self.wake_if_running(name, &g);
         let report = match g.wait_ready(app.spec.startup_timeout + READY_MARGIN).await {
             Ok(pids) => {
                 let old = self.apps.insert(
@@ -475,11 +554,27 @@ impl Reloader {
         }
     }
 
+    /// A new generation of an on-demand app starts at once when the one it replaces has
+    /// processes running (so the switch is as seamless as for any app); else it waits for a
+    /// request.
+    fn wake_if_running(&self, name: &str, new: &Generation) {
+        let running = self
+            .apps
+            .get(name)
+            .is_some_and(|r| !r.generation.pids().is_empty());
+        if let (true, Some(d)) = (running, &new.demand) {
+            d.wake();
+        }
+    }
+
     fn publish_routes(&self) {
-        let table = Reloader::table(&self.config.apps, |name| {
-            self.apps.get(name).map(|a| &a.generation)
-        });
+        let table = Reloader::table(
+            &self.config.apps,
+            |name| self.apps.get(name).map(|a| &a.generation),
+            &self.metrics,
+        );
         self.routes.send_replace(Arc::new(table));
+        self.publish_overview();
     }
 
     /// Starts a code watcher for each app with `reload_on_changes`, stops the others'.

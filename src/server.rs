@@ -95,6 +95,11 @@ impl std::fmt::Debug for TlsListener {
 }
 
 impl FrontSettings {
+    /// Whether the listener configured at `addr` speaks TLS.
+    pub fn is_tls(&self, addr: &SocketAddr) -> bool {
+        self.tls.contains_key(addr)
+    }
+
     /// Loads the certificates `config` names. `previous` stores are kept when their spec did
     /// not change, so a reload does not re-read unchanged files.
     pub fn build(config: &Config, previous: Option<&FrontSettings>) -> Result<Self, TlsError> {
@@ -188,6 +193,10 @@ impl Server {
     }
 
     /// The settings in force.
+    pub fn proxy(&self) -> &Arc<Proxy> {
+        &self.proxy
+    }
+
     pub fn settings(&self) -> Arc<FrontSettings> {
         self.settings.borrow().clone()
     }

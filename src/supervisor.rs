@@ -4,6 +4,10 @@
 //! on its Unix socket, publish it as a ready endpoint, wait for it to exit (or for the stop
 //! signal), unpublish it, back off, start again. The supervisor is the only writer of the apps'
 //! endpoint lists; `proxy` only reads them. A failing app only ever affects its own slots.
+//! A slot also carries out its app's process policy: wait for the first request (`start:
+//! on_demand`), stop when idle (`idle_timeout`), and replace its process after `max_requests`
+//! (the new one is published before the old one is drained). Each slot reports its process's
+//! state, pid, start time and restarts in the generation's `ProcessView` list (for `status`).
 //!
 //! Does not know about routes or HTTP beyond "the socket accepts a connection".
 
@@ -12,7 +16,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -20,7 +24,10 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::account::Account;
-use crate::config::{Address, Entry, PORT_PLACEHOLDER, SOCKET_PLACEHOLDER};
+use crate::config::{
+    Address, Entry, ProcessPolicy, StartMode, PORT_PLACEHOLDER, SOCKET_PLACEHOLDER,
+};
+use crate::logfile::LogFile;
 use crate::preflight::{ReadyApp, WorkerKind};
 use crate::proxy::Endpoints;
 use crate::upstream::Endpoint;
@@ -70,6 +77,65 @@ pub struct Generation {
     pub processes: usize,
     pub endpoints: watch::Receiver<Endpoints>,
     failure: watch::Receiver<Option<StartFailure>>,
+    /// Each process slot's state, for `status`.
+    pub views: Arc<Mutex<Vec<ProcessView>>>,
+    /// Wakes the processes of an app that starts on demand or stops when idle.
+    pub demand: Option<Demand>,
+    pub started: SystemTime,
+}
+
+/// What a process slot is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessState {
+    /// Started, not answering yet.
+    Starting,
+    Ready,
+    /// Exited or failed to start; started again after a backoff.
+    Restarting,
+    /// Not running until a request comes (`start: on_demand`, or stopped by `idle_timeout`).
+    Idle,
+    /// A replacement is starting after `max_requests`; this one still serves.
+    Recycling,
+    Stopping,
+    /// An `upstream:` server that does not accept connections.
+    Down,
+}
+
+/// One process slot as `status` shows it.
+#[derive(Debug, Clone)]
+pub struct ProcessView {
+    pub slot: usize,
+    pub pid: Option<u32>,
+    pub state: ProcessState,
+    /// When the current process started.
+    pub started: Option<SystemTime>,
+    /// Times the slot's process exited or failed to start and was started again.
+    pub restarts: u32,
+    /// Replacements after max_requests.
+    pub recycles: u32,
+    /// The ready process (its in-flight count and counters).
+    pub endpoint: Option<Arc<Endpoint>>,
+    /// How the last process ended, when it did by itself.
+    pub last_exit: Option<String>,
+}
+
+/// The request side's handle on dormant processes: [`Demand::wake`] starts them.
+#[derive(Debug, Clone)]
+pub struct Demand(Arc<watch::Sender<u64>>);
+
+impl Demand {
+    fn new() -> Self {
+        Demand(Arc::new(watch::channel(0).0))
+    }
+
+    pub fn wake(&self) {
+        self.0.send_modify(|n| *n += 1);
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.0.subscribe()
+    }
 }
 
 impl Generation {
@@ -91,9 +157,24 @@ impl Generation {
         self.failure.borrow().clone()
     }
 
+    /// True while the processes wait for a first request (`start: on_demand`).
+    pub fn dormant(&self) -> bool {
+        self.demand
+            .as_ref()
+            .is_some_and(|d| *d.0.borrow() == 0 && self.pids().is_empty())
+            && self.views().iter().all(|v| v.state == ProcessState::Idle)
+    }
+
+    pub fn views(&self) -> Vec<ProcessView> {
+        self.views.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
     /// Waits until every process answers (→ their pids) or one fails to start, for at most
-    /// `limit`.
+    /// `limit`. A dormant on-demand generation is ready as it is (→ no pids).
     pub async fn wait_ready(&self, limit: Duration) -> Result<Vec<u32>, StartFailure> {
+        if self.dormant() {
+            return Ok(Vec::new());
+        }
         let mut endpoints = self.endpoints.clone();
         let mut failure = self.failure.clone();
         let deadline = tokio::time::Instant::now() + limit;
@@ -155,6 +236,10 @@ struct AppPlan {
     working_dir: PathBuf,
     env: BTreeMap<String, String>,
     startup_timeout: Duration,
+    drain_timeout: Duration,
+    policy: ProcessPolicy,
+    /// `<log_dir>/<app>.log`, when set: the children's output goes there.
+    log: Option<Arc<LogFile>>,
 }
 
 #[derive(Debug)]
@@ -191,6 +276,7 @@ struct LiveGeneration {
 pub struct Supervisor {
     runtime_dir: PathBuf,
     files: WorkerFiles,
+    log_dir: Option<PathBuf>,
     next_generation: u64,
     live: HashMap<u64, LiveGeneration>,
     /// Generations being drained and stopped in the background.
@@ -200,10 +286,11 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(runtime_dir: PathBuf, files: WorkerFiles) -> Self {
+    pub fn new(runtime_dir: PathBuf, files: WorkerFiles, log_dir: Option<PathBuf>) -> Self {
         Supervisor {
             runtime_dir,
             files,
+            log_dir,
             next_generation: 1,
             live: HashMap::new(),
             retiring: JoinSet::new(),
@@ -236,14 +323,39 @@ impl Supervisor {
         let (failure_tx, failure_rx) = watch::channel(None);
         let failure_tx = Arc::new(failure_tx);
         let (stop_tx, stop_rx) = watch::channel(false);
+        let processes = app.spec.processes as usize;
+        let on_demand = app.spec.policy.start == StartMode::OnDemand;
+        let initial = if on_demand {
+            ProcessState::Idle
+        } else {
+            ProcessState::Starting
+        };
+        let views = Arc::new(Mutex::new(
+            (0..processes)
+                .map(|slot| ProcessView {
+                    slot,
+                    pid: None,
+                    state: initial,
+                    started: None,
+                    restarts: 0,
+                    recycles: 0,
+                    endpoint: None,
+                    last_exit: None,
+                })
+                .collect::<Vec<_>>(),
+        ));
+        let demand = (on_demand || app.spec.policy.idle_timeout.is_some()).then(Demand::new);
         let mut slots = JoinSet::new();
-        for slot in 0..app.spec.processes as usize {
+        for slot in 0..processes {
             let slot_task = Slot {
                 plan: plan.clone(),
                 slot,
                 endpoints: endpoints_tx.clone(),
                 failure: failure_tx.clone(),
                 stop: stop_rx.clone(),
+                views: views.clone(),
+                demand: demand.as_ref().map(Demand::subscribe),
+                seen_demand: 0,
             };
             slots.spawn(slot_task.run());
         }
@@ -259,9 +371,12 @@ impl Supervisor {
         Generation {
             id,
             app: plan.name.clone(),
-            processes: app.spec.processes as usize,
+            processes,
             endpoints: endpoints_rx,
             failure: failure_rx,
+            views,
+            demand,
+            started: SystemTime::now(),
         }
     }
 
@@ -344,6 +459,20 @@ impl Supervisor {
             working_dir: spec.working_dir.clone(),
             env: spec.env.clone(),
             startup_timeout: spec.startup_timeout,
+            drain_timeout: spec.drain_timeout,
+            policy: spec.policy.clone(),
+            log: self.log_dir.as_ref().and_then(|d| {
+                let path = d.join(format!("{}.log", spec.name));
+                LogFile::open(&path)
+                    .map_err(|e| {
+                        tracing::warn!(
+                            "app {}: cannot open {}: {e}; its output goes to this log",
+                            spec.name,
+                            path.display()
+                        )
+                    })
+                    .ok()
+            }),
         }
     }
 
@@ -458,6 +587,11 @@ struct Slot {
     /// The generation's first start failure, shared by its slots.
     failure: Arc<watch::Sender<Option<StartFailure>>>,
     stop: watch::Receiver<bool>,
+    views: Arc<Mutex<Vec<ProcessView>>>,
+    /// Requests for a dormant app (on demand, or stopped when idle): a count of wakes.
+    demand: Option<watch::Receiver<u64>>,
+    /// The wake count when the slot went dormant; a higher one starts it.
+    seen_demand: u64,
 }
 
 enum Startup {
@@ -467,6 +601,29 @@ enum Startup {
     Stopping,
 }
 
+/// How a served process ended.
+enum Ended {
+    /// The slot must stop (the generation is stopped or retired).
+    Stop,
+    /// The process exited by itself or failed to start: start again after a backoff.
+    Crashed,
+    /// Stopped for `idle_timeout`: start again with the next request.
+    Idle,
+}
+
+/// A process that answers on its socket.
+struct Running {
+    child: Child,
+    pid: u32,
+    address: Address,
+    endpoint: Arc<Endpoint>,
+    /// Recycle after this many requests (max_requests + this process's jitter).
+    recycle_at: Option<u64>,
+}
+
+/// How often a running process is checked for idleness and for max_requests.
+const POLICY_POLL: Duration = Duration::from_millis(100);
+
 impl Slot {
     async fn run(mut self) {
         if let Launch::Upstream { address } = &self.plan.launch {
@@ -475,20 +632,41 @@ impl Slot {
         }
         let mut backoff = INITIAL_BACKOFF;
         let mut attempt = 0u64;
+        let mut dormant = self.plan.policy.start == StartMode::OnDemand;
         loop {
-            attempt += 1;
-            let address = self.listen_address(attempt);
-            let started = Instant::now();
-            let stop_now = self.run_once(&address).await;
-            if let Address::Unix(socket) = &address {
-                let _ = std::fs::remove_file(socket);
+            if dormant {
+                self.view(|v| {
+                    v.state = ProcessState::Idle;
+                    v.pid = None;
+                    v.started = None;
+                });
+                if !self.wait_for_demand().await {
+                    return;
+                }
+                dormant = false;
             }
-            if stop_now || *self.stop.borrow() {
+            let started = Instant::now();
+            let ended = self.serve(&mut attempt).await;
+            if *self.stop.borrow() {
                 return;
+            }
+            match ended {
+                Ended::Stop => return,
+                Ended::Idle => {
+                    dormant = true;
+                    backoff = INITIAL_BACKOFF;
+                    continue;
+                }
+                Ended::Crashed => {}
             }
             if started.elapsed() >= STABLE_AFTER {
                 backoff = INITIAL_BACKOFF;
             }
+            self.view(|v| {
+                v.state = ProcessState::Restarting;
+                v.pid = None;
+                v.restarts += 1;
+            });
             tracing::info!(
                 "[{}] restarting process {} in {:.1}s",
                 self.plan.name,
@@ -501,6 +679,284 @@ impl Slot {
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+    }
+
+    /// Updates this slot's entry in the generation's views.
+    fn view(&self, f: impl FnOnce(&mut ProcessView)) {
+        if let Ok(mut views) = self.views.lock() {
+            if let Some(v) = views.get_mut(self.slot) {
+                f(v);
+            }
+        }
+    }
+
+    /// Waits for a request to wake the app; false when the slot is stopped instead.
+    async fn wait_for_demand(&mut self) -> bool {
+        let seen = self.seen_demand;
+        let Some(demand) = self.demand.as_mut() else {
+            return true;
+        };
+        loop {
+            if *demand.borrow_and_update() > seen {
+                return true;
+            }
+            tokio::select! {
+                r = demand.changed() => if r.is_err() { return false },
+                _ = stopped(&mut self.stop) => return false,
+            }
+        }
+    }
+
+    /// Starts a process and serves with it (and with its replacements after max_requests)
+    /// until it exits, goes idle, or the slot stops.
+    async fn serve(&mut self, attempt: &mut u64) -> Ended {
+        let mut current = match self.start_process(attempt).await {
+            Ok(r) => r,
+            Err(ended) => return ended,
+        };
+        let idle_timeout = self.plan.policy.idle_timeout;
+        let mut last_count = 0u64;
+        let mut last_active = Instant::now();
+        let mut poll = tokio::time::interval(POLICY_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                status = current.child.wait() => {
+                    self.unpublish(&current);
+                    let status = match status {
+                        Ok(s) => describe(s),
+                        Err(e) => format!("wait failed: {e}"),
+                    };
+                    tracing::warn!(
+                        "[{}] process {} (pid {}) exited: {status}",
+                        self.plan.name,
+                        self.slot,
+                        current.pid
+                    );
+                    self.view(|v| v.last_exit = Some(status));
+                    return Ended::Crashed;
+                }
+                _ = stopped(&mut self.stop) => {
+                    self.view(|v| v.state = ProcessState::Stopping);
+                    self.unpublish(&current);
+                    stop_child(&mut current.child, current.pid).await;
+                    return Ended::Stop;
+                }
+                _ = poll.tick() => {}
+            }
+            let served = current.endpoint.stats.snapshot().requests();
+            if served != last_count || current.endpoint.in_flight() > 0 {
+                last_count = served;
+                last_active = Instant::now();
+            }
+            if let Some(idle) = idle_timeout {
+                if last_active.elapsed() >= idle {
+                    // A request from now on wakes the slot again, even one that arrives
+                    // while this process stops.
+                    self.seen_demand = self.demand.as_ref().map_or(0, |d| *d.borrow());
+                    tracing::info!(
+                        "[{}] process {} (pid {}) idle for {}; stopping it until the next request",
+                        self.plan.name,
+                        self.slot,
+                        current.pid,
+                        secs(idle)
+                    );
+                    self.view(|v| v.state = ProcessState::Stopping);
+                    self.unpublish(&current);
+                    stop_child(&mut current.child, current.pid).await;
+                    return Ended::Idle;
+                }
+            }
+            if current.recycle_at.is_some_and(|n| served >= n) {
+                match self.recycle(current, attempt).await {
+                    Ok(next) => {
+                        current = next;
+                        last_count = 0;
+                        last_active = Instant::now();
+                    }
+                    Err(ended) => return ended,
+                }
+            }
+        }
+    }
+
+    /// Zero-downtime replacement after max_requests: the new process starts and is published
+    /// while the old one serves; then the old one is unpublished, drained and stopped. If the
+    /// new one does not start, the old one goes on serving (and is tried again later).
+    async fn recycle(&mut self, mut old: Running, attempt: &mut u64) -> Result<Running, Ended> {
+        tracing::info!(
+            "[{}] process {} (pid {}) served {} requests (max_requests); replacing it",
+            self.plan.name,
+            self.slot,
+            old.pid,
+            old.endpoint.stats.snapshot().requests()
+        );
+        self.view(|v| v.state = ProcessState::Recycling);
+        let (restarts, last_exit) = self
+            .views
+            .lock()
+            .ok()
+            .and_then(|v| v.get(self.slot).map(|v| (v.restarts, v.last_exit.clone())))
+            .unwrap_or_default();
+        let next = tokio::select! {
+            r = self.start_process(attempt) => r,
+            // The old process died meanwhile: the new one, if it comes up, takes over.
+            _ = old.child.wait() => {
+                self.unpublish(&old);
+                return self.start_process(attempt).await;
+            }
+        };
+        match next {
+            Ok(new) => {
+                self.view(|v| {
+                    v.recycles += 1;
+                    v.restarts = restarts;
+                    v.last_exit = last_exit;
+                });
+                // Unpublished first, so no new request picks it; then its requests finish.
+                self.publish(None, old.pid);
+                let drain = self.plan.drain_timeout;
+                let name = self.plan.name.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(RETIRE_SETTLE).await;
+                    let deadline = Instant::now() + drain;
+                    while old.endpoint.in_flight() > 0 && Instant::now() < deadline {
+                        tokio::time::sleep(DRAIN_POLL).await;
+                    }
+                    old.endpoint.close_idle();
+                    stop_child(&mut old.child, old.pid).await;
+                    remove_socket(&old.address);
+                    tracing::debug!("[{name}] recycled pid {} stopped", old.pid);
+                });
+                Ok(new)
+            }
+            Err(Ended::Stop) => {
+                self.unpublish(&old);
+                stop_child(&mut old.child, old.pid).await;
+                Err(Ended::Stop)
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "[{}] the replacement for pid {} did not start; it keeps serving",
+                    self.plan.name,
+                    old.pid
+                );
+                self.view(|v| {
+                    v.state = ProcessState::Ready;
+                    v.pid = Some(old.pid);
+                    v.endpoint = Some(old.endpoint.clone());
+                });
+                old.recycle_at = old
+                    .recycle_at
+                    .map(|n| n + self.plan.policy.max_requests.unwrap_or(1));
+                Ok(old)
+            }
+        }
+    }
+
+    /// Starts one process and waits until it answers; publishes it. Err: why there is none.
+    async fn start_process(&mut self, attempt: &mut u64) -> Result<Running, Ended> {
+        *attempt += 1;
+        let address = self.listen_address(*attempt);
+        let plan = self.plan.clone();
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let mut child = match spawn_child(&plan, &address, &tail) {
+            Ok(c) => c,
+            Err(e) => {
+                let reason = format!("cannot start {}: {e}", plan.launch.program());
+                self.start_failed(reason, tail_lines(&tail));
+                return Err(Ended::Crashed);
+            }
+        };
+        let pid = child.id().unwrap_or(0);
+        let recycling = self
+            .views
+            .lock()
+            .ok()
+            .and_then(|v| v.get(self.slot).map(|v| v.state == ProcessState::Recycling))
+            .unwrap_or(false);
+        if !recycling {
+            self.view(|v| {
+                v.state = ProcessState::Starting;
+                v.pid = Some(pid);
+                v.started = Some(SystemTime::now());
+            });
+        }
+        let failed = |_: &Self| remove_socket(&address);
+        match self.wait_ready(&mut child, &address).await {
+            Startup::Ready => {}
+            Startup::Stopping => {
+                stop_child(&mut child, pid).await;
+                failed(self);
+                return Err(Ended::Stop);
+            }
+            Startup::Exited(status) => {
+                // Let the log pumps deliver the last lines before they are quoted.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let reason = format!(
+                    "exited during start-up ({}){}",
+                    describe(status),
+                    last_line(&tail)
+                );
+                self.view(|v| v.last_exit = Some(describe(status)));
+                self.start_failed(reason, tail_lines(&tail));
+                failed(self);
+                return Err(Ended::Crashed);
+            }
+            Startup::TimedOut => {
+                // Reported before the stop, which may take STOP_GRACE: a reload waits for it.
+                let reason = format!(
+                    "did not answer on {address} within startup_timeout {}{}",
+                    secs(plan.startup_timeout),
+                    last_line(&tail)
+                );
+                self.start_failed(reason, tail_lines(&tail));
+                stop_child(&mut child, pid).await;
+                failed(self);
+                return Err(Ended::Crashed);
+            }
+        }
+        let endpoint = Endpoint::new(address.clone(), pid);
+        tracing::debug!(
+            "[{}] generation {} process {} ready (pid {pid})",
+            plan.name,
+            plan.generation,
+            self.slot
+        );
+        self.publish(Some(endpoint.clone()), 0);
+        self.view(|v| {
+            v.state = ProcessState::Ready;
+            v.pid = Some(pid);
+            v.started = Some(SystemTime::now());
+            v.endpoint = Some(endpoint.clone());
+        });
+        let recycle_at = plan.policy.max_requests.map(|n| {
+            let jitter = plan.policy.max_requests_jitter;
+            n + if jitter > 0 {
+                random_below(jitter + 1)
+            } else {
+                0
+            }
+        });
+        Ok(Running {
+            child,
+            pid,
+            address,
+            endpoint,
+            recycle_at,
+        })
+    }
+
+    /// Takes a process out of the ready list and closes its pooled connections.
+    fn unpublish(&self, r: &Running) {
+        self.publish(None, r.pid);
+        r.endpoint.close_idle();
+        self.view(|v| {
+            if v.pid == Some(r.pid) {
+                v.endpoint = None;
+            }
+        });
+        remove_socket(&r.address);
     }
 
     /// Where this start of the slot's process is to listen: a fresh socket path per attempt, or
@@ -540,7 +996,13 @@ impl Slot {
                     if reported {
                         tracing::info!("[{name}] upstream {address} answers again");
                     }
-                    self.publish(Some(Endpoint::new(address.clone(), 0)), 0);
+                    let endpoint = Endpoint::new(address.clone(), 0);
+                    self.publish(Some(endpoint.clone()), 0);
+                    self.view(|v| {
+                        v.state = ProcessState::Ready;
+                        v.started = Some(SystemTime::now());
+                        v.endpoint = Some(endpoint);
+                    });
                 }
             } else {
                 failures += 1;
@@ -551,6 +1013,10 @@ impl Slot {
                         "[{name}] upstream {address} does not accept connections; not routing to it"
                     );
                     self.publish(None, 0);
+                    self.view(|v| {
+                        v.state = ProcessState::Down;
+                        v.endpoint = None;
+                    });
                 }
                 if !up && !reported && Instant::now() >= deadline {
                     reported = true;
@@ -568,83 +1034,6 @@ impl Slot {
                     self.publish(None, 0);
                     return;
                 }
-            }
-        }
-    }
-
-    /// Starts one child and serves with it until it exits; true when the slot must stop.
-    async fn run_once(&mut self, address: &Address) -> bool {
-        let plan = self.plan.clone();
-        let tail = Arc::new(Mutex::new(VecDeque::new()));
-        let mut child = match spawn_child(&plan, address, &tail) {
-            Ok(c) => c,
-            Err(e) => {
-                let reason = format!("cannot start {}: {e}", plan.launch.program());
-                self.start_failed(reason, tail_lines(&tail));
-                return false;
-            }
-        };
-        let pid = child.id().unwrap_or(0);
-        match self.wait_ready(&mut child, address).await {
-            Startup::Ready => {}
-            Startup::Stopping => {
-                stop_child(&mut child, pid).await;
-                return true;
-            }
-            Startup::Exited(status) => {
-                // Let the log pumps deliver the last lines before they are quoted.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                let reason = format!(
-                    "exited during start-up ({}){}",
-                    describe(status),
-                    last_line(&tail)
-                );
-                self.start_failed(reason, tail_lines(&tail));
-                return false;
-            }
-            Startup::TimedOut => {
-                // Reported before the stop, which may take STOP_GRACE: a reload waits for it.
-                let reason = format!(
-                    "did not answer on {address} within startup_timeout {}{}",
-                    secs(plan.startup_timeout),
-                    last_line(&tail)
-                );
-                self.start_failed(reason, tail_lines(&tail));
-                stop_child(&mut child, pid).await;
-                return false;
-            }
-        }
-
-        let endpoint = Endpoint::new(address.clone(), pid);
-        tracing::debug!(
-            "[{}] generation {} process {} ready (pid {pid})",
-            plan.name,
-            plan.generation,
-            self.slot
-        );
-        self.publish(Some(endpoint.clone()), pid);
-        let outcome = tokio::select! {
-            status = child.wait() => Some(status),
-            _ = stopped(&mut self.stop) => None,
-        };
-        self.publish(None, pid);
-        endpoint.close_idle();
-        match outcome {
-            None => {
-                stop_child(&mut child, pid).await;
-                true
-            }
-            Some(status) => {
-                let status = match status {
-                    Ok(s) => describe(s),
-                    Err(e) => format!("wait failed: {e}"),
-                };
-                tracing::warn!(
-                    "[{}] process {} (pid {pid}) exited: {status}",
-                    plan.name,
-                    self.slot
-                );
-                false
             }
         }
     }
@@ -705,6 +1094,25 @@ impl Slot {
             first
         });
     }
+}
+
+fn remove_socket(address: &Address) {
+    if let Address::Unix(socket) = address {
+        let _ = std::fs::remove_file(socket);
+    }
+}
+
+/// A number in 0..n (n > 0), different per call: for max_requests_jitter, where the spread
+/// matters, not the quality.
+fn random_below(n: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish() % n
 }
 
 /// Resolves when the stop flag is set or its sender is gone.
@@ -830,10 +1238,16 @@ fn spawn_child(
     };
     let pid = child.id().unwrap_or(0);
     if let Some(out) = child.stdout.take() {
-        tokio::spawn(pump(out, plan.name.clone(), pid, None));
+        tokio::spawn(pump(out, plan.name.clone(), pid, None, plan.log.clone()));
     }
     if let Some(err) = child.stderr.take() {
-        tokio::spawn(pump(err, plan.name.clone(), pid, Some(tail.clone())));
+        tokio::spawn(pump(
+            err,
+            plan.name.clone(),
+            pid,
+            Some(tail.clone()),
+            plan.log.clone(),
+        ));
     }
     Ok(child)
 }
@@ -932,12 +1346,14 @@ fn last_line(tail: &Mutex<VecDeque<String>>) -> String {
     }
 }
 
-/// Copies a child's output to the log, one line per record, prefixed with the app name.
+/// Copies a child's output to the log (or the app's own file under `log_dir`), one line per
+/// record, prefixed with the app name and pid.
 async fn pump(
     stream: impl AsyncRead + Unpin,
     app: Arc<str>,
     pid: u32,
     tail: Option<Arc<Mutex<VecDeque<String>>>>,
+    file: Option<Arc<LogFile>>,
 ) {
     let mut reader = BufReader::new(stream);
     let mut buf = Vec::new();
@@ -953,7 +1369,13 @@ async fn pump(
         }
         let line = String::from_utf8_lossy(&buf);
         let line = line.trim_end_matches(['\n', '\r']);
-        tracing::info!(target: "wsgimux::app", "[{app}:{pid}] {line}");
+        match &file {
+            Some(f) => f.write_line(&format!(
+                "{} [{app}:{pid}] {line}",
+                crate::accesslog::iso_time(SystemTime::now())
+            )),
+            None => tracing::info!(target: "wsgimux::app", "[{app}:{pid}] {line}"),
+        }
         if let Some(tail) = &tail {
             if let Ok(mut t) = tail.lock() {
                 if t.len() == STDERR_TAIL_LINES {

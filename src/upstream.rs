@@ -153,6 +153,8 @@ pub struct Endpoint {
     pid: u32,
     idle: Mutex<Vec<Idle>>,
     in_flight: AtomicUsize,
+    /// Requests this process answered (counted when their responses end).
+    pub stats: crate::metrics::Counters,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -171,6 +173,7 @@ impl Endpoint {
             pid,
             idle: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
+            stats: Default::default(),
         })
     }
 

@@ -20,6 +20,10 @@ fn empty() -> Config {
         user: None,
         group: None,
         runtime_dir: None,
+        access_log: Default::default(),
+        log_dir: None,
+        admin: None,
+        statics: Vec::new(),
         apps: Vec::new(),
     }
 }

@@ -96,3 +96,665 @@ fn explain_matches_what_the_app_sees() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("\"example.com/x\" is not an http"));
 }
+
+fn wsgimux(args: &[&str], config: &std::path::Path) -> (bool, String, String) {
+    let out = Command::new(harness::BIN)
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("run wsgimux");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn status_json(config: &std::path::Path) -> serde_json::Value {
+    let (ok, out, err) = wsgimux(&["status", "--json"], config);
+    assert!(ok, "wsgimux status --json: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON: {e}: {out}"))
+}
+
+fn app<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status["apps"]
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["name"] == name))
+        .unwrap_or_else(|| panic!("no app {name} in {status}"))
+}
+
+fn get_raw(addr: std::net::SocketAddr, raw: &str) -> harness::Response {
+    harness::request(addr, raw.as_bytes()).expect("request")
+}
+
+/// `wsgimux status` (text and JSON) shows each app's processes with the numbers the test
+/// caused; the admin listener serves the same as a page a headless Chromium renders, and as
+/// Prometheus text.
+#[test]
+fn status_cli_admin_page_and_metrics() {
+    let (Some(py3), Some(py2)) = (
+        harness::require_python("3.12"),
+        harness::require_python("2.7"),
+    ) else {
+        return;
+    };
+    let site = Site::new();
+    site.probe("app");
+    let config = site.config(&format!(
+        "admin: {{listen: \"127.0.0.1:0\"}}\napps:\n  modern:\n    python: {}\n    script: app/probe.py\n    processes: 2\n    mount: /m\n  legacy:\n    python: {}\n    script: app/probe.py\n",
+        py3.display(),
+        py2.display()
+    ));
+    let server = site.serve();
+    for _ in 0..20 {
+        assert_eq!(server.get("a.test", "/m/pid").status, 200);
+    }
+    assert_eq!(server.get("a.test", "/m/boom").status, 500);
+    for _ in 0..5 {
+        assert_eq!(server.get("a.test", "/pid").status, 200);
+    }
+    let s = status_json(&config);
+    assert!(s["last_reload"].is_null(), "{s}");
+    let modern = app(&s, "modern");
+    assert_eq!(modern["routes"][0], "*/m");
+    assert_eq!(modern["worker"], "native");
+    assert!(modern["python_version"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("3.12"));
+    assert_eq!(modern["generation"], 1);
+    assert_eq!(modern["requests"], 21, "{modern}");
+    assert_eq!(modern["errors"], 1, "{modern}");
+    assert!(modern["p50_ms"].as_f64().is_some() && modern["p99_ms"].as_f64().is_some());
+    let procs = modern["processes"].as_array().expect("processes");
+    assert_eq!(procs.len(), 2);
+    let mut pids: Vec<u64> = procs.iter().filter_map(|p| p["pid"].as_u64()).collect();
+    pids.sort();
+    let mut expected: Vec<u64> = server
+        .app_pids("modern")
+        .iter()
+        .map(|&p| p.into())
+        .collect();
+    expected.sort();
+    assert_eq!(pids, expected);
+    for p in procs {
+        assert_eq!(p["state"], "ready", "{p}");
+        assert_eq!(p["restarts"], 0);
+        assert!(p["uptime_seconds"].as_u64().is_some());
+    }
+    let per_process: u64 = procs.iter().filter_map(|p| p["requests"].as_u64()).sum();
+    assert_eq!(per_process, 21);
+    let legacy = app(&s, "legacy");
+    assert_eq!(legacy["worker"], "portable");
+    assert!(legacy["python_version"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("2.7"));
+    assert_eq!(legacy["requests"], 5);
+
+    // A killed process is restarted and counted.
+    let victim = expected[0] as i32;
+    // SAFETY: kill(2) on a child of the server under test.
+    unsafe { libc::kill(victim, libc::SIGKILL) };
+    let restarted = harness::eventually(Duration::from_secs(20), || {
+        let s = status_json(&config);
+        let m = app(&s, "modern");
+        let ready = m["processes"]
+            .as_array()?
+            .iter()
+            .filter(|p| p["state"] == "ready")
+            .count();
+        (m["restarts"] == 1 && ready == 2).then_some(())
+    });
+    assert!(
+        restarted.is_some(),
+        "no restart shown: {}",
+        status_json(&config)
+    );
+
+    // A reload shows up as the last reload.
+    let (ok, _, err) = wsgimux(&["reload"], &config);
+    assert!(ok, "{err}");
+    let s = status_json(&config);
+    assert_eq!(s["last_reload"]["outcome"], "unchanged", "{s}");
+    let (ok, text, _) = wsgimux(&["status"], &config);
+    assert!(ok);
+    for needle in [
+        "app modern",
+        "app legacy",
+        "PID",
+        "ready",
+        "last reload: #1",
+    ] {
+        assert!(text.contains(needle), "{needle:?} not in:\n{text}");
+    }
+
+    // The admin listener: Prometheus text.
+    let admin: std::net::SocketAddr = s["admin"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .expect("admin address");
+    let metrics = get_raw(
+        admin,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(metrics.status, 200);
+    assert!(metrics
+        .header("content-type")
+        .unwrap_or("")
+        .starts_with("text/plain; version=0.0.4"));
+    let text = metrics.text();
+    for needle in [
+        "wsgimux_requests_total{app=\"modern\",code=\"2xx\"} 20",
+        "wsgimux_requests_total{app=\"modern\",code=\"5xx\"} 1",
+        "wsgimux_request_duration_seconds_count{app=\"legacy\"} 5",
+        "wsgimux_processes{app=\"modern\",state=\"ready\"} 2",
+        "# TYPE wsgimux_request_duration_seconds histogram",
+    ] {
+        assert!(text.contains(needle), "{needle:?} not in /metrics:\n{text}");
+    }
+
+    // The page in a real browser.
+    if !harness::have_tool("chromium", "chromium") {
+        return;
+    }
+    let profile = site.path().join("chromium-profile");
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--window-size=390,844",
+            "--virtual-time-budget=2000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--dump-dom")
+        .arg(format!("http://{admin}/"))
+        .output()
+        .expect("run chromium");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains("<title>wsgimux status</title>"),
+        "chromium showed:\n{dom}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "id=\"app-modern\"",
+        "id=\"app-legacy\"",
+        "CPython 3.12",
+        "CPython 2.7",
+        "class=\"s ready\">ready",
+        "http-equiv=\"refresh\"",
+        "name=\"viewport\"",
+    ] {
+        assert!(
+            dom.contains(needle),
+            "{needle:?} not in the rendered page:\n{dom}"
+        );
+    }
+    let now: Vec<String> = status_json(&config)["apps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|a| a["processes"].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| p["pid"].as_u64().map(|p| p.to_string()))
+        .collect();
+    for pid in &now {
+        assert!(
+            dom.contains(&format!("class=\"pid\">{pid}<")),
+            "pid {pid} not shown:\n{dom}"
+        );
+    }
+    // Self-contained: nothing is loaded from elsewhere.
+    assert!(
+        !dom.contains("src=\"http") && !dom.contains("<link"),
+        "{dom}"
+    );
+}
+
+/// `access_log:` to a file in JSON, each app's output under `log_dir`, and SIGUSR1 reopening
+/// both after they were moved away (what logrotate/newsyslog do).
+#[test]
+fn access_log_json_log_dir_and_reopen() {
+    let Some(python) = harness::require_python("3.12") else {
+        return;
+    };
+    let site = Site::new();
+    site.write(
+        "app/talk.py",
+        "import sys\ndef application(environ, start_response):\n    print('hello from ' + environ['PATH_INFO'])\n    sys.stderr.write('err line\\n')\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'ok\\n']\n",
+    );
+    site.config(&format!(
+        "access_log: {{path: logs/access.log, format: json}}\nlog_dir: logs/apps\napps:\n  talk:\n    python: {}\n    script: app/talk.py\n",
+        python.display()
+    ));
+    let server = site.serve();
+    let logs = site.path().join("logs");
+    let r = server.get("a.test", "/first?x=1");
+    assert_eq!(r.status, 200);
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    let access = logs.join("access.log");
+    let line = harness::eventually(Duration::from_secs(5), || {
+        read(&access).lines().next().map(str::to_string)
+    })
+    .expect("an access-log line");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("JSON access line");
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["uri"], "/first?x=1");
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["app"], "talk");
+    assert_eq!(v["bytes"], 3);
+    assert_eq!(v["complete"], true);
+    assert_eq!(v["remote_addr"], "127.0.0.1");
+    assert!(v["pid"].as_u64().is_some() && v["request_time"].as_f64().is_some());
+    let app_log = logs.join("apps/talk.log");
+    assert!(
+        harness::eventually(Duration::from_secs(5), || read(&app_log)
+            .contains("[talk:")
+            .then_some(()))
+        .is_some(),
+        "no app output in {}",
+        app_log.display()
+    );
+    let text = read(&app_log);
+    assert!(
+        text.contains("hello from /first") && text.contains("err line"),
+        "{text}"
+    );
+    // Not in wsgimux's own log.
+    assert!(!server.log_text().contains("hello from /first"));
+
+    // Rotate: move both away, SIGUSR1, new files appear with the next lines.
+    std::fs::rename(&access, logs.join("access.log.1")).expect("rotate");
+    std::fs::rename(&app_log, logs.join("apps/talk.log.1")).expect("rotate");
+    server.signal(libc::SIGUSR1);
+    server
+        .wait_log("SIGUSR1: reopened 2 log file(s)", Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("no reopen line:\n{}", server.log_text()));
+    assert_eq!(server.get("a.test", "/second").status, 200);
+    let rotated = harness::eventually(Duration::from_secs(5), || {
+        (read(&access).contains("/second") && read(&app_log).contains("hello from /second"))
+            .then_some(())
+    });
+    assert!(rotated.is_some(), "new files after SIGUSR1");
+    assert!(!read(&logs.join("access.log.1")).contains("/second"));
+}
+
+/// `static:` folders: served by the front (the app's processes see none of it), with the
+/// headers and conditional/range answers browsers and caches rely on, and no way out of the
+/// folder.
+#[test]
+fn static_files() {
+    let Some(python) = harness::require_python("3.12") else {
+        return;
+    };
+    let site = Site::new();
+    site.probe("app");
+    let body: String = (0..4000).map(|i| format!("line {i}\n")).collect();
+    site.write("public/site.css", "body { color: red }\n");
+    site.write("public/big.txt", &body);
+    site.write("public/docs/index.html", "<h1>docs</h1>\n");
+    site.write("shared/logo.svg", "<svg/>\n");
+    site.write("secret.txt", "do not serve\n");
+    std::os::unix::fs::symlink(
+        site.path().join("secret.txt"),
+        site.path().join("public/leak.txt"),
+    )
+    .expect("symlink");
+    site.config(&format!(
+        "static: {{\"/shared\": shared}}\napps:\n  web:\n    python: {}\n    script: app/probe.py\n    mount: /web\n    static: {{\"/static\": public}}\n",
+        python.display()
+    ));
+    let server = site.serve();
+    let get = |path: &str, extra: &str| {
+        get_raw(
+            server.addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: a.test\r\n{extra}Connection: close\r\n\r\n"),
+        )
+    };
+    let css = get("/web/static/site.css", "");
+    assert_eq!(css.status, 200);
+    assert_eq!(css.text(), "body { color: red }\n");
+    assert_eq!(css.header("content-type"), Some("text/css; charset=utf-8"));
+    assert_eq!(css.header("accept-ranges"), Some("bytes"));
+    let etag = css.header("etag").expect("ETag").to_string();
+    let modified = css
+        .header("last-modified")
+        .expect("Last-Modified")
+        .to_string();
+    assert_eq!(
+        get("/shared/logo.svg", "").header("content-type"),
+        Some("image/svg+xml")
+    );
+
+    // Conditional requests.
+    assert_eq!(
+        get(
+            "/web/static/site.css",
+            &format!("If-None-Match: {etag}\r\n")
+        )
+        .status,
+        304
+    );
+    assert_eq!(
+        get(
+            "/web/static/site.css",
+            &format!("If-None-Match: W/{etag}\r\n")
+        )
+        .status,
+        304
+    );
+    assert_eq!(
+        get("/web/static/site.css", "If-None-Match: \"other\"\r\n").status,
+        200
+    );
+    assert_eq!(
+        get(
+            "/web/static/site.css",
+            &format!("If-Modified-Since: {modified}\r\n")
+        )
+        .status,
+        304
+    );
+    assert_eq!(
+        get(
+            "/web/static/site.css",
+            "If-Modified-Since: Sat, 01 Jan 2000 00:00:00 GMT\r\n"
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        get("/web/static/site.css", "If-Match: \"other\"\r\n").status,
+        412
+    );
+
+    // Ranges.
+    let part = get("/web/static/big.txt", "Range: bytes=7-12\r\n");
+    assert_eq!(part.status, 206);
+    assert_eq!(part.text(), &body[7..=12]);
+    assert_eq!(
+        part.header("content-range").map(str::to_string),
+        Some(format!("bytes 7-12/{}", body.len()))
+    );
+    let tail = get("/web/static/big.txt", "Range: bytes=-10\r\n");
+    assert_eq!(tail.text(), &body[body.len() - 10..]);
+    let beyond = get("/web/static/big.txt", "Range: bytes=999999-\r\n");
+    assert_eq!(beyond.status, 416);
+    assert_eq!(
+        beyond.header("content-range").map(str::to_string),
+        Some(format!("bytes */{}", body.len()))
+    );
+    let stale = get(
+        "/web/static/big.txt",
+        "Range: bytes=0-1\r\nIf-Range: \"stale\"\r\n",
+    );
+    assert_eq!((stale.status, stale.body.len()), (200, body.len()));
+    let whole = get("/web/static/big.txt", "");
+    assert_eq!(whole.text(), body);
+
+    // HEAD: the headers of GET, no body.
+    let mut c = harness::Client::connect(server.addr).expect("connect");
+    c.send(b"HEAD /web/static/big.txt HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .expect("send");
+    let head = c.read_head_response().expect("HEAD response");
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        head.header("content-length").map(str::to_string),
+        Some(body.len().to_string())
+    );
+    // The connection is still in step: the next response is the right one.
+    assert_eq!(
+        c.get("a.test", "/web/static/site.css")
+            .expect("after HEAD")
+            .status,
+        200
+    );
+
+    // Folders: redirect to the slash, then the index.
+    let dir = get("/web/static/docs", "");
+    assert_eq!(
+        (dir.status, dir.header("location")),
+        (301, Some("/web/static/docs/"))
+    );
+    assert_eq!(get("/web/static/docs/", "").text(), "<h1>docs</h1>\n");
+
+    // No way out: dot segments (plain and encoded), a symlink out of the folder, NUL.
+    for path in [
+        "/web/static/../../secret.txt",
+        "/web/static/%2e%2e/secret.txt",
+        "/web/static/%2E%2E%2Fsecret.txt",
+        "/web/static/docs/..%2f..%2fsecret.txt",
+        "/web/static/leak.txt",
+        "/web/static/site.css%00.txt",
+        "/shared/../secret.txt",
+    ] {
+        let r = get(path, "");
+        assert!(
+            !r.text().contains("do not serve"),
+            "{path} leaked the file outside the folder"
+        );
+        assert!(r.status == 404 || r.status == 400, "{path}: {}", r.status);
+    }
+    assert_eq!(get("/web/static/missing.css", "").status, 404);
+    let post = get_raw(
+        server.addr,
+        "POST /web/static/site.css HTTP/1.1\r\nHost: a.test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(
+        (post.status, post.header("allow")),
+        (405, Some("GET, HEAD"))
+    );
+
+    // None of it reached the app: its processes served nothing, though it answers.
+    let s = status_json(&site.path().join("wsgimux.yaml"));
+    let served: u64 = app(&s, "web")["processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["requests"].as_u64())
+        .sum();
+    assert_eq!(served, 0, "{s}");
+    assert_eq!(server.get("a.test", "/web/env").status, 200);
+}
+
+/// `start: on_demand` starts nothing until the first request, which waits for the app;
+/// `idle_timeout` stops idle processes (the next request starts them again); `max_requests`
+/// replaces processes under load without a failed request.
+#[test]
+fn on_demand_idle_timeout_and_max_requests() {
+    let Some(python) = harness::require_python("3.12") else {
+        return;
+    };
+    let site = Site::new();
+    site.probe("app");
+    let config = site.config(&format!(
+        "apps:\n  lazy:\n    python: {py}\n    script: app/probe.py\n    mount: /lazy\n    start: on_demand\n    idle_timeout: 1s\n  busy:\n    python: {py}\n    script: app/probe.py\n    processes: 2\n    threads: 4\n    max_requests: 20\n    max_requests_jitter: 5\n",
+        py = python.display()
+    ));
+    let server = site.serve();
+    let line = server
+        .ready_lines
+        .iter()
+        .find(|l| l.starts_with("app lazy:"))
+        .expect("a line for lazy");
+    assert!(line.contains("on demand"), "{line}");
+    let s = status_json(&config);
+    assert_eq!(app(&s, "lazy")["processes"][0]["state"], "idle", "{s}");
+    assert!(app(&s, "lazy")["processes"][0]["pid"].is_null());
+
+    // The first request starts it and waits.
+    let first = server.get("a.test", "/lazy/pid");
+    assert_eq!(first.status, 200, "{}", first.text());
+    let pid: u32 = first.text().trim().parse().expect("pid");
+    assert!(harness::pid_alive(pid));
+    // Idle for 1 s: stopped.
+    let stopped = harness::eventually(Duration::from_secs(10), || {
+        let s = status_json(&config);
+        (app(&s, "lazy")["processes"][0]["state"] == "idle" && !harness::pid_alive(pid))
+            .then_some(())
+    });
+    assert!(
+        stopped.is_some(),
+        "not stopped when idle: {}",
+        status_json(&config)
+    );
+    // And started again by the next request.
+    let again = server.get("a.test", "/lazy/pid");
+    assert_eq!(again.status, 200);
+    assert_ne!(again.text().trim(), pid.to_string());
+
+    // max_requests: 4 clients send requests until the processes have been replaced several
+    // times; every request succeeds meanwhile.
+    let addr = server.addr;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut pids = std::collections::BTreeSet::new();
+                let mut failures = Vec::new();
+                let mut c = harness::Client::connect(addr).expect("connect");
+                let mut sent = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) && sent < 20_000 {
+                    sent += 1;
+                    let r = match c.get("a.test", "/pid") {
+                        Ok(r) => r,
+                        Err(_) => {
+                            // A keep-alive connection the front closed: a new one.
+                            c = harness::Client::connect(addr).expect("reconnect");
+                            c.get("a.test", "/pid").expect("request")
+                        }
+                    };
+                    if r.status == 200 {
+                        pids.insert(r.text().trim().to_string());
+                    } else {
+                        failures.push(r.status);
+                    }
+                }
+                (pids, failures)
+            })
+        })
+        .collect();
+    let recycled = harness::eventually(Duration::from_secs(30), || {
+        let s = status_json(&config);
+        let n: u64 = app(&s, "busy")["processes"]
+            .as_array()?
+            .iter()
+            .filter_map(|p| p["recycles"].as_u64())
+            .sum();
+        std::thread::sleep(Duration::from_millis(100));
+        (n >= 6).then_some(())
+    });
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut pids = std::collections::BTreeSet::new();
+    for w in workers {
+        let (p, failures) = w.join().expect("client thread");
+        assert!(
+            failures.is_empty(),
+            "failed requests while recycling: {failures:?}"
+        );
+        pids.extend(p);
+    }
+    assert!(
+        recycled.is_some(),
+        "fewer than 6 recycles: {}",
+        status_json(&config)
+    );
+    assert!(pids.len() >= 6, "only {} pids served: {pids:?}", pids.len());
+    let s = status_json(&config);
+    let busy = app(&s, "busy");
+    let recycles: u64 = busy["processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["recycles"].as_u64())
+        .sum();
+    assert!(recycles >= 6, "{busy}");
+    assert_eq!(busy["restarts"], 0, "recycling is not restarting: {busy}");
+    assert_eq!(busy["errors"], 0, "{busy}");
+}
+
+/// `wsgimux run`: one app from the command line, with a banner, the same engine (mount,
+/// static folder, processes × threads).
+#[test]
+fn express_run() {
+    let Some(python) = harness::require_python("3.12") else {
+        return;
+    };
+    let site = Site::new();
+    site.probe("app");
+    site.write("app/static/hello.txt", "static hello\n");
+    let mut child = Command::new(harness::BIN)
+        .current_dir(site.path().join("app"))
+        .args([
+            "run",
+            "probe.py",
+            "--port",
+            "0",
+            "--processes",
+            "2",
+            "--threads",
+            "3",
+        ])
+        .args([
+            "--mount",
+            "/x",
+            "--static",
+            "/x/static=./static",
+            "--python",
+        ])
+        .arg(&python)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start wsgimux run");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = Vec::new();
+    let mut addr = None;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let Ok(line) = line else { break };
+        if let Some(a) = line.strip_prefix("ready: http://") {
+            addr = a.parse::<std::net::SocketAddr>().ok();
+            break;
+        }
+        lines.push(line);
+    }
+    let banner = lines.join("\n");
+    let Some(addr) = addr else {
+        let _ = child.kill();
+        panic!("no ready line; stdout:\n{banner}");
+    };
+    for needle in [
+        format!("Server URL       : http://{addr}/x/"),
+        "Python           : CPython 3.12".to_string(),
+        "Worker           : native".to_string(),
+        "Request Capacity : 6 (2 processes * 3 threads)".to_string(),
+        "URL Alias        : /x/static -> ./static".to_string(),
+        "Server Conf      : ".to_string(),
+    ] {
+        assert!(
+            banner.contains(&needle),
+            "{needle:?} not in the banner:\n{banner}"
+        );
+    }
+    let env = get_raw(
+        addr,
+        "GET /x/env/a HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(env.status, 200);
+    assert_eq!(env.env("SCRIPT_NAME").as_deref(), Some(&b"/x"[..]));
+    assert_eq!(env.env("PATH_INFO").as_deref(), Some(&b"/env/a"[..]));
+    let file = get_raw(
+        addr,
+        "GET /x/static/hello.txt HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(file.text(), "static hello\n");
+    // SAFETY: kill(2) on the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "wsgimux run exited with {status}");
+}

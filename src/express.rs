@@ -1,0 +1,203 @@
+//! `wsgimux run app.wsgi`: one app, no config file. Like `mod_wsgi-express start-server`, it
+//! writes a config for the options given into its own folder and runs the same engine on it,
+//! then prints a banner with the URL, the interpreter, the worker, the capacity and where the
+//! logs go. What it writes is an ordinary config: `wsgimux status`/`reload` take it too.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExpressError {
+    #[error("{} does not exist", .0.display())]
+    NoScript(PathBuf),
+    #[error("--static {0:?} must look like /url=folder")]
+    BadStatic(String),
+    #[error("--mount {0:?} must start with /")]
+    BadMount(String),
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The options of `wsgimux run`.
+#[derive(Debug, Clone)]
+pub struct Express {
+    /// A script file (`app.wsgi`, `app.py`) or a module (`pkg.mod:callable`).
+    pub target: String,
+    pub callable: String,
+    pub python: String,
+    pub host: String,
+    pub port: u16,
+    pub processes: u32,
+    pub threads: u32,
+    pub mount: String,
+    pub reload_on_changes: bool,
+    /// `/url=folder` pairs.
+    pub statics: Vec<String>,
+    pub access_log: Option<String>,
+}
+
+/// YAML for a string (JSON strings are valid YAML flow scalars).
+fn quoted(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}
+
+impl Express {
+    /// The config file's text, with paths made absolute against `cwd`.
+    pub fn config_text(&self, cwd: &Path, runtime: &Path) -> Result<String, ExpressError> {
+        let abs = |p: &str| {
+            let p = Path::new(p);
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                cwd.join(p)
+            }
+        };
+        let is_file = Path::new(&self.target).exists()
+            || self.target.ends_with(".wsgi")
+            || self.target.ends_with(".py");
+        if !self.mount.starts_with('/') {
+            return Err(ExpressError::BadMount(self.mount.clone()));
+        }
+        let mut y = String::from("# Written by `wsgimux run`; edits are lost at its next start.\n");
+        y += &format!(
+            "listen: {}\nruntime_dir: {}\n",
+            quoted(&format!("{}:{}", self.host, self.port)),
+            quoted(&runtime.display().to_string())
+        );
+        if let Some(a) = &self.access_log {
+            y += &format!("access_log: {}\n", quoted(a));
+        }
+        y += "apps:\n  app:\n";
+        let python = if self.python.contains('/') {
+            abs(&self.python).display().to_string()
+        } else {
+            self.python.clone()
+        };
+        y += &format!("    python: {}\n", quoted(&python));
+        if is_file {
+            let script = abs(&self.target);
+            if !script.is_file() {
+                return Err(ExpressError::NoScript(script));
+            }
+            y += &format!("    script: {}\n", quoted(&script.display().to_string()));
+            y += &format!("    callable: {}\n", quoted(&self.callable));
+        } else {
+            y += &format!("    module: {}\n", quoted(&self.target));
+            y += &format!("    working_dir: {}\n", quoted(&cwd.display().to_string()));
+        }
+        y += &format!(
+            "    mount: {}\n    processes: {}\n    threads: {}\n    reload_on_changes: {}\n",
+            quoted(&self.mount),
+            self.processes,
+            self.threads,
+            self.reload_on_changes
+        );
+        if !self.statics.is_empty() {
+            y += "    static:\n";
+            for s in &self.statics {
+                let (url, dir) = s
+                    .split_once('=')
+                    .filter(|(u, d)| u.starts_with('/') && !d.is_empty())
+                    .ok_or_else(|| ExpressError::BadStatic(s.clone()))?;
+                // Given as full URLs, like mod_wsgi-express's --url-alias; the app's static
+                // keys are under its mount.
+                let url = match url.strip_prefix(self.mount.trim_end_matches('/')) {
+                    Some(rest) if self.mount != "/" && rest.starts_with('/') => rest,
+                    _ => url,
+                };
+                y += &format!(
+                    "      {}: {}\n",
+                    quoted(url),
+                    quoted(&abs(dir).display().to_string())
+                );
+            }
+        }
+        Ok(y)
+    }
+
+    /// The folder that holds the generated config and the runtime files: one per port and
+    /// target, under the temp folder (as mod_wsgi-express's `/tmp/mod_wsgi-localhost:8000:0`).
+    /// Port 0 (any free port) gets a folder per run.
+    pub fn server_root(&self, cwd: &Path) -> PathBuf {
+        let mut key = format!(
+            "{}:{}:{}:{}",
+            self.host,
+            self.port,
+            cwd.display(),
+            self.target
+        );
+        if self.port == 0 {
+            key.push_str(&format!(":{}", std::process::id()));
+        }
+        let hash = crate::watch::fnv1a(key.as_bytes()) & 0xffff_ffff;
+        // SAFETY: getuid cannot fail.
+        let uid = unsafe { libc::getuid() };
+        std::env::temp_dir().join(format!("wsgimux-run-{uid}-{}-{hash:08x}", self.port))
+    }
+
+    /// Writes the config; returns its path.
+    pub fn write(&self, cwd: &Path) -> Result<PathBuf, ExpressError> {
+        let root = self.server_root(cwd);
+        let err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ExpressError::Write { path, source }
+        };
+        std::fs::create_dir_all(&root).map_err(err(&root))?;
+        let config = root.join("wsgimux.yaml");
+        let text = self.config_text(cwd, &root.join("run"))?;
+        std::fs::write(&config, text).map_err(err(&config))?;
+        Ok(config)
+    }
+}
+
+/// The banner, mod_wsgi-express style.
+pub fn banner(
+    opts: &Express,
+    config: &Path,
+    python: &str,
+    worker: &str,
+    urls: &[String],
+) -> String {
+    let mount = if opts.mount == "/" {
+        "/".to_string()
+    } else {
+        format!("{}/", opts.mount.trim_end_matches('/'))
+    };
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("{k:<17}: {v}\n"));
+    for u in urls {
+        line("Server URL", format!("{u}{mount}"));
+    }
+    line("Application", opts.target.clone());
+    line("Python", python.to_string());
+    line("Worker", worker.to_string());
+    line(
+        "Request Capacity",
+        format!(
+            "{} ({} process{} * {} thread{})",
+            opts.processes * opts.threads,
+            opts.processes,
+            if opts.processes == 1 { "" } else { "es" },
+            opts.threads,
+            if opts.threads == 1 { "" } else { "s" }
+        ),
+    );
+    for s in &opts.statics {
+        line("URL Alias", s.replace('=', " -> "));
+    }
+    if opts.reload_on_changes {
+        line("Reload on changes", "yes".into());
+    }
+    line("Server Conf", config.display().to_string());
+    line(
+        "Logs",
+        match &opts.access_log {
+            Some(a) => format!("stderr (access log: {a})"),
+            None => "stderr (with the access log)".into(),
+        },
+    );
+    out
+}
