@@ -152,6 +152,7 @@ pub async fn check(config: &Config) -> Result<Vec<ReadyApp>, ConfigError> {
     let results = futures_util::future::join_all(probes).await;
     let mut ready = Vec::new();
     let mut problems = certificates(config);
+    problems.extend(static_folders(config));
     if let Err(p) = &front {
         problems.insert(0, p.clone());
     }
@@ -166,6 +167,25 @@ pub async fn check(config: &Config) -> Result<Vec<ReadyApp>, ConfigError> {
     } else {
         Err(ConfigError { problems })
     }
+}
+
+/// Every `static:` folder (or file) must exist.
+fn static_folders(config: &Config) -> Vec<Problem> {
+    let top = config.statics.iter().map(|a| (None, a));
+    let apps = config
+        .apps
+        .iter()
+        .flat_map(|app| app.statics.iter().map(move |a| (Some(&app.name), a)));
+    top.chain(apps)
+        .filter(|(_, a)| !a.dir.exists())
+        .map(|(app, a)| Problem {
+            file: config.file.clone(),
+            location: a.at,
+            app: app.cloned(),
+            key: Some("static".into()),
+            message: format!("{}: {} does not exist", a.prefix, a.dir.display()),
+        })
+        .collect()
 }
 
 /// The top-level `user:`/`group:`, resolved; None when not set.

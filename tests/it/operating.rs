@@ -558,6 +558,22 @@ fn static_files() {
         .sum();
     assert_eq!(served, 0, "{s}");
     assert_eq!(server.get("a.test", "/web/env").status, 200);
+
+    // A folder that does not exist is a config error at its line.
+    let other = Site::new();
+    other.probe("app");
+    other.config(&format!(
+        "apps:\n  web:\n    python: {}\n    script: app/probe.py\n    static: {{\"/s\": missing}}\n",
+        python.display()
+    ));
+    let (status, _, err) = other.check();
+    assert!(!status.success());
+    assert!(
+        err.contains(":6:")
+            && err.contains("key \"static\"")
+            && err.contains("missing does not exist"),
+        "{err}"
+    );
 }
 
 /// `start: on_demand` starts nothing until the first request, which waits for the app;
