@@ -569,7 +569,7 @@ fn static_files() {
     let (status, _, err) = other.check();
     assert!(!status.success());
     assert!(
-        err.contains(":6:")
+        err.contains(":7:20:")
             && err.contains("key \"static\"")
             && err.contains("missing does not exist"),
         "{err}"
