@@ -424,7 +424,8 @@ pub fn parse_http_date(s: &str) -> Option<u64> {
 }
 
 // Howard Hinnant's civil-date algorithms.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
+/// (year, month, day) of a day count since 1970-01-01.
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
