@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -192,7 +192,7 @@ impl Entry {
                 let mut line = format!(
                     "{} - - [{}] \"{request}\" {status} {size} \"{}\" \"{}\" app={app} rt={:.3}",
                     l.peer.ip(),
-                    clf_time(l.time),
+                    crate::dates::clf_time(l.time),
                     l.referer,
                     l.user_agent,
                     elapsed.as_secs_f64(),
@@ -205,7 +205,7 @@ impl Entry {
             AccessLogFormat::Json => {
                 let dash = |s: &str| (s != "-").then(|| s.to_string());
                 serde_json::json!({
-                    "time": iso_time(l.time),
+                    "time": crate::dates::iso_time(l.time),
                     "remote_addr": l.peer.ip().to_string(),
                     "method": dash(&l.method),
                     "uri": (!l.target.is_empty()).then(|| l.target.clone()),
@@ -304,52 +304,9 @@ fn escape(raw: &[u8]) -> String {
     out
 }
 
-/// `10/Oct/2000:13:55:36 +0000` (always UTC).
-fn clf_time(t: SystemTime) -> String {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let (year, month, day, h, m, s) = civil(t);
-    format!(
-        "{day:02}/{}/{year}:{h:02}:{m:02}:{s:02} +0000",
-        MONTHS[(month - 1) as usize],
-    )
-}
-
-/// `2000-10-10T13:55:36.123Z`.
-pub fn iso_time(t: SystemTime) -> String {
-    let (year, month, day, h, m, s) = civil(t);
-    let ms = t
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_millis());
-    format!("{year}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z")
-}
-
-/// (year, month, day, hour, minute, second) in UTC.
-fn civil(t: SystemTime) -> (i64, i64, i64, u64, u64, u64) {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    let (year, month, day) = crate::statics::civil_from_days(days);
-    (year, month, day, rem / 3600, rem / 60 % 60, rem % 60)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn clf_dates() {
-        assert_eq!(clf_time(UNIX_EPOCH), "01/Jan/1970:00:00:00 +0000");
-        let t = UNIX_EPOCH + Duration::from_secs(971_185_336);
-        assert_eq!(clf_time(t), "10/Oct/2000:13:42:16 +0000");
-        let leap = UNIX_EPOCH + Duration::from_secs(1_709_210_096);
-        assert_eq!(clf_time(leap), "29/Feb/2024:12:34:56 +0000");
-        assert_eq!(iso_time(leap), "2024-02-29T12:34:56.000Z");
-    }
 
     #[test]
     fn escapes() {

@@ -523,13 +523,5 @@ async fn report_readiness(
 }
 
 fn route_text(spec: &crate::config::AppSpec) -> String {
-    if spec.hosts.is_empty() {
-        format!("*{}", spec.mount)
-    } else {
-        spec.hosts
-            .iter()
-            .map(|h| format!("{h}{}", spec.mount))
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
+    spec.routes().join(" ")
 }

@@ -106,6 +106,20 @@ pub struct AppSpec {
     pub locations: AppLocations,
 }
 
+impl AppSpec {
+    /// `host/mount` per route the app is reached by (`*/mount` for any host).
+    pub fn routes(&self) -> Vec<String> {
+        if self.hosts.is_empty() {
+            vec![format!("*{}", self.mount)]
+        } else {
+            self.hosts
+                .iter()
+                .map(|h| format!("{h}{}", self.mount))
+                .collect()
+        }
+    }
+}
+
 /// Positions of the keys whose values preflight checks against the machine.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AppLocations {
@@ -270,12 +284,13 @@ impl Mount {
 
     /// Whether a decoded request path lies under this mount, on a segment boundary.
     pub fn matches(&self, path: &[u8]) -> bool {
-        if self.is_root() {
-            return true;
-        }
-        let m = self.0.as_bytes();
-        path.starts_with(m) && (path.len() == m.len() || path[m.len()] == b'/')
+        self.is_root() || is_under(self.0.as_bytes(), path)
     }
+}
+
+/// Whether `path` is `prefix` or below it on a segment boundary (`/a` holds `/a/b`, not `/ab`).
+pub fn is_under(prefix: &[u8], path: &[u8]) -> bool {
+    path.starts_with(prefix) && (path.len() == prefix.len() || path[prefix.len()] == b'/')
 }
 
 impl fmt::Display for Mount {

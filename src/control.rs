@@ -140,6 +140,26 @@ async fn answer(
     let _ = write.write_all(out.as_bytes()).await;
 }
 
+/// `wsgimux reload`: the server's report on the reload it ran.
+pub async fn reload(runtime_dir: &Path, limit: Duration) -> Result<Report, ControlError> {
+    match request(runtime_dir, &Request::Reload, limit).await? {
+        Response::Reload(report) => Ok(report),
+        other => Err(ControlError::Protocol(format!(
+            "a reload was answered with {other:?}"
+        ))),
+    }
+}
+
+/// `wsgimux status`: the server's status now.
+pub async fn status(runtime_dir: &Path, limit: Duration) -> Result<StatusReport, ControlError> {
+    match request(runtime_dir, &Request::Status, limit).await? {
+        Response::Status(report) => Ok(*report),
+        other => Err(ControlError::Protocol(format!(
+            "a status request was answered with {other:?}"
+        ))),
+    }
+}
+
 /// Sends one request to the server using `runtime_dir` and waits (at most `limit`) for the
 /// answer.
 pub async fn request(

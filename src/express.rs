@@ -21,21 +21,37 @@ pub enum ExpressError {
     },
 }
 
-/// The options of `wsgimux run`.
-#[derive(Debug, Clone)]
+/// The options of `wsgimux run` (its command line).
+#[derive(Debug, Clone, clap::Args)]
 pub struct Express {
-    /// A script file (`app.wsgi`, `app.py`) or a module (`pkg.mod:callable`).
+    /// The app: a script file (app.wsgi, app.py) or a module ("pkg.mod:callable").
+    #[arg(value_name = "APP")]
     pub target: String,
-    pub callable: String,
+    /// The interpreter or virtualenv.
+    #[arg(long, default_value = "python3")]
     pub python: String,
+    /// The callable's name in a script.
+    #[arg(long, default_value = "application")]
+    pub callable: String,
+    #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
+    #[arg(long, default_value_t = 8000)]
     pub port: u16,
+    #[arg(long, default_value_t = 1)]
     pub processes: u32,
+    #[arg(long, default_value_t = 5)]
     pub threads: u32,
+    /// Serve the app under this path prefix.
+    #[arg(long, default_value = "/")]
     pub mount: String,
+    /// Restart the app (zero-downtime) when its code changes.
+    #[arg(long)]
     pub reload_on_changes: bool,
-    /// `/url=folder` pairs.
+    /// Serve a folder's files at a URL: /static=./static (repeatable).
+    #[arg(long = "static", value_name = "URL=FOLDER")]
     pub statics: Vec<String>,
+    /// Access log: stdout, off or a file (default: with wsgimux's log on stderr).
+    #[arg(long)]
     pub access_log: Option<String>,
 }
 

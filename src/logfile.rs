@@ -2,7 +2,6 @@
 //! appending, shared by path, and reopened together on SIGUSR1 so that newsyslog/logrotate can
 //! move them away and have new ones created.
 
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -71,15 +70,14 @@ pub fn reopen_all() -> (usize, Vec<String>) {
         let open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
         open.iter().filter_map(|(_, w)| w.upgrade()).collect()
     };
-    let mut failed = Vec::new();
-    let mut seen: HashMap<&Path, ()> = HashMap::new();
-    for f in &files {
-        if seen.insert(f.path(), ()).is_some() {
-            continue;
-        }
-        if let Err(e) = f.reopen() {
-            failed.push(format!("{}: {e}", f.path.display()));
-        }
-    }
-    (seen.len(), failed)
+    // `open` keeps one live entry per path, so each file is reopened once.
+    let failed = files
+        .iter()
+        .filter_map(|f| {
+            f.reopen()
+                .err()
+                .map(|e| format!("{}: {e}", f.path.display()))
+        })
+        .collect();
+    (files.len(), failed)
 }

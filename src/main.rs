@@ -54,36 +54,7 @@ enum Command {
         json: bool,
     },
     /// Serve one WSGI app without a config file, like `mod_wsgi-express start-server`.
-    Run {
-        /// The app: a script file (app.wsgi, app.py) or a module ("pkg.mod:callable").
-        app: String,
-        /// The interpreter or virtualenv.
-        #[arg(long, default_value = "python3")]
-        python: String,
-        /// The callable's name in a script.
-        #[arg(long, default_value = "application")]
-        callable: String,
-        #[arg(long, default_value = "127.0.0.1")]
-        host: String,
-        #[arg(long, default_value_t = 8000)]
-        port: u16,
-        #[arg(long, default_value_t = 1)]
-        processes: u32,
-        #[arg(long, default_value_t = 5)]
-        threads: u32,
-        /// Serve the app under this path prefix.
-        #[arg(long, default_value = "/")]
-        mount: String,
-        /// Restart the app (zero-downtime) when its code changes.
-        #[arg(long)]
-        reload_on_changes: bool,
-        /// Serve a folder's files at a URL: /static=./static (repeatable).
-        #[arg(long = "static", value_name = "URL=FOLDER")]
-        statics: Vec<String>,
-        /// Access log: stdout, off or a file (default: with wsgimux's log on stderr).
-        #[arg(long)]
-        access_log: Option<String>,
-    },
+    Run(wsgimux::express::Express),
     /// Show which listener, route and app would serve a URL, and the SCRIPT_NAME and
     /// PATH_INFO the app would see.
     Explain {
@@ -128,32 +99,7 @@ fn main() -> ExitCode {
             }
             Command::Reload { config, timeout } => return Ok(reload(&config, timeout).await),
             Command::Status { config, json } => return Ok(status(&config, json).await),
-            Command::Run {
-                app,
-                python,
-                callable,
-                host,
-                port,
-                processes,
-                threads,
-                mount,
-                reload_on_changes,
-                statics,
-                access_log,
-            } => {
-                let opts = wsgimux::express::Express {
-                    target: app,
-                    callable,
-                    python,
-                    host,
-                    port,
-                    processes,
-                    threads,
-                    mount,
-                    reload_on_changes,
-                    statics,
-                    access_log,
-                };
+            Command::Run(opts) => {
                 let cwd = std::env::current_dir()?;
                 let config = opts.write(&cwd)?;
                 let shown = config.clone();
@@ -198,31 +144,17 @@ fn main() -> ExitCode {
 
 /// `wsgimux reload`: asks the server, prints its report.
 async fn reload(config: &std::path::Path, timeout: std::time::Duration) -> ExitCode {
-    use wsgimux::control::{self, Request, Response};
     let dir = wsgimux::app::runtime_dir_of(config);
-    match control::request(&dir, &Request::Reload, timeout).await {
-        Ok(Response::Reload(report)) => {
-            let ok = report.outcome.succeeded();
-            if ok {
-                println!("{}", report.summary);
-            } else {
-                eprintln!("{}", report.summary);
-                for e in &report.errors {
-                    eprintln!("  {e}");
-                }
-            }
-            if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
+    match wsgimux::control::reload(&dir, timeout).await {
+        Ok(report) if report.outcome.succeeded() => {
+            println!("{}", report.summary);
+            ExitCode::SUCCESS
         }
-        Ok(Response::Error(e)) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
-        }
-        Ok(Response::Status(_)) => {
-            eprintln!("error: wsgimux answered a reload with a status");
+        Ok(report) => {
+            eprintln!("{}", report.summary);
+            for e in &report.errors {
+                eprintln!("  {e}");
+            }
             ExitCode::from(1)
         }
         Err(e) => {
@@ -234,34 +166,26 @@ async fn reload(config: &std::path::Path, timeout: std::time::Duration) -> ExitC
 
 /// `wsgimux status`: asks the server, prints its answer.
 async fn status(config: &std::path::Path, json: bool) -> ExitCode {
-    use wsgimux::control::{self, Request, Response};
     let dir = wsgimux::app::runtime_dir_of(config);
-    match control::request(&dir, &Request::Status, std::time::Duration::from_secs(10)).await {
-        Ok(Response::Status(report)) => {
-            if json {
-                match serde_json::to_string_pretty(&report) {
-                    Ok(text) => println!("{text}"),
-                    Err(e) => {
-                        eprintln!("error: cannot encode the status: {e}");
-                        return ExitCode::from(1);
-                    }
-                }
-            } else {
-                print!("{}", wsgimux::status::render_text(&report));
-            }
-            ExitCode::SUCCESS
-        }
-        Ok(Response::Error(e)) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
-        }
-        Ok(Response::Reload(_)) => {
-            eprintln!("error: wsgimux answered a status request with a reload report");
-            ExitCode::from(1)
-        }
+    let report = match wsgimux::control::status(&dir, std::time::Duration::from_secs(10)).await {
+        Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(2)
+            return ExitCode::from(2);
+        }
+    };
+    if !json {
+        print!("{}", wsgimux::status::render_text(&report));
+        return ExitCode::SUCCESS;
+    }
+    match serde_json::to_string_pretty(&report) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: cannot encode the status: {e}");
+            ExitCode::from(1)
         }
     }
 }

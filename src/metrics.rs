@@ -45,6 +45,14 @@ impl Counters {
         self.sum_us.fetch_add(us, Ordering::Relaxed);
     }
 
+    /// Finished requests, without copying the histogram.
+    pub fn requests(&self) -> u64 {
+        self.by_class
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .sum()
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Snapshot {

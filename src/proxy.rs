@@ -273,13 +273,12 @@ impl Proxy {
         log.finish(resp, app, settings.access.clone())
     }
 
-    /// The route for a host and a raw path, from the current table.
-    fn route(&self, host: &str, path: &str) -> Result<Arc<AppRoute>, ProxyError> {
-        // Borrowed unless the path has escapes: no allocation for the common case.
-        let decoded: Cow<[u8]> = percent_decode(path.as_bytes()).into();
+    /// The route for a host and a path (`decoded`: `path` percent-decoded), from the current
+    /// table.
+    fn route(&self, host: &str, path: &str, decoded: &[u8]) -> Result<Arc<AppRoute>, ProxyError> {
         let table = self.routes.borrow().clone();
         table
-            .lookup(host, &decoded)
+            .lookup(host, decoded)
             .map(|r| r.target.clone())
             .ok_or_else(|| ProxyError::NoRoute {
                 host: host.to_string(),
@@ -316,16 +315,18 @@ impl Proxy {
         // Kept for a resend's fresh lookup; cloning a parsed `Uri` shares its bytes.
         let target = parts.uri.clone();
         let path = target.path();
-        if let Some(resp) = crate::statics::answer(&settings.statics, &parts).await {
+        // Borrowed unless the path has escapes: no allocation for the common case.
+        let decoded: Cow<[u8]> = percent_decode(path.as_bytes()).into();
+        if let Some(resp) = crate::statics::answer(&settings.statics, &decoded, &parts).await {
             return resp;
         }
-        let route = self.route(&host, path)?;
+        let route = self.route(&host, path, &decoded)?;
         *app = Some(Served {
             app: route.name.clone(),
             stats: route.stats.clone(),
             process: None,
         });
-        if let Some(resp) = crate::statics::answer(&route.statics, &parts).await {
+        if let Some(resp) = crate::statics::answer(&route.statics, &decoded, &parts).await {
             return resp;
         }
         let in_flight = route.in_flight();
@@ -427,7 +428,7 @@ impl Proxy {
             match failure.unsent {
                 Some(mut unsent) if attempts < MAX_ATTEMPTS => {
                     tracing::debug!("retrying on another process: {}", failure.error);
-                    let route = self.route(&host, path)?;
+                    let route = self.route(&host, path, &decoded)?;
                     endpoint = route.ready_process(Some(failed_pid)).await.ok_or_else(|| {
                         ProxyError::AppUnavailable {
                             app: route.name.to_string(),

@@ -72,6 +72,16 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// As it is written in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Unchanged => "unchanged",
+            Outcome::PartlyApplied => "partly_applied",
+            Outcome::Rejected => "rejected",
+        }
+    }
+
     pub fn succeeded(self) -> bool {
         matches!(self, Outcome::Applied | Outcome::Unchanged)
     }

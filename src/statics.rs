@@ -12,33 +12,28 @@ use http::request::Parts;
 use http_body_util::{BodyExt, Empty};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Response, StatusCode};
-use percent_encoding::percent_decode;
 use tokio::io::AsyncSeekExt;
 
-use crate::config::StaticAlias;
+use crate::config::{is_under, StaticAlias};
+use crate::dates::{http_date, parse_http_date};
 use crate::error::{ProxyError, StaticError};
 use crate::upstream::{BoxError, ProxyBody};
 
 const CHUNK: usize = 64 * 1024;
 
-/// The answer when the request's path lies under one of `aliases`; None otherwise (the
-/// request goes on to the app).
+/// The answer when the request's path (`decoded`: percent-decoded) lies under one of
+/// `aliases`; None otherwise (the request goes on to the app).
 pub async fn answer(
     aliases: &[StaticAlias],
+    decoded: &[u8],
     parts: &Parts,
 ) -> Option<Result<Response<ProxyBody>, ProxyError>> {
-    if aliases.is_empty() {
-        return None;
-    }
-    let raw_path = parts.uri.path();
-    let decoded: Vec<u8> = percent_decode(raw_path.as_bytes()).collect();
-    let alias = aliases.iter().find(|a| {
-        let p = a.prefix.as_bytes();
-        decoded.starts_with(p) && (decoded.len() == p.len() || decoded[p.len()] == b'/')
-    })?;
-    let rest = decoded[alias.prefix.len()..].to_vec();
+    let alias = aliases
+        .iter()
+        .find(|a| is_under(a.prefix.as_bytes(), decoded))?;
+    let rest = &decoded[alias.prefix.len()..];
     Some(
-        serve(alias, &rest, raw_path, parts)
+        serve(alias, rest, parts.uri.path(), parts)
             .await
             .map_err(ProxyError::Static),
     )
@@ -379,74 +374,6 @@ fn parse_range(value: &str, len: u64) -> RangeAnswer {
     }
 }
 
-const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-const MONTHS: [&str; 12] = [
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-];
-
-/// IMF-fixdate: `Sun, 06 Nov 1994 08:49:37 GMT`.
-pub fn http_date(secs: u64) -> String {
-    let (y, mo, d) = civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
-    format!(
-        "{}, {d:02} {} {y} {:02}:{:02}:{:02} GMT",
-        DAYS[((secs / 86_400) % 7) as usize],
-        MONTHS[(mo - 1) as usize],
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
-/// Parses an IMF-fixdate (the only form senders may generate); None for anything else.
-pub fn parse_http_date(s: &str) -> Option<u64> {
-    let parts: Vec<&str> = s.split_whitespace().collect();
-    let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
-        return None;
-    };
-    let day: i64 = day.parse().ok()?;
-    let month = MONTHS.iter().position(|m| m == month)? as i64 + 1;
-    let year: i64 = year.parse().ok()?;
-    let hms: Vec<u64> = time
-        .split(':')
-        .map(|p| p.parse().ok())
-        .collect::<Option<_>>()?;
-    let [h, m, sec] = hms.as_slice() else {
-        return None;
-    };
-    if *h > 23 || *m > 59 || *sec > 60 || !(1..=31).contains(&day) {
-        return None;
-    }
-    let days = days_from_civil(year, month, day);
-    u64::try_from(days)
-        .ok()
-        .map(|d| d * 86_400 + h * 3600 + m * 60 + sec)
-}
-
-// Howard Hinnant's civil-date algorithms.
-/// (year, month, day) of a day count since 1970-01-01.
-pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
-}
-
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 /// The media type for a file name's extension (nginx's common `mime.types` entries).
 fn content_type(path: &Path) -> &'static str {
     let ext = path
@@ -515,19 +442,6 @@ mod tests {
         assert_eq!(parse_range("items=0-1", 100), Whole);
         assert_eq!(parse_range("bytes=a-b", 100), Whole);
         assert_eq!(parse_range("bytes=+1-2", 100), Whole);
-    }
-
-    #[test]
-    fn dates() {
-        assert_eq!(http_date(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
-        assert_eq!(
-            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
-            Some(784_111_777)
-        );
-        assert_eq!(parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"), None);
-        for t in [0, 951_782_400, 1_709_210_096, 4_102_444_800] {
-            assert_eq!(parse_http_date(&http_date(t)), Some(t));
-        }
     }
 
     #[test]

@@ -60,14 +60,36 @@ pub struct AppStatus {
     pub generation: u64,
     pub start: String,
     pub processes: Vec<ProcessStatus>,
-    pub requests: u64,
-    pub in_flight: usize,
-    pub errors: u64,
+    /// Requests since wsgimux started; in flight over the current processes.
+    #[serde(flatten)]
+    pub load: Load,
     pub restarts: u32,
-    pub p50_ms: Option<f64>,
-    pub p99_ms: Option<f64>,
     /// The app's counters since wsgimux started (for Prometheus).
     pub totals: Snapshot,
+}
+
+/// The numbers shown for an app and for each of its processes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Load {
+    pub requests: u64,
+    pub in_flight: usize,
+    /// 5xx responses and responses that broke off.
+    pub errors: u64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+impl Load {
+    fn new(counted: &Snapshot, in_flight: usize) -> Self {
+        let ms = |q| counted.quantile(q).map(|s| (s * 1e5).round() / 100.0);
+        Load {
+            requests: counted.requests(),
+            in_flight,
+            errors: counted.errors(),
+            p50_ms: ms(0.5),
+            p99_ms: ms(0.99),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,31 +100,22 @@ pub struct ProcessStatus {
     pub uptime_seconds: Option<u64>,
     pub restarts: u32,
     pub recycles: u32,
-    pub requests: u64,
-    pub in_flight: usize,
-    pub errors: u64,
-    pub p50_ms: Option<f64>,
-    pub p99_ms: Option<f64>,
+    #[serde(flatten)]
+    pub load: Load,
     pub last_exit: Option<String>,
 }
 
+/// The last reload's report and when it ended.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReloadStatus {
-    pub number: u64,
     /// Unix seconds.
     pub at: u64,
-    pub cause: String,
-    pub outcome: String,
-    pub summary: String,
-    pub errors: Vec<String>,
+    #[serde(flatten)]
+    pub report: Report,
 }
 
 fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-fn ms(seconds: Option<f64>) -> Option<f64> {
-    seconds.map(|s| (s * 1e5).round() / 100.0)
 }
 
 /// The status now.
@@ -117,11 +130,12 @@ pub fn collect(o: &Overview) -> StatusReport {
             let processes: Vec<ProcessStatus> = views
                 .iter()
                 .map(|v| {
-                    let snap = v
+                    let counted = v
                         .endpoint
                         .as_ref()
                         .map(|e| e.stats.snapshot())
                         .unwrap_or_default();
+                    let in_flight = v.endpoint.as_ref().map_or(0, |e| e.in_flight());
                     ProcessStatus {
                         slot: v.slot,
                         pid: v.pid.filter(|&p| p != 0),
@@ -131,27 +145,15 @@ pub fn collect(o: &Overview) -> StatusReport {
                             .map(|s| now.duration_since(s).map_or(0, |d| d.as_secs())),
                         restarts: v.restarts,
                         recycles: v.recycles,
-                        requests: snap.requests(),
-                        in_flight: v.endpoint.as_ref().map_or(0, |e| e.in_flight()),
-                        errors: snap.errors(),
-                        p50_ms: ms(snap.quantile(0.5)),
-                        p99_ms: ms(snap.quantile(0.99)),
+                        load: Load::new(&counted, in_flight),
                         last_exit: v.last_exit.clone(),
                     }
                 })
                 .collect();
             let totals = a.stats.snapshot();
-            let routes = if spec.hosts.is_empty() {
-                vec![format!("*{}", spec.mount)]
-            } else {
-                spec.hosts
-                    .iter()
-                    .map(|h| format!("{h}{}", spec.mount))
-                    .collect()
-            };
             AppStatus {
                 name: spec.name.clone(),
-                routes,
+                routes: spec.routes(),
                 interpreter: a.app.interpreter.as_ref().map(|i| i.to_string()),
                 python_version: a.app.interpreter.as_ref().map(|i| i.version_string()),
                 executable: a
@@ -165,12 +167,8 @@ pub fn collect(o: &Overview) -> StatusReport {
                     crate::config::StartMode::Always => "always".into(),
                     crate::config::StartMode::OnDemand => "on_demand".into(),
                 },
-                in_flight: processes.iter().map(|p| p.in_flight).sum(),
+                load: Load::new(&totals, processes.iter().map(|p| p.load.in_flight).sum()),
                 restarts: processes.iter().map(|p| p.restarts).sum(),
-                requests: totals.requests(),
-                errors: totals.errors(),
-                p50_ms: ms(totals.quantile(0.5)),
-                p99_ms: ms(totals.quantile(0.99)),
                 processes,
                 totals,
             }
@@ -187,15 +185,8 @@ pub fn collect(o: &Overview) -> StatusReport {
         apps,
         reloads: o.reloads,
         last_reload: o.last_reload.as_ref().map(|(at, r)| ReloadStatus {
-            number: r.number,
             at: unix(*at),
-            cause: r.cause.clone(),
-            outcome: serde_json::to_value(r.outcome)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
-            summary: r.summary.clone(),
-            errors: r.errors.clone(),
+            report: r.clone(),
         }),
     }
 }
@@ -213,25 +204,13 @@ fn ms_text(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{v:.1}ms"))
 }
 
-fn state_text(s: ProcessState) -> &'static str {
-    match s {
-        ProcessState::Starting => "starting",
-        ProcessState::Ready => "ready",
-        ProcessState::Restarting => "restarting",
-        ProcessState::Idle => "idle",
-        ProcessState::Recycling => "recycling",
-        ProcessState::Stopping => "stopping",
-        ProcessState::Down => "down",
-    }
-}
-
 fn reload_text(r: &ReloadStatus, now: u64) -> String {
     format!(
         "#{} {} ago ({}): {}",
-        r.number,
+        r.report.number,
         duration_text(now.saturating_sub(r.at)),
-        r.cause,
-        r.outcome
+        r.report.cause,
+        r.report.outcome.as_str()
     )
 }
 
@@ -254,8 +233,8 @@ pub fn render_text(s: &StatusReport) -> String {
     match &s.last_reload {
         Some(r) => {
             let _ = writeln!(out, "last reload: {}", reload_text(r, now));
-            let _ = writeln!(out, "  {}", r.summary);
-            for e in &r.errors {
+            let _ = writeln!(out, "  {}", r.report.summary);
+            for e in &r.report.errors {
                 let _ = writeln!(out, "  {e}");
             }
         }
@@ -285,11 +264,11 @@ pub fn render_text(s: &StatusReport) -> String {
         let _ = writeln!(
             out,
             "  requests {}  in flight {}  errors {}  p50 {}  p99 {}  restarts {}",
-            a.requests,
-            a.in_flight,
-            a.errors,
-            ms_text(a.p50_ms),
-            ms_text(a.p99_ms),
+            a.load.requests,
+            a.load.in_flight,
+            a.load.errors,
+            ms_text(a.load.p50_ms),
+            ms_text(a.load.p99_ms),
             a.restarts
         );
         let _ = writeln!(
@@ -312,14 +291,14 @@ pub fn render_text(s: &StatusReport) -> String {
                 "  {:<4} {:<8} {:<10} {:>8} {:>8} {:>9} {:>9} {:>7} {:>9} {:>9}",
                 p.slot,
                 p.pid.map_or("-".into(), |p| p.to_string()),
-                state_text(p.state),
+                p.state.as_str(),
                 p.uptime_seconds.map_or("-".into(), duration_text),
                 p.restarts,
-                p.requests,
-                p.in_flight,
-                p.errors,
-                ms_text(p.p50_ms),
-                ms_text(p.p99_ms),
+                p.load.requests,
+                p.load.in_flight,
+                p.load.errors,
+                ms_text(p.load.p50_ms),
+                ms_text(p.load.p99_ms),
             );
         }
     }
@@ -379,7 +358,7 @@ th,td{{text-align:right;padding:4px 8px;border-bottom:1px solid #eee;white-space
     );
     match &s.last_reload {
         Some(r) => {
-            let class = if r.outcome == "applied" || r.outcome == "unchanged" {
+            let class = if r.report.outcome.succeeded() {
                 "ok"
             } else {
                 "bad"
@@ -388,9 +367,9 @@ th,td{{text-align:right;padding:4px 8px;border-bottom:1px solid #eee;white-space
                 out,
                 r#"<div class="kv"><span><b>Last reload</b> <span id="last-reload" class="{class}">{}</span></span></div><div>{}</div>"#,
                 e(&reload_text(r, now)),
-                e(&r.summary)
+                e(&r.report.summary)
             );
-            for err in &r.errors {
+            for err in &r.report.errors {
                 let _ = write!(out, r#"<div class="bad">{}</div>"#, e(err));
             }
         }
@@ -417,15 +396,15 @@ th,td{{text-align:right;padding:4px 8px;border-bottom:1px solid #eee;white-space
             worker = e(&a.worker),
             gen = a.generation,
             start = e(&a.start),
-            req = a.requests,
-            inf = a.in_flight,
-            err = a.errors,
-            p50 = ms_text(a.p50_ms),
-            p99 = ms_text(a.p99_ms),
+            req = a.load.requests,
+            inf = a.load.in_flight,
+            err = a.load.errors,
+            p50 = ms_text(a.load.p50_ms),
+            p99 = ms_text(a.load.p99_ms),
             rs = a.restarts,
         );
         for p in &a.processes {
-            let state = state_text(p.state);
+            let state = p.state.as_str();
             let _ = writeln!(
                 out,
                 r#"<tr class="process"><td>{}</td><td class="pid">{}</td><td class="s {state}">{state}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
@@ -433,11 +412,11 @@ th,td{{text-align:right;padding:4px 8px;border-bottom:1px solid #eee;white-space
                 p.pid.map_or("-".into(), |p| p.to_string()),
                 p.uptime_seconds.map_or("-".into(), duration_text),
                 p.restarts,
-                p.requests,
-                p.in_flight,
-                p.errors,
-                ms_text(p.p50_ms),
-                ms_text(p.p99_ms),
+                p.load.requests,
+                p.load.in_flight,
+                p.load.errors,
+                ms_text(p.load.p50_ms),
+                ms_text(p.load.p99_ms),
             );
         }
         out.push_str("</tbody></table></div></section>\n");
@@ -484,94 +463,92 @@ pub fn render_prometheus(s: &StatusReport) -> String {
     let ok = s
         .last_reload
         .as_ref()
-        .is_none_or(|r| r.outcome == "applied" || r.outcome == "unchanged");
+        .is_none_or(|r| r.report.outcome.succeeded());
     let _ = writeln!(t, "wsgimux_last_reload_success {}", u8::from(ok));
-    // The per-app families, each with its HELP/TYPE once.
-    let per_app: [(&str, &str, &str); 6] = [
-        (
-            "wsgimux_requests_total",
-            "counter",
-            "Finished requests by status class.",
-        ),
-        (
-            "wsgimux_request_errors_total",
-            "counter",
-            "5xx responses and responses that broke off.",
-        ),
-        (
-            "wsgimux_requests_in_flight",
-            "gauge",
-            "Requests sent to the app and not finished.",
-        ),
-        (
-            "wsgimux_processes",
-            "gauge",
-            "The app's processes by state.",
-        ),
-        (
-            "wsgimux_process_restarts_total",
-            "counter",
-            "Process exits and failed starts followed by a restart (current generation).",
-        ),
-        (
-            "wsgimux_request_duration_seconds",
-            "histogram",
-            "Time from the request's head to the end of its response.",
-        ),
-    ];
-    for (name, kind, help) in per_app {
-        family(&mut text, name, kind, help);
-        for a in &s.apps {
-            let app = label(&a.name);
-            match name {
-                "wsgimux_requests_total" => {
-                    for (i, n) in a.totals.by_class.iter().enumerate() {
-                        let _ = writeln!(text, "{name}{{app=\"{app}\",code=\"{}xx\"}} {n}", i + 1);
-                    }
-                }
-                "wsgimux_request_errors_total" => {
-                    let _ = writeln!(text, "{name}{{app=\"{app}\"}} {}", a.totals.errors());
-                }
-                "wsgimux_requests_in_flight" => {
-                    let _ = writeln!(text, "{name}{{app=\"{app}\"}} {}", a.in_flight);
-                }
-                "wsgimux_processes" => {
-                    for state in [
-                        "starting",
-                        "ready",
-                        "restarting",
-                        "idle",
-                        "recycling",
-                        "stopping",
-                        "down",
-                    ] {
-                        let count = a
-                            .processes
-                            .iter()
-                            .filter(|p| state_text(p.state) == state)
-                            .count();
-                        let _ = writeln!(text, "{name}{{app=\"{app}\",state=\"{state}\"}} {count}");
-                    }
-                }
-                "wsgimux_process_restarts_total" => {
-                    let _ = writeln!(text, "{name}{{app=\"{app}\"}} {}", a.restarts);
-                }
-                _ => {
-                    let mut cumulative = 0u64;
-                    for (i, bound) in BUCKETS.iter().enumerate() {
-                        cumulative += a.totals.buckets.get(i).copied().unwrap_or(0);
-                        let _ = writeln!(
-                            text,
-                            "{name}_bucket{{app=\"{app}\",le=\"{bound}\"}} {cumulative}"
-                        );
-                    }
-                    let count: u64 = a.totals.buckets.iter().sum();
-                    let _ = writeln!(text, "{name}_bucket{{app=\"{app}\",le=\"+Inf\"}} {count}");
-                    let _ = writeln!(text, "{name}_sum{{app=\"{app}\"}} {}", a.totals.sum_seconds);
-                    let _ = writeln!(text, "{name}_count{{app=\"{app}\"}} {count}");
-                }
-            }
+    let apps: Vec<(String, &AppStatus)> = s.apps.iter().map(|a| (label(&a.name), a)).collect();
+    let t = &mut text;
+
+    family(
+        t,
+        "wsgimux_requests_total",
+        "counter",
+        "Finished requests by status class.",
+    );
+    for (app, a) in &apps {
+        for (i, n) in a.totals.by_class.iter().enumerate() {
+            let class = i + 1;
+            let _ = writeln!(
+                t,
+                "wsgimux_requests_total{{app=\"{app}\",code=\"{class}xx\"}} {n}"
+            );
         }
+    }
+    family(
+        t,
+        "wsgimux_request_errors_total",
+        "counter",
+        "5xx responses and responses that broke off.",
+    );
+    for (app, a) in &apps {
+        let n = a.totals.errors();
+        let _ = writeln!(t, "wsgimux_request_errors_total{{app=\"{app}\"}} {n}");
+    }
+    family(
+        t,
+        "wsgimux_requests_in_flight",
+        "gauge",
+        "Requests sent to the app and not finished.",
+    );
+    for (app, a) in &apps {
+        let n = a.load.in_flight;
+        let _ = writeln!(t, "wsgimux_requests_in_flight{{app=\"{app}\"}} {n}");
+    }
+    family(
+        t,
+        "wsgimux_processes",
+        "gauge",
+        "The app's processes by state.",
+    );
+    for (app, a) in &apps {
+        for state in ProcessState::ALL {
+            let n = a.processes.iter().filter(|p| p.state == state).count();
+            let state = state.as_str();
+            let _ = writeln!(
+                t,
+                "wsgimux_processes{{app=\"{app}\",state=\"{state}\"}} {n}"
+            );
+        }
+    }
+    family(
+        t,
+        "wsgimux_process_restarts_total",
+        "counter",
+        "Process exits and failed starts followed by a restart (current generation).",
+    );
+    for (app, a) in &apps {
+        let n = a.restarts;
+        let _ = writeln!(t, "wsgimux_process_restarts_total{{app=\"{app}\"}} {n}");
+    }
+    let name = "wsgimux_request_duration_seconds";
+    family(
+        t,
+        name,
+        "histogram",
+        "Time from the request's head to the end of its response.",
+    );
+    for (app, a) in &apps {
+        let mut cumulative = 0u64;
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            cumulative += a.totals.buckets.get(i).copied().unwrap_or(0);
+            let _ = writeln!(
+                t,
+                "{name}_bucket{{app=\"{app}\",le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let count: u64 = a.totals.buckets.iter().sum();
+        let _ = writeln!(t, "{name}_bucket{{app=\"{app}\",le=\"+Inf\"}} {count}");
+        let _ = writeln!(t, "{name}_sum{{app=\"{app}\"}} {}", a.totals.sum_seconds);
+        let _ = writeln!(t, "{name}_count{{app=\"{app}\"}} {count}");
     }
     text
 }

@@ -81,7 +81,6 @@ pub struct Generation {
     pub views: Arc<Mutex<Vec<ProcessView>>>,
     /// Wakes the processes of an app that starts on demand or stops when idle.
     pub demand: Option<Demand>,
-    pub started: SystemTime,
 }
 
 /// What a process slot is doing.
@@ -100,6 +99,31 @@ pub enum ProcessState {
     Stopping,
     /// An `upstream:` server that does not accept connections.
     Down,
+}
+
+impl ProcessState {
+    pub const ALL: [ProcessState; 7] = [
+        ProcessState::Starting,
+        ProcessState::Ready,
+        ProcessState::Restarting,
+        ProcessState::Idle,
+        ProcessState::Recycling,
+        ProcessState::Stopping,
+        ProcessState::Down,
+    ];
+
+    /// As it is written in JSON and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProcessState::Starting => "starting",
+            ProcessState::Ready => "ready",
+            ProcessState::Restarting => "restarting",
+            ProcessState::Idle => "idle",
+            ProcessState::Recycling => "recycling",
+            ProcessState::Stopping => "stopping",
+            ProcessState::Down => "down",
+        }
+    }
 }
 
 /// One process slot as `status` shows it.
@@ -376,7 +400,6 @@ impl Supervisor {
             failure: failure_rx,
             views,
             demand,
-            started: SystemTime::now(),
         }
     }
 
@@ -715,6 +738,8 @@ impl Slot {
             Err(ended) => return ended,
         };
         let idle_timeout = self.plan.policy.idle_timeout;
+        // Only a policy that watches the process's traffic needs the periodic look.
+        let watch_traffic = idle_timeout.is_some() || current.recycle_at.is_some();
         let mut last_count = 0u64;
         let mut last_active = Instant::now();
         let mut poll = tokio::time::interval(POLICY_POLL);
@@ -737,14 +762,12 @@ impl Slot {
                     return Ended::Crashed;
                 }
                 _ = stopped(&mut self.stop) => {
-                    self.view(|v| v.state = ProcessState::Stopping);
-                    self.unpublish(&current);
-                    stop_child(&mut current.child, current.pid).await;
+                    self.stop_process(&mut current).await;
                     return Ended::Stop;
                 }
-                _ = poll.tick() => {}
+                _ = poll.tick(), if watch_traffic => {}
             }
-            let served = current.endpoint.stats.snapshot().requests();
+            let served = current.endpoint.stats.requests();
             if served != last_count || current.endpoint.in_flight() > 0 {
                 last_count = served;
                 last_active = Instant::now();
@@ -761,9 +784,7 @@ impl Slot {
                         current.pid,
                         secs(idle)
                     );
-                    self.view(|v| v.state = ProcessState::Stopping);
-                    self.unpublish(&current);
-                    stop_child(&mut current.child, current.pid).await;
+                    self.stop_process(&mut current).await;
                     return Ended::Idle;
                 }
             }
@@ -789,15 +810,9 @@ impl Slot {
             self.plan.name,
             self.slot,
             old.pid,
-            old.endpoint.stats.snapshot().requests()
+            old.endpoint.stats.requests()
         );
         self.view(|v| v.state = ProcessState::Recycling);
-        let (restarts, last_exit) = self
-            .views
-            .lock()
-            .ok()
-            .and_then(|v| v.get(self.slot).map(|v| (v.restarts, v.last_exit.clone())))
-            .unwrap_or_default();
         let next = tokio::select! {
             r = self.start_process(attempt) => r,
             // The old process died meanwhile: the new one, if it comes up, takes over.
@@ -808,11 +823,7 @@ impl Slot {
         };
         match next {
             Ok(new) => {
-                self.view(|v| {
-                    v.recycles += 1;
-                    v.restarts = restarts;
-                    v.last_exit = last_exit;
-                });
+                self.view(|v| v.recycles += 1);
                 // Unpublished first, so no new request picks it; then its requests finish.
                 self.publish(None, old.pid);
                 let drain = self.plan.drain_timeout;
@@ -831,8 +842,7 @@ impl Slot {
                 Ok(new)
             }
             Err(Ended::Stop) => {
-                self.unpublish(&old);
-                stop_child(&mut old.child, old.pid).await;
+                self.stop_process(&mut old).await;
                 Err(Ended::Stop)
             }
             Err(_) => {
@@ -882,12 +892,11 @@ impl Slot {
                 v.started = Some(SystemTime::now());
             });
         }
-        let failed = |_: &Self| remove_socket(&address);
         match self.wait_ready(&mut child, &address).await {
             Startup::Ready => {}
             Startup::Stopping => {
                 stop_child(&mut child, pid).await;
-                failed(self);
+                remove_socket(&address);
                 return Err(Ended::Stop);
             }
             Startup::Exited(status) => {
@@ -900,7 +909,7 @@ impl Slot {
                 );
                 self.view(|v| v.last_exit = Some(describe(status)));
                 self.start_failed(reason, tail_lines(&tail));
-                failed(self);
+                remove_socket(&address);
                 return Err(Ended::Crashed);
             }
             Startup::TimedOut => {
@@ -912,7 +921,7 @@ impl Slot {
                 );
                 self.start_failed(reason, tail_lines(&tail));
                 stop_child(&mut child, pid).await;
-                failed(self);
+                remove_socket(&address);
                 return Err(Ended::Crashed);
             }
         }
@@ -945,6 +954,13 @@ impl Slot {
             endpoint,
             recycle_at,
         })
+    }
+
+    /// Unpublishes a running process and stops it (TERM, grace, KILL).
+    async fn stop_process(&self, r: &mut Running) {
+        self.view(|v| v.state = ProcessState::Stopping);
+        self.unpublish(r);
+        stop_child(&mut r.child, r.pid).await;
     }
 
     /// Takes a process out of the ready list and closes its pooled connections.
@@ -1372,7 +1388,7 @@ async fn pump(
         match &file {
             Some(f) => f.write_line(&format!(
                 "{} [{app}:{pid}] {line}",
-                crate::accesslog::iso_time(SystemTime::now())
+                crate::dates::iso_time(SystemTime::now())
             )),
             None => tracing::info!(target: "wsgimux::app", "[{app}:{pid}] {line}"),
         }

@@ -118,6 +118,10 @@ pub fn build<'py>(
         let name_str = name.as_str();
         let mut values = parts.headers.get_all(name).iter();
         let Some(first) = values.next() else { continue };
+        let last_value = || {
+            let all = parts.headers.get_all(name);
+            all.iter().next_back().unwrap_or(first).as_bytes()
+        };
         match name_str {
             // CGI names, without the HTTP_ prefix.
             "content-type" | "content-length" => {
@@ -134,24 +138,11 @@ pub fn build<'py>(
                     Some(percent_encoding::percent_decode(first.as_bytes()).collect::<Vec<u8>>());
                 continue;
             }
+            // The last entry of the last such header: what the nearest proxy set.
             "x-forwarded-proto" => {
-                let v = parts
-                    .headers
-                    .get_all(name)
-                    .iter()
-                    .next_back()
-                    .unwrap_or(first);
-                https = last_entry(v.as_bytes()).eq_ignore_ascii_case(b"https");
+                https = last_entry(last_value()).eq_ignore_ascii_case(b"https");
             }
-            "x-forwarded-for" => {
-                let v = parts
-                    .headers
-                    .get_all(name)
-                    .iter()
-                    .next_back()
-                    .unwrap_or(first);
-                remote = last_entry(v.as_bytes());
-            }
+            "x-forwarded-for" => remote = last_entry(last_value()),
             _ => {}
         }
         // A name with `_` would be indistinguishable from one with `-` in CGI names: never
