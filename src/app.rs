@@ -11,43 +11,31 @@ use futures_util::StreamExt;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{self, Config, ConfigError};
+use crate::config::Config;
 use crate::control;
 use crate::metrics::Registry;
-use crate::native;
-use crate::preflight::{self, ReadyApp};
+use crate::preflight::{self, LoadError, ReadyApp};
 use crate::proxy::{Proxy, ProxySettings};
-use crate::reload::{Reloader, RunningApp, Trigger};
+use crate::reload::{Reloader, RunningApp};
 use crate::routes::RouteTable;
+use crate::runtime_dir::{self, RuntimeDirError};
 use crate::server::{self, BindError, FrontSettings, Server};
 use crate::status::Overview;
-use crate::supervisor::{self, Generation, Supervisor, WorkerFiles};
+use crate::supervisor::{Generation, Supervisor};
+use crate::trigger::Trigger;
 use crate::watch::{self as filewatch, ConfigWatcher};
-
-/// The portable worker, carried inside the binary and written to the runtime dir at start.
-const PORTABLE_WORKER: &str = include_str!("portable_worker.py");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot read config {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    RuntimeDir(#[from] RuntimeDirError),
     #[error("runtime_dir {}: {source}", path.display())]
-    RuntimeDir {
+    RuntimeDirAccess {
         path: PathBuf,
         #[source]
         source: std::io::Error,
-    },
-    #[error("runtime_dir {} is too long for the socket of app {app:?} ({len} bytes, limit {}); set runtime_dir to a shorter path", path.display(), supervisor::MAX_SOCKET_PATH)]
-    RuntimeDirTooLong {
-        path: PathBuf,
-        app: String,
-        len: usize,
     },
     #[error(transparent)]
     Bind(#[from] BindError),
@@ -61,36 +49,6 @@ pub enum StartError {
     Signals(#[source] std::io::Error),
     #[error("{0}")]
     AccessLog(String),
-}
-
-/// A config path made absolute (against the current folder) without resolving symlinks, so it
-/// names the same file however it is swapped later.
-pub fn config_path(path: &Path) -> PathBuf {
-    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    // Lexically, so `./a/../wsgimux.yaml` and `wsgimux.yaml` are one config (and one runtime dir).
-    let mut out = PathBuf::new();
-    for c in abs.components() {
-        match c {
-            std::path::Component::CurDir => {}
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out
-}
-
-/// Reads, validates and preflights a config file.
-pub async fn load(path: &Path) -> Result<(Config, Vec<ReadyApp>), StartError> {
-    let file = config_path(path);
-    let text = std::fs::read_to_string(&file).map_err(|source| StartError::Read {
-        path: file.clone(),
-        source,
-    })?;
-    let config = config::from_yaml(&text, &file)?;
-    let apps = preflight::check(&config).await?;
-    Ok((config, apps))
 }
 
 /// `wsgimux check`: the report printed for a valid config.
@@ -141,42 +99,6 @@ pub fn describe_routes(config: &Config, apps: &[ReadyApp]) -> String {
     out
 }
 
-/// The runtime dir: the configured one, else a per-user, per-config default.
-pub fn runtime_dir(config: &Config) -> PathBuf {
-    match &config.runtime_dir {
-        Some(d) => d.clone(),
-        None => default_runtime_dir(&config.file),
-    }
-}
-
-/// The runtime dir of the server started with config file `path`, for `wsgimux reload`: read
-/// from the file when it says, even when the file is otherwise invalid (that is when a reload
-/// must report it).
-pub fn runtime_dir_of(path: &Path) -> PathBuf {
-    let file = config_path(path);
-    let text = std::fs::read_to_string(&file).unwrap_or_default();
-    match config::runtime_dir_hint(&text, &file) {
-        Some(d) => d,
-        None => default_runtime_dir(&file),
-    }
-}
-
-fn default_runtime_dir(file: &Path) -> PathBuf {
-    // A hash of the config path: stable across runs, distinct per config.
-    let hash = filewatch::fnv1a(file.as_os_str().as_encoded_bytes());
-    let name = format!("wsgimux-{:012x}", hash & 0xffff_ffff_ffff);
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) if Path::new(&d).is_dir() => Path::new(&d).join(name),
-        _ => {
-            // SAFETY: getuid cannot fail.
-            let uid = unsafe { libc::getuid() };
-            std::env::temp_dir()
-                .join(format!("wsgimux-{uid}"))
-                .join(name)
-        }
-    }
-}
-
 /// Started as root with `user:` set: hand the runtime dir to that user and become it (keeping
 /// only the capabilities to start apps as their own accounts). Listeners are bound already.
 fn become_configured_user(
@@ -195,7 +117,7 @@ fn become_configured_user(
         return Ok(());
     }
     let front = crate::account::resolve(user, config.group.as_deref())?;
-    let err = |source| StartError::RuntimeDir {
+    let err = |source| StartError::RuntimeDirAccess {
         path: dir.to_path_buf(),
         source,
     };
@@ -207,51 +129,6 @@ fn become_configured_user(
     crate::account::drop_privileges(&front)?;
     tracing::info!("running as {front}");
     Ok(())
-}
-
-fn prepare_runtime_dir(dir: &Path, apps: &[ReadyApp]) -> Result<WorkerFiles, StartError> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let err = |source| StartError::RuntimeDir {
-        path: dir.to_path_buf(),
-        source,
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(err)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
-    for app in apps {
-        let len = Supervisor::socket_path_len(dir, &app.spec.name);
-        if len > supervisor::MAX_SOCKET_PATH {
-            return Err(StartError::RuntimeDirTooLong {
-                path: dir.to_path_buf(),
-                app: app.spec.name.clone(),
-                len,
-            });
-        }
-    }
-    // Sockets left by a previous run that was killed.
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.extension().is_some_and(|x| x == "sock" || x == "tmp") {
-                let _ = std::fs::remove_file(&p);
-            }
-        }
-    }
-    // Written under a temporary name and renamed: a concurrent start never reads half a file.
-    let worker = dir.join("wsgimux_worker.py");
-    if std::fs::read_to_string(&worker).ok().as_deref() != Some(PORTABLE_WORKER) {
-        let tmp = dir.join(format!(".wsgimux_worker.{}.tmp", std::process::id()));
-        std::fs::write(&tmp, PORTABLE_WORKER).map_err(err)?;
-        std::fs::rename(&tmp, &worker).map_err(err)?;
-    }
-    let native_dir = native::install(dir).map_err(err)?;
-    Ok(WorkerFiles {
-        launcher: worker,
-        native_dir,
-    })
 }
 
 /// The signals `serve` acts on, registered before anything starts so that none of them can
@@ -288,16 +165,16 @@ pub async fn serve_with(path: &Path, banner: Option<Banner>) -> Result<(), Start
     if activated > 0 {
         tracing::info!("{activated} listening socket(s) passed by the service manager");
     }
-    let file = config_path(path);
+    let file = preflight::config_path(path);
     let signals = Signals::register()?;
     // Taken before reading, so an edit made while starting is not missed.
     let baseline = filewatch::fingerprint(&file);
-    let (config, apps) = load(&file).await?;
-    let dir = runtime_dir(&config);
+    let (config, apps) = preflight::load(&file).await?;
+    let dir = runtime_dir::of_config(&config);
     if control::is_served(&dir) {
         return Err(StartError::AlreadyRunning { dir });
     }
-    let files = prepare_runtime_dir(&dir, &apps)?;
+    let files = runtime_dir::prepare(&dir, apps.iter().map(|a| a.spec.name.as_str()))?;
     let front = FrontSettings::build(&config, None)?;
     let proxy_settings = ProxySettings::build(&config).map_err(StartError::AccessLog)?;
     let listeners = server::bind(&config.listen).await?;
@@ -369,7 +246,7 @@ pub async fn serve_with(path: &Path, banner: Option<Banner>) -> Result<(), Start
     }));
     let control =
         control::serve(&dir, triggers_tx.clone(), overview_rx.clone()).map_err(|source| {
-            StartError::RuntimeDir {
+            StartError::RuntimeDirAccess {
                 path: dir.join(control::SOCKET_NAME),
                 source,
             }

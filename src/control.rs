@@ -14,8 +14,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::reload::{Report, Trigger};
 use crate::status::{self, Overview, StatusReport};
+use crate::trigger::{Report, Trigger};
 
 pub const SOCKET_NAME: &str = "control.sock";
 /// How long a client may take to send its request line.

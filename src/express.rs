@@ -148,7 +148,7 @@ impl Express {
         if self.port == 0 {
             key.push_str(&format!(":{}", std::process::id()));
         }
-        let hash = crate::watch::fnv1a(key.as_bytes()) & 0xffff_ffff;
+        let hash = crate::runtime_dir::fnv1a(key.as_bytes()) & 0xffff_ffff;
         // SAFETY: getuid cannot fail.
         let uid = unsafe { libc::getuid() };
         std::env::temp_dir().join(format!("wsgimux-run-{uid}-{}-{hash:08x}", self.port))

@@ -89,7 +89,7 @@ fn main() -> ExitCode {
     let result: anyhow::Result<ExitCode> = runtime.block_on(async {
         match cli.command {
             Command::Check { config } => {
-                let (config, apps) = wsgimux::app::load(&config).await?;
+                let (config, apps) = wsgimux::preflight::load(&config).await?;
                 print!("{}", wsgimux::app::describe_routes(&config, &apps));
                 Ok(())
             }
@@ -114,7 +114,7 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Explain { config, url } => {
-                let (config, apps) = wsgimux::app::load(&config).await?;
+                let (config, apps) = wsgimux::preflight::load(&config).await?;
                 let stores: Vec<wsgimux::tls::CertStore> = config
                     .tls
                     .values()
@@ -144,7 +144,7 @@ fn main() -> ExitCode {
 
 /// `wsgimux reload`: asks the server, prints its report.
 async fn reload(config: &std::path::Path, timeout: std::time::Duration) -> ExitCode {
-    let dir = wsgimux::app::runtime_dir_of(config);
+    let dir = wsgimux::runtime_dir::of_file(&wsgimux::preflight::config_path(config));
     match wsgimux::control::reload(&dir, timeout).await {
         Ok(report) if report.outcome.succeeded() => {
             println!("{}", report.summary);
@@ -166,7 +166,7 @@ async fn reload(config: &std::path::Path, timeout: std::time::Duration) -> ExitC
 
 /// `wsgimux status`: asks the server, prints its answer.
 async fn status(config: &std::path::Path, json: bool) -> ExitCode {
-    let dir = wsgimux::app::runtime_dir_of(config);
+    let dir = wsgimux::runtime_dir::of_file(&wsgimux::preflight::config_path(config));
     let report = match wsgimux::control::status(&dir, std::time::Duration::from_secs(10)).await {
         Ok(r) => r,
         Err(e) => {

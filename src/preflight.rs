@@ -2,14 +2,56 @@
 //! script and folder exists. Problems are reported like config errors, at the key's position.
 //! Starts nothing but the short-lived interpreter probes.
 
-use std::path::Path;
-
 use std::fmt;
+use std::path::{Path, PathBuf};
 
 use crate::account::{self, Account, Need};
 use crate::config::{AppSpec, Config, ConfigError, Entry, Location, Problem, WorkerChoice};
 use crate::interpreter::{self, Interpreter};
 use crate::tls::CertStore;
+
+/// Why a config file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read config {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+}
+
+/// A config path made absolute (against the current folder) without resolving symlinks, so it
+/// names the same file however it is swapped later.
+pub fn config_path(path: &Path) -> PathBuf {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    // Lexically, so `./a/../wsgimux.yaml` and `wsgimux.yaml` are one config (and one runtime dir).
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Reads, validates and preflights a config file: what `check`, `serve` and every reload do.
+pub async fn load(path: &Path) -> Result<(Config, Vec<ReadyApp>), LoadError> {
+    let file = config_path(path);
+    let text = std::fs::read_to_string(&file).map_err(|source| LoadError::Read {
+        path: file.clone(),
+        source,
+    })?;
+    let config = crate::config::from_yaml(&text, &file)?;
+    let apps = check(&config).await?;
+    Ok((config, apps))
+}
 
 /// An app whose interpreter has been found and probed, and the worker chosen for it.
 #[derive(Debug, Clone)]

@@ -26,7 +26,7 @@ use crate::gate::Verdict;
 use crate::http1::Rejection;
 use crate::metrics::Counters;
 use crate::routes::{normalize_host, RouteTable};
-use crate::upstream::{BoxError, Endpoint, ProxyBody};
+use crate::upstream::{BoxError, Demand, Endpoint, Endpoints, ProxyBody};
 
 /// The header that carries the mount prefix to a child, which sets `SCRIPT_NAME` from it.
 /// gunicorn honours the same header, so any such server can stand in for a child.
@@ -67,7 +67,7 @@ pub struct AppRoute {
     /// The app's `static:` folders, prefixes including the mount; longest first.
     statics: Vec<StaticAlias>,
     /// Wakes the processes of an app that starts on demand (or stopped when idle).
-    demand: Option<crate::supervisor::Demand>,
+    demand: Option<Demand>,
     startup_timeout: Duration,
 }
 
@@ -76,7 +76,7 @@ impl AppRoute {
         spec: &AppSpec,
         endpoints: watch::Receiver<Endpoints>,
         stats: Arc<Counters>,
-        demand: Option<crate::supervisor::Demand>,
+        demand: Option<Demand>,
     ) -> Self {
         let mount = &spec.mount;
         let mount_header = (!mount.is_root()).then(|| encode_mount(mount.as_str()));
@@ -161,12 +161,6 @@ impl AppRoute {
             .min_by_key(|e| (Some(e.pid()) == avoid, e.in_flight()))
             .cloned()
     }
-}
-
-/// The processes of an app that answer on their sockets, as published by the supervisor.
-#[derive(Debug, Clone, Default)]
-pub struct Endpoints {
-    pub ready: Arc<[Arc<Endpoint>]>,
 }
 
 pub type Table = RouteTable<Arc<AppRoute>>;

@@ -13,8 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::config::{AppSpec, Config, Problem};
 use crate::diff::{self, AppChange};
@@ -25,6 +24,7 @@ use crate::routes::RouteTable;
 use crate::server::{self, FrontSettings, Server};
 use crate::status::{AppOverview, Overview};
 use crate::supervisor::{Generation, StartFailure, Supervisor};
+use crate::trigger::{Cause, Outcome, Report, Trigger};
 use crate::watch::{self as filewatch, CodeWatcher, Fingerprint};
 
 /// Beyond an app's `startup_timeout`, how long a reload waits for its new generation (the
@@ -32,60 +32,6 @@ use crate::watch::{self as filewatch, CodeWatcher, Fingerprint};
 const READY_MARGIN: Duration = Duration::from_secs(2);
 /// Lines of a failed child's stderr repeated in the log.
 const LOGGED_STDERR_LINES: usize = 10;
-
-/// Why a reload happens.
-#[derive(Debug)]
-pub enum Trigger {
-    /// The config file changed on disk.
-    ConfigFile,
-    Hangup,
-    /// `wsgimux reload`: the report goes back to it.
-    Command(oneshot::Sender<Report>),
-    /// A `reload_on_changes` app's code changed.
-    Code {
-        app: String,
-        file: PathBuf,
-    },
-}
-
-/// The outcome of one reload, as logged and as `wsgimux reload` prints it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Report {
-    pub number: u64,
-    pub cause: String,
-    pub outcome: Outcome,
-    /// The one summary line.
-    pub summary: String,
-    /// Why it was rejected, or why apps kept their previous processes.
-    pub errors: Vec<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Applied,
-    Unchanged,
-    /// Applied, except for apps whose new processes did not start (they keep their old ones).
-    PartlyApplied,
-    /// Nothing changed: the file is invalid, or a listener could not be bound.
-    Rejected,
-}
-
-impl Outcome {
-    /// As it is written in JSON.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Applied => "applied",
-            Outcome::Unchanged => "unchanged",
-            Outcome::PartlyApplied => "partly_applied",
-            Outcome::Rejected => "rejected",
-        }
-    }
-
-    pub fn succeeded(self) -> bool {
-        matches!(self, Outcome::Applied | Outcome::Unchanged)
-    }
-}
 
 /// One app as it runs: its spec, its interpreter and its current generation.
 pub struct RunningApp {
@@ -245,22 +191,22 @@ impl Reloader {
         // Named after the most explicit request; a file event alone for the version a reload
         // already read (a `wsgimux reload` right after the edit) needs no second reload.
         let cause = if !waiting.is_empty() {
-            Some("wsgimux reload")
+            Some(Cause::Command)
         } else if hangup {
-            Some("SIGHUP")
+            Some(Cause::Hangup)
         } else if file {
-            Some("config file changed")
+            Some(Cause::ConfigFile)
         } else {
             None
         };
         // Taken before the file is read, so an edit made during the reload is seen later.
-        let version = cause.map(|_| filewatch::fingerprint(&self.path));
-        let cause = cause
-            .filter(|&c| c != "config file changed" || self.loaded.as_ref() != version.as_ref());
+        let version = cause.as_ref().map(|_| filewatch::fingerprint(&self.path));
+        let cause =
+            cause.filter(|c| *c != Cause::ConfigFile || self.loaded.as_ref() != version.as_ref());
         let mut restarted = BTreeSet::new();
         if let (Some(cause), Some(version)) = (cause, version) {
             self.loaded = Some(version);
-            let (report, r) = self.reload_config(cause).await;
+            let (report, r) = self.reload_config(&cause).await;
             restarted = r;
             for w in waiting {
                 let _ = w.send(report.clone());
@@ -290,7 +236,7 @@ impl Reloader {
     }
 
     /// Reloads the config file; returns the report and the apps that got new processes.
-    async fn reload_config(&mut self, cause: &str) -> (Report, BTreeSet<String>) {
+    async fn reload_config(&mut self, cause: &Cause) -> (Report, BTreeSet<String>) {
         let number = self.begin();
         let started = Instant::now();
         let head = format!("reload #{number} ({cause})");
@@ -310,7 +256,7 @@ impl Reloader {
                 errors,
             }
         };
-        let (new, ready) = match crate::app::load(&self.path).await {
+        let (new, ready) = match crate::preflight::load(&self.path).await {
             Ok(x) => x,
             Err(e) => {
                 let errors = e.to_string().lines().map(str::to_string).collect();
@@ -506,7 +452,10 @@ impl Reloader {
         };
         let number = self.begin();
         let started = Instant::now();
-        let cause = format!("{} changed", file.display());
+        let cause = Cause::Code {
+            file: file.to_path_buf(),
+        }
+        .to_string();
         let g = self.supervisor.start(&app);
         self.wake_if_running(name, &g);
         let report = match g.wait_ready(app.spec.startup_timeout + READY_MARGIN).await {

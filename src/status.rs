@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::metrics::{Counters, Snapshot, BUCKETS};
 use crate::preflight::ReadyApp;
-use crate::reload::Report;
 use crate::supervisor::{Generation, ProcessState};
+use crate::trigger::Report;
 
 /// What runs, as `reload` last published it.
 pub struct Overview {

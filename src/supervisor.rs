@@ -29,8 +29,8 @@ use crate::config::{
 };
 use crate::logfile::LogFile;
 use crate::preflight::{ReadyApp, WorkerKind};
-use crate::proxy::Endpoints;
-use crate::upstream::Endpoint;
+use crate::runtime_dir::{app_socket_dir, socket_path, WorkerFiles};
+use crate::upstream::{Demand, Endpoint, Endpoints};
 
 /// How often an `upstream:` server is checked, and how long a check may take.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
@@ -55,8 +55,6 @@ const DRAIN_POLL: Duration = Duration::from_millis(20);
 const STDERR_TAIL_LINES: usize = 20;
 /// Longest child output line logged as one line; longer ones are split.
 const MAX_LOG_LINE: usize = 16 * 1024;
-/// Unix socket paths must fit in sockaddr_un (104 bytes on macOS, 108 on Linux).
-pub const MAX_SOCKET_PATH: usize = 100;
 
 /// Why a process of a generation did not start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,24 +142,6 @@ pub struct ProcessView {
     pub last_exit: Option<String>,
 }
 
-/// The request side's handle on dormant processes: [`Demand::wake`] starts them.
-#[derive(Debug, Clone)]
-pub struct Demand(Arc<watch::Sender<u64>>);
-
-impl Demand {
-    fn new() -> Self {
-        Demand(Arc::new(watch::channel(0).0))
-    }
-
-    pub fn wake(&self) {
-        self.0.send_modify(|n| *n += 1);
-    }
-
-    fn subscribe(&self) -> watch::Receiver<u64> {
-        self.0.subscribe()
-    }
-}
-
 impl Generation {
     /// The pids of the processes answering now.
     pub fn pids(&self) -> Vec<u32> {
@@ -185,7 +165,7 @@ impl Generation {
     pub fn dormant(&self) -> bool {
         self.demand
             .as_ref()
-            .is_some_and(|d| *d.0.borrow() == 0 && self.pids().is_empty())
+            .is_some_and(|d| d.count() == 0 && self.pids().is_empty())
             && self.views().iter().all(|v| v.state == ProcessState::Idle)
     }
 
@@ -233,14 +213,6 @@ impl Generation {
 
 fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
-}
-
-/// The files wsgimux writes for its children: the launcher (which is also the portable worker)
-/// and the folder holding the native worker's extension module.
-#[derive(Debug, Clone)]
-pub struct WorkerFiles {
-    pub launcher: PathBuf,
-    pub native_dir: PathBuf,
 }
 
 /// Everything needed to start one app's processes.
@@ -322,19 +294,6 @@ impl Supervisor {
         }
     }
 
-    /// The longest socket path an app will use; must stay under [`MAX_SOCKET_PATH`].
-    pub fn socket_path_len(runtime_dir: &Path, app: &str) -> usize {
-        socket_path(
-            &app_socket_dir(runtime_dir, app),
-            app,
-            u64::from(u32::MAX),
-            999,
-            u64::from(u32::MAX),
-        )
-        .as_os_str()
-        .len()
-    }
-
     /// Starts a new generation of an app's processes. They restart with backoff when they exit,
     /// until the generation is retired or stopped.
     pub fn start(&mut self, app: &ReadyApp) -> Generation {
@@ -368,7 +327,7 @@ impl Supervisor {
                 })
                 .collect::<Vec<_>>(),
         ));
-        let demand = (on_demand || app.spec.policy.idle_timeout.is_some()).then(Demand::new);
+        let demand = (on_demand || app.spec.policy.idle_timeout.is_some()).then(Demand::default);
         let mut slots = JoinSet::new();
         for slot in 0..processes {
             let slot_task = Slot {
@@ -575,11 +534,6 @@ async fn stop_generation(mut g: LiveGeneration) {
     while g.slots.join_next().await.is_some() {}
 }
 
-/// The socket folder of an app that runs as its own account.
-fn app_socket_dir(runtime_dir: &Path, app: &str) -> PathBuf {
-    runtime_dir.join(format!("{app}.d"))
-}
-
 /// Owned by the app's account, group wsgimux's, mode 2770: the app binds its sockets there,
 /// and the setgid bit gives them wsgimux's group, so wsgimux (a group member) can connect.
 fn prepare_socket_dir(dir: &Path, acct: &Account) -> std::io::Result<()> {
@@ -591,16 +545,6 @@ fn prepare_socket_dir(dir: &Path, acct: &Account) -> std::io::Result<()> {
     }
     std::os::unix::fs::chown(dir, Some(acct.uid), Some(nix::unistd::getegid().as_raw()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o2770))
-}
-
-fn socket_path(
-    runtime_dir: &Path,
-    app: &str,
-    generation: u64,
-    slot: usize,
-    attempt: u64,
-) -> PathBuf {
-    runtime_dir.join(format!("{app}.{generation}.{slot}.{attempt}.sock"))
 }
 
 struct Slot {

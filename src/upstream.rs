@@ -36,6 +36,40 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 pub use crate::config::Address;
 
+/// The processes of an app that answer on their sockets: published by `supervisor` (its only
+/// writer), read by `proxy`.
+#[derive(Debug, Clone, Default)]
+pub struct Endpoints {
+    pub ready: Arc<[Arc<Endpoint>]>,
+}
+
+/// The request side's handle on dormant processes (`start: on_demand`, or stopped by
+/// `idle_timeout`): [`Demand::wake`] asks `supervisor` to start them. A count of wakes, so a
+/// slot can tell a wake that came after it went dormant from one it already answered.
+#[derive(Debug, Clone)]
+pub struct Demand(Arc<tokio::sync::watch::Sender<u64>>);
+
+impl Default for Demand {
+    fn default() -> Self {
+        Demand(Arc::new(tokio::sync::watch::channel(0).0))
+    }
+}
+
+impl Demand {
+    pub fn wake(&self) {
+        self.0.send_modify(|n| *n += 1);
+    }
+
+    /// Wakes so far.
+    pub fn count(&self) -> u64 {
+        *self.0.borrow()
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
+
 /// A connected stream to an endpoint: one type for hyper whichever the transport.
 enum Stream {
     Unix(UnixStream),

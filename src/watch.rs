@@ -18,7 +18,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::{AppSpec, Entry};
-use crate::reload::Trigger;
+use crate::runtime_dir::fnv1a;
+use crate::trigger::Trigger;
 
 /// A burst of events is over after this much quiet.
 const QUIET: Duration = Duration::from_millis(100);
@@ -60,12 +61,6 @@ pub fn fingerprint(path: &Path) -> Fingerprint {
         len: meta.map_or(0, |m| m.len()),
         hash: fnv1a(&content),
     }
-}
-
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
-    })
 }
 
 /// Events from notify's thread into the async world.

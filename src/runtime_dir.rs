@@ -1,0 +1,189 @@
+//! The runtime dir: where it is (configured, or a per-user, per-config default), creating it,
+//! the files wsgimux writes there for its children (the portable worker and the native
+//! worker's library), and the names of the apps' sockets in it, with their length check.
+//!
+//! Does not decide who owns the folder after start-up (`app` hands it to `user:`) and starts
+//! nothing; the control socket's name is `control`'s.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+use crate::native;
+
+/// The portable worker, carried inside the binary and written to the runtime dir at start.
+const PORTABLE_WORKER: &str = include_str!("portable_worker.py");
+/// Unix socket paths must fit in sockaddr_un (104 bytes on macOS, 108 on Linux).
+pub const MAX_SOCKET_PATH: usize = 100;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeDirError {
+    #[error("runtime_dir {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("runtime_dir {} is too long for the socket of app {app:?} ({len} bytes, limit {MAX_SOCKET_PATH}); set runtime_dir to a shorter path", path.display())]
+    TooLong {
+        path: PathBuf,
+        app: String,
+        len: usize,
+    },
+}
+
+/// The files wsgimux writes for its children: the launcher (which is also the portable worker)
+/// and the folder holding the native worker's extension module.
+#[derive(Debug, Clone)]
+pub struct WorkerFiles {
+    pub launcher: PathBuf,
+    pub native_dir: PathBuf,
+}
+
+/// The runtime dir of a validated config: the configured one, else the default for its file.
+pub fn of_config(config: &Config) -> PathBuf {
+    match &config.runtime_dir {
+        Some(d) => d.clone(),
+        None => default_for(&config.file),
+    }
+}
+
+/// The runtime dir of the server started with the config file `file` (absolute), for
+/// `wsgimux reload` and `status`: read from the file when it says, even when the file is
+/// otherwise invalid (that is when a reload must report it).
+pub fn of_file(file: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    match crate::config::runtime_dir_hint(&text, file) {
+        Some(d) => d,
+        None => default_for(file),
+    }
+}
+
+fn default_for(file: &Path) -> PathBuf {
+    // A hash of the config path: stable across runs, distinct per config.
+    let hash = fnv1a(file.as_os_str().as_encoded_bytes());
+    let name = format!("wsgimux-{:012x}", hash & 0xffff_ffff_ffff);
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if Path::new(&d).is_dir() => Path::new(&d).join(name),
+        _ => {
+            // SAFETY: getuid cannot fail.
+            let uid = unsafe { libc::getuid() };
+            std::env::temp_dir()
+                .join(format!("wsgimux-{uid}"))
+                .join(name)
+        }
+    }
+}
+
+/// A stable 64-bit FNV-1a hash: names folders after a path, fingerprints file contents. Not
+/// for anything an attacker chooses to collide.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// Checks that every app's sockets fit under `dir`, creates it (mode 0700), removes sockets a
+/// killed run left, and writes the workers.
+pub fn prepare<'a>(
+    dir: &Path,
+    apps: impl IntoIterator<Item = &'a str>,
+) -> Result<WorkerFiles, RuntimeDirError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    check_socket_paths(dir, apps)?;
+    let err = |source| RuntimeDirError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(err)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "sock" || x == "tmp") {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+    }
+    // Written under a temporary name and renamed: a concurrent start never reads half a file.
+    let worker = dir.join("wsgimux_worker.py");
+    if std::fs::read_to_string(&worker).ok().as_deref() != Some(PORTABLE_WORKER) {
+        let tmp = dir.join(format!(".wsgimux_worker.{}.tmp", std::process::id()));
+        std::fs::write(&tmp, PORTABLE_WORKER).map_err(err)?;
+        std::fs::rename(&tmp, &worker).map_err(err)?;
+    }
+    let native_dir = native::install(dir).map_err(err)?;
+    Ok(WorkerFiles {
+        launcher: worker,
+        native_dir,
+    })
+}
+
+/// Err for the first app whose longest socket path would not fit in [`MAX_SOCKET_PATH`].
+pub fn check_socket_paths<'a>(
+    dir: &Path,
+    apps: impl IntoIterator<Item = &'a str>,
+) -> Result<(), RuntimeDirError> {
+    for app in apps {
+        let len = longest_socket_path(dir, app);
+        if len > MAX_SOCKET_PATH {
+            return Err(RuntimeDirError::TooLong {
+                path: dir.to_path_buf(),
+                app: app.to_string(),
+                len,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The longest socket path an app will use (largest generation, slot and attempt numbers).
+fn longest_socket_path(dir: &Path, app: &str) -> usize {
+    let max = u64::from(u32::MAX);
+    socket_path(&app_socket_dir(dir, app), app, max, 999, max)
+        .as_os_str()
+        .len()
+}
+
+/// The socket folder of an app that runs as its own account.
+pub fn app_socket_dir(dir: &Path, app: &str) -> PathBuf {
+    dir.join(format!("{app}.d"))
+}
+
+/// A socket for one start of one process: fresh per attempt, so a dying process's socket is
+/// never mistaken for its successor's.
+pub fn socket_path(dir: &Path, app: &str, generation: u64, slot: usize, attempt: u64) -> PathBuf {
+    dir.join(format!("{app}.{generation}.{slot}.{attempt}.sock"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_app_names_are_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        let long = "a".repeat(120);
+        let err = prepare(&run, ["short", long.as_str()]).unwrap_err();
+        assert!(matches!(err, RuntimeDirError::TooLong { ref app, .. } if *app == long));
+        assert!(!run.exists());
+        let files = prepare(&run, ["short"]).unwrap();
+        assert!(files.launcher.is_file() && files.native_dir.is_dir());
+    }
+
+    #[test]
+    fn stale_sockets_go_and_the_default_dir_is_stable_per_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let stale = dir.path().join("a.1.0.1.sock");
+        std::fs::write(&stale, "").unwrap();
+        prepare(dir.path(), []).unwrap();
+        assert!(!stale.exists());
+        let a = default_for(Path::new("/srv/a/wsgimux.yaml"));
+        assert_eq!(a, default_for(Path::new("/srv/a/wsgimux.yaml")));
+        assert_ne!(a, default_for(Path::new("/srv/b/wsgimux.yaml")));
+    }
+}
