@@ -7,6 +7,7 @@ mod deploy;
 mod frameworks;
 mod front;
 mod harness;
+mod layout;
 mod limits;
 mod native;
 mod operating;

@@ -1,0 +1,196 @@
+//! The shape ARCHITECTURE.md promises, read from the source: the `use crate::` graph of `src/`
+//! has no cycle and never points from a lower layer to a higher one.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Each module's layer, lowest first. A module may import only from its own layer or below
+/// (and never in a cycle). A new module must be placed here: the test names one that is not.
+const LAYERS: &[(&str, &[&str])] = &[
+    (
+        "vocabulary: pure data and leaf helpers",
+        &[
+            "dates",
+            "http1",
+            "metrics",
+            "logfile",
+            "account",
+            "activation",
+            "native",
+            "trigger",
+            "config",
+        ],
+    ),
+    (
+        "pure decisions over config",
+        &["routes", "diff", "interpreter", "tls"],
+    ),
+    ("the machine", &["preflight", "runtime_dir"]),
+    (
+        "request pieces",
+        &[
+            "upstream",
+            "error",
+            "statics",
+            "accesslog",
+            "gate",
+            "explain",
+        ],
+    ),
+    ("the request", &["proxy"]),
+    ("long-lived parts", &["server", "supervisor"]),
+    ("what runs, seen from outside", &["status", "watch"]),
+    ("doors in", &["control", "admin"]),
+    ("the only writer of live state", &["reload"]),
+    ("commands", &["app", "express"]),
+];
+
+fn src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).expect("src is readable").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// `src/supervisor/slot.rs` and `src/supervisor.rs` are both module `supervisor`.
+fn module_of(file: &Path) -> String {
+    let rel = file.strip_prefix(src()).expect("under src");
+    let first = rel.components().next().expect("a component");
+    let name = first.as_os_str().to_string_lossy();
+    name.trim_end_matches(".rs").to_string()
+}
+
+/// The top-level modules named after `crate::` in `text` (line comments left out).
+fn imports(text: &str) -> BTreeSet<String> {
+    let code: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut out = BTreeSet::new();
+    let mut rest = code.as_str();
+    while let Some(at) = rest.find("crate::") {
+        rest = &rest[at + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            // `crate::{a, b::{c, d}}`: the names at the group's top level.
+            let mut depth = 0;
+            let mut item = String::new();
+            for ch in group.chars() {
+                match ch {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        out.insert(head(&item));
+                        item.clear();
+                        continue;
+                    }
+                    _ => {}
+                }
+                item.push(ch);
+            }
+            if !item.trim().is_empty() {
+                out.insert(head(&item));
+            }
+        } else {
+            out.insert(head(rest));
+        }
+    }
+    out.retain(|m| !m.is_empty());
+    out
+}
+
+fn head(path: &str) -> String {
+    path.trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect()
+}
+
+fn graph() -> BTreeMap<String, BTreeSet<String>> {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for f in files {
+        let m = module_of(&f);
+        if m == "lib" || m == "main" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&f).expect("readable source");
+        let deps = g.entry(m.clone()).or_default();
+        deps.extend(imports(&text).into_iter().filter(|d| *d != m));
+    }
+    g
+}
+
+#[test]
+fn imports_point_down_the_layers_and_never_in_a_cycle() {
+    let layer: BTreeMap<&str, usize> = LAYERS
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (_, mods))| mods.iter().map(move |m| (*m, i)))
+        .collect();
+    let g = graph();
+    let mut wrong = Vec::new();
+    for (m, deps) in &g {
+        let Some(&mine) = layer.get(m.as_str()) else {
+            wrong.push(format!("module {m} has no layer in tests/it/layout.rs"));
+            continue;
+        };
+        for d in deps {
+            match layer.get(d.as_str()) {
+                Some(&theirs) if theirs > mine => wrong.push(format!(
+                    "{m} ({}) imports {d} ({}), a higher layer",
+                    LAYERS[mine].0, LAYERS[theirs].0
+                )),
+                None => wrong.push(format!("{m} imports {d}, which has no layer")),
+                _ => {}
+            }
+        }
+    }
+    // Same-layer imports are allowed, so look for cycles too (depth-first, colouring).
+    fn visit<'a>(
+        m: &'a str,
+        g: &'a BTreeMap<String, BTreeSet<String>>,
+        state: &mut BTreeMap<&'a str, bool>,
+        path: &mut Vec<&'a str>,
+        cycles: &mut Vec<String>,
+    ) {
+        match state.get(m) {
+            Some(true) => return,
+            Some(false) => {
+                let from = path.iter().position(|p| *p == m).unwrap_or(0);
+                cycles.push(format!("cycle: {} -> {m}", path[from..].join(" -> ")));
+                return;
+            }
+            None => {}
+        }
+        state.insert(m, false);
+        path.push(m);
+        for d in g.get(m).into_iter().flatten() {
+            if g.contains_key(d) {
+                visit(d, g, state, path, cycles);
+            }
+        }
+        path.pop();
+        state.insert(m, true);
+    }
+    let mut state = BTreeMap::new();
+    for m in g.keys() {
+        visit(m, &g, &mut state, &mut Vec::new(), &mut wrong);
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // The reader itself: it sees every kind of import this tree writes.
+    let sample =
+        "use crate::{a, b::{C, D}, e::F as G};\nuse crate::h::I;\n// crate::j\nx(crate::k::l)";
+    let seen: Vec<String> = imports(sample).into_iter().collect();
+    assert_eq!(seen, ["a", "b", "e", "h", "k"]);
+}
