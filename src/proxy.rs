@@ -7,7 +7,9 @@
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -174,6 +176,9 @@ pub struct Client {
     pub trusted: bool,
     /// A plain listener with `redirect_https`: where hosts with a certificate are sent.
     pub redirect: Option<Arc<HttpsRedirect>>,
+    /// The longest wait between two reads of a request body, where no gate enforces it
+    /// (HTTP/2: the gate only sees HTTP/1.1 bytes).
+    pub body_timeout: Option<Duration>,
 }
 
 /// `redirect_https`: plain-HTTP requests for hosts that have a certificate go to https.
@@ -378,11 +383,12 @@ impl Proxy {
         let mut route_now = route;
         set_mount(&mut parts.headers, &route_now, outer_mount.as_deref());
         let fault = Arc::new(BodyFault::default());
-        let mut body = LimitedBody {
-            inner: body,
-            left: route_now.max_body_size,
-            fault: fault.clone(),
-        };
+        let mut body = LimitedBody::new(
+            body,
+            route_now.max_body_size,
+            client.body_timeout,
+            fault.clone(),
+        );
         // The start of the body is read here before the app is involved: a client trickling a
         // small body (slow POST) holds a connection of the front, not a thread of the app.
         let (prefix, ended) = prebuffer(&mut body).await;
@@ -755,11 +761,31 @@ impl BodyFault {
 }
 
 /// The client's request body on its way to the child. Fails once more than `left` bytes
-/// passed (bodies without a declared length, or longer than declared), noting why in `fault`.
+/// passed (bodies without a declared length, or longer than declared), or when the client
+/// sends nothing for `stall` (where set), noting why in `fault`.
 struct LimitedBody {
     inner: Incoming,
     left: Option<u64>,
     fault: Arc<BodyFault>,
+    /// The limit, its timer, and whether the timer runs (only while waiting for the client).
+    stall: Option<(Duration, Pin<Box<tokio::time::Sleep>>, bool)>,
+}
+
+impl LimitedBody {
+    fn new(
+        inner: Incoming,
+        left: Option<u64>,
+        stall: Option<Duration>,
+        fault: Arc<BodyFault>,
+    ) -> Self {
+        let stall = stall.map(|d| (d, Box::pin(tokio::time::sleep(d)), false));
+        LimitedBody {
+            inner,
+            left,
+            fault,
+            stall,
+        }
+    }
 }
 
 impl http_body::Body for LimitedBody {
@@ -770,7 +796,30 @@ impl http_body::Body for LimitedBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
-        let frame = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_frame(cx));
+        let this = &mut *self;
+        let frame = match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            std::task::Poll::Ready(f) => f,
+            std::task::Poll::Pending => {
+                if let Some((limit, sleep, waiting)) = &mut this.stall {
+                    // The clock starts when the front begins to wait, not at the last frame:
+                    // an app that reads slowly is not the client's stall.
+                    if !*waiting {
+                        *waiting = true;
+                        sleep.as_mut().reset(tokio::time::Instant::now() + *limit);
+                    }
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        this.fault.failed.store(true, Ordering::Relaxed);
+                        return std::task::Poll::Ready(Some(Err(
+                            "client sent no request body data in time".into(),
+                        )));
+                    }
+                }
+                return std::task::Poll::Pending;
+            }
+        };
+        if let Some((_, _, waiting)) = &mut this.stall {
+            *waiting = false;
+        }
         let frame = match frame {
             Some(Ok(f)) => f,
             Some(Err(e)) => {
@@ -811,6 +860,7 @@ mod tests {
             scheme: "http",
             trusted,
             redirect: None,
+            body_timeout: None,
         }
     }
 

@@ -362,6 +362,8 @@ async fn serve_connection(
             scheme: "http",
             trusted,
             redirect: settings.redirect.clone(),
+            // The gate times HTTP/1.1 bodies.
+            body_timeout: None,
         };
         return serve_h1(stream, client, &settings, proxy, graceful).await;
     };
@@ -383,6 +385,7 @@ async fn serve_connection(
         scheme: "https",
         trusted,
         redirect: None,
+        body_timeout: h2.then_some(settings.limits.body_timeout),
     };
     if h2 {
         serve_h2(tls_stream, client, &settings, proxy, graceful).await

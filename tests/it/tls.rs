@@ -193,3 +193,102 @@ fn bad_certificate_files_are_config_errors() {
         "{stderr}"
     );
 }
+
+/// HTTP/2 request bodies get `limits.body_timeout` as HTTP/1.1 ones do: a stream whose body
+/// never comes is answered and closed, not held (a client could otherwise park 128 streams per
+/// connection forever). A body that does come is unaffected.
+#[test]
+fn stalled_http2_request_bodies_time_out() {
+    let Some(py) = require_python("3.12") else {
+        return;
+    };
+    if !tools_present() {
+        return;
+    }
+    let site = Site::new();
+    site.probe("app");
+    let (cert, _) = certificate(site.path(), "a", &["a.test"]);
+    let port = free_port();
+    site.write(
+        "wsgimux.yaml",
+        &format!(
+            r#"runtime_dir: {run}
+listen:
+  - "127.0.0.1:0"
+  - address: "127.0.0.1:{port}"
+    tls:
+      certificates:
+        - {{cert: a.pem, key: a.key}}
+limits:
+  body_timeout: 1s
+apps:
+  probe:
+    python: {py}
+    script: app/probe.py
+"#,
+            run = site.path().join("run").display(),
+            py = py.display()
+        ),
+    );
+    let server = site.serve();
+    let (version, status, body) = curl("a.test", port, "/upload", &cert, &["-d", "hello"])
+        .expect("a POST with a body over h2");
+    assert_eq!((version.as_str(), status), ("2", 200));
+    assert!(body.contains("count=5"), "{body}");
+
+    // curl uploads from a stdin that stays open and sends nothing: headers, then silence.
+    // curl itself ends only when its stdin closes (here after 6 s), so the answer's time is
+    // curl's time to the first response byte.
+    let mut stalled = Command::new("curl")
+        .args([
+            "-sS",
+            "--http2",
+            "--max-time",
+            "20",
+            "-X",
+            "POST",
+            "-T",
+            "-",
+        ])
+        .arg("--cacert")
+        .arg(&cert)
+        .arg("--resolve")
+        .arg(format!("a.test:{port}:127.0.0.1"))
+        .args([
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code} %{time_starttransfer}",
+        ])
+        .arg(format!("https://a.test:{port}/upload"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run curl");
+    let held_stdin = stalled.stdin.take();
+    std::thread::sleep(Duration::from_secs(6));
+    drop(held_stdin);
+    let out = stalled.wait_with_output().expect("curl ends");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut words = said.split_whitespace();
+    let (version, status) = (words.next(), words.next());
+    let answered_after: f64 = words
+        .next()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(f64::MAX);
+    assert_eq!(
+        (version, status),
+        (Some("2"), Some("400")),
+        "the stalled stream is answered 400; curl said {said:?} {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log_text()
+    );
+    assert!(
+        answered_after < 4.0,
+        "answered {answered_after}s after the request, body_timeout is 1s"
+    );
+    // The server is still fine for others.
+    let (_, status, _) = curl("a.test", port, "/", &cert, &[]).expect("served after");
+    assert_eq!(status, 200);
+}
