@@ -15,11 +15,11 @@ use crate::config::Config;
 use crate::control;
 use crate::metrics::Registry;
 use crate::preflight::{self, LoadError, ReadyApp};
-use crate::proxy::{Proxy, ProxySettings};
+use crate::proxy::{Front, FrontError};
 use crate::reload::{Reloader, RunningApp};
 use crate::routes::RouteTable;
 use crate::runtime_dir::{self, RuntimeDirError};
-use crate::server::{self, BindError, FrontSettings, Server};
+use crate::server::{self, BindError};
 use crate::status::Overview;
 use crate::supervisor::{Generation, Supervisor};
 use crate::trigger::Trigger;
@@ -40,15 +40,13 @@ pub enum StartError {
     #[error(transparent)]
     Bind(#[from] BindError),
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Front(#[from] FrontError),
     #[error(transparent)]
     Account(#[from] crate::account::AccountError),
     #[error("another wsgimux already serves this config (its control socket in {} answers); stop it first, or use `wsgimux reload`", dir.display())]
     AlreadyRunning { dir: PathBuf },
     #[error("cannot set up signal handling: {0}")]
     Signals(#[source] std::io::Error),
-    #[error("{0}")]
-    AccessLog(String),
 }
 
 /// `wsgimux check`: the report printed for a valid config.
@@ -174,26 +172,19 @@ pub async fn serve_with(path: &Path, banner: Option<Banner>) -> Result<(), Start
     if control::is_served(&dir) {
         return Err(StartError::AlreadyRunning { dir });
     }
-    let files = runtime_dir::prepare(&dir, apps.iter().map(|a| a.spec.name.as_str()))?;
-    let front = FrontSettings::build(&config, None)?;
-    let proxy_settings = ProxySettings::build(&config).map_err(StartError::AccessLog)?;
+    // Everything that can refuse the config is done before anything is written or bound.
+    let front = Front::build(&config, None)?;
+    runtime_dir::check_socket_paths(&dir, apps.iter().map(|a| a.spec.name.as_str()))?;
     let listeners = server::bind(&config.listen).await?;
     let admin_listener = match config.admin {
-        Some(addr) => server::bind(&[addr]).await?.pop(),
+        Some(addr) => server::bind(&[addr]).await?.pop().map(|(_, l)| l),
         None => None,
     };
-    let unclaimed = crate::activation::unclaimed();
-    if !unclaimed.is_empty() {
-        tracing::warn!(
-            "sockets passed by the service manager that no listen entry names: {}",
-            unclaimed.join(", ")
-        );
-    }
-
+    warn_unclaimed_sockets();
+    let files = runtime_dir::prepare(&dir, apps.iter().map(|a| a.spec.name.as_str()))?;
     become_configured_user(&config, &apps, &dir)?;
 
     let mut supervisor = Supervisor::new(dir.clone(), files, config.log_dir.clone());
-    let metrics = Arc::new(Registry::default());
     let running: Vec<RunningApp> = apps
         .iter()
         .map(|a| RunningApp {
@@ -201,93 +192,107 @@ pub async fn serve_with(path: &Path, banner: Option<Banner>) -> Result<(), Start
             generation: supervisor.start(a),
         })
         .collect();
-    let table = Reloader::table(
-        &config.apps,
-        |name| {
-            running
-                .iter()
-                .find(|r| r.app.spec.name == name)
-                .map(|r| &r.generation)
-        },
-        &metrics,
-    );
-    let (routes_tx, routes_rx) = watch::channel(Arc::new(table));
-    let mut server = Server::new(Arc::new(Proxy::new(routes_rx, proxy_settings)), front);
-    for (addr, listener) in listeners {
-        server.add(addr, listener);
-    }
-    let addrs: Vec<(&'static str, SocketAddr)> = server
-        .local_addrs()
-        .into_iter()
-        .map(|(configured, local)| {
-            let scheme = if config.tls.contains_key(&configured) {
-                "https"
-            } else {
-                "http"
-            };
-            (scheme, local)
-        })
-        .collect();
-    tracing::info!("runtime dir {}", dir.display());
-
-    let (triggers_tx, triggers) = mpsc::channel(64);
-    let admin_addr = admin_listener
-        .as_ref()
-        .and_then(|(_, l)| l.local_addr().ok())
-        .map(|a| a.to_string());
-    let (overview_tx, overview_rx) = watch::channel(Arc::new(Overview {
-        started: std::time::SystemTime::now(),
-        config: file.clone(),
-        listeners: Vec::new(),
-        admin: admin_addr.clone(),
-        apps: Vec::new(),
-        reloads: 0,
-        last_reload: None,
-    }));
-    let control =
-        control::serve(&dir, triggers_tx.clone(), overview_rx.clone()).map_err(|source| {
-            StartError::RuntimeDirAccess {
-                path: dir.join(control::SOCKET_NAME),
-                source,
-            }
-        })?;
-    let admin = admin_listener.map(|(_, l)| crate::admin::serve(l, overview_rx));
-    if let Some(a) = &admin_addr {
-        tracing::info!("status page on http://{a}/ (metrics at /metrics)");
-    }
-    let config_watch = match ConfigWatcher::start(file.clone(), baseline, triggers_tx.clone()) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!("{e}; config changes need SIGHUP or `wsgimux reload`");
-            None
-        }
-    };
     let first: Vec<(ReadyApp, Generation)> = running
         .iter()
         .map(|r| (r.app.clone(), r.generation.clone()))
         .collect();
-    let reporter = tokio::spawn(report_readiness(first, addrs, banner));
+    let admin_addr = admin_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.to_string());
+    let (triggers_tx, triggers) = mpsc::channel(64);
+    let (overview_tx, overview_rx) =
+        watch::channel(Arc::new(Overview::empty(file.clone(), admin_addr.clone())));
     let reloader = Reloader::new(
-        file,
+        file.clone(),
         config,
         running,
         supervisor,
-        server,
-        routes_tx,
+        front,
+        listeners,
         triggers_tx.clone(),
-        metrics,
+        Arc::new(Registry::default()),
         overview_tx,
     );
+    tracing::info!("runtime dir {}", dir.display());
+    let doors = Doors::open(
+        &dir,
+        file,
+        baseline,
+        &triggers_tx,
+        overview_rx,
+        admin_listener,
+    )?;
+    let reporter = tokio::spawn(report_readiness(first, reloader.listener_urls(), banner));
     let reloader = run(reloader, triggers, triggers_tx, signals).await;
     reporter.abort();
-    if let Some(a) = admin {
-        a.abort();
-    }
-    drop(config_watch);
-    drop(control);
+    drop(doors);
     reloader.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn warn_unclaimed_sockets() {
+    let unclaimed = crate::activation::unclaimed();
+    if !unclaimed.is_empty() {
+        tracing::warn!(
+            "sockets passed by the service manager that no listen entry names: {}",
+            unclaimed.join(", ")
+        );
+    }
+}
+
+/// The ways in besides the listeners: the control socket, the admin listener, the config
+/// watcher. Dropped (closed) at shutdown before the reloader stops.
+struct Doors {
+    _control: control::ControlSocket,
+    admin: Option<tokio::task::JoinHandle<()>>,
+    _config_watch: Option<ConfigWatcher>,
+}
+
+impl Doors {
+    fn open(
+        dir: &Path,
+        file: PathBuf,
+        baseline: filewatch::Fingerprint,
+        triggers: &mpsc::Sender<Trigger>,
+        overview: watch::Receiver<Arc<Overview>>,
+        admin_listener: Option<tokio::net::TcpListener>,
+    ) -> Result<Self, StartError> {
+        let control =
+            control::serve(dir, triggers.clone(), overview.clone()).map_err(|source| {
+                StartError::RuntimeDirAccess {
+                    path: dir.join(control::SOCKET_NAME),
+                    source,
+                }
+            })?;
+        let admin = admin_listener.map(|l| {
+            if let Ok(a) = l.local_addr() {
+                tracing::info!("status page on http://{a}/ (metrics at /metrics)");
+            }
+            crate::admin::serve(l, overview)
+        });
+        let config_watch = match ConfigWatcher::start(file, baseline, triggers.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!("{e}; config changes need SIGHUP or `wsgimux reload`");
+                None
+            }
+        };
+        Ok(Doors {
+            _control: control,
+            admin,
+            _config_watch: config_watch,
+        })
+    }
+}
+
+impl Drop for Doors {
+    fn drop(&mut self) {
+        if let Some(a) = &self.admin {
+            a.abort();
+        }
+    }
 }
 
 /// Reloads on triggers until SIGTERM or SIGINT (which also cut a reload in progress short:

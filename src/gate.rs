@@ -38,6 +38,32 @@ pub enum Verdict {
     Reject(Rejection),
 }
 
+/// The gate's rules for an HTTP/2 request (h2 itself already refuses malformed framing and
+/// connection-specific headers): no CONNECT, and a Host header that agrees with the authority.
+pub fn admit_h2<B>(req: &hyper::Request<B>) -> Verdict {
+    if req.method() == hyper::Method::CONNECT {
+        return Verdict::Reject(Rejection::Malformed("CONNECT is not supported"));
+    }
+    let hosts = req.headers().get_all(hyper::header::HOST).iter().count();
+    if hosts > 1 {
+        return Verdict::Reject(Rejection::Malformed("more than one Host"));
+    }
+    if let (Some(a), Some(h)) = (
+        req.uri().authority(),
+        req.headers().get(hyper::header::HOST),
+    ) {
+        let host = a.as_str().rsplit('@').next().unwrap_or("");
+        if !h.as_bytes().eq_ignore_ascii_case(host.as_bytes()) {
+            return Verdict::Reject(Rejection::Malformed("Host disagrees with :authority"));
+        }
+    }
+    let asterisk = req.uri() == "*";
+    if asterisk && req.method() != hyper::Method::OPTIONS {
+        return Verdict::Reject(Rejection::Malformed("asterisk-form target without OPTIONS"));
+    }
+    Verdict::Forward { asterisk }
+}
+
 /// Client-side waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
@@ -474,5 +500,37 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Gate<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::Request;
+
+    #[test]
+    fn h2_admission() {
+        let req = |method: &str, uri: &str, host: Option<&str>| {
+            let mut b = Request::builder().method(method).uri(uri);
+            if let Some(h) = host {
+                b = b.header("host", h);
+            }
+            b.body(()).unwrap()
+        };
+        assert!(matches!(
+            admit_h2(&req("GET", "https://a.example/x", None)),
+            Verdict::Forward {
+                asterisk: false,
+                ..
+            }
+        ));
+        assert!(matches!(
+            admit_h2(&req("GET", "https://a.example/x", Some("b.example"))),
+            Verdict::Reject(_)
+        ));
+        assert!(matches!(
+            admit_h2(&req("CONNECT", "a.example:443", None)),
+            Verdict::Reject(_)
+        ));
     }
 }

@@ -19,9 +19,9 @@ use crate::config::{AppSpec, Config, Problem};
 use crate::diff::{self, AppChange};
 use crate::metrics::Registry;
 use crate::preflight::ReadyApp;
-use crate::proxy::{AppRoute, Table};
+use crate::proxy::{AppRoute, Front, Live, Proxy, Table};
 use crate::routes::RouteTable;
-use crate::server::{self, FrontSettings, Server};
+use crate::server::{self, Server};
 use crate::status::{AppOverview, Overview};
 use crate::supervisor::{Generation, StartFailure, Supervisor};
 use crate::trigger::{Cause, Outcome, Report, Trigger};
@@ -49,7 +49,8 @@ pub struct Reloader {
     apps: BTreeMap<String, RunningApp>,
     supervisor: Supervisor,
     server: Server,
-    routes: watch::Sender<Arc<Table>>,
+    /// What every connection and request reads; written only here, the first value included.
+    live: watch::Sender<Arc<Live>>,
     code_watchers: HashMap<String, CodeWatcher>,
     triggers: mpsc::Sender<Trigger>,
     count: u64,
@@ -65,30 +66,44 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Takes over what `serve` started: the apps' first generations, the server and the
-    /// route table's sender.
+    /// Takes over what `serve` started (the apps' first generations, the bound listeners) and
+    /// starts serving: the first live snapshot, the proxy and the server.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         path: PathBuf,
         config: Config,
         apps: Vec<RunningApp>,
         supervisor: Supervisor,
-        server: Server,
-        routes: watch::Sender<Arc<Table>>,
+        front: Front,
+        listeners: Vec<(SocketAddr, tokio::net::TcpListener)>,
         triggers: mpsc::Sender<Trigger>,
         metrics: Arc<Registry>,
         overview: watch::Sender<Arc<Overview>>,
     ) -> Self {
+        let apps: BTreeMap<String, RunningApp> = apps
+            .into_iter()
+            .map(|a| (a.app.spec.name.clone(), a))
+            .collect();
+        let routes = Reloader::table(
+            &config.apps,
+            |name| apps.get(name).map(|a| &a.generation),
+            &metrics,
+        );
+        let (live, live_rx) = watch::channel(Arc::new(Live {
+            routes: Arc::new(routes),
+            front: Arc::new(front),
+        }));
+        let mut server = Server::new(Arc::new(Proxy::new(live_rx)));
+        for (addr, listener) in listeners {
+            server.add(addr, listener);
+        }
         let mut r = Reloader {
             path,
             config,
-            apps: apps
-                .into_iter()
-                .map(|a| (a.app.spec.name.clone(), a))
-                .collect(),
+            apps,
             supervisor,
             server,
-            routes,
+            live,
             code_watchers: HashMap::new(),
             triggers,
             count: 0,
@@ -104,21 +119,29 @@ impl Reloader {
         r
     }
 
-    /// Replaces what `status` shows with what runs now.
-    fn publish_overview(&self) {
-        let settings = self.server.settings();
-        let listeners = self
-            .server
+    /// `(scheme, address)` of every listener, as bound.
+    pub fn listener_urls(&self) -> Vec<(&'static str, SocketAddr)> {
+        let front = self.live.borrow().front.clone();
+        self.server
             .local_addrs()
             .into_iter()
             .map(|(configured, local)| {
-                let scheme = if settings.is_tls(&configured) {
+                let scheme = if front.is_tls(&configured) {
                     "https"
                 } else {
                     "http"
                 };
-                format!("{scheme}://{local}")
+                (scheme, local)
             })
+            .collect()
+    }
+
+    /// Replaces what `status` shows with what runs now.
+    fn publish_overview(&self) {
+        let listeners = self
+            .listener_urls()
+            .into_iter()
+            .map(|(scheme, local)| format!("{scheme}://{local}"))
             .collect();
         let apps = self
             .config
@@ -292,12 +315,10 @@ impl Reloader {
         // Certificates are loaded and new listeners bound before anything else changes: a
         // failure rejects the reload with nothing started.
         let front = if d.front_changed {
-            let built = FrontSettings::build(&new, Some(&self.server.settings()))
-                .map_err(|e| e.to_string())
-                .and_then(|f| Ok((f, crate::proxy::ProxySettings::build(&new)?)));
-            match built {
+            let current = self.live.borrow().front.clone();
+            match Front::build(&new, Some(&current)) {
                 Ok(f) => Some(f),
-                Err(e) => return (self.finish(rejected(vec![e])), BTreeSet::new()),
+                Err(e) => return (self.finish(rejected(vec![e.to_string()])), BTreeSet::new()),
             }
         } else {
             None
@@ -312,10 +333,6 @@ impl Reloader {
             Ok(b) => b,
             Err(e) => return (self.finish(rejected(vec![e.to_string()])), BTreeSet::new()),
         };
-        if let Some((front, proxy)) = front {
-            self.server.set_settings(front);
-            self.server.proxy().set_settings(proxy);
-        }
         if d.is_empty() {
             let report = Report {
                 number,
@@ -406,7 +423,7 @@ impl Reloader {
         }
         self.config = effective;
         self.refresh_specs();
-        self.publish_routes();
+        self.publish(front);
         for (addr, listener) in bound {
             self.server.add(addr, listener);
         }
@@ -467,7 +484,7 @@ impl Reloader {
                         generation: g,
                     },
                 );
-                self.publish_routes();
+                self.publish(None);
                 if let Some(old) = old {
                     self.supervisor
                         .retire(old.generation.id, app.spec.drain_timeout);
@@ -526,13 +543,25 @@ impl Reloader {
         }
     }
 
-    fn publish_routes(&self) {
+    /// Replaces the live snapshot in one step: a table that leads to the current generations,
+    /// with the new front settings if given (else the current ones).
+    fn publish(&mut self, front: Option<Front>) {
         let table = Reloader::table(
             &self.config.apps,
             |name| self.apps.get(name).map(|a| &a.generation),
             &self.metrics,
         );
-        self.routes.send_replace(Arc::new(table));
+        let front = match front {
+            Some(f) => {
+                self.server.set_max_connections(f.limits.max_connections);
+                Arc::new(f)
+            }
+            None => self.live.borrow().front.clone(),
+        };
+        self.live.send_replace(Arc::new(Live {
+            routes: Arc::new(table),
+            front,
+        }));
         self.publish_overview();
     }
 

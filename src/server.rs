@@ -3,8 +3,9 @@
 //! hyper, adding and closing listeners as reloads ask, and the graceful drain at shutdown.
 //! Each request is handed to `proxy`.
 //!
-//! The front's settings (limits, trusted proxies, certificates, redirect) are one
-//! [`FrontSettings`] snapshot that reloads replace; a connection reads it once, when accepted.
+//! A connection reads the front's settings (limits, trusted proxies, certificates) from the
+//! live snapshot once, when accepted; its requests read the snapshot each time (`proxy`).
+//! Never writes the snapshot: `reload` does.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -23,14 +24,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 
 use crate::accesslog::LoggedBody;
-use crate::config::{Cidr, Config, Limits};
-use crate::gate::{BusyBody, ConnState, Gate, Timeouts, Verdict};
-use crate::http1::{HeadLimits, Rejection};
-use crate::proxy::{self, Client, HttpsRedirect, Proxy};
-use crate::tls::{CertStore, TlsError, CERT_CHECK_INTERVAL, HANDSHAKE_TIMEOUT};
+use crate::gate::{self, BusyBody, ConnState, Gate, Verdict};
+use crate::http1::Rejection;
+use crate::proxy::{Client, Front, Proxy};
+use crate::tls::{CERT_CHECK_INTERVAL, HANDSHAKE_TIMEOUT};
 
 /// At shutdown, how long requests in flight may take to finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -69,101 +68,10 @@ pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<(SocketAddr, TcpListener)>
     Ok(out)
 }
 
-/// What the front applies to new connections and requests; a reload replaces it whole.
-#[derive(Debug)]
-pub struct FrontSettings {
-    pub limits: Limits,
-    pub trusted: Vec<Cidr>,
-    /// TLS listeners by configured address: their certificates and rustls config.
-    pub tls: HashMap<SocketAddr, TlsListener>,
-    /// Set when `redirect_https` is on.
-    pub redirect: Option<Arc<HttpsRedirect>>,
-}
-
-#[derive(Clone)]
-pub struct TlsListener {
-    pub store: Arc<CertStore>,
-    acceptor: TlsAcceptor,
-}
-
-impl std::fmt::Debug for TlsListener {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsListener")
-            .field("store", &self.store)
-            .finish_non_exhaustive()
-    }
-}
-
-impl FrontSettings {
-    /// Whether the listener configured at `addr` speaks TLS.
-    pub fn is_tls(&self, addr: &SocketAddr) -> bool {
-        self.tls.contains_key(addr)
-    }
-
-    /// Loads the certificates `config` names. `previous` stores are kept when their spec did
-    /// not change, so a reload does not re-read unchanged files.
-    pub fn build(config: &Config, previous: Option<&FrontSettings>) -> Result<Self, TlsError> {
-        let mut tls = HashMap::new();
-        for (addr, spec) in &config.tls {
-            let kept = previous
-                .and_then(|p| p.tls.get(addr))
-                .filter(|t| t.store.spec() == spec)
-                .cloned();
-            let listener = match kept {
-                Some(t) => t,
-                None => {
-                    let store = Arc::new(CertStore::load(spec)?);
-                    let acceptor = TlsAcceptor::from(store.server_config());
-                    TlsListener { store, acceptor }
-                }
-            };
-            tls.insert(*addr, listener);
-        }
-        // Redirects go to the first TLS listener in the file's order.
-        let redirect = config
-            .redirect_https
-            .then(|| {
-                config.listen.iter().find_map(|a| {
-                    tls.get(a).map(|t| {
-                        Arc::new(HttpsRedirect {
-                            port: a.port(),
-                            certificates: t.store.clone(),
-                        })
-                    })
-                })
-            })
-            .flatten();
-        Ok(FrontSettings {
-            limits: config.limits,
-            trusted: config.trusted_proxies.clone(),
-            tls,
-            redirect,
-        })
-    }
-
-    fn head_limits(&self) -> HeadLimits {
-        HeadLimits {
-            max_uri_length: self.limits.max_uri_length,
-            max_header_size: self.limits.max_header_size,
-            max_header_field_size: self.limits.max_header_field_size,
-            max_headers: self.limits.max_headers,
-        }
-    }
-
-    fn timeouts(&self) -> Timeouts {
-        Timeouts {
-            header: self.limits.header_timeout,
-            body: self.limits.body_timeout,
-            keepalive: self.limits.keepalive_timeout,
-        }
-    }
-}
-
 /// The listeners being served, keyed by their configured address. Listeners come and go with
 /// reloads; connections accepted on a listener that goes away are served to their end.
 pub struct Server {
     proxy: Arc<Proxy>,
-    settings: watch::Sender<Arc<FrontSettings>>,
     limit: Arc<Semaphore>,
     max_connections: usize,
     graceful: Arc<GracefulShutdown>,
@@ -178,32 +86,21 @@ struct Listening {
 }
 
 impl Server {
-    pub fn new(proxy: Arc<Proxy>, settings: FrontSettings) -> Self {
-        let max_connections = settings.limits.max_connections;
-        let (settings, rx) = watch::channel(Arc::new(settings));
+    /// Serves what `proxy`'s live snapshot says; listeners come with [`Server::add`].
+    pub fn new(proxy: Arc<Proxy>) -> Self {
+        let max_connections = proxy.live().front.limits.max_connections;
         Server {
-            proxy,
-            settings,
             limit: Arc::new(Semaphore::new(max_connections)),
             max_connections,
             graceful: Arc::new(GracefulShutdown::new()),
             listening: HashMap::new(),
-            cert_watch: tokio::spawn(watch_certificates(rx)),
+            cert_watch: tokio::spawn(watch_certificates(proxy.clone())),
+            proxy,
         }
     }
 
-    /// The settings in force.
-    pub fn proxy(&self) -> &Arc<Proxy> {
-        &self.proxy
-    }
-
-    pub fn settings(&self) -> Arc<FrontSettings> {
-        self.settings.borrow().clone()
-    }
-
-    /// New settings, for connections accepted from now on (and the connection limit at once).
-    pub fn set_settings(&mut self, settings: FrontSettings) {
-        let max = settings.limits.max_connections;
+    /// Applies a new `max_connections` to the connection limit at once.
+    pub fn set_max_connections(&mut self, max: usize) {
         if max > self.max_connections {
             self.limit.add_permits(max - self.max_connections);
         } else if max < self.max_connections {
@@ -220,7 +117,6 @@ impl Server {
             }
         }
         self.max_connections = max;
-        self.settings.send_replace(Arc::new(settings));
     }
 
     /// Starts accepting on a bound listener.
@@ -231,7 +127,6 @@ impl Server {
             configured,
             listener,
             self.proxy.clone(),
-            self.settings.subscribe(),
             self.limit.clone(),
             self.graceful.clone(),
             stop_rx,
@@ -288,12 +183,12 @@ impl Server {
 
 /// Reloads certificate files that changed, every [`CERT_CHECK_INTERVAL`]; open connections
 /// keep the certificate they were made with.
-async fn watch_certificates(settings: watch::Receiver<Arc<FrontSettings>>) {
+async fn watch_certificates(proxy: Arc<Proxy>) {
     let mut tick = tokio::time::interval(CERT_CHECK_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let current = settings.borrow().clone();
+        let current = proxy.live().front.clone();
         for (addr, t) in &current.tls {
             let store = t.store.clone();
             // File reads off the async threads.
@@ -313,7 +208,6 @@ async fn accept_loop(
     configured: SocketAddr,
     listener: TcpListener,
     proxy: Arc<Proxy>,
-    settings: watch::Receiver<Arc<FrontSettings>>,
     limit: Arc<Semaphore>,
     graceful: Arc<GracefulShutdown>,
     mut shutdown: watch::Receiver<bool>,
@@ -337,7 +231,7 @@ async fn accept_loop(
             _ = stopping(&mut shutdown) => return,
         };
         let _ = stream.set_nodelay(true);
-        let current = settings.borrow().clone();
+        let current = proxy.live().front.clone();
         let proxy = proxy.clone();
         let graceful = graceful.watcher();
         tokio::spawn(async move {
@@ -351,7 +245,7 @@ async fn serve_connection(
     configured: SocketAddr,
     stream: TcpStream,
     peer: SocketAddr,
-    settings: Arc<FrontSettings>,
+    settings: Arc<Front>,
     proxy: Arc<Proxy>,
     graceful: Watcher,
 ) {
@@ -361,7 +255,6 @@ async fn serve_connection(
             peer,
             scheme: "http",
             trusted,
-            redirect: settings.redirect.clone(),
             // The gate times HTTP/1.1 bodies.
             body_timeout: None,
         };
@@ -384,7 +277,6 @@ async fn serve_connection(
         peer,
         scheme: "https",
         trusted,
-        redirect: None,
         body_timeout: h2.then_some(settings.limits.body_timeout),
     };
     if h2 {
@@ -397,7 +289,7 @@ async fn serve_connection(
 async fn serve_h1<S>(
     stream: S,
     client: Client,
-    settings: &FrontSettings,
+    settings: &Front,
     proxy: Arc<Proxy>,
     graceful: Watcher,
 ) where
@@ -435,7 +327,7 @@ async fn serve_h1<S>(
 async fn serve_h2<S>(
     stream: S,
     client: Client,
-    settings: &FrontSettings,
+    settings: &Front,
     proxy: Arc<Proxy>,
     graceful: Watcher,
 ) where
@@ -445,7 +337,7 @@ async fn serve_h2<S>(
     let peer = client.peer;
     let service_state = state.clone();
     let service = service_fn(move |req: Request<Incoming>| {
-        let verdict = proxy::admit_h2(&req);
+        let verdict = gate::admit_h2(&req);
         answer(
             proxy.clone(),
             service_state.clone(),

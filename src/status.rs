@@ -27,6 +27,21 @@ pub struct Overview {
     pub last_reload: Option<(SystemTime, Report)>,
 }
 
+impl Overview {
+    /// Before the first app is published.
+    pub fn empty(config: PathBuf, admin: Option<String>) -> Self {
+        Overview {
+            started: SystemTime::now(),
+            config,
+            listeners: Vec::new(),
+            admin,
+            apps: Vec::new(),
+            reloads: 0,
+            last_reload: None,
+        }
+    }
+}
+
 pub struct AppOverview {
     pub app: ReadyApp,
     pub generation: Generation,

@@ -51,6 +51,30 @@ struct Loaded {
     hosts: Vec<String>,
 }
 
+/// One TLS listener's certificates and the acceptor made from them (cheap to clone: both are
+/// shared).
+#[derive(Clone)]
+pub struct TlsListener {
+    pub store: Arc<CertStore>,
+    pub acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl TlsListener {
+    pub fn load(spec: &TlsSpec) -> Result<Self, TlsError> {
+        let store = Arc::new(CertStore::load(spec)?);
+        let acceptor = tokio_rustls::TlsAcceptor::from(store.server_config());
+        Ok(TlsListener { store, acceptor })
+    }
+}
+
+impl std::fmt::Debug for TlsListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsListener")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The certificates of one TLS listener, swapped whole when their files change.
 #[derive(Debug)]
 pub struct CertStore {

@@ -1,0 +1,223 @@
+//! The headers a request and a response carry past the front: hop-by-hop headers and `Expect`
+//! removed, forwarded headers believed only from `trusted_proxies` (else replaced by the
+//! front's own), and the mount header that tells a child its `SCRIPT_NAME`.
+
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::error::ProxyError;
+use crate::http1::Rejection;
+
+use super::Client;
+
+/// The header that carries the mount prefix to a child, which sets `SCRIPT_NAME` from it.
+/// gunicorn honours the same header, so any such server can stand in for a child.
+pub const MOUNT_HEADER: &str = "script_name";
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus `Expect`, which the
+/// front answers itself.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+];
+
+/// Removes hop-by-hop headers, including those the Connection header names.
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+/// Headers a client could use to claim another address, scheme, host or mount.
+const FORWARDED: &[&str] = &[
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-protocol",
+    "x-forwarded-ssl",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-real-ip",
+    "x-scheme",
+    MOUNT_HEADER,
+];
+
+/// gunicorn's `secure_scheme_headers`: each names the scheme as https with one value.
+const SCHEME_HEADERS: &[(&str, &str)] = &[
+    ("x-forwarded-proto", "https"),
+    ("x-forwarded-protocol", "ssl"),
+    ("x-forwarded-ssl", "on"),
+];
+
+/// Cleans the request's headers for the child: hop-by-hop headers, `Expect` (answered here),
+/// header names with underscores (which a CGI-style environ cannot tell from dashes), and,
+/// unless the peer is a trusted proxy, every forwarded header. Returns the mount prefix a
+/// trusted proxy sent. A trusted proxy's scheme headers that disagree are refused, as gunicorn
+/// refuses them.
+pub(super) fn forwarded_headers(
+    headers: &mut HeaderMap,
+    client: &Client,
+) -> Result<Option<String>, ProxyError> {
+    clean_request_headers(headers);
+    if !client.trusted {
+        for name in FORWARDED {
+            headers.remove(*name);
+        }
+        return Ok(None);
+    }
+    let mut secure = None;
+    for (name, https_value) in SCHEME_HEADERS {
+        if let Some(v) = headers.get(*name).and_then(|v| v.to_str().ok()) {
+            let says = v.trim().eq_ignore_ascii_case(https_value);
+            if secure.is_some_and(|s| s != says) {
+                return Err(ProxyError::Rejected(Rejection::Malformed(
+                    "forwarded scheme headers disagree",
+                )));
+            }
+            secure = Some(says);
+        }
+    }
+    if let Some(s) = secure {
+        let scheme = if s { "https" } else { "http" };
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
+    }
+    // Kept as sent (a path prefix, percent-encoded): it goes in front of the request path.
+    let outer = headers
+        .remove(MOUNT_HEADER)
+        .and_then(|v| v.to_str().ok().map(str::to_string))
+        .filter(|v| {
+            v.starts_with('/') && v.len() > 1 && !v.bytes().any(|b| matches!(b, b'?' | b'#' | b' '))
+        });
+    Ok(outer)
+}
+
+fn clean_request_headers(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+    headers.remove(header::EXPECT);
+    let underscored: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().contains('_') && k.as_str() != MOUNT_HEADER)
+        .cloned()
+        .collect();
+    for name in underscored {
+        headers.remove(name);
+    }
+}
+
+/// X-Forwarded-For gains the peer; the scheme and host are the front's own unless a trusted
+/// proxy already said them.
+pub(super) fn add_forwarded(headers: &mut HeaderMap, client: &Client, host: Option<&str>) {
+    let ip = client.peer.ip().to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    if !headers.contains_key("x-forwarded-proto") {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(client.scheme));
+    }
+    if !headers.contains_key("x-forwarded-host") {
+        if let Some(h) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
+            headers.insert("x-forwarded-host", h);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(trusted: bool) -> Client {
+        Client {
+            peer: "127.0.0.1:5555".parse().unwrap(),
+            scheme: "http",
+            trusted,
+            body_timeout: None,
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_connection_named_and_underscored_headers_are_removed() {
+        let mut h = headers(&[
+            ("connection", "close, x-secret"),
+            ("x-secret", "1"),
+            ("transfer-encoding", "chunked"),
+            ("keep-alive", "timeout=5"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAAQAAP__"),
+            ("x-kept", "yes"),
+            ("content_length", "5"),
+            ("expect", "100-continue"),
+        ]);
+        clean_request_headers(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["x-kept"]);
+    }
+
+    #[test]
+    fn forwarded_headers_from_untrusted_peers_are_replaced() {
+        let mut h = headers(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
+            ("forwarded", "for=10.0.0.1;proto=https"),
+            (MOUNT_HEADER, "/spoofed"),
+        ]);
+        assert_eq!(forwarded_headers(&mut h, &client(false)).unwrap(), None);
+        add_forwarded(&mut h, &client(false), Some("Example.com:8080"));
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "Example.com:8080");
+        assert!(h.get("forwarded").is_none() && h.get(MOUNT_HEADER).is_none());
+    }
+
+    #[test]
+    fn forwarded_headers_from_trusted_proxies_are_honoured() {
+        let mut h = headers(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-ssl", "on"),
+            ("forwarded", "for=10.0.0.1;proto=https"),
+            (MOUNT_HEADER, "/outer"),
+        ]);
+        let outer = forwarded_headers(&mut h, &client(true)).unwrap();
+        assert_eq!(outer.as_deref(), Some("/outer"));
+        add_forwarded(&mut h, &client(true), Some("example.com"));
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["forwarded"], "for=10.0.0.1;proto=https");
+        // Scheme headers that disagree are refused, as gunicorn refuses them.
+        let mut h = headers(&[("x-forwarded-proto", "https"), ("x-forwarded-ssl", "off")]);
+        assert!(matches!(
+            forwarded_headers(&mut h, &client(true)),
+            Err(ProxyError::Rejected(_))
+        ));
+    }
+}

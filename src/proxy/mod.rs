@@ -1,0 +1,366 @@
+//! The life of one request, in named phases: admit (host, redirect, host-wide static
+//! folders) → select (route, app static folders, queue limit, a ready process, declared body
+//! size) → prepare (headers, target, mount, the body's first 64 KiB) → send, with one resend
+//! of a request none of which reached a process → relay the response.
+//!
+//! Reads one [`Live`] snapshot per request (cloned out of a `watch` receiver; no lock is held
+//! across an `.await`) and the apps' endpoint lists. Never starts or stops a process (a
+//! dormant app is woken through its `Demand`), never writes the snapshot, and chooses no
+//! status itself: failures are `ProxyError`s, which `error` turns into statuses.
+//!
+//! Rooms: `live` (the snapshot), `route` (an app's route and process choice), `headers`
+//! (hop-by-hop, forwarded, mount), `body` (the request body's limits and pre-read).
+
+mod body;
+mod headers;
+mod live;
+mod route;
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::http::request::Parts;
+use hyper::{Request, Response, Uri, Version};
+use percent_encoding::percent_decode;
+use tokio::sync::watch;
+
+use crate::accesslog::{AccessLog, LoggedBody, Served};
+use crate::error::ProxyError;
+use crate::gate::Verdict;
+use crate::http1::Rejection;
+use crate::routes::{normalize_host, RouteTable};
+use crate::upstream::{Endpoint, PooledBody, ProxyBody};
+
+use body::{BodyFault, LimitedBody, PrefixedBody};
+pub use headers::MOUNT_HEADER;
+pub use live::{Front, FrontError, HttpsRedirect, Live};
+pub use route::AppRoute;
+
+pub type Table = RouteTable<Arc<AppRoute>>;
+
+/// A request none of which reached a process is sent once more, to another process.
+const MAX_ATTEMPTS: u32 = 2;
+
+/// Where a request came from, and how the listener it came in on treats it.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub peer: SocketAddr,
+    pub scheme: &'static str,
+    /// The peer is in `trusted_proxies`: its forwarded headers are believed.
+    pub trusted: bool,
+    /// The longest wait between two reads of a request body, where no gate enforces it
+    /// (HTTP/2: the gate only sees HTTP/1.1 bytes).
+    pub body_timeout: Option<Duration>,
+}
+
+pub struct Proxy {
+    live: watch::Receiver<Arc<Live>>,
+}
+
+/// The request's target as the route table reads it.
+struct Target {
+    /// Normalized host (no port), empty when the request named none.
+    host: String,
+    /// As the client sent it, for `Host` and `X-Forwarded-Host`.
+    host_raw: Option<String>,
+    /// Kept for a resend's fresh lookup; cloning a parsed `Uri` shares its bytes.
+    uri: Uri,
+}
+
+/// A route and the process chosen for the request.
+struct Selected {
+    route: Arc<AppRoute>,
+    endpoint: Arc<Endpoint>,
+}
+
+/// The request as it goes to a child, and what a resend needs to redo.
+struct Prepared {
+    request: Request<ProxyBody>,
+    /// The mount prefix a trusted proxy sent (it joins SCRIPT_NAME).
+    outer_mount: Option<String>,
+    fault: Arc<BodyFault>,
+}
+
+impl Proxy {
+    pub fn new(live: watch::Receiver<Arc<Live>>) -> Self {
+        Proxy { live }
+    }
+
+    /// The snapshot in force now.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.borrow().clone()
+    }
+
+    /// Answers one request; `verdict` is the gate's word on it.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        client: Client,
+        verdict: Verdict,
+    ) -> Response<LoggedBody> {
+        let live = self.live();
+        let mut app = None;
+        let (log, result) = match verdict {
+            Verdict::Reject(r) => (
+                AccessLog::refused(client.peer),
+                Err(ProxyError::Rejected(r)),
+            ),
+            Verdict::Forward { asterisk: true, .. } => {
+                (AccessLog::begin(&req, client.peer), Ok(server_options()))
+            }
+            Verdict::Forward { .. } => {
+                let log = AccessLog::begin(&req, client.peer);
+                (log, self.forward(req, client, &live, &mut app).await)
+            }
+        };
+        let resp = result.unwrap_or_else(|e| {
+            if e.status().is_server_error() {
+                tracing::warn!("{e}");
+            }
+            e.into_response()
+        });
+        log.finish(resp, app, live.front.access.clone())
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        client: Client,
+        live: &Live,
+        app: &mut Option<Served>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (parts, body) = req.into_parts();
+        let target = target(&parts)?;
+        let path = target.uri.path();
+        // Borrowed unless the path has escapes: no allocation for the common case.
+        let decoded: Cow<[u8]> = percent_decode(path.as_bytes()).into();
+        if client.scheme == "http" {
+            if let Some(r) = &live.front.redirect {
+                if let Some(resp) = r.response(&target.host, &parts.uri) {
+                    return Ok(resp);
+                }
+            }
+        }
+        if let Some(resp) = crate::statics::answer(&live.front.statics, &decoded, &parts).await {
+            return resp;
+        }
+        let route = lookup(&live.routes, &target, &decoded)?;
+        *app = Some(route.served());
+        if let Some(resp) = crate::statics::answer(&route.statics, &decoded, &parts).await {
+            return resp;
+        }
+        let selected = select(route, &parts).await?;
+        let prepared = prepare(parts, body, &client, &target, &selected.route).await?;
+        let (resp, endpoint) = self
+            .send(selected, prepared, &target, &decoded, app)
+            .await?;
+        if let Some(served) = app.as_mut() {
+            served.process = Some(endpoint);
+        }
+        Ok(relay(resp))
+    }
+
+    /// Sends within the route's request_timeout; a request none of which reached a process
+    /// (its socket is gone: it exited, or a reload retired it a moment ago) is resent once,
+    /// through the route the current snapshot gives.
+    async fn send(
+        &self,
+        selected: Selected,
+        prepared: Prepared,
+        target: &Target,
+        decoded: &[u8],
+        app: &mut Option<Served>,
+    ) -> Result<(Response<PooledBody>, Arc<Endpoint>), ProxyError> {
+        let Selected {
+            mut route,
+            mut endpoint,
+        } = selected;
+        let Prepared {
+            mut request,
+            outer_mount,
+            fault,
+        } = prepared;
+        let timeout = route.request_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        for attempt in 1.. {
+            let failure = match tokio::time::timeout_at(deadline, endpoint.send(request)).await {
+                Err(_) => {
+                    return Err(ProxyError::Timeout {
+                        app: route.name.to_string(),
+                        after: timeout,
+                    })
+                }
+                Ok(Ok(resp)) => return Ok((resp, endpoint)),
+                Ok(Err(f)) => f,
+            };
+            // The request's own body stopped it (too large, or the client's stream broke),
+            // not the app.
+            if let Some(e) = fault.error(&route) {
+                return Err(e);
+            }
+            let Some(mut unsent) = failure.unsent.filter(|_| attempt < MAX_ATTEMPTS) else {
+                return Err(ProxyError::Upstream {
+                    app: route.name.to_string(),
+                    source: failure.error,
+                });
+            };
+            tracing::debug!("retrying on another process: {}", failure.error);
+            let failed_pid = endpoint.pid();
+            route = lookup(&self.live().routes, target, decoded)?;
+            endpoint = route.ready_process(Some(failed_pid)).await.ok_or_else(|| {
+                ProxyError::AppUnavailable {
+                    app: route.name.to_string(),
+                }
+            })?;
+            unsent.headers_mut().remove(MOUNT_HEADER);
+            route::set_mount(unsent.headers_mut(), &route, outer_mount.as_deref());
+            *app = Some(route.served());
+            request = unsent;
+        }
+        unreachable!("the loop returns by its last attempt")
+    }
+}
+
+/// The host the request names (Host, or HTTP/2's authority) and its target.
+fn target(parts: &Parts) -> Result<Target, ProxyError> {
+    // The gate made sure an absolute-form target agrees with Host; HTTP/2 has only the
+    // authority (without userinfo, which never reaches an app).
+    let host_raw: Option<String> = match parts.headers.get(header::HOST) {
+        Some(h) => Some(String::from_utf8_lossy(h.as_bytes()).into_owned()),
+        None => parts.uri.authority().map(|a| match a.port() {
+            Some(p) => format!("{}:{}", a.host(), p),
+            None => a.host().to_string(),
+        }),
+    };
+    let host = match &host_raw {
+        None => String::new(),
+        Some(h) => normalize_host(h).ok_or_else(|| ProxyError::BadHost(h.clone()))?,
+    };
+    Ok(Target {
+        host,
+        host_raw,
+        uri: parts.uri.clone(),
+    })
+}
+
+/// The route for the target (`decoded`: its path percent-decoded) in `table`.
+fn lookup(table: &Table, target: &Target, decoded: &[u8]) -> Result<Arc<AppRoute>, ProxyError> {
+    table
+        .lookup(&target.host, decoded)
+        .map(|r| r.target.clone())
+        .ok_or_else(|| ProxyError::NoRoute {
+            host: target.host.clone(),
+            path: target.uri.path().to_string(),
+        })
+}
+
+/// The app's limits that need no body (queue, declared size), then a ready process — waking
+/// a dormant app and waiting for it up to its startup_timeout.
+async fn select(route: Arc<AppRoute>, parts: &Parts) -> Result<Selected, ProxyError> {
+    let in_flight = route.in_flight();
+    if in_flight >= route.max_in_flight {
+        return Err(ProxyError::Overloaded {
+            app: route.name.to_string(),
+            in_flight,
+        });
+    }
+    let endpoint = route
+        .ready_process(None)
+        .await
+        .ok_or_else(|| ProxyError::AppUnavailable {
+            app: route.name.to_string(),
+        })?;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let (Some(max), Some(n)) = (route.max_body_size, declared) {
+        if n > max {
+            return Err(ProxyError::BodyTooLarge {
+                app: route.name.to_string(),
+                limit: max,
+            });
+        }
+    }
+    Ok(Selected { route, endpoint })
+}
+
+/// The request as the child gets it: cleaned and forwarded headers, origin-form target (after
+/// a trusted proxy's prefix), Host, the mount header, HTTP/1.1; the body's first 64 KiB read.
+async fn prepare(
+    mut parts: Parts,
+    body: Incoming,
+    client: &Client,
+    target: &Target,
+    route: &AppRoute,
+) -> Result<Prepared, ProxyError> {
+    let outer_mount = headers::forwarded_headers(&mut parts.headers, client)?;
+    // Origin form towards the child; `PathAndQuery` is shared bytes, so no re-parsing.
+    // Behind a trusted proxy that mounted wsgimux under a prefix, the child sees the full
+    // path, so the prefix becomes part of its SCRIPT_NAME.
+    parts.uri = match (parts.uri.path_and_query(), &outer_mount) {
+        (Some(pq), Some(outer)) => {
+            Uri::try_from(format!("{}{}", outer.trim_end_matches('/'), pq.as_str())).map_err(
+                |_| ProxyError::Rejected(Rejection::Malformed("invalid forwarded prefix")),
+            )?
+        }
+        (Some(pq), None) if !pq.as_str().is_empty() => Uri::from(pq.clone()),
+        _ => Uri::from_static("/"),
+    };
+    if parts.headers.get(header::HOST).is_none() {
+        let raw = target.host_raw.as_deref();
+        if let Some(h) = raw.and_then(|h| HeaderValue::from_str(h).ok()) {
+            parts.headers.insert(header::HOST, h);
+        }
+    }
+    headers::add_forwarded(&mut parts.headers, client, target.host_raw.as_deref());
+    parts.version = Version::HTTP_11;
+    route::set_mount(&mut parts.headers, route, outer_mount.as_deref());
+    let fault = Arc::new(BodyFault::default());
+    let mut body = LimitedBody::new(
+        body,
+        route.max_body_size,
+        client.body_timeout,
+        fault.clone(),
+    );
+    // The start of the body is read here before the app is involved: a client trickling a
+    // small body (slow POST) holds a connection of the front, not a thread of the app.
+    let (prefix, ended) = body::prebuffer(&mut body).await;
+    if let Some(e) = fault.error(route) {
+        return Err(e);
+    }
+    let body = PrefixedBody {
+        prefix,
+        rest: (!ended).then_some(body),
+    };
+    Ok(Prepared {
+        request: Request::from_parts(parts, body.boxed()),
+        outer_mount,
+        fault,
+    })
+}
+
+/// The child's response as the client gets it: hop-by-hop headers removed, the body streamed.
+fn relay(resp: Response<PooledBody>) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, body.boxed())
+}
+
+/// `OPTIONS *` asks about the server, not a resource: answered here, never by an app.
+fn server_options() -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::default());
+    resp.headers_mut().insert(
+        header::ALLOW,
+        HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+    );
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    resp
+}

@@ -1,0 +1,195 @@
+//! What the route table leads to: one app's [`AppRoute`] — its mount, limits, counters and
+//! its ready processes (the endpoint list `supervisor` publishes) — and the choice of a
+//! process for a request. Reads endpoint lists; never writes them, never starts a process
+//! (an on-demand app is woken through its `Demand`).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use percent_encoding::{percent_decode, utf8_percent_encode, AsciiSet, CONTROLS};
+use tokio::sync::watch;
+
+use crate::accesslog::Served;
+use crate::config::{AppSpec, StaticAlias};
+use crate::metrics::Counters;
+use crate::upstream::{Demand, Endpoint, Endpoints};
+
+use super::headers::MOUNT_HEADER;
+
+/// Characters of a mount escaped in the mount header (it must stay visible ASCII).
+const MOUNT_ESCAPES: &AsciiSet = &CONTROLS.add(b' ').add(b'%').add(b'"').add(b'\\');
+
+/// What the route table leads to: an app, its mount, its limits and its ready processes.
+#[derive(Debug)]
+pub struct AppRoute {
+    pub name: Arc<str>,
+    pub(super) mount: String,
+    mount_header: Option<HeaderValue>,
+    endpoints: watch::Receiver<Endpoints>,
+    next: AtomicUsize,
+    pub(super) max_body_size: Option<u64>,
+    pub(super) request_timeout: Duration,
+    /// Requests in flight at which new ones get 503: processes × threads + queue_limit.
+    pub(super) max_in_flight: usize,
+    /// The app's counters (kept across its generations).
+    pub(super) stats: Arc<Counters>,
+    /// The app's `static:` folders, prefixes including the mount; longest first.
+    pub(super) statics: Vec<StaticAlias>,
+    /// Wakes the processes of an app that starts on demand (or stopped when idle).
+    demand: Option<Demand>,
+    startup_timeout: Duration,
+}
+
+impl AppRoute {
+    pub fn new(
+        spec: &AppSpec,
+        endpoints: watch::Receiver<Endpoints>,
+        stats: Arc<Counters>,
+        demand: Option<Demand>,
+    ) -> Self {
+        let mount = &spec.mount;
+        let mount_header = (!mount.is_root()).then(|| encode_mount(mount.as_str()));
+        AppRoute {
+            name: spec.name.as_str().into(),
+            mount: if mount.is_root() {
+                String::new()
+            } else {
+                mount.as_str().to_string()
+            },
+            mount_header,
+            endpoints,
+            next: AtomicUsize::new(0),
+            max_body_size: spec.max_body_size,
+            request_timeout: spec.request_timeout,
+            max_in_flight: (spec.processes as usize * spec.threads as usize)
+                .saturating_add(spec.queue_limit as usize),
+            stats,
+            statics: spec
+                .statics
+                .iter()
+                .map(|a| StaticAlias {
+                    prefix: if mount.is_root() {
+                        a.prefix.clone()
+                    } else {
+                        format!("{}{}", mount.as_str(), a.prefix)
+                    },
+                    ..a.clone()
+                })
+                .collect(),
+            demand,
+            startup_timeout: spec.startup_timeout,
+        }
+    }
+
+    /// What the access log and the counters learn of the app that served a request.
+    pub(super) fn served(&self) -> Served {
+        Served {
+            app: self.name.clone(),
+            stats: self.stats.clone(),
+            process: None,
+        }
+    }
+
+    /// A ready process; for an app whose processes are not running (on demand, or stopped
+    /// when idle), wakes them and waits up to its startup_timeout.
+    pub(super) async fn ready_process(&self, avoid: Option<u32>) -> Option<Arc<Endpoint>> {
+        if let Some(e) = self.pick(avoid) {
+            return Some(e);
+        }
+        let demand = self.demand.as_ref()?;
+        demand.wake();
+        let mut endpoints = self.endpoints.clone();
+        let wait = async {
+            loop {
+                if let Some(e) = self.pick(avoid) {
+                    return Some(e);
+                }
+                if endpoints.changed().await.is_err() {
+                    return None;
+                }
+            }
+        };
+        tokio::time::timeout(self.startup_timeout, wait)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Requests in flight over all the app's ready processes.
+    pub(super) fn in_flight(&self) -> usize {
+        self.endpoints
+            .borrow()
+            .ready
+            .iter()
+            .map(|e| e.in_flight())
+            .sum()
+    }
+
+    /// The ready process with the fewest requests in flight, starting the scan at a rotating
+    /// position so equal loads spread out; `avoid` (a process that just failed) only when it is
+    /// the only one.
+    fn pick(&self, avoid: Option<u32>) -> Option<Arc<Endpoint>> {
+        let eps = self.endpoints.borrow().ready.clone();
+        if eps.is_empty() {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..eps.len())
+            .map(|i| &eps[(start + i) % eps.len()])
+            .min_by_key(|e| (Some(e.pid()) == avoid, e.in_flight()))
+            .cloned()
+    }
+}
+
+fn encode_mount(mount: &str) -> HeaderValue {
+    let encoded = utf8_percent_encode(mount, MOUNT_ESCAPES).to_string();
+    HeaderValue::from_str(&encoded).expect("percent-encoded mount is a valid header")
+}
+
+/// The mount header: the app's mount, after the prefix a trusted proxy in front already
+/// mounted wsgimux under.
+pub(super) fn set_mount(headers: &mut HeaderMap, route: &AppRoute, outer: Option<&str>) {
+    match outer {
+        Some(outer) => {
+            let outer = percent_decode(outer.as_bytes()).decode_utf8_lossy();
+            let full = format!("{}{}", outer.trim_end_matches('/'), route.mount);
+            if !full.is_empty() {
+                headers.insert(HeaderName::from_static(MOUNT_HEADER), encode_mount(&full));
+            }
+        }
+        None => {
+            if let Some(m) = &route.mount_header {
+                headers.insert(HeaderName::from_static(MOUNT_HEADER), m.clone());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(mount: &str) -> AppSpec {
+        let yaml =
+            format!("apps:\n  a:\n    python: python3\n    script: a.py\n    mount: {mount}\n");
+        let config = crate::config::from_yaml(&yaml, std::path::Path::new("/x/w.yaml")).unwrap();
+        config.apps[0].clone()
+    }
+
+    #[test]
+    fn mount_header_is_percent_encoded_and_follows_a_trusted_prefix() {
+        let (_tx, rx) = watch::channel(Endpoints::default());
+        let r = AppRoute::new(&spec("/café"), rx.clone(), Default::default(), None);
+        assert_eq!(r.mount_header.clone().unwrap(), "/caf%C3%A9");
+        let mut h = HeaderMap::new();
+        set_mount(&mut h, &r, Some("/outer/"));
+        assert_eq!(h[MOUNT_HEADER], "/outer/caf%C3%A9");
+        let root = AppRoute::new(&spec("/"), rx, Default::default(), None);
+        assert!(root.mount_header.is_none());
+        let mut h = HeaderMap::new();
+        set_mount(&mut h, &root, Some("/outer"));
+        assert_eq!(h[MOUNT_HEADER], "/outer");
+    }
+}
