@@ -107,6 +107,19 @@ pub struct AppSpec {
 }
 
 impl AppSpec {
+    /// Requests in flight at which new ones get 503. A wsgimux worker runs processes × threads
+    /// at once and lets `queue_limit` more wait; a `command:` or `upstream:` server decides its
+    /// own concurrency, which wsgimux does not know, so `queue_limit` alone bounds it.
+    pub fn admission_cap(&self) -> usize {
+        let queue = self.queue_limit as usize;
+        match self.entry {
+            Entry::Script { .. } | Entry::Module { .. } => {
+                (self.processes as usize * self.threads as usize).saturating_add(queue)
+            }
+            Entry::Command { .. } | Entry::Upstream { .. } => queue,
+        }
+    }
+
     /// `host/mount` per route the app is reached by (`*/mount` for any host).
     pub fn routes(&self) -> Vec<String> {
         if self.hosts.is_empty() {

@@ -432,6 +432,7 @@ apps:
     assert_eq!(a.max_body_size, Some(10 << 20));
     assert_eq!(a.request_timeout, Duration::from_secs(120));
     assert_eq!(a.queue_limit, 0);
+    assert_eq!(a.admission_cap(), a.processes as usize * a.threads as usize);
     assert_eq!(a.user.as_deref(), Some("app"));
     assert_eq!(b.max_body_size, None, "0 turns the check off");
     assert_eq!(b.request_timeout, DEFAULT_REQUEST_TIMEOUT);
@@ -465,4 +466,16 @@ fn front_door_mistakes_are_located() {
     assert_eq!(parse_size("8k"), Ok(8192));
     assert_eq!(parse_size("1MiB"), Ok(1 << 20));
     assert!(parse_size("-1").is_err());
+}
+
+#[test]
+fn the_admission_cap_knows_the_app_kind() {
+    let c = from_yaml(
+        "apps:\n  w:\n    python: python3\n    script: a.py\n    processes: 2\n    threads: 4\n    queue_limit: 10\n  u:\n    upstream: \"http://127.0.0.1:9\"\n    mount: /u\n    queue_limit: 10\n",
+        Path::new("/srv/site/wsgimux.yaml"),
+    )
+    .unwrap();
+    assert_eq!(c.apps[0].admission_cap(), 2 * 4 + 10);
+    // No thread count anyone can set: the upstream's own server decides.
+    assert_eq!(c.apps[1].admission_cap(), 10);
 }

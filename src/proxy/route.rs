@@ -31,7 +31,7 @@ pub struct AppRoute {
     next: AtomicUsize,
     pub(super) max_body_size: Option<u64>,
     pub(super) request_timeout: Duration,
-    /// Requests in flight at which new ones get 503: processes × threads + queue_limit.
+    /// Requests in flight at which new ones get 503 ([`AppSpec::admission_cap`]).
     pub(super) max_in_flight: usize,
     /// The app's counters (kept across its generations).
     pub(super) stats: Arc<Counters>,
@@ -63,8 +63,7 @@ impl AppRoute {
             next: AtomicUsize::new(0),
             max_body_size: spec.max_body_size,
             request_timeout: spec.request_timeout,
-            max_in_flight: (spec.processes as usize * spec.threads as usize)
-                .saturating_add(spec.queue_limit as usize),
+            max_in_flight: spec.admission_cap(),
             stats,
             statics: spec
                 .statics

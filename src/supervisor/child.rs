@@ -1,0 +1,323 @@
+//! The OS side of one child: the command line and environment, spawning it (as its own
+//! account through `account::privileged` when it has one) in its own process group, its
+//! output copied line by line to the log, and stopping it: TERM to the group, a grace period,
+//! KILL.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::config::{Address, PORT_PLACEHOLDER, SOCKET_PLACEHOLDER};
+use crate::logfile::LogFile;
+
+use super::plan::{AppPlan, Launch};
+
+/// After SIGTERM, how long a child may take to finish its requests before SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Lines of a child's stderr kept to explain a failed start.
+const STDERR_TAIL_LINES: usize = 20;
+/// Longest child output line logged as one line; longer ones are split.
+const MAX_LOG_LINE: usize = 16 * 1024;
+
+pub(super) fn remove_socket(address: &Address) {
+    if let Address::Unix(socket) = address {
+        let _ = std::fs::remove_file(socket);
+    }
+}
+
+/// A number in 0..n (n > 0), different per call: for max_requests_jitter, where the spread
+/// matters, not the quality.
+pub(super) fn random_below(n: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish() % n
+}
+
+/// A loopback port nothing listens on now (the command binds it a moment later).
+pub(super) fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
+        .local_addr()?
+        .port())
+}
+
+/// `argv[0]` looked up in `bin_dir` first, then on PATH, as the child's shell would.
+fn find_program(program: &str, bin_dir: Option<&Path>) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    if program.contains('/') {
+        return PathBuf::from(program);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    bin_dir
+        .map(Path::to_path_buf)
+        .into_iter()
+        .chain(std::env::split_paths(&path))
+        .map(|d| d.join(program))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .unwrap_or_else(|| PathBuf::from(program))
+}
+
+/// Spawns one process of the plan listening at `address`; its stdout and stderr are copied
+/// to the log (the last stderr lines also into `tail`).
+pub(super) fn spawn_child(
+    plan: &AppPlan,
+    address: &Address,
+    tail: &Arc<Mutex<VecDeque<String>>>,
+) -> std::io::Result<Child> {
+    let mut cmd = command(plan, address)?;
+    set_environment(&mut cmd, plan);
+    let parent = std::process::id();
+    // Sockets an app with its own account creates must be connectable by wsgimux's group.
+    let umask = plan.account.as_ref().map(|_| 0o007);
+    // SAFETY: only async-signal-safe calls (setpgid, prctl, signal, sigprocmask, getppid,
+    // umask).
+    unsafe {
+        cmd.pre_exec(move || prepare_child(parent, umask));
+    }
+    // Starting a process as another account needs the capabilities only one thread holds.
+    let mut child = if plan.account.is_some() {
+        crate::account::privileged(move || cmd.spawn())?
+    } else {
+        cmd.spawn()?
+    };
+    let pid = child.id().unwrap_or(0);
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(pump(out, plan.name.clone(), pid, None, plan.log.clone()));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(pump(
+            err,
+            plan.name.clone(),
+            pid,
+            Some(tail.clone()),
+            plan.log.clone(),
+        ));
+    }
+    Ok(child)
+}
+
+/// The program and arguments: the worker launcher, or the app's command with `{socket}` /
+/// `{port}` filled in.
+fn command(plan: &AppPlan, address: &Address) -> std::io::Result<Command> {
+    let cmd = match (&plan.launch, address) {
+        (
+            Launch::Worker {
+                python,
+                launcher,
+                args,
+            },
+            Address::Unix(socket),
+        ) => {
+            let mut cmd = Command::new(python);
+            cmd.arg("-u")
+                .arg(launcher)
+                .args(args)
+                .arg("--socket")
+                .arg(socket);
+            cmd
+        }
+        (Launch::Command { argv }, _) => {
+            let (socket, port) = match address {
+                Address::Unix(p) => (p.display().to_string(), String::new()),
+                Address::Tcp { port, .. } => (String::new(), port.to_string()),
+            };
+            let argv: Vec<String> = argv
+                .iter()
+                .map(|a| {
+                    a.replace(SOCKET_PLACEHOLDER, &socket)
+                        .replace(PORT_PLACEHOLDER, &port)
+                })
+                .collect();
+            let program = argv.first().map(String::as_str).unwrap_or_default();
+            let mut cmd = Command::new(find_program(program, plan.bin_dir.as_deref()));
+            cmd.args(&argv[1..]);
+            cmd
+        }
+        _ => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("nothing to start for {address}"),
+            ))
+        }
+    };
+    Ok(cmd)
+}
+
+/// Working folder, pipes, PATH and virtualenv as `activate` sets them, the account's identity,
+/// the app's `env:`.
+fn set_environment(cmd: &mut Command, plan: &AppPlan) {
+    cmd.current_dir(&plan.working_dir)
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(bin) = &plan.bin_dir {
+        // What `activate` does, so the app's own subprocesses find the venv's tools.
+        let mut path = OsString::from(bin);
+        if let Some(old) = std::env::var_os("PATH") {
+            path.push(":");
+            path.push(old);
+        }
+        cmd.env("PATH", path);
+    }
+    if let Some(venv) = &plan.venv {
+        cmd.env("VIRTUAL_ENV", venv).env_remove("PYTHONHOME");
+    }
+    if let Some(acct) = &plan.account {
+        cmd.uid(acct.uid)
+            .gid(acct.gid)
+            .env("HOME", &acct.home)
+            .env("USER", &acct.user)
+            .env("LOGNAME", &acct.user);
+    }
+    cmd.envs(&plan.env);
+}
+
+/// Runs in the forked child before exec.
+fn prepare_child(parent: u32, umask: Option<libc::mode_t>) -> std::io::Result<()> {
+    // Its own process group: a terminal's Ctrl-C reaches wsgimux, which then stops the
+    // children in order, rather than every process at once.
+    // SAFETY: plain syscalls on the current process.
+    unsafe {
+        libc::setpgid(0, 0);
+        #[cfg(target_os = "linux")]
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+        // Rust ignores SIGPIPE and a background shell may ignore SIGINT; ignored signals stay
+        // ignored across exec, and the app's own subprocesses would inherit that.
+        for sig in [
+            libc::SIGPIPE,
+            libc::SIGINT,
+            libc::SIGTERM,
+            libc::SIGHUP,
+            libc::SIGQUIT,
+        ] {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        if let Some(m) = umask {
+            libc::umask(m);
+        }
+        // wsgimux may have died between fork and prctl: then nobody would stop this child.
+        if libc::getppid() as u32 != parent {
+            libc::_exit(1);
+        }
+    }
+    Ok(())
+}
+
+/// SIGTERM to the child's process group, SIGKILL after [`STOP_GRACE`]; reaps it.
+pub(super) async fn stop_child(child: &mut Child, pid: u32) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    signal_group(pid, libc::SIGTERM);
+    if tokio::time::timeout(STOP_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "pid {pid} did not stop within {}s; killing it",
+            STOP_GRACE.as_secs()
+        );
+        signal_group(pid, libc::SIGKILL);
+        let _ = child.wait().await;
+    }
+}
+
+fn signal_group(pid: u32, sig: libc::c_int) {
+    if pid == 0 {
+        return;
+    }
+    // Children of other accounts can only be signalled with CAP_KILL, held by one thread.
+    crate::account::privileged(move || {
+        // SAFETY: kill(2) has no memory effects; a negative pid addresses the process group.
+        unsafe {
+            if libc::kill(-(pid as libc::pid_t), sig) != 0 {
+                libc::kill(pid as libc::pid_t, sig);
+            }
+        }
+    });
+}
+
+pub(super) fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => status.to_string(),
+    }
+}
+
+pub(super) fn tail_lines(tail: &Mutex<VecDeque<String>>) -> Vec<String> {
+    tail.lock()
+        .map(|t| t.iter().cloned().collect())
+        .unwrap_or_default()
+}
+
+pub(super) fn last_line(tail: &Mutex<VecDeque<String>>) -> String {
+    let tail = match tail.lock() {
+        Ok(t) => t,
+        Err(_) => return String::new(),
+    };
+    match tail.iter().rev().find(|l| !l.trim().is_empty()) {
+        Some(l) => format!(": {}", l.trim()),
+        None => String::new(),
+    }
+}
+
+/// Copies a child's output to the log (or the app's own file under `log_dir`), one line per
+/// record, prefixed with the app name and pid.
+async fn pump(
+    stream: impl AsyncRead + Unpin,
+    app: Arc<str>,
+    pid: u32,
+    tail: Option<Arc<Mutex<VecDeque<String>>>>,
+    file: Option<Arc<LogFile>>,
+) {
+    let mut reader = BufReader::new(stream);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match (&mut reader)
+            .take(MAX_LOG_LINE as u64)
+            .read_until(b'\n', &mut buf)
+            .await
+        {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let line = String::from_utf8_lossy(&buf);
+        let line = line.trim_end_matches(['\n', '\r']);
+        match &file {
+            Some(f) => f.write_line(&format!(
+                "{} [{app}:{pid}] {line}",
+                crate::dates::iso_time(SystemTime::now())
+            )),
+            None => tracing::info!(target: "wsgimux::app", "[{app}:{pid}] {line}"),
+        }
+        if let Some(tail) = &tail {
+            if let Ok(mut t) = tail.lock() {
+                if t.len() == STDERR_TAIL_LINES {
+                    t.pop_front();
+                }
+                t.push_back(line.to_string());
+            }
+        }
+    }
+}

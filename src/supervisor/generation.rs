@@ -1,0 +1,167 @@
+//! The handle on one generation of an app's processes that `reload`, `app` and `status` hold:
+//! its endpoint list, its first start failure, and each slot's `ProcessView`. Watching only:
+//! the supervisor owns the processes.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+
+use crate::upstream::{Demand, Endpoint, Endpoints};
+
+use super::secs;
+
+/// Why a process of a generation did not start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartFailure {
+    pub slot: usize,
+    pub reason: String,
+    /// The child's last lines on stderr (a traceback, usually).
+    pub stderr: Vec<String>,
+}
+
+/// One start of an app's processes under one spec. A reload that changes how an app runs starts
+/// a new generation beside the old one, switches routes to it once it is ready, then retires the
+/// old one; the supervisor owns the processes, the holder of this handle only watches them.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub id: u64,
+    pub app: Arc<str>,
+    pub processes: usize,
+    pub endpoints: watch::Receiver<Endpoints>,
+    pub(super) failure: watch::Receiver<Option<StartFailure>>,
+    /// Each process slot's state, for `status`.
+    pub views: Arc<Mutex<Vec<ProcessView>>>,
+    /// Wakes the processes of an app that starts on demand or stops when idle.
+    pub demand: Option<Demand>,
+}
+
+/// What a process slot is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessState {
+    /// Started, not answering yet.
+    Starting,
+    Ready,
+    /// Exited or failed to start; started again after a backoff.
+    Restarting,
+    /// Not running until a request comes (`start: on_demand`, or stopped by `idle_timeout`).
+    Idle,
+    /// A replacement is starting after `max_requests`; this one still serves.
+    Recycling,
+    Stopping,
+    /// An `upstream:` server that does not accept connections.
+    Down,
+}
+
+impl ProcessState {
+    pub const ALL: [ProcessState; 7] = [
+        ProcessState::Starting,
+        ProcessState::Ready,
+        ProcessState::Restarting,
+        ProcessState::Idle,
+        ProcessState::Recycling,
+        ProcessState::Stopping,
+        ProcessState::Down,
+    ];
+
+    /// As it is written in JSON and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProcessState::Starting => "starting",
+            ProcessState::Ready => "ready",
+            ProcessState::Restarting => "restarting",
+            ProcessState::Idle => "idle",
+            ProcessState::Recycling => "recycling",
+            ProcessState::Stopping => "stopping",
+            ProcessState::Down => "down",
+        }
+    }
+}
+
+/// One process slot as `status` shows it.
+#[derive(Debug, Clone)]
+pub struct ProcessView {
+    pub slot: usize,
+    pub pid: Option<u32>,
+    pub state: ProcessState,
+    /// When the current process started.
+    pub started: Option<SystemTime>,
+    /// Times the slot's process exited or failed to start and was started again.
+    pub restarts: u32,
+    /// Replacements after max_requests.
+    pub recycles: u32,
+    /// The ready process (its in-flight count and counters).
+    pub endpoint: Option<Arc<Endpoint>>,
+    /// How the last process ended, when it did by itself.
+    pub last_exit: Option<String>,
+}
+
+impl Generation {
+    /// The pids of the processes answering now.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self
+            .endpoints
+            .borrow()
+            .ready
+            .iter()
+            .map(|e| e.pid())
+            .collect();
+        pids.sort_unstable();
+        pids
+    }
+
+    /// The first start failure of any of its processes, if one happened.
+    pub fn failure(&self) -> Option<StartFailure> {
+        self.failure.borrow().clone()
+    }
+
+    /// True while the processes wait for a first request (`start: on_demand`).
+    pub fn dormant(&self) -> bool {
+        self.demand
+            .as_ref()
+            .is_some_and(|d| d.count() == 0 && self.pids().is_empty())
+            && self.views().iter().all(|v| v.state == ProcessState::Idle)
+    }
+
+    pub fn views(&self) -> Vec<ProcessView> {
+        self.views.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// Waits until every process answers (→ their pids) or one fails to start, for at most
+    /// `limit`. A dormant on-demand generation is ready as it is (→ no pids).
+    pub async fn wait_ready(&self, limit: Duration) -> Result<Vec<u32>, StartFailure> {
+        if self.dormant() {
+            return Ok(Vec::new());
+        }
+        let mut endpoints = self.endpoints.clone();
+        let mut failure = self.failure.clone();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(f) = failure.borrow_and_update().clone() {
+                return Err(f);
+            }
+            if endpoints.borrow_and_update().ready.len() >= self.processes {
+                return Ok(self.pids());
+            }
+            let gone = tokio::select! {
+                r = endpoints.changed() => r.is_err(),
+                r = failure.changed() => r.is_err(),
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(StartFailure {
+                        slot: 0,
+                        reason: format!("not all processes answered within {}", secs(limit)),
+                        stderr: Vec::new(),
+                    });
+                }
+            };
+            if gone {
+                return Err(StartFailure {
+                    slot: 0,
+                    reason: "stopped before it was ready".into(),
+                    stderr: Vec::new(),
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! An `upstream:` app's one slot: nothing to start; the server is checked every
+//! [`HEALTH_INTERVAL`] and routed to while it accepts connections.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::config::Address;
+use crate::upstream::Endpoint;
+
+use super::generation::ProcessState;
+use super::slot::Slot;
+use super::start::READY_POLL;
+use super::{secs, stopped};
+
+/// How often an `upstream:` server is checked, and how long a check may take.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Failed checks in a row before an upstream is taken out of the routes.
+const HEALTH_FAILURES: u32 = 2;
+
+impl Slot {
+    /// An `upstream:` app: nothing to start; checked every [`HEALTH_INTERVAL`], routed to while
+    /// it accepts connections. Not answering within startup_timeout counts as a failed start
+    /// (a reload keeps the old config), but checking goes on.
+    pub(super) async fn watch_upstream(&mut self, address: Address) {
+        let name = self.plan.name.clone();
+        let deadline = Instant::now() + self.plan.startup_timeout;
+        let mut up = false;
+        let mut failures = 0u32;
+        let mut reported = false;
+        loop {
+            if address.answers(HEALTH_TIMEOUT).await {
+                failures = 0;
+                if !up {
+                    up = true;
+                    if reported {
+                        tracing::info!("[{name}] upstream {address} answers again");
+                    }
+                    let endpoint = Endpoint::new(address.clone(), 0);
+                    self.publish(Some(endpoint.clone()), 0);
+                    self.view(|v| {
+                        v.state = ProcessState::Ready;
+                        v.started = Some(SystemTime::now());
+                        v.endpoint = Some(endpoint);
+                    });
+                }
+            } else {
+                failures += 1;
+                if up && failures >= HEALTH_FAILURES {
+                    up = false;
+                    reported = true;
+                    tracing::warn!(
+                        "[{name}] upstream {address} does not accept connections; not routing to it"
+                    );
+                    self.publish(None, 0);
+                    self.view(|v| {
+                        v.state = ProcessState::Down;
+                        v.endpoint = None;
+                    });
+                }
+                if !up && !reported && Instant::now() >= deadline {
+                    reported = true;
+                    let reason = format!(
+                        "upstream {address} did not accept a connection within startup_timeout {}",
+                        secs(self.plan.startup_timeout)
+                    );
+                    self.start_failed(reason, Vec::new());
+                }
+            }
+            let pause = if up { HEALTH_INTERVAL } else { READY_POLL * 10 };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stopped(&mut self.stop) => {
+                    self.publish(None, 0);
+                    return;
+                }
+            }
+        }
+    }
+}
