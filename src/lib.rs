@@ -13,7 +13,7 @@ pub mod app;
 pub mod config;
 pub mod control;
 pub mod dates;
-pub mod diff;
+
 pub mod error;
 pub mod explain;
 pub mod express;

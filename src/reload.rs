@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
+use crate::config::diff::{self, AppChange};
 use crate::config::{AppSpec, Config, Problem};
-use crate::diff::{self, AppChange};
 use crate::metrics::Registry;
 use crate::preflight::ReadyApp;
 use crate::proxy::{AppRoute, Front, Live, Proxy, Table};

@@ -23,7 +23,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "pure decisions over config",
-        &["routes", "diff", "interpreter", "tls"],
+        &["routes", "interpreter", "tls"],
     ),
     ("the machine", &["preflight", "runtime_dir"]),
     (

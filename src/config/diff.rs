@@ -9,7 +9,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 
-use crate::config::{AppSpec, Config};
+use super::{AppSpec, Config};
 
 /// What a reload changes.
 #[derive(Debug, Clone, PartialEq)]
