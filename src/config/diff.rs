@@ -9,7 +9,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 
-use super::{AppSpec, Config};
+use super::{AppSpec, Config, Problem, ProcessPolicy};
 
 /// What a reload changes.
 #[derive(Debug, Clone, PartialEq)]
@@ -102,12 +102,101 @@ impl ConfigDiff {
             })
             .collect()
     }
+
+    /// The diff as far as it could be carried out: the changes of the apps in `failed` (whose
+    /// new processes did not start) are dropped — an added one stays out, a changed one keeps
+    /// its spec in `old`.
+    pub fn without(&self, failed: &BTreeSet<String>, old: &[AppSpec]) -> ConfigDiff {
+        let old: HashMap<&str, &AppSpec> = old.iter().map(|a| (a.name.as_str(), a)).collect();
+        let apps = self
+            .apps
+            .iter()
+            .filter_map(|c| {
+                if !failed.contains(c.name()) {
+                    return Some(c.clone());
+                }
+                let kept = old.get(c.name()).map(|spec| (*spec).clone());
+                kept.map(AppChange::Unchanged)
+            })
+            .collect();
+        ConfigDiff {
+            apps,
+            ..self.clone()
+        }
+    }
+}
+
+/// What a running wsgimux cannot take from a reload, as problems at their keys (the file
+/// stays invalid for reloading until they are undone).
+pub fn reload_problems(old: &Config, new: &Config) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    if old.runtime_dir != new.runtime_dir {
+        problems.push(Problem {
+            file: new.file.clone(),
+            location: new.runtime_dir_location,
+            app: None,
+            key: Some("runtime_dir".into()),
+            message: "cannot change while wsgimux runs (its sockets live there); restart wsgimux to move it".into(),
+        });
+    }
+    problems
 }
 
 /// Compares two configs app by app (by name).
 pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
+    // Destructured so that a new top-level key does not compile until it is classified here.
+    let Config {
+        file: _,
+        listen,
+        tls,
+        redirect_https,
+        trusted_proxies,
+        limits,
+        user,
+        group,
+        runtime_dir,
+        access_log,
+        log_dir,
+        admin,
+        statics,
+        apps: _,
+        runtime_dir_location: _,
+    } = new;
     let old_listen: BTreeSet<_> = old.listen.iter().collect();
-    let new_listen: BTreeSet<_> = new.listen.iter().collect();
+    let new_listen: BTreeSet<_> = listen.iter().collect();
+    ConfigDiff {
+        listen_added: listen
+            .iter()
+            .filter(|a| !old_listen.contains(a))
+            .copied()
+            .collect(),
+        listen_removed: old
+            .listen
+            .iter()
+            .filter(|a| !new_listen.contains(a))
+            .copied()
+            .collect(),
+        runtime_dir_changed: old.runtime_dir != *runtime_dir,
+        // Read by the front from the live snapshot: new settings, same processes.
+        front_changed: old.tls != *tls
+            || old.redirect_https != *redirect_https
+            || old.trusted_proxies != *trusted_proxies
+            || old.limits != *limits
+            || old.statics != *statics
+            || old.access_log != *access_log,
+        // wsgimux's own account and the doors it opens at start.
+        restart_only: changed(&[
+            (old.user != *user, "user"),
+            (old.group != *group, "group"),
+            (old.admin != *admin, "admin"),
+            (old.log_dir != *log_dir, "log_dir"),
+        ]),
+        apps: app_changes(old, new),
+    }
+}
+
+/// The new config's apps in file order, then the removed ones.
+fn app_changes(old: &Config, new: &Config) -> Vec<AppChange> {
     let by_name: HashMap<&str, &AppSpec> = old.apps.iter().map(|a| (a.name.as_str(), a)).collect();
     let mut apps: Vec<AppChange> = new
         .apps
@@ -124,34 +213,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
             .filter(|a| !kept.contains(a.name.as_str()))
             .map(|a| AppChange::Removed(a.name.clone())),
     );
-    ConfigDiff {
-        listen_added: new
-            .listen
-            .iter()
-            .filter(|a| !old_listen.contains(a))
-            .copied()
-            .collect(),
-        listen_removed: old
-            .listen
-            .iter()
-            .filter(|a| !new_listen.contains(a))
-            .copied()
-            .collect(),
-        runtime_dir_changed: old.runtime_dir != new.runtime_dir,
-        front_changed: old.tls != new.tls
-            || old.redirect_https != new.redirect_https
-            || old.trusted_proxies != new.trusted_proxies
-            || old.limits != new.limits
-            || old.statics != new.statics
-            || old.access_log != new.access_log,
-        restart_only: changed(&[
-            (old.user != new.user, "user"),
-            (old.group != new.group, "group"),
-            (old.admin != new.admin, "admin"),
-            (old.log_dir != new.log_dir, "log_dir"),
-        ]),
-        apps,
-    }
+    apps
 }
 
 /// How one app that exists in both configs changed.
@@ -194,21 +256,10 @@ pub fn app_change(old: &AppSpec, new: &AppSpec) -> AppChange {
         (old.worker != *worker, "worker"),
         (old.user != *user, "user"),
         (old.group != *group, "group"),
-        // The supervisor runs a generation's processes by this policy.
-        (old.policy.start != policy.start, "start"),
-        (
-            old.policy.idle_timeout != policy.idle_timeout,
-            "idle_timeout",
-        ),
-        (
-            old.policy.max_requests != policy.max_requests,
-            "max_requests",
-        ),
-        (
-            old.policy.max_requests_jitter != policy.max_requests_jitter,
-            "max_requests_jitter",
-        ),
     ]);
+    // The supervisor runs a generation's processes by this policy.
+    let mut process = process;
+    process.extend(policy_keys(&old.policy, policy));
     // Read by the proxy from the route, so a change takes a new route (the processes stay).
     let route = changed(&[
         (old.hosts != *hosts, "hosts"),
@@ -244,6 +295,25 @@ pub fn app_change(old: &AppSpec, new: &AppSpec) -> AppChange {
     } else {
         AppChange::Unchanged(new.clone())
     }
+}
+
+/// The process policy's keys that changed; destructured like `AppSpec` so none is forgotten.
+fn policy_keys(old: &ProcessPolicy, new: &ProcessPolicy) -> Vec<&'static str> {
+    let ProcessPolicy {
+        start,
+        idle_timeout,
+        max_requests,
+        max_requests_jitter,
+    } = new;
+    changed(&[
+        (old.start != *start, "start"),
+        (old.idle_timeout != *idle_timeout, "idle_timeout"),
+        (old.max_requests != *max_requests, "max_requests"),
+        (
+            old.max_requests_jitter != *max_requests_jitter,
+            "max_requests_jitter",
+        ),
+    ])
 }
 
 /// The keys whose flag is set, in order.

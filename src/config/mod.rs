@@ -82,6 +82,8 @@ pub struct Config {
     pub statics: Vec<StaticAlias>,
     /// In the order the file lists them.
     pub apps: Vec<AppSpec>,
+    /// Where `runtime_dir` is in the file, for the reload-time rule that it cannot change.
+    pub runtime_dir_location: Option<Location>,
 }
 
 /// One app: what to run and where it is routed.

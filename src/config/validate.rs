@@ -103,6 +103,7 @@ impl Validator<'_> {
                 user,
                 group,
                 runtime_dir,
+                runtime_dir_location: self.locator.key("runtime_dir"),
                 access_log,
                 log_dir,
                 admin,

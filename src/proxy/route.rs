@@ -25,6 +25,8 @@ const MOUNT_ESCAPES: &AsciiSet = &CONTROLS.add(b' ').add(b'%').add(b'"').add(b'\
 #[derive(Debug)]
 pub struct AppRoute {
     pub name: Arc<str>,
+    /// The generation of the app's processes this route leads to.
+    pub generation: u64,
     pub(super) mount: String,
     mount_header: Option<HeaderValue>,
     endpoints: watch::Receiver<Endpoints>,
@@ -45,6 +47,7 @@ pub struct AppRoute {
 impl AppRoute {
     pub fn new(
         spec: &AppSpec,
+        generation: u64,
         endpoints: watch::Receiver<Endpoints>,
         stats: Arc<Counters>,
         demand: Option<Demand>,
@@ -53,6 +56,7 @@ impl AppRoute {
         let mount_header = (!mount.is_root()).then(|| encode_mount(mount.as_str()));
         AppRoute {
             name: spec.name.as_str().into(),
+            generation,
             mount: if mount.is_root() {
                 String::new()
             } else {
@@ -180,12 +184,12 @@ mod tests {
     #[test]
     fn mount_header_is_percent_encoded_and_follows_a_trusted_prefix() {
         let (_tx, rx) = watch::channel(Endpoints::default());
-        let r = AppRoute::new(&spec("/café"), rx.clone(), Default::default(), None);
+        let r = AppRoute::new(&spec("/café"), 1, rx.clone(), Default::default(), None);
         assert_eq!(r.mount_header.clone().unwrap(), "/caf%C3%A9");
         let mut h = HeaderMap::new();
         set_mount(&mut h, &r, Some("/outer/"));
         assert_eq!(h[MOUNT_HEADER], "/outer/caf%C3%A9");
-        let root = AppRoute::new(&spec("/"), rx, Default::default(), None);
+        let root = AppRoute::new(&spec("/"), 1, rx, Default::default(), None);
         assert!(root.mount_header.is_none());
         let mut h = HeaderMap::new();
         set_mount(&mut h, &root, Some("/outer"));

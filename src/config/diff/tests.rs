@@ -25,6 +25,7 @@ fn empty() -> Config {
         admin: None,
         statics: Vec::new(),
         apps: Vec::new(),
+        runtime_dir_location: None,
     }
 }
 

@@ -1,0 +1,302 @@
+//! One reload, in named steps: plan (load and check the file, diff it against what runs) →
+//! prepare the front (certificates, access log, new listeners bound) → start the new
+//! generations, all at once → switch (one snapshot swap, listeners added and closed, replaced
+//! generations retired) → report. Anything refused before the switch rejects the reload with
+//! nothing changed, through one path; an app whose new processes fail keeps its old ones.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::config::diff::{self, AppChange, ConfigDiff};
+use crate::config::Config;
+use crate::preflight::ReadyApp;
+use crate::proxy::Front;
+use crate::server;
+use crate::supervisor::{Generation, StartFailure};
+use crate::trigger::{Cause, Outcome, Report};
+
+use super::report;
+use super::{Reloader, RunningApp};
+
+/// Beyond an app's `startup_timeout`, how long a reload waits for its new generation (the
+/// processes time out by themselves first and say why).
+const READY_MARGIN: Duration = Duration::from_secs(2);
+
+/// What a reload is to do, worked out before anything changes.
+struct Plan {
+    new: Config,
+    ready: HashMap<String, ReadyApp>,
+    diff: ConfigDiff,
+}
+
+/// The front a reload brings: its new settings if they changed, its new listeners bound.
+struct PreparedFront {
+    front: Option<Front>,
+    bound: Vec<(SocketAddr, tokio::net::TcpListener)>,
+}
+
+/// The new generations: those that answer, and why the others did not start.
+struct Started {
+    ready: HashMap<String, Generation>,
+    failed: BTreeMap<String, StartFailure>,
+}
+
+impl Reloader {
+    /// Reloads the config file; returns the report and the apps that got new processes.
+    pub(super) async fn reload_config(&mut self, cause: &Cause) -> (Report, BTreeSet<String>) {
+        let number = self.begin();
+        let clock = Instant::now();
+        let prepared = match self.plan().await {
+            Ok(plan) => self.prepare_front(&plan).await.map(|front| (plan, front)),
+            Err(errors) => Err(errors),
+        };
+        let (plan, front) = match prepared {
+            Ok(x) => x,
+            Err(errors) => {
+                let report = report::rejected(number, cause, errors);
+                return (self.finish(report), BTreeSet::new());
+            }
+        };
+        if plan.diff.is_empty() {
+            self.config = plan.new;
+            self.refresh_specs();
+            let report = report::unchanged(number, cause, clock);
+            return (self.finish(report), BTreeSet::new());
+        }
+        let started = self.start_generations(&plan).await;
+        let restarted = self.switch(plan, front, &started).await;
+        let report = report::applied(number, cause, clock, restarted.1, &started.failed);
+        (self.finish(report), restarted.0)
+    }
+
+    /// Step 1: load and check the file as `serve` does, and diff it against what runs. The
+    /// same `python:` may now be another interpreter (a venv rebuilt, a pyenv upgrade): then
+    /// the app restarts.
+    async fn plan(&self) -> Result<Plan, Vec<String>> {
+        let (new, ready) = crate::preflight::load(&self.path).await.map_err(|e| {
+            e.to_string()
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })?;
+        let refused = diff::reload_problems(&self.config, &new);
+        if !refused.is_empty() {
+            return Err(refused.iter().map(ToString::to_string).collect());
+        }
+        let mut d = diff::diff(&self.config, &new);
+        let ready: HashMap<String, ReadyApp> = ready
+            .into_iter()
+            .map(|a| (a.spec.name.clone(), a))
+            .collect();
+        for change in &mut d.apps {
+            let (spec, mut keys) = match change {
+                AppChange::Update { spec, keys, .. } => (spec.clone(), keys.clone()),
+                AppChange::Unchanged(spec) => (spec.clone(), Vec::new()),
+                _ => continue,
+            };
+            let now = ready.get(&spec.name).map(|a| &a.interpreter);
+            let before = self.apps.get(&spec.name).map(|a| &a.app.interpreter);
+            if now.is_some() && now != before {
+                keys.insert(0, "python");
+                *change = AppChange::Restart { spec, keys };
+            }
+        }
+        Ok(Plan {
+            new,
+            ready,
+            diff: d,
+        })
+    }
+
+    /// Step 2: certificates and the access log loaded, new listeners bound — before anything
+    /// else changes, so a failure rejects the reload with nothing started.
+    async fn prepare_front(&self, plan: &Plan) -> Result<PreparedFront, Vec<String>> {
+        let front = if plan.diff.front_changed {
+            let current = self.live.borrow().front.clone();
+            let built = Front::build(&plan.new, Some(&current)).map_err(|e| vec![e.to_string()]);
+            Some(built?)
+        } else {
+            None
+        };
+        if !plan.diff.restart_only.is_empty() {
+            tracing::warn!(
+                "changed top-level {} applies when wsgimux is restarted",
+                plan.diff.restart_only.join(", ")
+            );
+        }
+        let bound = server::bind(&plan.diff.listen_added)
+            .await
+            .map_err(|e| vec![e.to_string()])?;
+        Ok(PreparedFront { front, bound })
+    }
+
+    /// Step 3: a new generation for every added or restarted app, all started at once, each
+    /// waited for up to its startup_timeout; one that fails is stopped.
+    async fn start_generations(&mut self, plan: &Plan) -> Started {
+        let mut starting: Vec<(String, Generation, Duration)> = Vec::new();
+        for change in &plan.diff.apps {
+            if let AppChange::Added(spec) | AppChange::Restart { spec, .. } = change {
+                if let Some(app) = plan.ready.get(&spec.name) {
+                    let g = self.supervisor.start(app);
+                    self.wake_if_running(&spec.name, &g);
+                    starting.push((spec.name.clone(), g, spec.startup_timeout));
+                }
+            }
+        }
+        let waits = starting
+            .iter()
+            .map(|(_, g, limit)| g.wait_ready(*limit + READY_MARGIN));
+        let results = futures_util::future::join_all(waits).await;
+        let mut started = Started {
+            ready: HashMap::new(),
+            failed: BTreeMap::new(),
+        };
+        for ((name, g, _), result) in starting.into_iter().zip(results) {
+            match result {
+                Ok(_) => {
+                    started.ready.insert(name, g);
+                }
+                Err(f) => {
+                    self.supervisor.stop(g.id);
+                    report::log_failure(&name, &f);
+                    started.failed.insert(name, f);
+                }
+            }
+        }
+        started
+    }
+
+    /// Step 4: the effective config is the diff applied as far as it could be
+    /// (`ConfigDiff::without` the failed apps, then `apply`); new and re-routed apps in,
+    /// removed ones out, in one snapshot swap; then listeners and retirements. Returns the apps
+    /// that got new processes, and the summary of what changed.
+    async fn switch(
+        &mut self,
+        plan: Plan,
+        front: PreparedFront,
+        started: &Started,
+    ) -> (BTreeSet<String>, String) {
+        let failed: BTreeSet<String> = started.failed.keys().cloned().collect();
+        let done = plan.diff.without(&failed, &self.config.apps);
+        let mut effective = plan.new;
+        effective.apps = done.apply(&self.config.apps);
+        let mut retire: Vec<(Generation, Duration)> = Vec::new();
+        for change in &done.apps {
+            let name = change.name();
+            match change {
+                AppChange::Removed(_) => {
+                    if let Some(old) = self.apps.remove(name) {
+                        retire.push((old.generation, old.app.spec.drain_timeout));
+                    }
+                }
+                AppChange::Added(_) | AppChange::Restart { .. } => {
+                    let (Some(g), Some(app)) = (started.ready.get(name), plan.ready.get(name))
+                    else {
+                        continue;
+                    };
+                    let running = RunningApp {
+                        app: app.clone(),
+                        generation: g.clone(),
+                    };
+                    if let Some(old) = self.apps.insert(name.to_string(), running) {
+                        retire.push((old.generation, app.spec.drain_timeout));
+                    }
+                }
+                AppChange::Update { .. } | AppChange::Unchanged(_) => {}
+            }
+        }
+        self.config = effective;
+        self.refresh_specs();
+        self.publish(front.front);
+        for (addr, listener) in front.bound {
+            self.server.add(addr, listener);
+        }
+        for addr in &done.listen_removed {
+            self.server.remove(addr).await;
+        }
+        for (g, drain) in retire {
+            self.supervisor.retire(g.id, drain);
+        }
+        self.update_code_watchers();
+        self.check_invariants();
+        let restarted = done
+            .apps
+            .iter()
+            .filter(|c| matches!(c, AppChange::Restart { .. }))
+            .map(|c| c.name().to_string())
+            .collect();
+        let pids = |name: &str| self.apps.get(name).map(|a| a.generation.pids());
+        (
+            restarted,
+            report::summarize(&plan.diff, &started.failed, pids),
+        )
+    }
+
+    /// A zero-downtime restart of one app with its current spec (its code changed).
+    pub(super) async fn reload_code(&mut self, name: &str, file: &Path) {
+        let Some(app) = self.apps.get(name).map(|a| a.app.clone()) else {
+            return;
+        };
+        let number = self.begin();
+        let clock = Instant::now();
+        let cause = Cause::Code {
+            file: file.to_path_buf(),
+        };
+        let g = self.supervisor.start(&app);
+        self.wake_if_running(name, &g);
+        let report = match g.wait_ready(app.spec.startup_timeout + READY_MARGIN).await {
+            Ok(pids) => {
+                let running = RunningApp {
+                    app: app.clone(),
+                    generation: g,
+                };
+                let old = self.apps.insert(name.to_string(), running);
+                self.publish(None);
+                if let Some(old) = old {
+                    self.supervisor
+                        .retire(old.generation.id, app.spec.drain_timeout);
+                }
+                self.check_invariants();
+                report::code_applied(number, &cause, clock, name, &pids)
+            }
+            Err(f) => {
+                self.supervisor.stop(g.id);
+                report::log_failure(name, &f);
+                report::code_failed(number, &cause, clock, name, &f)
+            }
+        };
+        self.finish(report);
+    }
+
+    /// A new generation of an on-demand app starts at once when the one it replaces has
+    /// processes running (so the switch is as seamless as for any app); else it waits for a
+    /// request.
+    fn wake_if_running(&self, name: &str, new: &Generation) {
+        let running = self
+            .apps
+            .get(name)
+            .is_some_and(|r| !r.generation.pids().is_empty());
+        if let (true, Some(d)) = (running, &new.demand) {
+            d.wake();
+        }
+    }
+
+    fn begin(&mut self) -> u64 {
+        self.count += 1;
+        self.count
+    }
+
+    /// Logs the report, keeps it as the last one, and shows it in `status`.
+    fn finish(&mut self, report: Report) -> Report {
+        match report.outcome {
+            Outcome::Applied | Outcome::Unchanged => tracing::info!("{}", report.summary),
+            Outcome::PartlyApplied | Outcome::Rejected => tracing::error!("{}", report.summary),
+        }
+        self.last = Some(report.clone());
+        self.last_at = Some(std::time::SystemTime::now());
+        self.publish_overview();
+        report
+    }
+}

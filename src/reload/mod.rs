@@ -1,0 +1,329 @@
+//! Hot reload: the running state (the effective config, each app's current generation, the
+//! listeners) and the only writer of the live snapshot (`proxy::Live`), its first value
+//! included.
+//!
+//! A reload validates the file exactly as `serve` does, diffs it against what runs
+//! (`config::diff`), then applies only the difference in named steps (`apply`): plan → prepare
+//! the front → start generations → switch → report. A generation that does not become ready
+//! leaves its app as it was (rollback). Does not parse YAML, watch files or speak HTTP:
+//! triggers come from `watch`, `control` and signals.
+//!
+//! Rooms: `apply` (the steps), `report` (the summary line and failures, pure).
+
+mod apply;
+mod report;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{AppSpec, Config};
+use crate::metrics::Registry;
+use crate::preflight::ReadyApp;
+use crate::proxy::{AppRoute, Front, Live, Proxy, Table};
+use crate::routes::RouteTable;
+use crate::server::Server;
+use crate::status::{AppOverview, Overview};
+use crate::supervisor::{Generation, Supervisor};
+use crate::trigger::{Cause, Report, Trigger};
+use crate::watch::{self as filewatch, CodeWatcher, Fingerprint};
+
+/// One app as it runs: its spec, its interpreter and its current generation.
+pub struct RunningApp {
+    pub app: ReadyApp,
+    pub generation: Generation,
+}
+
+/// Everything a reload reads and changes.
+pub struct Reloader {
+    /// The config file as given to `serve` (absolute, symlinks not resolved).
+    path: PathBuf,
+    /// What runs: the last config applied, with the previous spec of apps whose new
+    /// generation failed.
+    config: Config,
+    apps: BTreeMap<String, RunningApp>,
+    supervisor: Supervisor,
+    server: Server,
+    /// What every connection and request reads; written only here, the first value included.
+    live: watch::Sender<Arc<Live>>,
+    code_watchers: HashMap<String, CodeWatcher>,
+    triggers: mpsc::Sender<Trigger>,
+    count: u64,
+    last: Option<Report>,
+    last_at: Option<std::time::SystemTime>,
+    /// The version of the file the last config reload read.
+    loaded: Option<Fingerprint>,
+    /// Each app's counters, kept across reloads.
+    metrics: Arc<Registry>,
+    /// What `status` shows: replaced whenever what runs changes.
+    overview: watch::Sender<Arc<Overview>>,
+    started: std::time::SystemTime,
+}
+
+impl Reloader {
+    /// Takes over what `serve` started (the apps' first generations, the bound listeners) and
+    /// starts serving: the first live snapshot, the proxy and the server.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        path: PathBuf,
+        config: Config,
+        apps: Vec<RunningApp>,
+        supervisor: Supervisor,
+        front: Front,
+        listeners: Vec<(SocketAddr, tokio::net::TcpListener)>,
+        triggers: mpsc::Sender<Trigger>,
+        metrics: Arc<Registry>,
+        overview: watch::Sender<Arc<Overview>>,
+    ) -> Self {
+        let apps: BTreeMap<String, RunningApp> = apps
+            .into_iter()
+            .map(|a| (a.app.spec.name.clone(), a))
+            .collect();
+        let routes = table(&config.apps, &apps, &metrics);
+        let (live, live_rx) = watch::channel(Arc::new(Live {
+            routes: Arc::new(routes),
+            front: Arc::new(front),
+        }));
+        let mut server = Server::new(Arc::new(Proxy::new(live_rx)));
+        for (addr, listener) in listeners {
+            server.add(addr, listener);
+        }
+        let mut r = Reloader {
+            path,
+            config,
+            apps,
+            supervisor,
+            server,
+            live,
+            code_watchers: HashMap::new(),
+            triggers,
+            count: 0,
+            last: None,
+            last_at: None,
+            loaded: None,
+            metrics,
+            overview,
+            started: std::time::SystemTime::now(),
+        };
+        r.update_code_watchers();
+        r.publish_overview();
+        r.check_invariants();
+        r
+    }
+
+    /// `(scheme, address)` of every listener, as bound.
+    pub fn listener_urls(&self) -> Vec<(&'static str, SocketAddr)> {
+        let front = self.live.borrow().front.clone();
+        self.server
+            .local_addrs()
+            .into_iter()
+            .map(|(configured, local)| {
+                let scheme = if front.is_tls(&configured) {
+                    "https"
+                } else {
+                    "http"
+                };
+                (scheme, local)
+            })
+            .collect()
+    }
+
+    /// The last reload's report, if any happened.
+    pub fn last_report(&self) -> Option<&Report> {
+        self.last.as_ref()
+    }
+
+    /// Handles a batch of triggers that arrived together: one config reload for all the
+    /// config triggers (each `wsgimux reload` gets its report), then one restart per app whose
+    /// code changed and that the config reload did not already restart.
+    pub async fn handle(&mut self, batch: Vec<Trigger>) {
+        let (mut file, mut hangup) = (false, false);
+        let mut waiting = Vec::new();
+        let mut code: BTreeMap<String, PathBuf> = BTreeMap::new();
+        for t in batch {
+            match t {
+                Trigger::ConfigFile => file = true,
+                Trigger::Hangup => hangup = true,
+                Trigger::Command(reply) => waiting.push(reply),
+                Trigger::Code { app, file } => {
+                    code.entry(app).or_insert(file);
+                }
+            }
+        }
+        // Named after the most explicit request; a file event alone for the version a reload
+        // already read (a `wsgimux reload` right after the edit) needs no second reload.
+        let cause = if !waiting.is_empty() {
+            Some(Cause::Command)
+        } else if hangup {
+            Some(Cause::Hangup)
+        } else if file {
+            Some(Cause::ConfigFile)
+        } else {
+            None
+        };
+        // Taken before the file is read, so an edit made during the reload is seen later.
+        let version = cause.as_ref().map(|_| filewatch::fingerprint(&self.path));
+        let cause =
+            cause.filter(|c| *c != Cause::ConfigFile || self.loaded.as_ref() != version.as_ref());
+        let mut restarted = BTreeSet::new();
+        if let (Some(cause), Some(version)) = (cause, version) {
+            self.loaded = Some(version);
+            let (report, r) = self.reload_config(&cause).await;
+            restarted = r;
+            for w in waiting {
+                let _ = w.send(report.clone());
+            }
+        }
+        for (app, file) in code {
+            if !restarted.contains(&app) {
+                self.reload_code(&app, &file).await;
+            }
+        }
+    }
+
+    /// Replaces the live snapshot in one step: a table that leads to the current generations,
+    /// with the new front settings if given (else the current ones).
+    fn publish(&mut self, front: Option<Front>) {
+        let routes = table(&self.config.apps, &self.apps, &self.metrics);
+        let front = match front {
+            Some(f) => {
+                self.server.set_max_connections(f.limits.max_connections);
+                Arc::new(f)
+            }
+            None => self.live.borrow().front.clone(),
+        };
+        self.live.send_replace(Arc::new(Live {
+            routes: Arc::new(routes),
+            front,
+        }));
+        self.publish_overview();
+    }
+
+    /// Replaces what `status` shows with what runs now.
+    fn publish_overview(&self) {
+        let listeners = self
+            .listener_urls()
+            .into_iter()
+            .map(|(scheme, local)| format!("{scheme}://{local}"))
+            .collect();
+        let apps = self
+            .config
+            .apps
+            .iter()
+            .filter_map(|spec| {
+                let r = self.apps.get(&spec.name)?;
+                Some(AppOverview {
+                    app: r.app.clone(),
+                    generation: r.generation.clone(),
+                    stats: self.metrics.app(&spec.name),
+                })
+            })
+            .collect();
+        let previous = self.overview.borrow().clone();
+        self.overview.send_replace(Arc::new(Overview {
+            started: self.started,
+            config: self.path.clone(),
+            listeners,
+            admin: previous.admin.clone(),
+            apps,
+            reloads: self.count,
+            last_reload: self
+                .last
+                .clone()
+                .map(|r| (self.last_at.unwrap_or(self.started), r)),
+        }));
+    }
+
+    /// What every reload leaves true, checked in debug builds (so every test checks it): each
+    /// app of the effective config runs a generation and nothing else runs, and the live table
+    /// leads to exactly those apps, each to its current generation.
+    fn check_invariants(&self) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        let configured: BTreeSet<&str> = self.config.apps.iter().map(|a| a.name.as_str()).collect();
+        let running: BTreeSet<&str> = self.apps.keys().map(String::as_str).collect();
+        assert_eq!(
+            configured, running,
+            "the config's apps are the running apps"
+        );
+        let live = self.live.borrow().clone();
+        let mut routed = BTreeSet::new();
+        for (_, route) in live.routes.entries() {
+            let name = &*route.target.name;
+            let current = self.apps.get(name).map(|a| a.generation.id);
+            assert_eq!(
+                current,
+                Some(route.target.generation),
+                "the table leads app {name} to its current generation"
+            );
+            routed.insert(name.to_string());
+        }
+        let routed: BTreeSet<&str> = routed.iter().map(String::as_str).collect();
+        assert_eq!(
+            routed, configured,
+            "the table leads to exactly the config's apps"
+        );
+    }
+
+    /// Gives apps whose processes stayed their new spec (routes and settings may differ; a
+    /// process setting cannot, or the app would have a new generation).
+    fn refresh_specs(&mut self) {
+        for spec in &self.config.apps {
+            if let Some(running) = self.apps.get_mut(&spec.name) {
+                running.app.spec = spec.clone();
+            }
+        }
+    }
+
+    /// Starts a code watcher for each app with `reload_on_changes`, stops the others'.
+    fn update_code_watchers(&mut self) {
+        let wanted: HashMap<&str, Vec<PathBuf>> = self
+            .config
+            .apps
+            .iter()
+            .filter(|a| a.reload_on_changes)
+            .map(|a| (a.name.as_str(), filewatch::code_roots(a)))
+            .collect();
+        self.code_watchers
+            .retain(|name, w| wanted.get(name.as_str()) == Some(&w.roots));
+        for (name, roots) in wanted {
+            if self.code_watchers.contains_key(name) {
+                continue;
+            }
+            match CodeWatcher::start(name, roots, self.triggers.clone()) {
+                Ok(w) => {
+                    self.code_watchers.insert(name.to_string(), w);
+                }
+                Err(e) => tracing::error!("[{name}] reload_on_changes: {e}"),
+            }
+        }
+    }
+
+    /// Stops everything: no new connections, requests in flight finish, then every child stops.
+    pub async fn shutdown(self) {
+        drop(self.code_watchers);
+        tracing::info!("stopping: no new connections; finishing requests in flight");
+        self.server.shutdown().await;
+        tracing::info!("stopping children");
+        self.supervisor.shutdown().await;
+    }
+}
+
+/// The route table for the running apps, in config order.
+fn table(order: &[AppSpec], apps: &BTreeMap<String, RunningApp>, metrics: &Registry) -> Table {
+    RouteTable::for_apps(order.iter().filter_map(|spec| {
+        let g = &apps.get(&spec.name)?.generation;
+        let route = AppRoute::new(
+            spec,
+            g.id,
+            g.endpoints.clone(),
+            metrics.app(&spec.name),
+            g.demand.clone(),
+        );
+        Some((spec, Arc::new(route)))
+    }))
+}

@@ -1,0 +1,285 @@
+//! What a reload says: the one summary line per reload (what was added, removed, restarted,
+//! re-routed, updated, what failed), the reports `wsgimux reload` prints, and the log of a
+//! failed generation's last stderr lines. Pure but for that log line.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use crate::config::diff::{AppChange, ConfigDiff};
+use crate::supervisor::StartFailure;
+use crate::trigger::{Cause, Outcome, Report};
+
+/// Lines of a failed child's stderr repeated in the log.
+const LOGGED_STDERR_LINES: usize = 10;
+
+fn head(number: u64, cause: &Cause) -> String {
+    format!("reload #{number} ({cause})")
+}
+
+/// Nothing changed: the file is invalid, a listener could not be bound, or a key cannot
+/// change while wsgimux runs.
+pub(super) fn rejected(number: u64, cause: &Cause, errors: Vec<String>) -> Report {
+    let first = errors.first().cloned().unwrap_or_default();
+    let more = match errors.len() {
+        0 | 1 => String::new(),
+        n => format!(" (and {} more)", n - 1),
+    };
+    Report {
+        number,
+        cause: cause.to_string(),
+        outcome: Outcome::Rejected,
+        summary: format!(
+            "{}: rejected, still serving the previous config: {first}{more}",
+            head(number, cause)
+        ),
+        errors,
+    }
+}
+
+pub(super) fn unchanged(number: u64, cause: &Cause, clock: Instant) -> Report {
+    Report {
+        number,
+        cause: cause.to_string(),
+        outcome: Outcome::Unchanged,
+        summary: format!(
+            "{}: nothing to change ({})",
+            head(number, cause),
+            elapsed(clock)
+        ),
+        errors: Vec::new(),
+    }
+}
+
+pub(super) fn applied(
+    number: u64,
+    cause: &Cause,
+    clock: Instant,
+    summary: String,
+    failed: &BTreeMap<String, StartFailure>,
+) -> Report {
+    let (outcome, verb) = if failed.is_empty() {
+        (Outcome::Applied, "applied")
+    } else {
+        (Outcome::PartlyApplied, "partly applied")
+    };
+    Report {
+        number,
+        cause: cause.to_string(),
+        outcome,
+        summary: format!(
+            "{}: {verb} in {}: {summary}",
+            head(number, cause),
+            elapsed(clock)
+        ),
+        errors: failed.iter().map(|(app, f)| failure_text(app, f)).collect(),
+    }
+}
+
+pub(super) fn code_applied(
+    number: u64,
+    cause: &Cause,
+    clock: Instant,
+    app: &str,
+    pids: &[u32],
+) -> Report {
+    Report {
+        number,
+        cause: cause.to_string(),
+        outcome: Outcome::Applied,
+        summary: format!(
+            "{}: applied in {}: restarted {app} (code, pid {})",
+            head(number, cause),
+            elapsed(clock),
+            join_pids(pids)
+        ),
+        errors: Vec::new(),
+    }
+}
+
+pub(super) fn code_failed(
+    number: u64,
+    cause: &Cause,
+    clock: Instant,
+    app: &str,
+    f: &StartFailure,
+) -> Report {
+    Report {
+        number,
+        cause: cause.to_string(),
+        outcome: Outcome::PartlyApplied,
+        summary: format!(
+            "{}: not applied after {}: {}",
+            head(number, cause),
+            elapsed(clock),
+            failure_text(app, f)
+        ),
+        errors: vec![failure_text(app, f)],
+    }
+}
+
+/// "added a (pid 1); restarted b (env; pid 2,3); …": what a reload did, app by app, in the
+/// diff's order; `pids` gives an app's processes now.
+pub(super) fn summarize(
+    d: &ConfigDiff,
+    failed: &BTreeMap<String, StartFailure>,
+    pids: impl Fn(&str) -> Option<Vec<u32>>,
+) -> String {
+    let pids = |name: &str| pids(name).map(|p| join_pids(&p)).unwrap_or_default();
+    let mut groups: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for c in d.apps.iter().filter(|c| !failed.contains_key(c.name())) {
+        let name = c.name();
+        let (label, item) = match c {
+            AppChange::Added(_) => ("added", format!("{name} (pid {})", pids(name))),
+            AppChange::Removed(_) => ("removed", name.to_string()),
+            AppChange::Restart { keys, .. } => (
+                "restarted",
+                format!("{name} ({}; pid {})", keys.join(", "), pids(name)),
+            ),
+            AppChange::Update { keys, reroute, .. } => (
+                if *reroute { "re-routed" } else { "updated" },
+                format!("{name} ({})", keys.join(", ")),
+            ),
+            AppChange::Unchanged(_) => ("unchanged", name.to_string()),
+        };
+        groups.entry(label).or_default().push(item);
+    }
+    let failed = failed
+        .iter()
+        .map(|(app, f)| format!("{app} (kept its previous processes: {})", f.reason))
+        .collect();
+    let addrs = |list: &[std::net::SocketAddr]| list.iter().map(ToString::to_string).collect();
+    groups.insert("failed", failed);
+    groups.insert("listening on", addrs(&d.listen_added));
+    groups.insert("closed", addrs(&d.listen_removed));
+    let order = [
+        "added",
+        "removed",
+        "restarted",
+        "re-routed",
+        "updated",
+        "failed",
+        "unchanged",
+        "listening on",
+        "closed",
+    ];
+    order
+        .iter()
+        .filter_map(|label| {
+            let items = groups.get(label).filter(|i| !i.is_empty())?;
+            Some(format!("{label} {}", items.join(", ")))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+pub(super) fn failure_text(app: &str, f: &StartFailure) -> String {
+    format!(
+        "app {app}: new processes did not start, the previous ones keep serving: {}",
+        f.reason
+    )
+}
+
+pub(super) fn log_failure(app: &str, f: &StartFailure) {
+    let skip = f.stderr.len().saturating_sub(LOGGED_STDERR_LINES);
+    let tail: Vec<&str> = f.stderr[skip..].iter().map(String::as_str).collect();
+    if tail.is_empty() {
+        tracing::error!("[{app}] new generation failed: {}", f.reason);
+    } else {
+        tracing::error!(
+            "[{app}] new generation failed: {}; its last stderr lines:\n{}",
+            f.reason,
+            tail.join("\n")
+        );
+    }
+}
+
+fn join_pids(pids: &[u32]) -> String {
+    pids.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn elapsed(since: Instant) -> String {
+    format!("{:.2}s", since.elapsed().as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::{diff, from_yaml, Config};
+
+    fn config(apps: &str, listen: &str) -> Config {
+        let yaml = format!("listen: [{listen}]\napps:\n{apps}");
+        from_yaml(&yaml, Path::new("/srv/site/wsgimux.yaml")).expect("valid test config")
+    }
+
+    const A: &str = "  a:\n    python: python3\n    script: a.wsgi\n";
+    const B: &str = "  b:\n    python: python3\n    script: b.wsgi\n    mount: /b\n";
+    const B_ENV: &str =
+        "  b:\n    python: python3\n    script: b.wsgi\n    mount: /b\n    env: {X: \"1\"}\n";
+    const C: &str = "  c:\n    python: python3\n    script: c.wsgi\n    mount: /c\n";
+
+    #[test]
+    fn a_summary_names_every_change_and_every_failure() {
+        let old = config(&format!("{A}{B}"), "\"127.0.0.1:8080\"");
+        let new = config(&format!("{B_ENV}{C}"), "\"127.0.0.1:8081\"");
+        let d = diff::diff(&old, &new);
+        let pids = |name: &str| Some(if name == "c" { vec![7] } else { vec![5, 6] });
+        let line = summarize(&d, &BTreeMap::new(), pids);
+        assert_eq!(
+            line,
+            "added c (pid 7); removed a; restarted b (env; pid 5,6); \
+             listening on 127.0.0.1:8081; closed 127.0.0.1:8080"
+        );
+        let failure = StartFailure {
+            slot: 0,
+            reason: "exited during start-up (exit code 1)".into(),
+            stderr: vec!["ImportError: no module".into()],
+        };
+        let failed = BTreeMap::from([("c".to_string(), failure)]);
+        let line = summarize(&d, &failed, pids);
+        assert!(line.starts_with("removed a; restarted b"), "{line}");
+        assert!(
+            line.contains("failed c (kept its previous processes: exited during start-up"),
+            "{line}"
+        );
+        let report = applied(3, &Cause::Hangup, Instant::now(), line, &failed);
+        assert_eq!(report.outcome, Outcome::PartlyApplied);
+        assert!(report
+            .summary
+            .starts_with("reload #3 (SIGHUP): partly applied in "));
+        assert_eq!(report.errors.len(), 1);
+    }
+
+    #[test]
+    fn the_effective_config_keeps_what_failed_as_it_was() {
+        let old = config(&format!("{A}{B}"), "\"127.0.0.1:8080\"");
+        let new = config(&format!("{B_ENV}{C}"), "\"127.0.0.1:8080\"");
+        let d = diff::diff(&old, &new);
+        // Everything started: the new file's apps.
+        assert_eq!(d.apply(&old.apps), new.apps);
+        // b's and c's new processes failed: b keeps its old spec, c stays out, a still goes.
+        let failed = ["b".to_string(), "c".to_string()].into();
+        let effective = d.without(&failed, &old.apps).apply(&old.apps);
+        let names: Vec<&str> = effective.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["b"]);
+        assert_eq!(effective[0], old.apps[1], "b as it ran before");
+    }
+
+    #[test]
+    fn rejections_name_the_first_problem_and_count_the_rest() {
+        let r = rejected(
+            1,
+            &Cause::Command,
+            vec!["x:1:1: bad".into(), "x:2:1: worse".into()],
+        );
+        assert_eq!(r.outcome, Outcome::Rejected);
+        assert_eq!(
+            r.summary,
+            "reload #1 (wsgimux reload): rejected, still serving the previous config: x:1:1: bad (and 1 more)"
+        );
+    }
+}
