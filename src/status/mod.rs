@@ -1,0 +1,210 @@
+//! What `wsgimux status`, the admin page and `/metrics` show: collected on request from what
+//! `reload` last published (the apps, their generations, the last reload) and the live
+//! counters, then rendered as text, JSON, HTML or Prometheus text. Collecting reads atomics and
+//! short-held view locks only; rendering (`render`) is pure.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::{Counters, Snapshot};
+use crate::preflight::ReadyApp;
+use crate::supervisor::{Generation, ProcessState};
+use crate::trigger::Report;
+
+mod render;
+
+pub use render::{render_html, render_prometheus, render_text};
+
+/// What runs, as `reload` last published it.
+pub struct Overview {
+    pub started: SystemTime,
+    pub config: PathBuf,
+    /// `http://127.0.0.1:8080`, …
+    pub listeners: Vec<String>,
+    pub admin: Option<String>,
+    pub apps: Vec<AppOverview>,
+    pub reloads: u64,
+    pub last_reload: Option<(SystemTime, Report)>,
+}
+
+impl Overview {
+    /// Before the first app is published.
+    pub fn empty(config: PathBuf, admin: Option<String>) -> Self {
+        Overview {
+            started: SystemTime::now(),
+            config,
+            listeners: Vec::new(),
+            admin,
+            apps: Vec::new(),
+            reloads: 0,
+            last_reload: None,
+        }
+    }
+}
+
+pub struct AppOverview {
+    pub app: ReadyApp,
+    pub generation: Generation,
+    pub stats: Arc<Counters>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub version: String,
+    pub pid: u32,
+    /// Unix seconds.
+    pub started: u64,
+    pub uptime_seconds: u64,
+    pub config: String,
+    pub listeners: Vec<String>,
+    pub admin: Option<String>,
+    pub apps: Vec<AppStatus>,
+    pub reloads: u64,
+    pub last_reload: Option<ReloadStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppStatus {
+    pub name: String,
+    /// `host/mount` per route (`*` for any host).
+    pub routes: Vec<String>,
+    pub interpreter: Option<String>,
+    pub python_version: Option<String>,
+    pub executable: Option<String>,
+    pub worker: String,
+    pub generation: u64,
+    pub start: String,
+    pub processes: Vec<ProcessStatus>,
+    /// Requests since wsgimux started; in flight over the current processes.
+    #[serde(flatten)]
+    pub load: Load,
+    pub restarts: u32,
+    /// The app's counters since wsgimux started (for Prometheus).
+    pub totals: Snapshot,
+}
+
+/// The numbers shown for an app and for each of its processes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Load {
+    pub requests: u64,
+    pub in_flight: usize,
+    /// 5xx responses and responses that broke off.
+    pub errors: u64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+impl Load {
+    fn new(counted: &Snapshot, in_flight: usize) -> Self {
+        let ms = |q| counted.quantile(q).map(|s| (s * 1e5).round() / 100.0);
+        Load {
+            requests: counted.requests(),
+            in_flight,
+            errors: counted.errors(),
+            p50_ms: ms(0.5),
+            p99_ms: ms(0.99),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessStatus {
+    pub slot: usize,
+    pub pid: Option<u32>,
+    pub state: ProcessState,
+    pub uptime_seconds: Option<u64>,
+    pub restarts: u32,
+    pub recycles: u32,
+    #[serde(flatten)]
+    pub load: Load,
+    pub last_exit: Option<String>,
+}
+
+/// The last reload's report and when it ended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReloadStatus {
+    /// Unix seconds.
+    pub at: u64,
+    #[serde(flatten)]
+    pub report: Report,
+}
+
+pub(super) fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The status now.
+pub fn collect(o: &Overview) -> StatusReport {
+    let now = SystemTime::now();
+    let apps = o
+        .apps
+        .iter()
+        .map(|a| {
+            let spec = &a.app.spec;
+            let views = a.generation.views();
+            let processes: Vec<ProcessStatus> = views
+                .iter()
+                .map(|v| {
+                    let counted = v
+                        .endpoint
+                        .as_ref()
+                        .map(|e| e.stats.snapshot())
+                        .unwrap_or_default();
+                    let in_flight = v.endpoint.as_ref().map_or(0, |e| e.in_flight());
+                    ProcessStatus {
+                        slot: v.slot,
+                        pid: v.pid.filter(|&p| p != 0),
+                        state: v.state,
+                        uptime_seconds: v
+                            .started
+                            .map(|s| now.duration_since(s).map_or(0, |d| d.as_secs())),
+                        restarts: v.restarts,
+                        recycles: v.recycles,
+                        load: Load::new(&counted, in_flight),
+                        last_exit: v.last_exit.clone(),
+                    }
+                })
+                .collect();
+            let totals = a.stats.snapshot();
+            AppStatus {
+                name: spec.name.clone(),
+                routes: spec.routes(),
+                interpreter: a.app.interpreter.as_ref().map(|i| i.to_string()),
+                python_version: a.app.interpreter.as_ref().map(|i| i.version_string()),
+                executable: a
+                    .app
+                    .interpreter
+                    .as_ref()
+                    .map(|i| i.executable.display().to_string()),
+                worker: a.app.worker.to_string(),
+                generation: a.generation.id,
+                start: match spec.policy.start {
+                    crate::config::StartMode::Always => "always".into(),
+                    crate::config::StartMode::OnDemand => "on_demand".into(),
+                },
+                load: Load::new(&totals, processes.iter().map(|p| p.load.in_flight).sum()),
+                restarts: processes.iter().map(|p| p.restarts).sum(),
+                processes,
+                totals,
+            }
+        })
+        .collect();
+    StatusReport {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+        started: unix(o.started),
+        uptime_seconds: now.duration_since(o.started).map_or(0, |d| d.as_secs()),
+        config: o.config.display().to_string(),
+        listeners: o.listeners.clone(),
+        admin: o.admin.clone(),
+        apps,
+        reloads: o.reloads,
+        last_reload: o.last_reload.as_ref().map(|(at, r)| ReloadStatus {
+            at: unix(*at),
+            report: r.clone(),
+        }),
+    }
+}

@@ -1,0 +1,96 @@
+//! File watching for reloads: the config file (however it is saved) and, for apps with
+//! `reload_on_changes`, their Python code. Turns bursts of file-system events into single
+//! [`Trigger`]s for `reload`; decides nothing else.
+//!
+//! The config file's folder is watched rather than the file, because editors and deployment
+//! tools replace files by rename and swap symlinks, which a watch on the file itself would
+//! lose. Events only start a check: a trigger is sent when the file's fingerprint (target,
+//! mtime, size, content hash) differs from the last one, so unrelated files in the folder and
+//! re-saves of the same bytes by the same write do nothing.
+//!
+//! Rooms: `config_file` (the config watcher), `code` (the code watchers).
+
+mod code;
+mod config_file;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use notify::{Event, RecommendedWatcher};
+use tokio::sync::mpsc;
+
+use crate::runtime_dir::fnv1a;
+
+pub use code::{code_roots, CodeWatcher};
+pub use config_file::ConfigWatcher;
+
+/// However busy a folder, a check happens at least this often during a burst of events.
+const BURST_MAX: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot watch {}: {source}", path.display())]
+pub struct WatchError {
+    pub(super) path: PathBuf,
+    #[source]
+    pub(super) source: notify::Error,
+}
+
+/// What identifies a version of the config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint {
+    target: Option<PathBuf>,
+    modified: Option<SystemTime>,
+    len: u64,
+    hash: u64,
+}
+
+/// The fingerprint of the file `path` leads to now (symlinks followed).
+pub fn fingerprint(path: &Path) -> Fingerprint {
+    let meta = std::fs::metadata(path).ok();
+    let content = std::fs::read(path).unwrap_or_default();
+    Fingerprint {
+        target: std::fs::canonicalize(path).ok(),
+        modified: meta.as_ref().and_then(|m| m.modified().ok()),
+        len: meta.map_or(0, |m| m.len()),
+        hash: fnv1a(&content),
+    }
+}
+
+/// Events from notify's thread into the async world.
+pub(super) fn event_channel() -> (
+    notify::Result<RecommendedWatcher>,
+    mpsc::UnboundedReceiver<Event>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let watcher = notify::recommended_watcher(move |res: notify::Result<Event>| match res {
+        Ok(ev) => {
+            let _ = tx.send(ev);
+        }
+        Err(e) => tracing::warn!("file watcher: {e}"),
+    });
+    (watcher, rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_follow_symlinks_and_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.yaml");
+        let b = dir.path().join("b.yaml");
+        let link = dir.path().join("wsgimux.yaml");
+        std::fs::write(&a, "x").unwrap();
+        std::fs::write(&b, "x").unwrap();
+        std::os::unix::fs::symlink(&a, &link).unwrap();
+        let first = fingerprint(&link);
+        assert_eq!(first, fingerprint(&link));
+        std::fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink(&b, &link).unwrap();
+        assert_ne!(first, fingerprint(&link), "a swapped symlink is a change");
+        let second = fingerprint(&link);
+        std::fs::write(&b, "y").unwrap();
+        assert_ne!(second, fingerprint(&link));
+    }
+}
