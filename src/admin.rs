@@ -9,12 +9,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::error::Reply;
 use crate::status::{self, Overview};
 
 /// A client must send its request head within this.
@@ -58,36 +59,35 @@ pub fn serve(listener: TcpListener, overview: watch::Receiver<Arc<Overview>>) ->
 fn page<B>(req: &Request<B>, overview: &Overview) -> Response<Full<Bytes>> {
     let (status, kind, body) = if req.method() != Method::GET && req.method() != Method::HEAD {
         (
-            StatusCode::METHOD_NOT_ALLOWED,
+            Reply::AdminMethod,
             "text/plain; charset=utf-8",
             "GET only\n".to_string(),
         )
     } else {
         match req.uri().path() {
             "/" => (
-                StatusCode::OK,
+                Reply::AdminPage,
                 "text/html; charset=utf-8",
                 status::render_html(&status::collect(overview)),
             ),
             "/metrics" => (
-                StatusCode::OK,
+                Reply::AdminPage,
                 "text/plain; version=0.0.4; charset=utf-8",
                 status::render_prometheus(&status::collect(overview)),
             ),
             "/status.json" => (
-                StatusCode::OK,
+                Reply::AdminPage,
                 "application/json",
                 serde_json::to_string_pretty(&status::collect(overview)).unwrap_or_default(),
             ),
             _ => (
-                StatusCode::NOT_FOUND,
+                Reply::AdminNotFound,
                 "text/plain; charset=utf-8",
                 "not found: try /, /metrics or /status.json\n".to_string(),
             ),
         }
     };
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = status;
+    let mut resp = status.response(Full::new(Bytes::from(body)));
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(kind));
     resp.headers_mut()

@@ -1,12 +1,15 @@
-//! Why wsgimux answered a request itself, and the one place that turns that into an HTTP
-//! status and a short plain-text page.
+//! The one place where wsgimux chooses an HTTP status: for the requests it refuses or cannot
+//! serve (`ProxyError`, with a short plain-text page) and for the answers it gives itself
+//! without an app (`Reply`: redirects, `OPTIONS *`, static files, admin pages). Apps choose
+//! their own; the workers answer their own 400/500/503 for what only they can see.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{
-    HeaderValue, ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_RANGE, CONTENT_TYPE, RETRY_AFTER,
+    HeaderValue, ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE,
+    RETRY_AFTER,
 };
 use hyper::{Response, StatusCode};
 
@@ -42,6 +45,62 @@ pub enum ProxyError {
     Timeout { app: String, after: Duration },
     #[error("static file: {0}")]
     Static(StaticError),
+}
+
+/// The answers wsgimux gives itself that are not failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// `OPTIONS *`: what the server allows.
+    ServerOptions,
+    /// `redirect_https`: the same URL over https, method and body kept.
+    HttpsRedirect,
+    /// A static folder asked for without its trailing slash.
+    AddSlash,
+    /// A static file, whole.
+    File,
+    /// One range of a static file.
+    FileRange,
+    /// A static file the client's copy of is current.
+    NotModified,
+    /// An admin page.
+    AdminPage,
+    /// An admin path with no page.
+    AdminNotFound,
+    /// An admin request with a method other than GET or HEAD.
+    AdminMethod,
+}
+
+impl Reply {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Reply::ServerOptions | Reply::File | Reply::AdminPage => StatusCode::OK,
+            Reply::HttpsRedirect => StatusCode::PERMANENT_REDIRECT,
+            Reply::AddSlash => StatusCode::MOVED_PERMANENTLY,
+            Reply::FileRange => StatusCode::PARTIAL_CONTENT,
+            Reply::NotModified => StatusCode::NOT_MODIFIED,
+            Reply::AdminNotFound => StatusCode::NOT_FOUND,
+            Reply::AdminMethod => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    /// A response with this reply's status and `body`.
+    pub fn response<B>(self, body: B) -> Response<B> {
+        let mut resp = Response::new(body);
+        *resp.status_mut() = self.status();
+        resp
+    }
+}
+
+/// `OPTIONS *` asks about the server, not a resource: answered here, never by an app.
+pub fn server_options() -> Response<ProxyBody> {
+    let mut resp = Reply::ServerOptions.response(ProxyBody::default());
+    resp.headers_mut().insert(
+        ALLOW,
+        HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+    );
+    resp.headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+    resp
 }
 
 /// Why a `static:` folder did not give a file.

@@ -11,12 +11,12 @@ use bytes::Bytes;
 use http::request::Parts;
 use http_body_util::{BodyExt, Empty};
 use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::{Method, Response, StatusCode};
+use hyper::{Method, Response};
 use tokio::io::AsyncSeekExt;
 
 use crate::config::{is_under, StaticAlias};
 use crate::dates::{http_date, parse_http_date};
-use crate::error::{ProxyError, StaticError};
+use crate::error::{ProxyError, Reply, StaticError};
 use crate::upstream::{BoxError, ProxyBody};
 
 const CHUNK: usize = 64 * 1024;
@@ -64,20 +64,7 @@ async fn serve(
     let path = match found {
         Found::File(p) => p,
         Found::Dir(p) if trailing_slash => p.join("index.html"),
-        Found::Dir(_) => {
-            // Relative links in an index page need the slash (as nginx and Apache redirect).
-            let mut location = format!("{raw_path}/");
-            if let Some(q) = parts.uri.query() {
-                location.push('?');
-                location.push_str(q);
-            }
-            let mut resp = Response::new(empty());
-            *resp.status_mut() = StatusCode::MOVED_PERMANENTLY;
-            if let Ok(v) = HeaderValue::from_str(&location) {
-                resp.headers_mut().insert(header::LOCATION, v);
-            }
-            return Ok(resp);
-        }
+        Found::Dir(_) => return Ok(add_slash(raw_path, parts)),
     };
     let mut file = tokio::fs::File::open(&path)
         .await
@@ -86,59 +73,19 @@ async fn serve(
     if !meta.is_file() {
         return Err(not_found());
     }
-    let len = meta.len();
-    let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
-    let mtime_secs = mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let etag = format!("\"{mtime_secs:x}-{len:x}\"");
-    let last_modified = http_date(mtime_secs);
-
-    let mut headers = HeaderMap::new();
-    let put = |h: &mut HeaderMap, name, value: &str| {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            h.insert(name, v);
-        }
-    };
-    put(&mut headers, header::ETAG, &etag);
-    put(&mut headers, header::LAST_MODIFIED, &last_modified);
-    put(&mut headers, header::CONTENT_TYPE, content_type(&path));
-    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-
-    match precondition(&parts.headers, &etag, mtime_secs) {
+    let v = Validators::of(&meta);
+    let mut headers = v.headers(&path);
+    match precondition(&parts.headers, &v.etag, v.mtime_secs) {
         Precondition::Failed => return Err(StaticError::PreconditionFailed),
         Precondition::NotModified => {
             headers.remove(header::CONTENT_TYPE);
-            let mut resp = Response::new(empty());
-            *resp.status_mut() = StatusCode::NOT_MODIFIED;
+            let mut resp = Reply::NotModified.response(empty());
             *resp.headers_mut() = headers;
             return Ok(resp);
         }
         Precondition::Proceed => {}
     }
-
-    let range = if parts.method == Method::GET && if_range_holds(&parts.headers, &etag, mtime_secs)
-    {
-        parts
-            .headers
-            .get(header::RANGE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| parse_range(v, len))
-    } else {
-        None
-    };
-    let (status, start, count) = match range {
-        None | Some(RangeAnswer::Whole) => (StatusCode::OK, 0, len),
-        Some(RangeAnswer::Unsatisfiable) => {
-            return Err(StaticError::RangeNotSatisfiable { size: len })
-        }
-        Some(RangeAnswer::Part { start, end }) => {
-            put(
-                &mut headers,
-                header::CONTENT_RANGE,
-                &format!("bytes {start}-{end}/{len}"),
-            );
-            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
-        }
-    };
+    let (reply, start, count) = chosen_range(parts, &v, &mut headers)?;
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
     let body = if parts.method == Method::HEAD || count == 0 {
         empty()
@@ -150,10 +97,93 @@ async fn serve(
         }
         stream_file(file, count)
     };
-    let mut resp = Response::new(body);
-    *resp.status_mut() = status;
+    let mut resp = reply.response(body);
     *resp.headers_mut() = headers;
     Ok(resp)
+}
+
+/// A folder asked for without its slash: relative links in an index page need it (as nginx
+/// and Apache redirect).
+fn add_slash(raw_path: &str, parts: &Parts) -> Response<ProxyBody> {
+    let mut location = format!("{raw_path}/");
+    if let Some(q) = parts.uri.query() {
+        location.push('?');
+        location.push_str(q);
+    }
+    let mut resp = Reply::AddSlash.response(empty());
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+/// What identifies a version of a file for caches: `"mtime-size"` and Last-Modified.
+struct Validators {
+    len: u64,
+    mtime_secs: u64,
+    etag: String,
+}
+
+impl Validators {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        let len = meta.len();
+        let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
+        let mtime_secs = mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        Validators {
+            len,
+            mtime_secs,
+            etag: format!("\"{mtime_secs:x}-{len:x}\""),
+        }
+    }
+
+    /// ETag, Last-Modified, Content-Type, Accept-Ranges.
+    fn headers(&self, path: &Path) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        put(&mut headers, header::ETAG, &self.etag);
+        put(
+            &mut headers,
+            header::LAST_MODIFIED,
+            &http_date(self.mtime_secs),
+        );
+        put(&mut headers, header::CONTENT_TYPE, content_type(path));
+        headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        headers
+    }
+}
+
+fn put(h: &mut HeaderMap, name: header::HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(name, v);
+    }
+}
+
+/// The whole file or the one range asked for (If-Range permitting): the reply, its first
+/// byte and its length; Content-Range set for a range.
+fn chosen_range(
+    parts: &Parts,
+    v: &Validators,
+    headers: &mut HeaderMap,
+) -> Result<(Reply, u64, u64), StaticError> {
+    let len = v.len;
+    let asked =
+        parts.method == Method::GET && if_range_holds(&parts.headers, &v.etag, v.mtime_secs);
+    let range = asked
+        .then(|| parts.headers.get(header::RANGE))
+        .flatten()
+        .and_then(|r| r.to_str().ok())
+        .map(|r| parse_range(r, len));
+    match range {
+        None | Some(RangeAnswer::Whole) => Ok((Reply::File, 0, len)),
+        Some(RangeAnswer::Unsatisfiable) => Err(StaticError::RangeNotSatisfiable { size: len }),
+        Some(RangeAnswer::Part { start, end }) => {
+            put(
+                headers,
+                header::CONTENT_RANGE,
+                &format!("bytes {start}-{end}/{len}"),
+            );
+            Ok((Reply::FileRange, start, end - start + 1))
+        }
+    }
 }
 
 fn empty() -> ProxyBody {

@@ -16,6 +16,7 @@ use hyper::{Response, Uri};
 
 use crate::accesslog::AccessSink;
 use crate::config::{AccessLogTo, Cidr, Config, Limits, StaticAlias};
+use crate::error::Reply;
 use crate::gate::Timeouts;
 use crate::http1::HeadLimits;
 use crate::tls::{CertStore, TlsError, TlsListener};
@@ -150,8 +151,7 @@ impl HttpsRedirect {
         };
         let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
         let location = HeaderValue::from_str(&format!("https://{name}{port}{pq}")).ok()?;
-        let mut resp = Response::new(ProxyBody::default());
-        *resp.status_mut() = hyper::StatusCode::PERMANENT_REDIRECT;
+        let mut resp = Reply::HttpsRedirect.response(ProxyBody::default());
         resp.headers_mut().insert(header::LOCATION, location);
         resp.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));

@@ -110,9 +110,10 @@ impl Proxy {
                 AccessLog::refused(client.peer),
                 Err(ProxyError::Rejected(r)),
             ),
-            Verdict::Forward { asterisk: true, .. } => {
-                (AccessLog::begin(&req, client.peer), Ok(server_options()))
-            }
+            Verdict::Forward { asterisk: true, .. } => (
+                AccessLog::begin(&req, client.peer),
+                Ok(crate::error::server_options()),
+            ),
             Verdict::Forward { .. } => {
                 let log = AccessLog::begin(&req, client.peer);
                 (log, self.forward(req, client, &live, &mut app).await)
@@ -351,16 +352,4 @@ fn relay(resp: Response<PooledBody>) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, body.boxed())
-}
-
-/// `OPTIONS *` asks about the server, not a resource: answered here, never by an app.
-fn server_options() -> Response<ProxyBody> {
-    let mut resp = Response::new(ProxyBody::default());
-    resp.headers_mut().insert(
-        header::ALLOW,
-        HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
-    );
-    resp.headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-    resp
 }

@@ -194,3 +194,27 @@ fn imports_point_down_the_layers_and_never_in_a_cycle() {
     let seen: Vec<String> = imports(sample).into_iter().collect();
     assert_eq!(seen, ["a", "b", "e", "h", "k"]);
 }
+
+/// Invariant: wsgimux chooses HTTP statuses in one place (`src/error.rs`: `ProxyError` for
+/// refusals and failures, `Reply` for its own answers). Read from the source, so a status set
+/// anywhere else fails here.
+#[test]
+fn statuses_are_chosen_only_in_error_rs() {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let mut elsewhere = Vec::new();
+    for f in files.iter().filter(|f| !f.ends_with("error.rs")) {
+        let text = std::fs::read_to_string(f).expect("readable source");
+        for (i, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            if code.contains("StatusCode::") || code.contains("status_mut()") {
+                elsewhere.push(format!("{}:{}: {}", f.display(), i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        elsewhere.is_empty(),
+        "statuses chosen outside error.rs:\n{}",
+        elsewhere.join("\n")
+    );
+}

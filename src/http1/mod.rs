@@ -59,6 +59,9 @@ pub enum Parsed {
     Rejected(Rejection),
 }
 
+mod chunked;
+
+pub use chunked::Chunked;
 use Rejection::Malformed;
 
 /// Reads a request head from the start of `buf`.
@@ -92,84 +95,16 @@ fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<Head>, Rejection> {
     let line = strip_cr(&buf[..line_end])?;
     let (method, target, version) = request_line(line, limits)?;
 
-    let mut host: Option<&[u8]> = None;
-    let mut hosts = 0;
-    let mut content_types = 0;
-    let mut content_length: Option<u64> = None;
-    let mut te: Vec<&[u8]> = Vec::new();
-    let mut count = 0;
-    let mut pos = line_end + 1;
-    let end = loop {
-        let Some(lf) = find_lf(buf, pos) else {
-            if buf.len() - pos > limits.max_header_field_size || buf.len() > limits.max_header_size
-            {
-                return Err(Rejection::HeaderTooLarge);
-            }
-            return Ok(None);
-        };
-        let field = strip_cr(&buf[pos..lf])?;
-        pos = lf + 1;
-        if field.is_empty() {
-            break pos;
-        }
-        if field.len() + 2 > limits.max_header_field_size || pos > limits.max_header_size {
-            return Err(Rejection::HeaderTooLarge);
-        }
-        count += 1;
-        if count > limits.max_headers {
-            return Err(Rejection::TooManyHeaders);
-        }
-        let (name, value) = field_line(field)?;
-        if name.eq_ignore_ascii_case(b"host") {
-            hosts += 1;
-            host = Some(value);
-        } else if name.eq_ignore_ascii_case(b"content-length") {
-            if content_length.is_some() {
-                return Err(Malformed("more than one Content-Length"));
-            }
-            content_length = Some(decimal(value).ok_or(Malformed("invalid Content-Length"))?);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            te.push(value);
-        } else if name.eq_ignore_ascii_case(b"content-type") {
-            content_types += 1;
-        }
+    let Some((fields, end)) = header_fields(buf, line_end + 1, limits)? else {
+        return Ok(None);
     };
-
     let http11 = match version {
         b"HTTP/1.1" => true,
         b"HTTP/1.0" => false,
         _ => unreachable!("request_line accepts only these"),
     };
-    // Fields that admit one value only (RFC 9110 §5.3): a repeat cannot be merged, and two
-    // readers could each pick a different one.
-    if hosts > 1 {
-        return Err(Malformed("more than one Host"));
-    }
-    if content_types > 1 {
-        return Err(Malformed("more than one Content-Type"));
-    }
-    if let Some(h) = host {
-        if !(h.is_empty() || valid_authority(h)) {
-            return Err(Malformed("invalid Host"));
-        }
-    }
-    if http11 && host.is_none() {
-        return Err(Malformed("HTTP/1.1 request without Host"));
-    }
-    if method == b"CONNECT" {
-        return Err(Malformed("CONNECT is not supported"));
-    }
-    let asterisk = target == b"*";
-    if asterisk && method != b"OPTIONS" {
-        return Err(Malformed("asterisk-form target without OPTIONS"));
-    }
-    if let Some(authority) = absolute_authority(target)? {
-        let agrees = host.is_some_and(|h| same_authority(authority, h, target));
-        if !agrees {
-            return Err(Malformed("absolute-form target disagrees with Host"));
-        }
-    }
-
+    let asterisk = target_rules(method, target, &fields, http11)?;
+    let (content_length, te) = (fields.content_length, fields.te);
     let framing = if te.is_empty() {
         match content_length {
             None | Some(0) => Framing::None,
@@ -191,6 +126,101 @@ fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<Head>, Rejection> {
         framing,
         asterisk,
     }))
+}
+
+/// What the head's fields say about where the request goes and how long its body is.
+struct Fields<'a> {
+    host: Option<&'a [u8]>,
+    hosts: usize,
+    content_types: usize,
+    content_length: Option<u64>,
+    te: Vec<&'a [u8]>,
+}
+
+/// Reads the header fields from `pos` to the empty line (→ the fields and the head's end),
+/// within the limits; None while the head is incomplete.
+fn header_fields<'a>(
+    buf: &'a [u8],
+    mut pos: usize,
+    limits: &HeadLimits,
+) -> Result<Option<(Fields<'a>, usize)>, Rejection> {
+    let mut f = Fields {
+        host: None,
+        hosts: 0,
+        content_types: 0,
+        content_length: None,
+        te: Vec::new(),
+    };
+    let mut count = 0;
+    loop {
+        let Some(lf) = find_lf(buf, pos) else {
+            if buf.len() - pos > limits.max_header_field_size || buf.len() > limits.max_header_size
+            {
+                return Err(Rejection::HeaderTooLarge);
+            }
+            return Ok(None);
+        };
+        let field = strip_cr(&buf[pos..lf])?;
+        pos = lf + 1;
+        if field.is_empty() {
+            return Ok(Some((f, pos)));
+        }
+        if field.len() + 2 > limits.max_header_field_size || pos > limits.max_header_size {
+            return Err(Rejection::HeaderTooLarge);
+        }
+        count += 1;
+        if count > limits.max_headers {
+            return Err(Rejection::TooManyHeaders);
+        }
+        let (name, value) = field_line(field)?;
+        if name.eq_ignore_ascii_case(b"host") {
+            f.hosts += 1;
+            f.host = Some(value);
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            if f.content_length.is_some() {
+                return Err(Malformed("more than one Content-Length"));
+            }
+            f.content_length = Some(decimal(value).ok_or(Malformed("invalid Content-Length"))?);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            f.te.push(value);
+        } else if name.eq_ignore_ascii_case(b"content-type") {
+            f.content_types += 1;
+        }
+    }
+}
+
+/// The rules on Host, the method and the target form; Ok(true) for `OPTIONS *`.
+fn target_rules(method: &[u8], target: &[u8], f: &Fields, http11: bool) -> Result<bool, Rejection> {
+    // Fields that admit one value only (RFC 9110 §5.3): a repeat cannot be merged, and two
+    // readers could each pick a different one.
+    if f.hosts > 1 {
+        return Err(Malformed("more than one Host"));
+    }
+    if f.content_types > 1 {
+        return Err(Malformed("more than one Content-Type"));
+    }
+    if let Some(h) = f.host {
+        if !(h.is_empty() || valid_authority(h)) {
+            return Err(Malformed("invalid Host"));
+        }
+    }
+    if http11 && f.host.is_none() {
+        return Err(Malformed("HTTP/1.1 request without Host"));
+    }
+    if method == b"CONNECT" {
+        return Err(Malformed("CONNECT is not supported"));
+    }
+    let asterisk = target == b"*";
+    if asterisk && method != b"OPTIONS" {
+        return Err(Malformed("asterisk-form target without OPTIONS"));
+    }
+    if let Some(authority) = absolute_authority(target)? {
+        let agrees = f.host.is_some_and(|h| same_authority(authority, h, target));
+        if !agrees {
+            return Err(Malformed("absolute-form target disagrees with Host"));
+        }
+    }
+    Ok(asterisk)
 }
 
 /// A request line that is clearly not HTTP (a TLS hello on a plain port, binary junk) is
@@ -401,211 +431,6 @@ fn is_tchar(b: u8) -> bool {
 /// A header value byte: visible ASCII, space, tab or obs-text. No controls (NUL, CR, BEL, DEL).
 fn is_field_byte(b: u8) -> bool {
     matches!(b, b'\t' | b' '..=b'~' | 0x80..=0xff)
-}
-
-/// Trailer fields that would change how the request is framed, routed or authorized if a
-/// recipient merged them into the head (RFC 9110 §6.5.1).
-const FORBIDDEN_TRAILERS: &[&[u8]] = &[
-    b"content-length",
-    b"transfer-encoding",
-    b"host",
-    b"content-type",
-    b"content-encoding",
-    b"content-range",
-    b"trailer",
-    b"authorization",
-    b"cookie",
-    b"expect",
-    b"connection",
-    b"te",
-];
-
-/// Longest chunk-size line (size and extensions) accepted.
-const MAX_CHUNK_LINE: usize = 4096;
-
-/// Validates a chunked body as it streams past, and finds where it ends.
-#[derive(Debug)]
-pub struct Chunked {
-    state: ChunkState,
-    line: Vec<u8>,
-    trailer_bytes: usize,
-    max_trailer_bytes: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ChunkState {
-    SizeLine,
-    Data(u64),
-    DataCr,
-    DataLf,
-    Trailers,
-    Done,
-}
-
-impl Chunked {
-    pub fn new(max_trailer_bytes: usize) -> Self {
-        Chunked {
-            state: ChunkState::SizeLine,
-            line: Vec::new(),
-            trailer_bytes: 0,
-            max_trailer_bytes,
-        }
-    }
-
-    pub fn is_done(&self) -> bool {
-        self.state == ChunkState::Done
-    }
-
-    /// Consumes body bytes from `input`, returning how many belong to the body (all of them
-    /// unless the body ends inside `input`).
-    pub fn feed(&mut self, input: &[u8]) -> Result<usize, Rejection> {
-        let mut i = 0;
-        while i < input.len() {
-            match self.state {
-                ChunkState::Done => break,
-                ChunkState::Data(left) => {
-                    let n = left.min((input.len() - i) as u64);
-                    i += n as usize;
-                    self.state = if n == left {
-                        ChunkState::DataCr
-                    } else {
-                        ChunkState::Data(left - n)
-                    };
-                }
-                ChunkState::DataCr => {
-                    if input[i] != b'\r' {
-                        return Err(Malformed("chunk data not followed by CRLF"));
-                    }
-                    i += 1;
-                    self.state = ChunkState::DataLf;
-                }
-                ChunkState::DataLf => {
-                    if input[i] != b'\n' {
-                        return Err(Malformed("chunk data not followed by CRLF"));
-                    }
-                    i += 1;
-                    self.state = ChunkState::SizeLine;
-                }
-                ChunkState::SizeLine | ChunkState::Trailers => {
-                    let b = input[i];
-                    i += 1;
-                    if b != b'\n' {
-                        self.line.push(b);
-                        let limit = if self.state == ChunkState::SizeLine {
-                            MAX_CHUNK_LINE
-                        } else {
-                            self.max_trailer_bytes
-                        };
-                        if self.line.len() > limit {
-                            return Err(Malformed("chunk-size line or trailer too long"));
-                        }
-                        continue;
-                    }
-                    let line = std::mem::take(&mut self.line);
-                    let line = strip_cr(&line)?;
-                    if self.state == ChunkState::SizeLine {
-                        let size = chunk_size(line)?;
-                        self.state = if size == 0 {
-                            ChunkState::Trailers
-                        } else {
-                            ChunkState::Data(size)
-                        };
-                    } else if line.is_empty() {
-                        self.state = ChunkState::Done;
-                    } else {
-                        self.trailer_bytes += line.len() + 2;
-                        if self.trailer_bytes > self.max_trailer_bytes {
-                            return Err(Malformed("trailers too large"));
-                        }
-                        let (name, _) = field_line(line)?;
-                        let lower = name.to_ascii_lowercase();
-                        if FORBIDDEN_TRAILERS.contains(&lower.as_slice()) {
-                            return Err(Malformed("forbidden trailer field"));
-                        }
-                    }
-                }
-            }
-        }
-        Ok(i)
-    }
-}
-
-/// `1*HEXDIG *( BWS ";" BWS name [ BWS "=" BWS ( token / quoted-string ) ] )`.
-fn chunk_size(line: &[u8]) -> Result<u64, Rejection> {
-    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 {
-        return Err(Malformed("invalid chunk size"));
-    }
-    // Leading zeros are allowed; the value must fit in 64 bits.
-    let significant = line[..digits]
-        .iter()
-        .skip_while(|&&b| b == b'0')
-        .copied()
-        .collect::<Vec<u8>>();
-    if significant.len() > 16 {
-        return Err(Malformed("chunk size too large"));
-    }
-    let size = if significant.is_empty() {
-        0
-    } else {
-        let text =
-            std::str::from_utf8(&significant).map_err(|_| Malformed("invalid chunk size"))?;
-        u64::from_str_radix(text, 16).map_err(|_| Malformed("invalid chunk size"))?
-    };
-    chunk_extensions(&line[digits..])?;
-    Ok(size)
-}
-
-fn chunk_extensions(mut rest: &[u8]) -> Result<(), Rejection> {
-    const BAD: Rejection = Malformed("invalid chunk extension");
-    let skip_bws =
-        |s: &[u8]| -> usize { s.iter().take_while(|&&b| b == b' ' || b == b'\t').count() };
-    while !rest.is_empty() {
-        rest = &rest[skip_bws(rest)..];
-        // Whitespace after the size is only allowed before an extension.
-        let Some((b';', after)) = rest.split_first() else {
-            return Err(BAD);
-        };
-        rest = &after[skip_bws(after)..];
-        let name_len = rest.iter().take_while(|&&b| is_tchar(b)).count();
-        if name_len == 0 {
-            return Err(BAD);
-        }
-        rest = &rest[name_len..];
-        let ws = skip_bws(rest);
-        if rest.get(ws) != Some(&b'=') {
-            // No value; what follows must be another extension.
-            if ws == rest.len() {
-                return Ok(());
-            }
-            continue;
-        }
-        rest = &rest[ws + 1..];
-        rest = &rest[skip_bws(rest)..];
-        if rest.first() == Some(&b'"') {
-            let mut i = 1;
-            loop {
-                match rest.get(i) {
-                    None => return Err(BAD),
-                    Some(b'"') => break,
-                    Some(b'\\') => match rest.get(i + 1) {
-                        Some(&c) if is_field_byte(c) => i += 2,
-                        _ => return Err(BAD),
-                    },
-                    Some(&c) if is_field_byte(c) => i += 1,
-                    Some(_) => return Err(BAD),
-                }
-            }
-            rest = &rest[i + 1..];
-        } else {
-            let v = rest.iter().take_while(|&&b| is_tchar(b)).count();
-            if v == 0 {
-                return Err(BAD);
-            }
-            rest = &rest[v..];
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
