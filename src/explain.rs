@@ -46,25 +46,11 @@ pub fn explain(
     let mut out = String::new();
     let _ = writeln!(out, "{url}");
     let listener = listener_for(config, &host, port, tls);
-    let line = match &listener {
-        Some(addr) => format!(
-            "{}://{addr}",
-            if config.tls.contains_key(addr) {
-                "https"
-            } else {
-                "http"
-            }
-        ),
-        None => {
-            let all: Vec<String> = config.listen.iter().map(|a| a.to_string()).collect();
-            format!(
-                "none: no {} listener on port {port} (listening on {}); the request would not reach wsgimux",
-                if tls { "TLS" } else { "plain" },
-                all.join(", ")
-            )
-        }
-    };
-    let _ = writeln!(out, "  listener     : {line}");
+    let _ = writeln!(
+        out,
+        "  listener     : {}",
+        listener_text(config, listener, port, tls)
+    );
     if listener.is_some() && !tls && config.redirect_https && certified(&host) {
         let _ = writeln!(
             out,
@@ -80,22 +66,40 @@ pub fn explain(
         );
         return Ok(out);
     };
-    let app = &apps[route.target];
+    describe_app(&mut out, &apps[route.target], route.mount.as_str());
+    let (script_name, path_info) = split_mount(route.mount.as_str(), &decoded);
+    let _ = writeln!(out, "  SCRIPT_NAME  : {script_name:?}");
+    let _ = writeln!(out, "  PATH_INFO    : {path_info:?}");
+    let _ = writeln!(out, "  QUERY_STRING : {:?}", uri.query().unwrap_or(""));
+    let _ = writeln!(out, "  HTTP_HOST    : {:?}", authority.as_str());
+    Ok(out)
+}
+
+/// `https://ADDR`, or why no listener would take the request.
+fn listener_text(config: &Config, listener: Option<SocketAddr>, port: u16, tls: bool) -> String {
+    match listener {
+        Some(addr) if config.tls.contains_key(&addr) => format!("https://{addr}"),
+        Some(addr) => format!("http://{addr}"),
+        None => {
+            let all: Vec<String> = config.listen.iter().map(|a| a.to_string()).collect();
+            format!(
+                "none: no {} listener on port {port} (listening on {}); the request would not reach wsgimux",
+                if tls { "TLS" } else { "plain" },
+                all.join(", ")
+            )
+        }
+    }
+}
+
+/// The route's and the app's lines.
+fn describe_app(out: &mut String, app: &ReadyApp, mount: &str) {
     let hosts = if app.spec.hosts.is_empty() {
         "any host".to_string()
     } else {
-        app.spec
-            .hosts
-            .iter()
-            .map(|h| h.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
+        let names: Vec<String> = app.spec.hosts.iter().map(|h| h.to_string()).collect();
+        names.join(", ")
     };
-    let _ = writeln!(
-        out,
-        "  route        : mount {} ({hosts})",
-        route.mount.as_str()
-    );
+    let _ = writeln!(out, "  route        : mount {mount} ({hosts})");
     let _ = writeln!(
         out,
         "  app          : {} ({}, {} worker, {} process(es) x {} thread(s))",
@@ -105,12 +109,6 @@ pub fn explain(
         app.spec.processes,
         app.spec.threads
     );
-    let (script_name, path_info) = split_mount(route.mount.as_str(), &decoded);
-    let _ = writeln!(out, "  SCRIPT_NAME  : {script_name:?}");
-    let _ = writeln!(out, "  PATH_INFO    : {path_info:?}");
-    let _ = writeln!(out, "  QUERY_STRING : {:?}", uri.query().unwrap_or(""));
-    let _ = writeln!(out, "  HTTP_HOST    : {:?}", authority.as_str());
-    Ok(out)
 }
 
 /// The listener a client would reach for `host:port`: an address that is `host` itself, or a

@@ -92,27 +92,78 @@ fn defaults() {
     );
 }
 
-/// Each bad config: the text, then (line, app, key, words in the message).
+/// A bad config: the text, then the line, app, key and words in the message of its first
+/// problem.
+type BadCase = (
+    &'static str,
+    usize,
+    Option<&'static str>,
+    &'static str,
+    &'static str,
+);
+
+fn check_first_problems(cases: &[BadCase]) {
+    for (text, line, app, key, words) in cases {
+        let p = first_problem(text);
+        let shown = p.to_string();
+        assert!(shown.starts_with("/srv/site/wsgimux.yaml:"), "{shown}");
+        assert_eq!(
+            p.location.map(|l| l.line),
+            Some(*line),
+            "{shown}\n--\n{text}"
+        );
+        assert_eq!(p.app.as_deref(), *app, "{shown}");
+        if !key.is_empty() {
+            assert_eq!(p.key.as_deref(), Some(*key), "{shown}");
+        }
+        assert!(shown.contains(words), "{shown:?} lacks {words:?}");
+    }
+}
+
 #[test]
-fn errors_name_file_line_app_and_key() {
-    let cases: &[(&str, usize, Option<&str>, &str, &str)] = &[
+fn file_shape_errors_name_file_line_app_and_key() {
+    check_first_problems(&[
         (
             "apps:\n  web:\n    python: python3\n    module: web\n    colour: red\n",
-            5, Some("web"), "", "unknown field `colour`",
+            5,
+            Some("web"),
+            "",
+            "unknown field `colour`",
         ),
         (
             "apps:\n  web:\n    python: python3\n    module: web\n    threads: many\n",
-            5, Some("web"), "threads", "invalid type",
+            5,
+            Some("web"),
+            "threads",
+            "invalid type",
         ),
-        ("lisen: [\"x\"]\napps: {}\n", 1, None, "", "unknown field `lisen`"),
+        (
+            "lisen: [\"x\"]\napps: {}\n",
+            1,
+            None,
+            "",
+            "unknown field `lisen`",
+        ),
         (
             "apps:\n  web:\n    python: python3\n",
-            2, Some("web"), "script", "needs a script",
+            2,
+            Some("web"),
+            "script",
+            "needs a script",
         ),
         (
             "apps:\n  web:\n    python: python3\n    script: a.wsgi\n    module: a\n",
-            5, Some("web"), "module", "not both",
+            5,
+            Some("web"),
+            "module",
+            "not both",
         ),
+    ]);
+}
+
+#[test]
+fn app_rule_errors_name_file_line_app_and_key() {
+    check_first_problems(&[
         (
             "apps:\n  Web:\n    python: python3\n    module: a\n",
             2, Some("Web"), "apps", "may only use",
@@ -159,22 +210,7 @@ fn errors_name_file_line_app_and_key() {
         ),
         ("apps:\n  web:\n    python: \"unterminated\n", 4, None, "", "found unexpected end of stream"),
         ("apps: {}\n", 1, None, "apps", "no apps"),
-    ];
-    for (text, line, app, key, words) in cases {
-        let p = first_problem(text);
-        let shown = p.to_string();
-        assert!(shown.starts_with("/srv/site/wsgimux.yaml:"), "{shown}");
-        assert_eq!(
-            p.location.map(|l| l.line),
-            Some(*line),
-            "{shown}\n--\n{text}"
-        );
-        assert_eq!(p.app.as_deref(), *app, "{shown}");
-        if !key.is_empty() {
-            assert_eq!(p.key.as_deref(), Some(*key), "{shown}");
-        }
-        assert!(shown.contains(words), "{shown:?} lacks {words:?}");
-    }
+    ]);
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! The shape ARCHITECTURE.md promises, read from the source: the `use crate::` graph of `src/`
-//! has no cycle and never points from a lower layer to a higher one.
+//! has no cycle and never points from a lower layer to a higher one; statuses are chosen in one
+//! place; no file is a 1,000-line room and no function runs past a screen or two.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -217,4 +218,57 @@ fn statuses_are_chosen_only_in_error_rs() {
         "statuses chosen outside error.rs:\n{}",
         elsewhere.join("\n")
     );
+}
+
+/// Files over this many lines are rooms doing several jobs.
+const MAX_FILE_LINES: usize = 600;
+/// Functions over this many lines (signature to closing brace) do several steps at once.
+const MAX_FN_LINES: usize = 80;
+
+#[test]
+fn no_file_or_function_is_too_long() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    rust_files(&root.join("worker/src"), &mut files);
+    let mut long = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).expect("readable source");
+        let lines: Vec<&str> = text.lines().collect();
+        let name = f.strip_prefix(root).unwrap_or(f).display().to_string();
+        if lines.len() > MAX_FILE_LINES {
+            long.push(format!("{name}: {} lines", lines.len()));
+        }
+        for (i, line) in lines.iter().enumerate() {
+            let Some(indent) = fn_start(line) else {
+                continue;
+            };
+            // rustfmt closes a body at the indentation of its `fn`.
+            let close = format!("{indent}}}");
+            let end = lines[i..].iter().position(|l| *l == close);
+            if let Some(n) = end.map(|e| e + 1).filter(|n| *n > MAX_FN_LINES) {
+                long.push(format!("{name}:{}: {} is {n} lines", i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(long.is_empty(), "too long:\n{}", long.join("\n"));
+}
+
+/// The indentation of a line that opens a function body.
+fn fn_start(line: &str) -> Option<&str> {
+    let trimmed = line.trim_start();
+    let indent = &line[..line.len() - trimmed.len()];
+    let mut rest = trimmed;
+    for prefix in [
+        "pub(crate) ",
+        "pub(super) ",
+        "pub ",
+        "const ",
+        "async ",
+        "unsafe ",
+    ] {
+        rest = rest.strip_prefix(prefix).unwrap_or(rest);
+    }
+    let is_fn = rest.starts_with("fn ") && !line.trim_end().ends_with(';');
+    is_fn.then_some(indent)
 }

@@ -104,6 +104,8 @@ fn last_entry(value: &[u8]) -> &[u8] {
     last.trim_ascii()
 }
 
+/// The environ of one request: the headers as CGI variables, then the request line, the
+/// mount split, the server and the client.
 pub fn build<'py>(
     py: Python<'py>,
     cache: &mut EnvironCache<'py>,
@@ -111,9 +113,67 @@ pub fn build<'py>(
     input: Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let env = cache.base.copy()?;
-    let mut mount: Option<Vec<u8>> = None;
-    let mut https = false;
-    let mut remote: &[u8] = b"";
+    let seen = headers(py, cache, &env, parts)?;
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    let path = parts.uri.path();
+    let decoded: Vec<u8> = if path.contains('%') {
+        percent_encoding::percent_decode_str(path).collect()
+    } else {
+        path.as_bytes().to_vec()
+    };
+    let (script_name, path_info): (&[u8], &[u8]) = match &seen.mount {
+        Some(m)
+            if decoded.starts_with(m) && (decoded.len() == m.len() || decoded[m.len()] == b'/') =>
+        {
+            (m, &decoded[m.len()..])
+        }
+        _ => (b"", &decoded),
+    };
+    env.set_item(
+        pyo3::intern!(py, "REQUEST_METHOD"),
+        method_str(py, &parts.method),
+    )?;
+    env.set_item(pyo3::intern!(py, "SCRIPT_NAME"), native(py, script_name))?;
+    env.set_item(pyo3::intern!(py, "PATH_INFO"), native(py, path_info))?;
+    env.set_item(
+        pyo3::intern!(py, "QUERY_STRING"),
+        parts.uri.query().unwrap_or(""),
+    )?;
+    let uri = PyString::new(py, target);
+    env.set_item(pyo3::intern!(py, "REQUEST_URI"), &uri)?;
+    env.set_item(pyo3::intern!(py, "RAW_URI"), uri)?;
+    server_and_client(py, &env, parts, &seen)?;
+    env.set_item(pyo3::intern!(py, "wsgi.input"), input)?;
+    Ok(env)
+}
+
+/// What the headers said beyond their CGI variables.
+struct Seen<'a> {
+    /// The mount prefix from the front (percent-decoded).
+    mount: Option<Vec<u8>>,
+    /// The nearest proxy said https.
+    https: bool,
+    /// The client's address as the nearest proxy gave it.
+    remote: &'a [u8],
+}
+
+/// Every header as `HTTP_*` (CONTENT_TYPE and CONTENT_LENGTH without the prefix; repeats
+/// joined, cookies with `; `), names with `_` left out; the mount and forwarded headers noted.
+fn headers<'a, 'py>(
+    py: Python<'py>,
+    cache: &mut EnvironCache<'py>,
+    env: &Bound<'py, PyDict>,
+    parts: &'a Parts,
+) -> PyResult<Seen<'a>> {
+    let mut seen = Seen {
+        mount: None,
+        https: false,
+        remote: b"",
+    };
     for name in parts.headers.keys() {
         let name_str = name.as_str();
         let mut values = parts.headers.get_all(name).iter();
@@ -124,25 +184,28 @@ pub fn build<'py>(
         };
         match name_str {
             // CGI names, without the HTTP_ prefix.
-            "content-type" | "content-length" => {
-                let key = if name_str == "content-type" {
-                    pyo3::intern!(py, "CONTENT_TYPE")
-                } else {
-                    pyo3::intern!(py, "CONTENT_LENGTH")
-                };
+            "content-type" => {
+                env.set_item(
+                    pyo3::intern!(py, "CONTENT_TYPE"),
+                    native(py, first.as_bytes()),
+                )?;
+                continue;
+            }
+            "content-length" => {
+                let key = pyo3::intern!(py, "CONTENT_LENGTH");
                 env.set_item(key, native(py, first.as_bytes()))?;
                 continue;
             }
             MOUNT_HEADER => {
-                mount =
-                    Some(percent_encoding::percent_decode(first.as_bytes()).collect::<Vec<u8>>());
+                let decoded = percent_encoding::percent_decode(first.as_bytes()).collect();
+                seen.mount = Some(decoded);
                 continue;
             }
             // The last entry of the last such header: what the nearest proxy set.
             "x-forwarded-proto" => {
-                https = last_entry(last_value()).eq_ignore_ascii_case(b"https");
+                seen.https = last_entry(last_value()).eq_ignore_ascii_case(b"https");
             }
-            "x-forwarded-for" => remote = last_entry(last_value()),
+            "x-forwarded-for" => seen.remote = last_entry(last_value()),
             _ => {}
         }
         // A name with `_` would be indistinguishable from one with `-` in CGI names: never
@@ -164,46 +227,22 @@ pub fn build<'py>(
             env.set_item(key, native(py, &joined))?;
         }
     }
+    Ok(seen)
+}
 
-    let target = parts
-        .uri
-        .path_and_query()
-        .map(|pq| pq.as_str())
-        .unwrap_or("/");
-    let path = parts.uri.path();
-    let decoded: Vec<u8> = if path.contains('%') {
-        percent_encoding::percent_decode_str(path).collect()
-    } else {
-        path.as_bytes().to_vec()
-    };
-    let (script_name, path_info): (&[u8], &[u8]) = match &mount {
-        Some(m)
-            if decoded.starts_with(m) && (decoded.len() == m.len() || decoded[m.len()] == b'/') =>
-        {
-            (m, &decoded[m.len()..])
-        }
-        _ => (b"", &decoded),
-    };
+/// SERVER_PROTOCOL, SERVER_NAME/PORT (from Host), REMOTE_ADDR, wsgi.url_scheme.
+fn server_and_client(
+    py: Python<'_>,
+    env: &Bound<'_, PyDict>,
+    parts: &Parts,
+    seen: &Seen,
+) -> PyResult<()> {
     let host = parts
         .headers
         .get(HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("localhost");
-    let (server_name, server_port) = split_host(host, https);
-
-    env.set_item(
-        pyo3::intern!(py, "REQUEST_METHOD"),
-        method_str(py, &parts.method),
-    )?;
-    env.set_item(pyo3::intern!(py, "SCRIPT_NAME"), native(py, script_name))?;
-    env.set_item(pyo3::intern!(py, "PATH_INFO"), native(py, path_info))?;
-    env.set_item(
-        pyo3::intern!(py, "QUERY_STRING"),
-        parts.uri.query().unwrap_or(""),
-    )?;
-    let uri = PyString::new(py, target);
-    env.set_item(pyo3::intern!(py, "REQUEST_URI"), &uri)?;
-    env.set_item(pyo3::intern!(py, "RAW_URI"), uri)?;
+    let (server_name, server_port) = split_host(host, seen.https);
     let protocol = match parts.version {
         Version::HTTP_10 => pyo3::intern!(py, "HTTP/1.0"),
         _ => pyo3::intern!(py, "HTTP/1.1"),
@@ -211,13 +250,12 @@ pub fn build<'py>(
     env.set_item(pyo3::intern!(py, "SERVER_PROTOCOL"), protocol)?;
     env.set_item(pyo3::intern!(py, "SERVER_NAME"), server_name)?;
     env.set_item(pyo3::intern!(py, "SERVER_PORT"), server_port)?;
-    env.set_item(pyo3::intern!(py, "REMOTE_ADDR"), native(py, remote))?;
-    let scheme = if https {
+    env.set_item(pyo3::intern!(py, "REMOTE_ADDR"), native(py, seen.remote))?;
+    let scheme = if seen.https {
         pyo3::intern!(py, "https")
     } else {
         pyo3::intern!(py, "http")
     };
     env.set_item(pyo3::intern!(py, "wsgi.url_scheme"), scheme)?;
-    env.set_item(pyo3::intern!(py, "wsgi.input"), input)?;
-    Ok(env)
+    Ok(())
 }

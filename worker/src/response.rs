@@ -379,6 +379,20 @@ fn parse_head(
     status: &Bound<'_, PyAny>,
     headers: &Bound<'_, PyAny>,
 ) -> PyResult<(Head, Option<u64>)> {
+    let (code, reason) = parse_status(status)?;
+    let (map, length) = parse_headers(headers)?;
+    Ok((
+        Head {
+            status: code,
+            reason,
+            headers: map,
+        },
+        length,
+    ))
+}
+
+/// `"200 OK"`: three digits, a space, a reason (kept only when it is not the usual one).
+fn parse_status(status: &Bound<'_, PyAny>) -> PyResult<(StatusCode, Option<ReasonPhrase>)> {
     let status = status.cast::<PyString>().map_err(|_| {
         PyTypeError::new_err(format!(
             "status must be a str like \"200 OK\", not {}",
@@ -404,6 +418,12 @@ fn parse_head(
             })?,
         )
     };
+    Ok((code, reason))
+}
+
+/// A list of `(str, str)`: names and latin-1 values checked, hop-by-hop headers dropped (a
+/// `Connection: close` kept as the app's wish), Content-Length read.
+fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<(HeaderMap, Option<u64>)> {
     let mut map = HeaderMap::new();
     let mut length = None;
     for item in headers.try_iter()? {
@@ -450,14 +470,7 @@ fn parse_head(
         }
         map.append(header, value);
     }
-    Ok((
-        Head {
-            status: code,
-            reason,
-            headers: map,
-        },
-        length,
-    ))
+    Ok((map, length))
 }
 
 /// A native string's bytes (PEP 3333: header values are latin-1).

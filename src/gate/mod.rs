@@ -14,11 +14,10 @@
 //! Also owns the client-side timeouts: the idle keep-alive wait, the head read and the body
 //! read. Writes pass straight through.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -27,6 +26,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::http1::{self, Chunked, Framing, HeadLimits, Parsed, Rejection};
+
+mod conn;
+
+pub use conn::{BusyBody, BusyGuard, ConnState};
 
 /// What the service is to do with the next request hyper hands it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,105 +76,6 @@ pub struct Timeouts {
     pub body: Duration,
     /// Between the end of a response and the first byte of the next request.
     pub keepalive: Duration,
-}
-
-/// Shared by a connection's gate and its service.
-#[derive(Debug)]
-pub struct ConnState {
-    verdicts: Mutex<VecDeque<Verdict>>,
-    /// Requests whose responses are not finished, and when the last one finished.
-    busy: Mutex<(usize, Instant)>,
-}
-
-impl ConnState {
-    pub fn new() -> Arc<Self> {
-        Arc::new(ConnState {
-            verdicts: Mutex::new(VecDeque::new()),
-            busy: Mutex::new((0, Instant::now())),
-        })
-    }
-
-    /// The verdict for the request hyper is handing over now. Hyper calls the service once per
-    /// head it parsed, in order, and every head it parsed came with a verdict.
-    pub fn next_verdict(&self) -> Option<Verdict> {
-        lock(&self.verdicts).pop_front()
-    }
-
-    /// Marks a request busy until the returned guard is dropped (when its response ends), so
-    /// the idle timeout never runs during a response.
-    pub fn busy(self: &Arc<Self>) -> BusyGuard {
-        lock(&self.busy).0 += 1;
-        BusyGuard(self.clone())
-    }
-
-    fn push(&self, v: Verdict) {
-        lock(&self.verdicts).push_back(v);
-    }
-
-    /// Replaces the verdict of the last head (not yet handed on) with a rejection.
-    fn replace_last(&self, v: Verdict) {
-        let mut q = lock(&self.verdicts);
-        q.pop_back();
-        q.push_back(v);
-    }
-
-    /// How long the connection has been idle, or `None` while a response is under way.
-    pub fn idle_for(&self) -> Option<Duration> {
-        self.idle_since().map(|since| since.elapsed())
-    }
-
-    /// When the connection became idle, or `None` while a response is under way.
-    fn idle_since(&self) -> Option<Instant> {
-        let b = lock(&self.busy);
-        (b.0 == 0).then_some(b.1)
-    }
-}
-
-pub struct BusyGuard(Arc<ConnState>);
-
-impl Drop for BusyGuard {
-    fn drop(&mut self) {
-        let mut b = lock(&self.0.busy);
-        b.0 = b.0.saturating_sub(1);
-        b.1 = Instant::now();
-    }
-}
-
-/// A response body that keeps its request marked busy until it ends.
-pub struct BusyBody<B> {
-    inner: B,
-    _busy: BusyGuard,
-}
-
-impl<B> BusyBody<B> {
-    pub fn new(inner: B, busy: BusyGuard) -> Self {
-        BusyBody { inner, _busy: busy }
-    }
-}
-
-impl<B: http_body::Body + Unpin> http_body::Body for BusyBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The data is plain counters and a queue; a panic elsewhere leaves them usable.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Handed to hyper in place of a rejected head; its verdict decides the answer.
@@ -365,59 +269,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Gate<S> {
             if matches!(this.state, State::Closed) || this.eof {
                 return Poll::Ready(Ok(()));
             }
-            // A fixed-length body with nothing buffered goes straight into hyper's buffer.
             if let State::Length(left) = this.state {
                 if this.buf.is_empty() {
-                    let room = out
-                        .remaining()
-                        .min(usize::try_from(left).unwrap_or(usize::MAX));
-                    let mut limited = ReadBuf::new(out.initialize_unfilled_to(room));
-                    match Pin::new(&mut this.inner).poll_read(cx, &mut limited) {
-                        Poll::Ready(Ok(())) => {
-                            let n = limited.filled().len();
-                            if n == 0 {
-                                this.eof = true;
-                                return Poll::Ready(Ok(()));
-                            }
-                            out.advance(n);
-                            this.state = if n as u64 == left {
-                                State::Head
-                            } else {
-                                State::Length(left - n as u64)
-                            };
-                            this.timer = None;
-                            return Poll::Ready(Ok(()));
-                        }
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                        Poll::Pending => return this.poll_timer(cx),
-                    }
+                    return this.read_body_direct(cx, out, left);
                 }
             }
-            // Waiting for a new request holds no buffer: read into the stack, keep what came.
-            let n = if this.buf.is_empty() {
-                let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); IDLE_READ];
-                let mut rb = ReadBuf::uninit(&mut stack);
-                match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
-                    Poll::Ready(Ok(())) => {
-                        this.buf.extend_from_slice(rb.filled());
-                        rb.filled().len()
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => return this.poll_timer(cx),
-                }
-            } else {
-                this.buf.reserve(READ_CHUNK);
-                let spare = this.buf.spare_capacity_mut();
-                let mut rb = ReadBuf::uninit(spare);
-                let n = match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
-                    Poll::Ready(Ok(())) => rb.filled().len(),
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => return this.poll_timer(cx),
-                };
-                // SAFETY: `poll_read` initialized and filled `n` bytes of the spare capacity.
-                unsafe { this.buf.set_len(this.buf.len() + n) };
-                n
-            };
+            let n = ready!(this.fill(cx))?;
             if n == 0 {
                 this.eof = true;
                 continue;
@@ -426,6 +283,72 @@ impl<S: AsyncRead + Unpin> AsyncRead for Gate<S> {
                 this.head_started = Some(Instant::now());
             }
             this.timer = None;
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> Gate<S> {
+    /// A fixed-length body with nothing buffered goes straight into hyper's buffer (at most
+    /// `left` bytes: nothing past the body is read without validation).
+    fn read_body_direct(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+        left: u64,
+    ) -> Poll<io::Result<()>> {
+        let room = out
+            .remaining()
+            .min(usize::try_from(left).unwrap_or(usize::MAX));
+        let mut limited = ReadBuf::new(out.initialize_unfilled_to(room));
+        match Pin::new(&mut self.inner).poll_read(cx, &mut limited) {
+            Poll::Ready(Ok(())) => {
+                let n = limited.filled().len();
+                if n == 0 {
+                    self.eof = true;
+                    return Poll::Ready(Ok(()));
+                }
+                out.advance(n);
+                self.state = if n as u64 == left {
+                    State::Head
+                } else {
+                    State::Length(left - n as u64)
+                };
+                self.timer = None;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => self.poll_timer(cx),
+        }
+    }
+
+    /// Reads what the client sent into the gate's buffer (→ bytes read, 0 at its end); while
+    /// waiting, the current deadline runs. Waiting for a new request holds no buffer: the read
+    /// goes to the stack and only what came is kept.
+    fn fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let read = if self.buf.is_empty() {
+            let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); IDLE_READ];
+            let mut rb = ReadBuf::uninit(&mut stack);
+            let polled = Pin::new(&mut self.inner).poll_read(cx, &mut rb);
+            if let Poll::Ready(Ok(())) = polled {
+                self.buf.extend_from_slice(rb.filled());
+            }
+            polled.map_ok(|()| rb.filled().len())
+        } else {
+            self.buf.reserve(READ_CHUNK);
+            let spare = self.buf.spare_capacity_mut();
+            let mut rb = ReadBuf::uninit(spare);
+            let polled = Pin::new(&mut self.inner).poll_read(cx, &mut rb);
+            let n = rb.filled().len();
+            if let Poll::Ready(Ok(())) = polled {
+                // SAFETY: `poll_read` initialized and filled `n` bytes of the spare capacity.
+                unsafe { self.buf.set_len(self.buf.len() + n) };
+            }
+            polled.map_ok(|()| n)
+        };
+        match read {
+            // A deadline that passes quietly (idle, or a head never finished) ends the stream.
+            Poll::Pending => self.poll_timer(cx).map_ok(|()| 0),
+            ready => ready,
         }
     }
 }
@@ -504,33 +427,4 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Gate<S> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use hyper::Request;
-
-    #[test]
-    fn h2_admission() {
-        let req = |method: &str, uri: &str, host: Option<&str>| {
-            let mut b = Request::builder().method(method).uri(uri);
-            if let Some(h) = host {
-                b = b.header("host", h);
-            }
-            b.body(()).unwrap()
-        };
-        assert!(matches!(
-            admit_h2(&req("GET", "https://a.example/x", None)),
-            Verdict::Forward {
-                asterisk: false,
-                ..
-            }
-        ));
-        assert!(matches!(
-            admit_h2(&req("GET", "https://a.example/x", Some("b.example"))),
-            Verdict::Reject(_)
-        ));
-        assert!(matches!(
-            admit_h2(&req("CONNECT", "a.example:443", None)),
-            Verdict::Reject(_)
-        ));
-    }
-}
+mod tests;
