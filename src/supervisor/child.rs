@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio::task::JoinSet;
 
 use crate::config::{Address, PORT_PLACEHOLDER, SOCKET_PLACEHOLDER};
 use crate::logfile::LogFile;
@@ -20,6 +21,9 @@ use super::plan::{AppPlan, Launch};
 
 /// After SIGTERM, how long a child may take to finish its requests before SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
+/// When a slot ends, how long its children's last output may take to reach the log (a
+/// grandchild that keeps the pipe open would hold it forever).
+pub(super) const OUTPUT_FLUSH: Duration = Duration::from_secs(2);
 /// Lines of a child's stderr kept to explain a failed start.
 const STDERR_TAIL_LINES: usize = 20;
 /// Longest child output line logged as one line; longer ones are split.
@@ -76,6 +80,7 @@ pub(super) fn spawn_child(
     plan: &AppPlan,
     address: &Address,
     tail: &Arc<Mutex<VecDeque<String>>>,
+    pumps: &mut JoinSet<()>,
 ) -> std::io::Result<Child> {
     let mut cmd = command(plan, address)?;
     set_environment(&mut cmd, plan);
@@ -95,10 +100,10 @@ pub(super) fn spawn_child(
     };
     let pid = child.id().unwrap_or(0);
     if let Some(out) = child.stdout.take() {
-        tokio::spawn(pump(out, plan.name.clone(), pid, None, plan.log.clone()));
+        pumps.spawn(pump(out, plan.name.clone(), pid, None, plan.log.clone()));
     }
     if let Some(err) = child.stderr.take() {
-        tokio::spawn(pump(
+        pumps.spawn(pump(
             err,
             plan.name.clone(),
             pid,

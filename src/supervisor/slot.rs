@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use crate::config::{Address, StartMode};
 use crate::upstream::{Endpoint, Endpoints};
 
-use super::child::{describe, remove_socket, stop_child};
+use super::child::{describe, remove_socket, stop_child, OUTPUT_FLUSH};
 use super::generation::{ProcessState, ProcessView, StartFailure};
 use super::plan::{AppPlan, Launch};
 use super::{secs, stopped, DRAIN_POLL, RETIRE_SETTLE};
@@ -42,6 +42,8 @@ pub(super) struct Slot {
     /// Recycled processes being drained and stopped; a slot that stops cuts their drains
     /// short and waits until each is stopped.
     pub(super) draining: JoinSet<()>,
+    /// The tasks copying its children's output to the log.
+    pub(super) output: JoinSet<()>,
 }
 
 pub(super) enum Startup {
@@ -96,6 +98,7 @@ impl Slot {
             seen_demand: 0,
             recycling: false,
             draining: JoinSet::new(),
+            output: JoinSet::new(),
         }
     }
 
@@ -109,6 +112,10 @@ impl Slot {
             self.run_processes().await;
         }
         while self.draining.join_next().await.is_some() {}
+        // Every child has exited: their last lines reach the log, boundedly; then the copies
+        // end (dropping the set aborts what is left).
+        let flushed = async { while self.output.join_next().await.is_some() {} };
+        let _ = tokio::time::timeout(OUTPUT_FLUSH, flushed).await;
     }
 
     /// Start, serve, restart with backoff; dormant while the policy says so.

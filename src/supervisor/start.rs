@@ -31,7 +31,8 @@ impl Slot {
         let address = self.listen_address(*attempt);
         let plan = self.plan.clone();
         let tail = Arc::new(Mutex::new(VecDeque::new()));
-        let mut child = match spawn_child(&plan, &address, &tail) {
+        while self.output.try_join_next().is_some() {}
+        let mut child = match spawn_child(&plan, &address, &tail, &mut self.output) {
             Ok(c) => c,
             Err(e) => {
                 let reason = format!("cannot start {}: {e}", plan.launch.program());
