@@ -1,9 +1,11 @@
 //! wsgimux: one HTTP front door for many Python WSGI apps, each run as supervised child
 //! processes under its own interpreter.
 //!
-//! Layout (see ARCHITECTURE.md): `config` → `preflight` → `app` starts `supervisor` (children),
-//! builds a `routes::RouteTable` of `proxy::AppRoute`s and runs `server`, which hands each
-//! request to `proxy`; `proxy` relays it over `upstream` connections and logs it (`accesslog`).
+//! Layout (see ARCHITECTURE.md): `preflight::load` reads and checks a `config`; `app` starts the
+//! `supervisor` (children) and hands everything to a `reload::Reloader`, the only writer of the
+//! live snapshot (`proxy::Live`: the route table and the front's settings). `server` accepts
+//! connections (HTTP/1.1 through the `gate`) and hands each request to `proxy`, which relays
+//! it over `upstream` connections and logs it (`accesslog`).
 
 pub mod accesslog;
 pub mod account;
