@@ -359,7 +359,7 @@ async fn report_readiness(
         .iter()
         .map(|(a, g)| async move {
             // The processes time out by themselves (startup_timeout) and say why.
-            let limit = a.spec.startup_timeout + Duration::from_secs(2);
+            let limit = a.spec.lifecycle.startup_timeout + Duration::from_secs(2);
             (a, g, g.wait_ready(limit).await)
         })
         .collect();

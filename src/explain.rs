@@ -93,10 +93,10 @@ fn listener_text(config: &Config, listener: Option<SocketAddr>, port: u16, tls: 
 
 /// The route's and the app's lines.
 fn describe_app(out: &mut String, app: &ReadyApp, mount: &str) {
-    let hosts = if app.spec.hosts.is_empty() {
+    let hosts = if app.spec.route.hosts.is_empty() {
         "any host".to_string()
     } else {
-        let names: Vec<String> = app.spec.hosts.iter().map(|h| h.to_string()).collect();
+        let names: Vec<String> = app.spec.route.hosts.iter().map(|h| h.to_string()).collect();
         names.join(", ")
     };
     let _ = writeln!(out, "  route        : mount {mount} ({hosts})");
@@ -106,8 +106,8 @@ fn describe_app(out: &mut String, app: &ReadyApp, mount: &str) {
         app.spec.name,
         app.describe_python(),
         app.worker,
-        app.spec.processes,
-        app.spec.threads
+        app.spec.process.processes,
+        app.spec.process.threads
     );
 }
 

@@ -67,7 +67,7 @@ pub struct ReadyApp {
 impl ReadyApp {
     /// "CPython 3.13.0 (/path/to/python)", or what stands in for it.
     pub fn describe_python(&self) -> String {
-        match (&self.interpreter, &self.spec.entry) {
+        match (&self.interpreter, &self.spec.process.entry) {
             (Some(i), _) => format!("{i} ({})", i.executable.display()),
             (None, Entry::Upstream { address }) => format!("- ({address})"),
             (None, _) => "-".into(),
@@ -142,12 +142,12 @@ pub async fn check(config: &Config) -> Result<Vec<ReadyApp>, ConfigError> {
                 (None, None)
             }
         };
-        let fixed = match app.entry {
+        let fixed = match app.process.entry {
             Entry::Command { .. } => Some(WorkerKind::Command),
             Entry::Upstream { .. } => Some(WorkerKind::Upstream),
             _ => None,
         };
-        let Some(python) = &app.python else {
+        let Some(python) = &app.process.python else {
             return match fixed {
                 Some(worker) if problems.is_empty() => Ok(ReadyApp {
                     spec: app.clone(),
@@ -161,7 +161,7 @@ pub async fn check(config: &Config) -> Result<Vec<ReadyApp>, ConfigError> {
         match interpreter::probe(python).await {
             Ok(interpreter) => match fixed
                 .map(Ok)
-                .unwrap_or_else(|| choose_worker(app.worker, &interpreter))
+                .unwrap_or_else(|| choose_worker(app.process.worker, &interpreter))
             {
                 Ok(worker) if problems.is_empty() => {
                     problems.extend(reachable(config, app, runs_as.as_ref(), Some(&interpreter)));
@@ -217,7 +217,7 @@ fn static_folders(config: &Config) -> Vec<Problem> {
     let apps = config
         .apps
         .iter()
-        .flat_map(|app| app.statics.iter().map(move |a| (Some(&app.name), a)));
+        .flat_map(|app| app.route.statics.iter().map(move |a| (Some(&app.name), a)));
     top.chain(apps)
         .filter(|(_, a)| !a.dir.exists())
         .map(|(app, a)| Problem {
@@ -259,7 +259,7 @@ fn app_account(
     app: &AppSpec,
     front: Option<&Account>,
 ) -> Result<(Option<Account>, Option<Account>), Problem> {
-    let user = match (&app.user, &app.group) {
+    let user = match (&app.process.user, &app.process.group) {
         (None, None) => return Ok((None, front.cloned())),
         (Some(u), _) => u.clone(),
         // Only a group: wsgimux's own user (resolve takes a numeric uid too).
@@ -268,7 +268,7 @@ fn app_account(
             |f| f.user.clone(),
         ),
     };
-    let own = account::resolve(&user, app.group.as_deref())
+    let own = account::resolve(&user, app.process.group.as_deref())
         .map_err(|e| problem(config, app, app.locations.user, "user", e.to_string()))?;
     let me = nix::unistd::Uid::effective().as_raw();
     if !account::can_start_as_others() && own.uid != me {
@@ -312,10 +312,10 @@ fn reachable(
             ));
         }
     }
-    let (path, need, key, at) = match &app.entry {
+    let (path, need, key, at) = match &app.process.entry {
         Entry::Script { path, .. } => (path.clone(), Need::Read, "script", app.locations.entry),
         _ => (
-            app.working_dir.clone(),
+            app.process.working_dir.clone(),
             Need::Folder,
             "working_dir",
             app.locations.working_dir,
@@ -370,17 +370,17 @@ fn certificates(config: &Config) -> Vec<Problem> {
 
 fn files(config: &Config, app: &AppSpec) -> Vec<Problem> {
     let mut out = Vec::new();
-    if let Entry::Script { path, .. } = &app.entry {
+    if let Entry::Script { path, .. } = &app.process.entry {
         if !path.is_file() {
             let msg = format!("{} does not exist or is not a file", path.display());
             out.push(problem(config, app, app.locations.entry, "script", msg));
         }
     }
-    if matches!(app.entry, Entry::Upstream { .. }) {
+    if matches!(app.process.entry, Entry::Upstream { .. }) {
         return out;
     }
-    if !app.working_dir.is_dir() {
-        let msg = format!("{} is not a folder", app.working_dir.display());
+    if !app.process.working_dir.is_dir() {
+        let msg = format!("{} is not a folder", app.process.working_dir.display());
         out.push(problem(
             config,
             app,
@@ -389,7 +389,7 @@ fn files(config: &Config, app: &AppSpec) -> Vec<Problem> {
             msg,
         ));
     }
-    for (i, p) in app.python_path.iter().enumerate() {
+    for (i, p) in app.process.python_path.iter().enumerate() {
         if !Path::new(p).is_dir() {
             let loc = app.locations.python_path.get(i).copied().flatten();
             let msg = format!("{} is not a folder", p.display());

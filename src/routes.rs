@@ -70,14 +70,14 @@ impl<T: Clone> RouteTable<T> {
     /// when it names none). Earlier apps win duplicate claims.
     pub fn for_apps<'a>(apps: impl IntoIterator<Item = (&'a AppSpec, T)>) -> Self {
         RouteTable::new(apps.into_iter().flat_map(|(spec, target)| {
-            let hosts: Vec<Option<HostPattern>> = if spec.hosts.is_empty() {
+            let hosts: Vec<Option<HostPattern>> = if spec.route.hosts.is_empty() {
                 vec![None]
             } else {
-                spec.hosts.iter().cloned().map(Some).collect()
+                spec.route.hosts.iter().cloned().map(Some).collect()
             };
             hosts
                 .into_iter()
-                .map(move |h| (h, spec.mount.clone(), target.clone()))
+                .map(move |h| (h, spec.route.mount.clone(), target.clone()))
         }))
     }
 }

@@ -9,11 +9,11 @@ use std::time::Duration;
 use super::raw::{EnvValue, RawApp};
 use super::values::is_dotted_identifier;
 use super::{
-    parse_host_pattern, Address, AppLocations, AppSpec, Entry, HostPattern, Mount, PythonSpec,
-    RawDuration, Validator, WorkerChoice, DEFAULT_CALLABLE, DEFAULT_DRAIN_TIMEOUT,
-    DEFAULT_MAX_BODY_SIZE, DEFAULT_PROCESSES, DEFAULT_QUEUE_LIMIT, DEFAULT_REQUEST_TIMEOUT,
-    DEFAULT_STARTUP_TIMEOUT, DEFAULT_THREADS, MAX_PROCESSES, MAX_THREADS, PORT_PLACEHOLDER,
-    SOCKET_PLACEHOLDER,
+    parse_host_pattern, Address, AppLocations, AppSpec, Entry, HostPattern, LifecycleSpec, Mount,
+    ProcessSpec, PythonSpec, RawDuration, RouteSpec, Validator, WorkerChoice, DEFAULT_CALLABLE,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_BODY_SIZE, DEFAULT_PROCESSES, DEFAULT_QUEUE_LIMIT,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_STARTUP_TIMEOUT, DEFAULT_THREADS, MAX_PROCESSES, MAX_THREADS,
+    PORT_PLACEHOLDER, SOCKET_PLACEHOLDER,
 };
 
 /// An app's process keys, validated.
@@ -72,26 +72,32 @@ impl Validator<'_> {
         }
         let locations = self.app_locations(&name, python_path.len());
         Some(AppSpec {
-            python: python?,
-            entry: entry?,
-            hosts,
-            mount: mount?,
-            working_dir: working_dir?,
-            python_path,
-            env,
-            processes: run.processes,
-            threads: run.threads,
-            startup_timeout: run.startup_timeout,
-            drain_timeout: run.drain_timeout,
-            reload_on_changes: raw.reload_on_changes.unwrap_or(false),
-            worker: run.worker,
-            user: run.user,
-            group: run.group,
-            max_body_size: limits.max_body_size,
-            request_timeout: limits.request_timeout,
-            queue_limit: limits.queue_limit,
-            statics,
-            policy,
+            process: ProcessSpec {
+                python: python?,
+                entry: entry?,
+                working_dir: working_dir?,
+                python_path,
+                env,
+                processes: run.processes,
+                threads: run.threads,
+                worker: run.worker,
+                user: run.user,
+                group: run.group,
+                policy,
+            },
+            route: RouteSpec {
+                hosts,
+                mount: mount?,
+                max_body_size: limits.max_body_size,
+                request_timeout: limits.request_timeout,
+                queue_limit: limits.queue_limit,
+                statics,
+            },
+            lifecycle: LifecycleSpec {
+                startup_timeout: run.startup_timeout,
+                drain_timeout: run.drain_timeout,
+                reload_on_changes: raw.reload_on_changes.unwrap_or(false),
+            },
             locations,
             name,
         })

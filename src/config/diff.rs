@@ -9,7 +9,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 
-use super::{AppSpec, Config, Problem, ProcessPolicy};
+use super::{AppSpec, Config, LifecycleSpec, Problem, ProcessPolicy, ProcessSpec, RouteSpec};
 
 /// What a reload changes.
 #[derive(Debug, Clone, PartialEq)]
@@ -216,37 +216,57 @@ fn app_changes(old: &Config, new: &Config) -> Vec<AppChange> {
     apps
 }
 
-/// How one app that exists in both configs changed.
+/// How one app that exists in both configs changed: by part — its process keys (a new
+/// generation), its route (a new route, same processes) or its lifecycle (applies from now
+/// on) — with the keys that changed, for the reload's summary.
 pub fn app_change(old: &AppSpec, new: &AppSpec) -> AppChange {
-    // Destructured so that a new AppSpec field does not compile until it is classified here.
+    // Destructured so that a new part does not compile until it is classified here.
     let AppSpec {
         name: _,
+        process,
+        route,
+        lifecycle,
+        locations: _,
+    } = new;
+    let process_keys = process_keys(&old.process, process);
+    let route_keys = route_keys(&old.route, route);
+    let mut keys = process_keys.clone();
+    keys.extend(route_keys);
+    keys.extend(lifecycle_keys(&old.lifecycle, lifecycle));
+    if old.process != *process {
+        AppChange::Restart {
+            spec: new.clone(),
+            keys,
+        }
+    } else if old.route != *route || old.lifecycle != *lifecycle {
+        AppChange::Update {
+            spec: new.clone(),
+            keys,
+            reroute: old.route != *route,
+        }
+    } else {
+        AppChange::Unchanged(new.clone())
+    }
+}
+
+/// The process keys that changed; destructured, so none is forgotten.
+fn process_keys(old: &ProcessSpec, new: &ProcessSpec) -> Vec<&'static str> {
+    let ProcessSpec {
         python,
         entry,
-        hosts,
-        mount,
         working_dir,
         python_path,
         env,
         processes,
         threads,
-        startup_timeout,
-        drain_timeout,
-        reload_on_changes,
         worker,
         user,
         group,
-        max_body_size,
-        request_timeout,
-        queue_limit,
-        statics,
         policy,
-        locations: _,
     } = new;
-    let entry_key = entry.key();
-    let process = changed(&[
+    let mut keys = changed(&[
         (old.python != *python, "python"),
-        (old.entry != *entry, entry_key),
+        (old.entry != *entry, entry.key()),
         (old.working_dir != *working_dir, "working_dir"),
         (old.python_path != *python_path, "python_path"),
         (old.env != *env, "env"),
@@ -258,43 +278,45 @@ pub fn app_change(old: &AppSpec, new: &AppSpec) -> AppChange {
         (old.group != *group, "group"),
     ]);
     // The supervisor runs a generation's processes by this policy.
-    let mut process = process;
-    process.extend(policy_keys(&old.policy, policy));
-    // Read by the proxy from the route, so a change takes a new route (the processes stay).
-    let route = changed(&[
+    keys.extend(policy_keys(&old.policy, policy));
+    keys
+}
+
+/// The route keys that changed (read by the proxy from the route).
+fn route_keys(old: &RouteSpec, new: &RouteSpec) -> Vec<&'static str> {
+    let RouteSpec {
+        hosts,
+        mount,
+        max_body_size,
+        request_timeout,
+        queue_limit,
+        statics,
+    } = new;
+    changed(&[
         (old.hosts != *hosts, "hosts"),
         (old.mount != *mount, "mount"),
         (old.max_body_size != *max_body_size, "max_body_size"),
         (old.request_timeout != *request_timeout, "request_timeout"),
         (old.queue_limit != *queue_limit, "queue_limit"),
         (old.statics != *statics, "static"),
-    ]);
-    let settings = changed(&[
+    ])
+}
+
+/// The lifecycle keys that changed.
+fn lifecycle_keys(old: &LifecycleSpec, new: &LifecycleSpec) -> Vec<&'static str> {
+    let LifecycleSpec {
+        startup_timeout,
+        drain_timeout,
+        reload_on_changes,
+    } = new;
+    changed(&[
         (old.startup_timeout != *startup_timeout, "startup_timeout"),
         (old.drain_timeout != *drain_timeout, "drain_timeout"),
         (
             old.reload_on_changes != *reload_on_changes,
             "reload_on_changes",
         ),
-    ]);
-    let reroute = !route.is_empty();
-    let mut keys = process.clone();
-    keys.extend(route);
-    keys.extend(settings);
-    if !process.is_empty() {
-        AppChange::Restart {
-            spec: new.clone(),
-            keys,
-        }
-    } else if !keys.is_empty() {
-        AppChange::Update {
-            spec: new.clone(),
-            keys,
-            reroute,
-        }
-    } else {
-        AppChange::Unchanged(new.clone())
-    }
+    ])
 }
 
 /// The process policy's keys that changed; destructured like `AppSpec` so none is forgotten.

@@ -90,27 +90,45 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppSpec {
     pub name: String,
+    /// How its processes run: a change starts a new generation.
+    pub process: ProcessSpec,
+    /// How requests reach it and what the front enforces: a change takes a new route, the
+    /// processes stay.
+    pub route: RouteSpec,
+    /// When its processes start, retire and reload: a change applies from then on, the
+    /// processes stay.
+    pub lifecycle: LifecycleSpec,
+    /// Where the app's keys are in the file, for errors found later (preflight).
+    pub locations: AppLocations,
+}
+
+/// The keys that decide how an app's processes run (`supervisor` reads them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessSpec {
     /// Required for script/module apps; for a command app, the virtualenv whose `bin/` goes
     /// first on PATH; none for an upstream.
     pub python: Option<PythonSpec>,
     pub entry: Entry,
-    /// Empty: any host.
-    pub hosts: Vec<HostPattern>,
-    pub mount: Mount,
     pub working_dir: PathBuf,
     pub python_path: Vec<PathBuf>,
     pub env: BTreeMap<String, String>,
     pub processes: u32,
     pub threads: u32,
-    pub startup_timeout: Duration,
-    pub drain_timeout: Duration,
-    /// Restart the app (zero-downtime) when its `.py`/`.wsgi` files change.
-    pub reload_on_changes: bool,
     /// Which worker serves a script/module app.
     pub worker: WorkerChoice,
     /// Who the app's processes run as (default: whoever wsgimux runs as).
     pub user: Option<String>,
     pub group: Option<String>,
+    /// `start`, `idle_timeout`, `max_requests`, `max_requests_jitter`.
+    pub policy: ProcessPolicy,
+}
+
+/// The keys that decide how requests reach an app (`proxy` reads them from its route).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteSpec {
+    /// Empty: any host.
+    pub hosts: Vec<HostPattern>,
+    pub mount: Mount,
     /// Larger request bodies get 413; None: no limit.
     pub max_body_size: Option<u64>,
     /// Longest wait for the app's response headers before 504.
@@ -119,10 +137,15 @@ pub struct AppSpec {
     pub queue_limit: u32,
     /// Static folders under the app's mount, longest prefix first.
     pub statics: Vec<StaticAlias>,
-    /// `start`, `idle_timeout`, `max_requests`, `max_requests_jitter`.
-    pub policy: ProcessPolicy,
-    /// Where the app's keys are in the file, for errors found later (preflight).
-    pub locations: AppLocations,
+}
+
+/// The keys read when processes start, retire or reload (`reload`, `supervisor`'s waits).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LifecycleSpec {
+    pub startup_timeout: Duration,
+    pub drain_timeout: Duration,
+    /// Restart the app (zero-downtime) when its `.py`/`.wsgi` files change.
+    pub reload_on_changes: bool,
 }
 
 impl AppSpec {
@@ -130,10 +153,11 @@ impl AppSpec {
     /// at once and lets `queue_limit` more wait; a `command:` or `upstream:` server decides its
     /// own concurrency, which wsgimux does not know, so `queue_limit` alone bounds it.
     pub fn admission_cap(&self) -> usize {
-        let queue = self.queue_limit as usize;
-        match self.entry {
+        let queue = self.route.queue_limit as usize;
+        let p = &self.process;
+        match p.entry {
             Entry::Script { .. } | Entry::Module { .. } => {
-                (self.processes as usize * self.threads as usize).saturating_add(queue)
+                (p.processes as usize * p.threads as usize).saturating_add(queue)
             }
             Entry::Command { .. } | Entry::Upstream { .. } => queue,
         }
@@ -141,13 +165,11 @@ impl AppSpec {
 
     /// `host/mount` per route the app is reached by (`*/mount` for any host).
     pub fn routes(&self) -> Vec<String> {
-        if self.hosts.is_empty() {
-            vec![format!("*{}", self.mount)]
+        let r = &self.route;
+        if r.hosts.is_empty() {
+            vec![format!("*{}", r.mount)]
         } else {
-            self.hosts
-                .iter()
-                .map(|h| format!("{h}{}", self.mount))
-                .collect()
+            r.hosts.iter().map(|h| format!("{h}{}", r.mount)).collect()
         }
     }
 }

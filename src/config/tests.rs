@@ -41,39 +41,45 @@ apps:
     assert_eq!(c.apps[0].name, "legacy", "file order is kept");
     let legacy = &c.apps[0];
     assert_eq!(
-        legacy.python,
+        legacy.process.python,
         Some(PythonSpec::Path("/opt/py27/bin/python".into()))
     );
     assert_eq!(
-        legacy.entry,
+        legacy.process.entry,
         Entry::Script {
             path: "/srv/site/legacy/app.wsgi".into(),
             callable: "application".into()
         }
     );
-    assert_eq!(legacy.working_dir, Path::new("/srv/site/legacy"));
+    assert_eq!(legacy.process.working_dir, Path::new("/srv/site/legacy"));
     assert_eq!(
-        legacy.hosts,
+        legacy.route.hosts,
         vec![HostPattern::Exact("old.example.com".into())]
     );
     let api = &c.apps[1];
     assert_eq!(
-        api.python,
+        api.process.python,
         Some(PythonSpec::Path("/srv/site/./venvs/api".into()))
     );
     assert_eq!(
-        api.entry,
+        api.process.entry,
         Entry::Module {
             module: "api.wsgi".into(),
             callable: "app".into()
         }
     );
-    assert_eq!(api.mount.as_str(), "/api");
-    assert_eq!(api.hosts[1], HostPattern::Wildcard(".example.com".into()));
-    assert_eq!(api.env["WORKERS"], "4");
-    assert_eq!(api.env["DEBUG"], "false");
-    assert_eq!((api.processes, api.threads), (2, 16));
-    assert_eq!(api.python_path, vec![PathBuf::from("/srv/site/./api/src")]);
+    assert_eq!(api.route.mount.as_str(), "/api");
+    assert_eq!(
+        api.route.hosts[1],
+        HostPattern::Wildcard(".example.com".into())
+    );
+    assert_eq!(api.process.env["WORKERS"], "4");
+    assert_eq!(api.process.env["DEBUG"], "false");
+    assert_eq!((api.process.processes, api.process.threads), (2, 16));
+    assert_eq!(
+        api.process.python_path,
+        vec![PathBuf::from("/srv/site/./api/src")]
+    );
     assert_eq!(api.locations.python.map(|l| l.line), Some(11));
 }
 
@@ -82,12 +88,15 @@ fn defaults() {
     let c = parse("apps:\n  web:\n    python: python3\n    module: web\n").unwrap();
     assert_eq!(c.listen, vec![DEFAULT_LISTEN.parse().unwrap()]);
     let web = &c.apps[0];
-    assert_eq!(web.python, Some(PythonSpec::Command("python3".into())));
-    assert_eq!(web.mount, Mount::root());
-    assert!(web.hosts.is_empty());
-    assert_eq!(web.working_dir, Path::new("/srv/site"));
     assert_eq!(
-        (web.processes, web.threads),
+        web.process.python,
+        Some(PythonSpec::Command("python3".into()))
+    );
+    assert_eq!(web.route.mount, Mount::root());
+    assert!(web.route.hosts.is_empty());
+    assert_eq!(web.process.working_dir, Path::new("/srv/site"));
+    assert_eq!(
+        (web.process.processes, web.process.threads),
         (DEFAULT_PROCESSES, DEFAULT_THREADS)
     );
 }
@@ -274,13 +283,16 @@ fn duration_keys_take_numbers_and_units() {
         "apps:\n  a:\n    python: python3\n    script: a.wsgi\n    startup_timeout: 5\n    drain_timeout: 250ms\n    reload_on_changes: true\n",
     )
     .unwrap();
-    assert_eq!(c.apps[0].startup_timeout, Duration::from_secs(5));
-    assert_eq!(c.apps[0].drain_timeout, Duration::from_millis(250));
-    assert!(c.apps[0].reload_on_changes);
+    assert_eq!(c.apps[0].lifecycle.startup_timeout, Duration::from_secs(5));
+    assert_eq!(
+        c.apps[0].lifecycle.drain_timeout,
+        Duration::from_millis(250)
+    );
+    assert!(c.apps[0].lifecycle.reload_on_changes);
     let d = parse("apps:\n  a:\n    python: python3\n    script: a.wsgi\n").unwrap();
-    assert_eq!(d.apps[0].startup_timeout, DEFAULT_STARTUP_TIMEOUT);
-    assert_eq!(d.apps[0].drain_timeout, DEFAULT_DRAIN_TIMEOUT);
-    assert!(!d.apps[0].reload_on_changes);
+    assert_eq!(d.apps[0].lifecycle.startup_timeout, DEFAULT_STARTUP_TIMEOUT);
+    assert_eq!(d.apps[0].lifecycle.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+    assert!(!d.apps[0].lifecycle.reload_on_changes);
 }
 
 #[test]
@@ -328,7 +340,7 @@ apps:
     .expect("valid");
     let by_name = |n: &str| c.apps.iter().find(|a| a.name == n).expect(n);
     assert_eq!(
-        by_name("gun").entry,
+        by_name("gun").process.entry,
         Entry::Command {
             argv: vec![
                 "gunicorn".into(),
@@ -338,17 +350,17 @@ apps:
             ]
         }
     );
-    assert_eq!(by_name("byport").python, None);
+    assert_eq!(by_name("byport").process.python, None);
     let tcp = |host: &str, port| Entry::Upstream {
         address: Address::Tcp {
             host: host.into(),
             port,
         },
     };
-    assert_eq!(by_name("remote").entry, tcp("10.0.0.5", 8000));
-    assert_eq!(by_name("v6").entry, tcp("::1", 9000));
+    assert_eq!(by_name("remote").process.entry, tcp("10.0.0.5", 8000));
+    assert_eq!(by_name("v6").process.entry, tcp("::1", 9000));
     assert_eq!(
-        by_name("local").entry,
+        by_name("local").process.entry,
         Entry::Upstream {
             address: Address::Unix("/srv/site/run/other.sock".into())
         }
@@ -465,13 +477,16 @@ apps:
         "defaults for the rest"
     );
     let (a, b) = (&c.apps[0], &c.apps[1]);
-    assert_eq!(a.max_body_size, Some(10 << 20));
-    assert_eq!(a.request_timeout, Duration::from_secs(120));
-    assert_eq!(a.queue_limit, 0);
-    assert_eq!(a.admission_cap(), a.processes as usize * a.threads as usize);
-    assert_eq!(a.user.as_deref(), Some("app"));
-    assert_eq!(b.max_body_size, None, "0 turns the check off");
-    assert_eq!(b.request_timeout, DEFAULT_REQUEST_TIMEOUT);
+    assert_eq!(a.route.max_body_size, Some(10 << 20));
+    assert_eq!(a.route.request_timeout, Duration::from_secs(120));
+    assert_eq!(a.route.queue_limit, 0);
+    assert_eq!(
+        a.admission_cap(),
+        a.process.processes as usize * a.process.threads as usize
+    );
+    assert_eq!(a.process.user.as_deref(), Some("app"));
+    assert_eq!(b.route.max_body_size, None, "0 turns the check off");
+    assert_eq!(b.route.request_timeout, DEFAULT_REQUEST_TIMEOUT);
 }
 
 #[test]

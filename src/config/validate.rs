@@ -121,15 +121,15 @@ impl Validator<'_> {
     fn claims(&mut self, apps: &[AppSpec]) {
         let mut seen: HashMap<(Option<&HostPattern>, &Mount), &str> = HashMap::new();
         for app in apps {
-            let hosts: Vec<Option<&HostPattern>> = if app.hosts.is_empty() {
+            let hosts: Vec<Option<&HostPattern>> = if app.route.hosts.is_empty() {
                 vec![None]
             } else {
-                app.hosts.iter().map(Some).collect()
+                app.route.hosts.iter().map(Some).collect()
             };
             for h in hosts {
-                if let Some(other) = seen.insert((h, &app.mount), &app.name) {
+                if let Some(other) = seen.insert((h, &app.route.mount), &app.name) {
                     let host = h.map_or("any host".to_string(), |h| format!("host {h}"));
-                    let key = if app.hosts.is_empty() {
+                    let key = if app.route.hosts.is_empty() {
                         "mount"
                     } else {
                         "hosts"
@@ -139,7 +139,7 @@ impl Validator<'_> {
                         key,
                         format!(
                             "{host} at mount {} is already served by app {other:?}",
-                            app.mount
+                            app.route.mount
                         ),
                     );
                 }

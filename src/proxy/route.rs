@@ -52,7 +52,7 @@ impl AppRoute {
         stats: Arc<Counters>,
         demand: Option<Demand>,
     ) -> Self {
-        let mount = &spec.mount;
+        let mount = &spec.route.mount;
         let mount_header = (!mount.is_root()).then(|| encode_mount(mount.as_str()));
         AppRoute {
             name: spec.name.as_str().into(),
@@ -65,11 +65,12 @@ impl AppRoute {
             mount_header,
             endpoints,
             next: AtomicUsize::new(0),
-            max_body_size: spec.max_body_size,
-            request_timeout: spec.request_timeout,
+            max_body_size: spec.route.max_body_size,
+            request_timeout: spec.route.request_timeout,
             max_in_flight: spec.admission_cap(),
             stats,
             statics: spec
+                .route
                 .statics
                 .iter()
                 .map(|a| StaticAlias {
@@ -82,7 +83,7 @@ impl AppRoute {
                 })
                 .collect(),
             demand,
-            startup_timeout: spec.startup_timeout,
+            startup_timeout: spec.lifecycle.startup_timeout,
         }
     }
 

@@ -141,7 +141,7 @@ impl Reloader {
                 if let Some(app) = plan.ready.get(&spec.name) {
                     let g = self.supervisor.start(app);
                     self.wake_if_running(&spec.name, &g);
-                    starting.push((spec.name.clone(), g, spec.startup_timeout));
+                    starting.push((spec.name.clone(), g, spec.lifecycle.startup_timeout));
                 }
             }
         }
@@ -188,7 +188,7 @@ impl Reloader {
             match change {
                 AppChange::Removed(_) => {
                     if let Some(old) = self.apps.remove(name) {
-                        retire.push((old.generation, old.app.spec.drain_timeout));
+                        retire.push((old.generation, old.app.spec.lifecycle.drain_timeout));
                     }
                 }
                 AppChange::Added(_) | AppChange::Restart { .. } => {
@@ -201,7 +201,7 @@ impl Reloader {
                         generation: g.clone(),
                     };
                     if let Some(old) = self.apps.insert(name.to_string(), running) {
-                        retire.push((old.generation, app.spec.drain_timeout));
+                        retire.push((old.generation, app.spec.lifecycle.drain_timeout));
                     }
                 }
                 AppChange::Update { .. } | AppChange::Unchanged(_) => {}
@@ -246,7 +246,10 @@ impl Reloader {
         };
         let g = self.supervisor.start(&app);
         self.wake_if_running(name, &g);
-        let report = match g.wait_ready(app.spec.startup_timeout + READY_MARGIN).await {
+        let report = match g
+            .wait_ready(app.spec.lifecycle.startup_timeout + READY_MARGIN)
+            .await
+        {
             Ok(pids) => {
                 let running = RunningApp {
                     app: app.clone(),
@@ -256,7 +259,7 @@ impl Reloader {
                 self.publish(None);
                 if let Some(old) = old {
                     self.supervisor
-                        .retire(old.generation.id, app.spec.drain_timeout);
+                        .retire(old.generation.id, app.spec.lifecycle.drain_timeout);
                 }
                 self.check_invariants();
                 report::code_applied(number, &cause, clock, name, &pids)

@@ -285,7 +285,7 @@ impl Reloader {
             .config
             .apps
             .iter()
-            .filter(|a| a.reload_on_changes)
+            .filter(|a| a.lifecycle.reload_on_changes)
             .map(|a| (a.name.as_str(), filewatch::code_roots(a)))
             .collect();
         self.code_watchers

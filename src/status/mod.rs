@@ -181,7 +181,7 @@ pub fn collect(o: &Overview) -> StatusReport {
                     .map(|i| i.executable.display().to_string()),
                 worker: a.app.worker.to_string(),
                 generation: a.generation.id,
-                start: match spec.policy.start {
+                start: match spec.process.policy.start {
                     crate::config::StartMode::Always => "always".into(),
                     crate::config::StartMode::OnDemand => "on_demand".into(),
                 },

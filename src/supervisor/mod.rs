@@ -91,8 +91,8 @@ impl Supervisor {
         let (failure_tx, failure_rx) = watch::channel(None);
         let failure_tx = Arc::new(failure_tx);
         let (stop_tx, stop_rx) = watch::channel(false);
-        let processes = app.spec.processes as usize;
-        let on_demand = app.spec.policy.start == StartMode::OnDemand;
+        let processes = app.spec.process.processes as usize;
+        let on_demand = app.spec.process.policy.start == StartMode::OnDemand;
         let initial = if on_demand {
             ProcessState::Idle
         } else {
@@ -112,7 +112,8 @@ impl Supervisor {
                 })
                 .collect::<Vec<_>>(),
         ));
-        let demand = (on_demand || app.spec.policy.idle_timeout.is_some()).then(Demand::default);
+        let demand =
+            (on_demand || app.spec.process.policy.idle_timeout.is_some()).then(Demand::default);
         let mut slots = JoinSet::new();
         for slot in 0..processes {
             let slot_task = Slot::new(

@@ -69,7 +69,7 @@ impl Launch {
 impl Supervisor {
     pub(super) fn plan(&self, app: &ReadyApp, generation: u64) -> AppPlan {
         let spec = &app.spec;
-        let launch = match &spec.entry {
+        let launch = match &spec.process.entry {
             Entry::Command { argv } => Launch::Command { argv: argv.clone() },
             Entry::Upstream { address } => Launch::Upstream {
                 address: address.clone(),
@@ -111,11 +111,11 @@ impl Supervisor {
             venv,
             socket_dir,
             account: app.account.clone(),
-            working_dir: spec.working_dir.clone(),
-            env: spec.env.clone(),
-            startup_timeout: spec.startup_timeout,
-            drain_timeout: spec.drain_timeout,
-            policy: spec.policy.clone(),
+            working_dir: spec.process.working_dir.clone(),
+            env: spec.process.env.clone(),
+            startup_timeout: spec.lifecycle.startup_timeout,
+            drain_timeout: spec.lifecycle.drain_timeout,
+            policy: spec.process.policy.clone(),
             log: self.log_dir.as_ref().and_then(|d| {
                 let path = d.join(format!("{}.log", spec.name));
                 LogFile::open(&path)
@@ -137,15 +137,15 @@ impl Supervisor {
             "--app-name".into(),
             spec.name.clone().into(),
             "--threads".into(),
-            spec.threads.to_string().into(),
+            spec.process.threads.to_string().into(),
             "--processes".into(),
-            spec.processes.to_string().into(),
+            spec.process.processes.to_string().into(),
             "--graceful-timeout".into(),
             CHILD_DRAIN_SECS.to_string().into(),
             "--parent-pid".into(),
             std::process::id().to_string().into(),
         ];
-        match &spec.entry {
+        match &spec.process.entry {
             Entry::Script { path, callable } => {
                 args.extend(["--script".into(), path.clone().into_os_string()]);
                 args.extend(["--callable".into(), callable.into()]);
@@ -156,7 +156,7 @@ impl Supervisor {
             }
             Entry::Command { .. } | Entry::Upstream { .. } => {}
         }
-        for p in &spec.python_path {
+        for p in &spec.process.python_path {
             args.extend(["--python-path".into(), p.clone().into_os_string()]);
         }
         if app.worker == WorkerKind::Native {

@@ -36,15 +36,15 @@ impl Drop for CodeWatcher {
 /// The folders holding an app's code: the script's folder (or the working dir a module is
 /// imported from) and its `python_path`.
 pub fn code_roots(spec: &AppSpec) -> Vec<PathBuf> {
-    let mut roots = vec![match &spec.entry {
+    let mut roots = vec![match &spec.process.entry {
         Entry::Script { path, .. } => path
             .parent()
-            .map_or_else(|| spec.working_dir.clone(), Path::to_path_buf),
-        Entry::Module { .. } | Entry::Command { .. } => spec.working_dir.clone(),
+            .map_or_else(|| spec.process.working_dir.clone(), Path::to_path_buf),
+        Entry::Module { .. } | Entry::Command { .. } => spec.process.working_dir.clone(),
         // Nothing of it runs here.
         Entry::Upstream { .. } => return Vec::new(),
     }];
-    roots.extend(spec.python_path.iter().cloned());
+    roots.extend(spec.process.python_path.iter().cloned());
     roots.sort();
     roots.dedup();
     // A root inside another is already covered.
