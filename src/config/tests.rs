@@ -1,3 +1,6 @@
+//! The config contract as data tables: every key, its defaults, and what each mistake says
+//! and where.
+
 use super::*;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {

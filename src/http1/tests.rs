@@ -1,3 +1,5 @@
+//! The strict request framing as data tables: heads and chunked bodies accepted and refused.
+
 use super::*;
 
 const LIMITS: HeadLimits = HeadLimits {

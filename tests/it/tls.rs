@@ -67,40 +67,42 @@ fn tools_present() -> bool {
     }
 }
 
-#[test]
-fn sni_alpn_h2_certificate_reload_and_redirect() {
-    let Some(py) = require_python("3.12") else {
-        return;
-    };
+/// A site with the probe app on 3.12, a plain listener and a TLS one on a free port whose
+/// `certificates:` entries are `certs` (YAML flow maps), plus `extra` top-level YAML. None
+/// (after saying why) when 3.12, curl or h2load is missing.
+fn tls_site(certs: &[&str], extra: &str) -> Option<(Site, u16)> {
+    let py = require_python("3.12")?;
     if !tools_present() {
-        return;
+        return None;
     }
     let site = Site::new();
     site.probe("app");
-    let (a_cert, a_key) = certificate(site.path(), "a", &["a.test"]);
-    let (b_cert, b_key) = certificate(site.path(), "b", &["b.test", "www.b.test"]);
-    let tls_port = free_port();
+    let port = free_port();
+    let certs: String = certs.iter().map(|c| format!("        - {c}\n")).collect();
     site.write(
         "wsgimux.yaml",
         &format!(
-            r#"runtime_dir: {run}
-listen:
-  - "127.0.0.1:0"
-  - address: "127.0.0.1:{tls_port}"
-    tls:
-      certificates:
-        - {{cert: a.pem, key: a.key}}
-        - {{cert: b.pem, key: b.key, hosts: ["b.test"]}}
-redirect_https: true
-apps:
-  probe:
-    python: {py}
-    script: app/probe.py
-"#,
+            "runtime_dir: {run}\nlisten:\n  - \"127.0.0.1:0\"\n  - address: \"127.0.0.1:{port}\"\n    tls:\n      certificates:\n{certs}{extra}apps:\n  probe:\n    python: {py}\n    script: app/probe.py\n",
             run = site.path().join("run").display(),
             py = py.display()
         ),
     );
+    Some((site, port))
+}
+
+#[test]
+fn sni_alpn_h2_certificate_reload_and_redirect() {
+    let Some((site, tls_port)) = tls_site(
+        &[
+            "{cert: a.pem, key: a.key}",
+            "{cert: b.pem, key: b.key, hosts: [\"b.test\"]}",
+        ],
+        "redirect_https: true\n",
+    ) else {
+        return;
+    };
+    let (a_cert, a_key) = certificate(site.path(), "a", &["a.test"]);
+    let (b_cert, b_key) = certificate(site.path(), "b", &["b.test", "www.b.test"]);
     let server = site.serve();
 
     // SNI picks each certificate; curl verifies it against only that one.
@@ -199,37 +201,13 @@ fn bad_certificate_files_are_config_errors() {
 /// connection forever). A body that does come is unaffected.
 #[test]
 fn stalled_http2_request_bodies_time_out() {
-    let Some(py) = require_python("3.12") else {
+    let Some((site, port)) = tls_site(
+        &["{cert: a.pem, key: a.key}"],
+        "limits:\n  body_timeout: 1s\n",
+    ) else {
         return;
     };
-    if !tools_present() {
-        return;
-    }
-    let site = Site::new();
-    site.probe("app");
     let (cert, _) = certificate(site.path(), "a", &["a.test"]);
-    let port = free_port();
-    site.write(
-        "wsgimux.yaml",
-        &format!(
-            r#"runtime_dir: {run}
-listen:
-  - "127.0.0.1:0"
-  - address: "127.0.0.1:{port}"
-    tls:
-      certificates:
-        - {{cert: a.pem, key: a.key}}
-limits:
-  body_timeout: 1s
-apps:
-  probe:
-    python: {py}
-    script: app/probe.py
-"#,
-            run = site.path().join("run").display(),
-            py = py.display()
-        ),
-    );
     let server = site.serve();
     let (version, status, body) = curl("a.test", port, "/upload", &cert, &["-d", "hello"])
         .expect("a POST with a body over h2");

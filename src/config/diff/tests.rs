@@ -1,3 +1,6 @@
+//! The diff as data tables: which keys restart, re-route or only update an app, and the
+//! round trip through `apply`.
+
 use std::path::Path;
 
 use super::*;
