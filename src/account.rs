@@ -69,9 +69,7 @@ pub fn resolve(user: &str, group: Option<&str>) -> Result<Account, AccountError>
     };
     let mut groups = vec![gid];
     if let Ok(name) = CString::new(u.name.clone()) {
-        if let Ok(list) = nix::unistd::getgrouplist(&name, Gid::from_raw(gid)) {
-            groups.extend(list.into_iter().map(Gid::as_raw));
-        }
+        groups.extend(group_list(&name, gid));
     }
     groups.sort_unstable();
     groups.dedup();
@@ -83,6 +81,50 @@ pub fn resolve(user: &str, group: Option<&str>) -> Result<Account, AccountError>
         home: u.dir,
     })
 }
+
+/// The groups `name` is in, `gid` included.
+#[cfg(target_os = "linux")]
+fn group_list(name: &CString, gid: u32) -> Vec<u32> {
+    nix::unistd::getgrouplist(name, Gid::from_raw(gid))
+        .map(|list| list.into_iter().map(Gid::as_raw).collect())
+        .unwrap_or_default()
+}
+
+/// The groups `name` is in, `gid` included. macOS's getgrouplist takes and fills `int`s, and
+/// nix offers it only on Linux.
+#[cfg(not(target_os = "linux"))]
+fn group_list(name: &CString, gid: u32) -> Vec<u32> {
+    let mut len: libc::c_int = 64;
+    loop {
+        let mut list: Vec<libc::c_int> = vec![0; len as usize];
+        // SAFETY: `list` has room for `len` entries; getgrouplist writes at most that many and
+        // sets `len` to the number found (or needed).
+        let rc = unsafe {
+            libc::getgrouplist(
+                name.as_ptr(),
+                gid as libc::c_int,
+                list.as_mut_ptr(),
+                &mut len,
+            )
+        };
+        if rc >= 0 {
+            list.truncate(len.max(0) as usize);
+            return list.into_iter().map(|g| g as u32).collect();
+        }
+        if len as usize <= list.len() {
+            len = list.len() as libc::c_int * 2;
+        }
+        if len > 65_536 {
+            return Vec::new();
+        }
+    }
+}
+
+/// Whether wsgimux, once it gave up root for `user:`, can still start children as other
+/// accounts: only on Linux, where the thread that drops root keeps a few capabilities.
+/// Elsewhere apps with their own accounts need wsgimux to keep root (no top-level `user:`),
+/// as Apache's parent process does.
+pub const KEEPS_SWITCHING_AFTER_DROP: bool = cfg!(target_os = "linux");
 
 /// Set once wsgimux gave up root but kept the capabilities to start children as others.
 static KEPT_SWITCHING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -239,23 +281,40 @@ pub fn drop_privileges(account: &Account) -> Result<(), AccountError> {
         account: account.to_string(),
         source,
     };
+    switch_ids(account).map_err(err)
+}
+
+#[cfg(target_os = "linux")]
+fn switch_ids(account: &Account) -> std::io::Result<()> {
     let groups: Vec<Gid> = account.groups.iter().map(|g| Gid::from_raw(*g)).collect();
-    #[cfg(target_os = "linux")]
     // SAFETY: plain prctl on the current process.
     if unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) } != 0 {
-        return Err(err(std::io::Error::last_os_error()));
+        return Err(std::io::Error::last_os_error());
     }
-    nix::unistd::setgroups(&groups).map_err(|e| err(e.into()))?;
+    nix::unistd::setgroups(&groups)?;
     let gid = Gid::from_raw(account.gid);
     let uid = Uid::from_raw(account.uid);
-    nix::unistd::setresgid(gid, gid, gid).map_err(|e| err(e.into()))?;
-    nix::unistd::setresuid(uid, uid, uid).map_err(|e| err(e.into()))?;
-    #[cfg(target_os = "linux")]
-    {
-        set_capabilities(KEPT_CAPABILITIES).map_err(err)?;
-        start_privileged_thread().map_err(err)?;
-        KEPT_SWITCHING.store(true, std::sync::atomic::Ordering::Relaxed);
+    nix::unistd::setresgid(gid, gid, gid)?;
+    nix::unistd::setresuid(uid, uid, uid)?;
+    set_capabilities(KEPT_CAPABILITIES)?;
+    start_privileged_thread()?;
+    KEPT_SWITCHING.store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+/// macOS and other BSDs: the account's groups (initgroups, as login does), then gid and uid;
+/// as root, setgid/setuid set the real, effective and saved ids alike, so nothing of root is
+/// kept.
+#[cfg(not(target_os = "linux"))]
+fn switch_ids(account: &Account) -> std::io::Result<()> {
+    let name = CString::new(account.user.clone())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: a NUL-terminated name and a gid; initgroups reads the group database.
+    if unsafe { libc::initgroups(name.as_ptr(), account.gid as _) } != 0 {
+        return Err(std::io::Error::last_os_error());
     }
+    nix::unistd::setgid(Gid::from_raw(account.gid))?;
+    nix::unistd::setuid(Uid::from_raw(account.uid))?;
     Ok(())
 }
 

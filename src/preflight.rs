@@ -271,6 +271,19 @@ fn app_account(
     let own = account::resolve(&user, app.process.group.as_deref())
         .map_err(|e| problem(config, app, app.locations.user, "user", e.to_string()))?;
     let me = nix::unistd::Uid::effective().as_raw();
+    let front = config.user.as_deref().and_then(|u| {
+        let found = account::resolve(u, config.group.as_deref()).ok();
+        found.map(|f| (u, f.uid))
+    });
+    if let Some((front, front_uid)) = front.filter(|_| !account::KEEPS_SWITCHING_AFTER_DROP) {
+        if own.uid != front_uid {
+            let why = format!(
+                "running the app as {} while wsgimux runs as {front} needs Linux capabilities, which this system does not have: run the app as {front}, or leave out the top-level `user:` so that wsgimux keeps root and starts each app as its own account (as Apache's parent process does)",
+                own.user
+            );
+            return Err(problem(config, app, app.locations.user, "user", why));
+        }
+    }
     if !account::can_start_as_others() && own.uid != me {
         return Err(problem(
             config,
