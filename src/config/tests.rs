@@ -267,7 +267,12 @@ fn durations() {
         ("1h", 3_600_000),
         ("45", 45_000),
         ("1.5", 1_500),
-        (" 2 m ", 120_000),
+        (" 2m ", 120_000),
+        ("5min", 300_000),
+        ("1h 30m", 5_400_000),
+        ("250 ms", 250),
+        ("0.7s", 700),
+        ("1.5m", 90_000),
     ] {
         assert_eq!(
             parse_duration(text),
@@ -275,7 +280,18 @@ fn durations() {
             "{text}"
         );
     }
-    for bad in ["", "ms", "-1s", "5 days", "1e3", "2d", "25h"] {
+    for bad in [
+        "",
+        "ms",
+        "-1s",
+        "-5",
+        "5 days",
+        "1e3",
+        "2d",
+        "25h",
+        "3 weeks",
+        "5 parsecs",
+    ] {
         assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
     }
 }
@@ -301,12 +317,12 @@ fn duration_keys_take_numbers_and_units() {
 #[test]
 fn bad_durations_are_located() {
     let p = first_problem(
-        "apps:\n  a:\n    python: python3\n    script: a.wsgi\n    startup_timeout: 3 weeks\n",
+        "apps:\n  a:\n    python: python3\n    script: a.wsgi\n    startup_timeout: soon\n",
     );
     assert_eq!(p.key.as_deref(), Some("startup_timeout"));
     assert_eq!(p.location.map(|l| l.line), Some(5));
     assert!(
-        p.message.contains("\"3 weeks\" is not a duration"),
+        p.message.contains("\"soon\" is not a duration"),
         "{}",
         p.message
     );

@@ -62,31 +62,36 @@ impl fmt::Display for Mount {
     }
 }
 
-/// Parses a duration written `500ms`, `30s`, `2m`, `1h` or as a plain number of seconds.
+/// Parses a duration as people write them: a plain number of seconds (`90`, `1.5`), or units
+/// as `humantime` reads them (`250ms`, `30s`, `5min`, `2m`, `1h 30m`, `1.5s`); at most 24 h.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = (&t[..split], t[split..].trim());
-    let scale = match unit {
-        "ms" => 0.001,
-        "" | "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => {
-            return Err(format!(
-            "{text:?} is not a duration (e.g. \"500ms\", \"30s\", \"2m\", or seconds as a number)"
-        ))
-        }
+    let not_a_duration = || {
+        format!(
+            "{text:?} is not a duration (e.g. \"250ms\", \"30s\", \"5min\", \"1h 30m\", or seconds as a number)"
+        )
     };
-    match number.parse::<f64>() {
-        Ok(n) if n.is_finite() && n >= 0.0 => seconds(n * scale)
-            .ok_or_else(|| format!("{text:?} is longer than {}h", MAX_DURATION.as_secs() / 3600)),
-        _ => Err(format!(
-            "{text:?} is not a duration (e.g. \"500ms\", \"30s\", \"2m\", or seconds as a number)"
-        )),
-    }
+    let plain = !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    let parsed = if plain {
+        let n: Option<f64> = t.parse().ok();
+        n.and_then(|n| Duration::try_from_secs_f64(n).ok())
+    } else {
+        humantime::parse_duration(t).ok().or_else(|| fractional(t))
+    };
+    let d = parsed.ok_or_else(not_a_duration)?;
+    (d <= MAX_DURATION)
+        .then_some(d)
+        .ok_or_else(|| format!("{text:?} is longer than {}h", MAX_DURATION.as_secs() / 3600))
+}
+
+/// One number with a fraction and one unit (`1.5s`, `0.7s`, `2.5m`), which humantime, built
+/// on whole numbers, does not read: the number of the unit's milliseconds.
+fn fractional(t: &str) -> Option<Duration> {
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (number, unit) = (&t[..split], t[split..].trim());
+    let n: f64 = number.parse().ok().filter(|n: &f64| n.is_finite())?;
+    let unit = humantime::parse_duration(&format!("1{unit}")).ok()?;
+    Duration::try_from_secs_f64(n * unit.as_secs_f64()).ok()
 }
 
 pub(super) fn seconds(n: f64) -> Option<Duration> {

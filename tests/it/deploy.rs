@@ -139,3 +139,42 @@ fn systemd_units() {
     let socket_text = std::fs::read_to_string(&socket).expect("read the socket unit");
     assert!(socket_text.contains("ListenStream=0.0.0.0:80"));
 }
+
+/// The shipped unit's `ExecStartPre` and `ExecReload` lines, run as systemd would run them
+/// (only the binary's and the config's paths replaced by this test's), against a running
+/// server: both exit 0, and the reload is applied. (`systemctl reload` failed for as long as
+/// wsgimux did not read the unit's `--timeout 5min`.)
+#[test]
+fn systemd_exec_lines_run_against_a_running_server() {
+    let Some(py) = harness::require_python("3.12") else {
+        return;
+    };
+    let site = Site::new();
+    let config = site.one_app("web", &py, &[]);
+    let _server = site.serve();
+    let unit = std::fs::read_to_string(deploy("systemd/wsgimux.service")).expect("read unit");
+    let exec = |key: &str| -> Vec<String> {
+        let line = unit
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key}= in wsgimux.service"));
+        assert!(
+            !line.contains(['"', '\'', '$', '%']),
+            "{key} needs systemd's quoting or specifiers, which this test does not expand: {line}"
+        );
+        line.split_whitespace()
+            .map(|w| {
+                w.replace("/usr/local/bin/wsgimux", harness::BIN)
+                    .replace("/etc/wsgimux/wsgimux.yaml", &config.display().to_string())
+            })
+            .collect()
+    };
+    for key in ["ExecStartPre", "ExecReload"] {
+        let argv = exec(key);
+        let (ok, out) = run(Command::new(&argv[0]).args(&argv[1..]));
+        assert!(ok, "{key} {argv:?} failed:\n{out}");
+        if key == "ExecReload" {
+            assert!(out.contains("reload #1 (wsgimux reload)"), "{out}");
+        }
+    }
+}
