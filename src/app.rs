@@ -214,7 +214,11 @@ pub async fn serve_with(path: &Path, banner: Option<Banner>) -> Result<(), Start
         Arc::new(Registry::default()),
         overview_tx,
     );
-    tracing::info!("runtime dir {}", dir.display());
+    tracing::info!(
+        "runtime dir {}; control socket {} (for `wsgimux status --control PATH`)",
+        dir.display(),
+        control::socket_path(&dir).display()
+    );
     let doors = Doors::open(
         &dir,
         file,

@@ -40,7 +40,7 @@ pub enum Response {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("no wsgimux is serving this config (nothing answers on {}): {source}", path.display())]
+    #[error("no wsgimux is serving this config (nothing answers on {}: {source}); if it runs, name its control socket with --control or WSGIMUX_CONTROL (`wsgimux serve` logs it at start)", path.display())]
     NotRunning {
         path: PathBuf,
         #[source]
@@ -140,9 +140,14 @@ async fn answer(
     let _ = write.write_all(out.as_bytes()).await;
 }
 
+/// The control socket of the server whose runtime dir is `runtime_dir`.
+pub fn socket_path(runtime_dir: &Path) -> PathBuf {
+    runtime_dir.join(SOCKET_NAME)
+}
+
 /// `wsgimux reload`: the server's report on the reload it ran.
-pub async fn reload(runtime_dir: &Path, limit: Duration) -> Result<Report, ControlError> {
-    match request(runtime_dir, &Request::Reload, limit).await? {
+pub async fn reload(socket: &Path, limit: Duration) -> Result<Report, ControlError> {
+    match request(socket, &Request::Reload, limit).await? {
         Response::Reload(report) => Ok(report),
         other => Err(ControlError::Protocol(format!(
             "a reload was answered with {other:?}"
@@ -151,8 +156,8 @@ pub async fn reload(runtime_dir: &Path, limit: Duration) -> Result<Report, Contr
 }
 
 /// `wsgimux status`: the server's status now.
-pub async fn status(runtime_dir: &Path, limit: Duration) -> Result<StatusReport, ControlError> {
-    match request(runtime_dir, &Request::Status, limit).await? {
+pub async fn status(socket: &Path, limit: Duration) -> Result<StatusReport, ControlError> {
+    match request(socket, &Request::Status, limit).await? {
         Response::Status(report) => Ok(*report),
         other => Err(ControlError::Protocol(format!(
             "a status request was answered with {other:?}"
@@ -160,14 +165,14 @@ pub async fn status(runtime_dir: &Path, limit: Duration) -> Result<StatusReport,
     }
 }
 
-/// Sends one request to the server using `runtime_dir` and waits (at most `limit`) for the
-/// answer.
+/// Sends one request to the server on the control socket `socket` and waits (at most
+/// `limit`) for the answer.
 pub async fn request(
-    runtime_dir: &Path,
+    socket: &Path,
     req: &Request,
     limit: Duration,
 ) -> Result<Response, ControlError> {
-    let path = runtime_dir.join(SOCKET_NAME);
+    let path = socket.to_path_buf();
     let io = |source| ControlError::Io {
         path: path.clone(),
         source,

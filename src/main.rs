@@ -38,7 +38,10 @@ enum Command {
         /// The config file the server was started with.
         #[arg(long, short, default_value = "wsgimux.yaml")]
         config: PathBuf,
-        /// How long to wait for the outcome (e.g. 90s, 5m).
+        /// The server's control socket (default: found from the config file).
+        #[arg(long, env = "WSGIMUX_CONTROL")]
+        control: Option<PathBuf>,
+        /// How long to wait for the outcome (e.g. 90s, 5min).
         #[arg(long, default_value = "10m", value_parser = wsgimux::config::parse_duration)]
         timeout: std::time::Duration,
     },
@@ -49,6 +52,9 @@ enum Command {
         /// The config file the server was started with.
         #[arg(long, short, default_value = "wsgimux.yaml")]
         config: PathBuf,
+        /// The server's control socket (default: found from the config file).
+        #[arg(long, env = "WSGIMUX_CONTROL")]
+        control: Option<PathBuf>,
         /// Print JSON (for scripts) instead of text.
         #[arg(long)]
         json: bool,
@@ -86,50 +92,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result: anyhow::Result<ExitCode> = runtime.block_on(async {
-        match cli.command {
-            Command::Check { config } => {
-                let (config, apps) = wsgimux::preflight::load(&config).await?;
-                print!("{}", wsgimux::app::describe_routes(&config, &apps));
-                Ok(())
-            }
-            Command::Serve { config } => {
-                wsgimux::app::serve(&config).await?;
-                Ok(())
-            }
-            Command::Reload { config, timeout } => return Ok(reload(&config, timeout).await),
-            Command::Status { config, json } => return Ok(status(&config, json).await),
-            Command::Run(opts) => {
-                let cwd = std::env::current_dir()?;
-                let config = opts.write(&cwd)?;
-                let shown = config.clone();
-                let banner: wsgimux::app::Banner = Box::new(move |apps, urls| {
-                    let (python, worker) = apps
-                        .first()
-                        .map(|a| (a.describe_python(), a.worker.to_string()))
-                        .unwrap_or_default();
-                    wsgimux::express::banner(&opts, &shown, &python, &worker, urls)
-                });
-                wsgimux::app::serve_with(&config, Some(banner)).await?;
-                Ok(())
-            }
-            Command::Explain { config, url } => {
-                let (config, apps) = wsgimux::preflight::load(&config).await?;
-                let stores: Vec<wsgimux::tls::CertStore> = config
-                    .tls
-                    .values()
-                    .map(wsgimux::tls::CertStore::load)
-                    .collect::<Result<_, _>>()?;
-                let certified = |host: &str| stores.iter().any(|s| s.covers(host));
-                print!(
-                    "{}",
-                    wsgimux::explain::explain(&config, &apps, &url, certified)?
-                );
-                Ok(())
-            }
-        }
-        .map(|()| ExitCode::SUCCESS)
-    });
+    let result = runtime.block_on(run(cli.command));
     // Children and connection tasks have been stopped; do not wait for stray blocking tasks.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
@@ -142,10 +105,72 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs one command; the exit code for those that choose their own (reload, status).
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Check { config } => {
+            let (config, apps) = wsgimux::preflight::load(&config).await?;
+            print!("{}", wsgimux::app::describe_routes(&config, &apps));
+            Ok(())
+        }
+        Command::Serve { config } => {
+            wsgimux::app::serve(&config).await?;
+            Ok(())
+        }
+        Command::Reload {
+            config,
+            control,
+            timeout,
+        } => return Ok(reload(&control_socket(&config, control), timeout).await),
+        Command::Status {
+            config,
+            control,
+            json,
+        } => return Ok(status(&control_socket(&config, control), json).await),
+        Command::Run(opts) => {
+            let cwd = std::env::current_dir()?;
+            let config = opts.write(&cwd)?;
+            let shown = config.clone();
+            let banner: wsgimux::app::Banner = Box::new(move |apps, urls| {
+                let (python, worker) = apps
+                    .first()
+                    .map(|a| (a.describe_python(), a.worker.to_string()))
+                    .unwrap_or_default();
+                wsgimux::express::banner(&opts, &shown, &python, &worker, urls)
+            });
+            wsgimux::app::serve_with(&config, Some(banner)).await?;
+            Ok(())
+        }
+        Command::Explain { config, url } => {
+            let (config, apps) = wsgimux::preflight::load(&config).await?;
+            let stores: Vec<wsgimux::tls::CertStore> = config
+                .tls
+                .values()
+                .map(wsgimux::tls::CertStore::load)
+                .collect::<Result<_, _>>()?;
+            let certified = |host: &str| stores.iter().any(|s| s.covers(host));
+            print!(
+                "{}",
+                wsgimux::explain::explain(&config, &apps, &url, certified)?
+            );
+            Ok(())
+        }
+    }
+    .map(|()| ExitCode::SUCCESS)
+}
+
+/// The control socket to ask: the one named, else the one of the server started with
+/// `config` (any spelling of the file).
+fn control_socket(config: &std::path::Path, named: Option<PathBuf>) -> PathBuf {
+    named.unwrap_or_else(|| {
+        let file = wsgimux::preflight::config_path(config);
+        wsgimux::control::socket_path(&wsgimux::runtime_dir::of_file(&file))
+    })
+}
+
 /// `wsgimux reload`: asks the server, prints its report.
-async fn reload(config: &std::path::Path, timeout: std::time::Duration) -> ExitCode {
-    let dir = wsgimux::runtime_dir::of_file(&wsgimux::preflight::config_path(config));
-    match wsgimux::control::reload(&dir, timeout).await {
+async fn reload(socket: &std::path::Path, timeout: std::time::Duration) -> ExitCode {
+    match wsgimux::control::reload(socket, timeout).await {
         Ok(report) if report.outcome.succeeded() => {
             println!("{}", report.summary);
             ExitCode::SUCCESS
@@ -165,9 +190,8 @@ async fn reload(config: &std::path::Path, timeout: std::time::Duration) -> ExitC
 }
 
 /// `wsgimux status`: asks the server, prints its answer.
-async fn status(config: &std::path::Path, json: bool) -> ExitCode {
-    let dir = wsgimux::runtime_dir::of_file(&wsgimux::preflight::config_path(config));
-    let report = match wsgimux::control::status(&dir, std::time::Duration::from_secs(10)).await {
+async fn status(socket: &std::path::Path, json: bool) -> ExitCode {
+    let report = match wsgimux::control::status(socket, std::time::Duration::from_secs(10)).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");

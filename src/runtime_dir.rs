@@ -59,8 +59,11 @@ pub fn of_file(file: &Path) -> PathBuf {
 }
 
 fn default_for(file: &Path) -> PathBuf {
-    // A hash of the config path: stable across runs, distinct per config.
-    let hash = fnv1a(file.as_os_str().as_encoded_bytes());
+    // A hash of the config's canonical path: stable across runs, distinct per config, and the
+    // same for every spelling of the file (relative, through a symlink) that `wsgimux status`
+    // or `reload` may be given.
+    let canonical = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    let hash = fnv1a(canonical.as_os_str().as_encoded_bytes());
     let name = format!("wsgimux-{:012x}", hash & 0xffff_ffff_ffff);
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(d) if Path::new(&d).is_dir() => Path::new(&d).join(name),

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::{self, Site};
+use crate::harness::{self, Server, Site};
 
 /// `wsgimux explain` names the route and app, and the SCRIPT_NAME/PATH_INFO it predicts are
 /// the ones the app then sees for the same URL.
@@ -773,4 +773,80 @@ fn express_run() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().expect("wait");
     assert!(status.success(), "wsgimux run exited with {status}");
+}
+
+/// `status` finds the server from any spelling of its config file (relative, through a
+/// symlink in another folder) with the default runtime dir, and through `--control` and
+/// `WSGIMUX_CONTROL`; when nothing answers, the error names the socket it tried.
+#[test]
+fn status_finds_the_server_by_any_path_to_its_config_and_by_control() {
+    let Some(py) = harness::require_python("3.12") else {
+        return;
+    };
+    let site = Site::new();
+    site.probe("app");
+    // No runtime_dir: the default one, named after the config file.
+    let config = site.write(
+        "real/wsgimux.yaml",
+        &format!(
+            "listen: [\"127.0.0.1:0\"]\napps:\n  web:\n    python: {}\n    script: ../app/probe.py\n",
+            py.display()
+        ),
+    );
+    let server = Server::start(config.clone(), site.path().join("wsgimux.log"));
+    let elsewhere = site.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let link = elsewhere.join("site.yaml");
+    std::os::unix::fs::symlink(&config, &link).unwrap();
+    for spelling in [
+        config.clone(),
+        link.clone(),
+        site.path().join("real/../real/wsgimux.yaml"),
+    ] {
+        let (ok, out, err) = wsgimux(&["status"], &spelling);
+        assert!(ok, "status through {}: {err}", spelling.display());
+        assert!(out.contains("app web"), "{out}");
+    }
+    let log = server.log_text();
+    let socket = log
+        .split("control socket ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("serve logs its control socket:\n{log}"))
+        .to_string();
+    let by_flag = Command::new(harness::BIN)
+        .args([
+            "status",
+            "--config",
+            "/nonexistent/wsgimux.yaml",
+            "--control",
+            &socket,
+        ])
+        .output()
+        .expect("run wsgimux");
+    assert!(
+        by_flag.status.success(),
+        "{}",
+        String::from_utf8_lossy(&by_flag.stderr)
+    );
+    let by_env = Command::new(harness::BIN)
+        .args(["reload", "--config", "/nonexistent/wsgimux.yaml"])
+        .env("WSGIMUX_CONTROL", &socket)
+        .output()
+        .expect("run wsgimux");
+    assert!(
+        by_env.status.success(),
+        "{}",
+        String::from_utf8_lossy(&by_env.stderr)
+    );
+    let nobody = Command::new(harness::BIN)
+        .args(["status", "--control", "/nonexistent/control.sock"])
+        .output()
+        .expect("run wsgimux");
+    assert_eq!(nobody.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&nobody.stderr);
+    assert!(
+        said.contains("/nonexistent/control.sock") && said.contains("--control"),
+        "{said}"
+    );
 }
