@@ -174,14 +174,14 @@ pub async fn serve_with(path: &Path, banner: Option<Banner>) -> Result<(), Start
     }
     // Everything that can refuse the config is done before anything is written or bound.
     let front = Front::build(&config, None)?;
-    runtime_dir::check_socket_paths(&dir, apps.iter().map(|a| a.spec.name.as_str()))?;
+    runtime_dir::check_socket_paths(&dir)?;
     let listeners = server::bind(&config.listen).await?;
     let admin_listener = match config.admin {
         Some(addr) => server::bind(&[addr]).await?.pop().map(|(_, l)| l),
         None => None,
     };
     warn_unclaimed_sockets();
-    let files = runtime_dir::prepare(&dir, apps.iter().map(|a| a.spec.name.as_str()))?;
+    let files = runtime_dir::prepare(&dir)?;
     become_configured_user(&config, &apps, &dir)?;
 
     let mut supervisor = Supervisor::new(dir.clone(), files, config.log_dir.clone());

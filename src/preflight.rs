@@ -133,68 +133,15 @@ pub fn choose_worker(choice: WorkerChoice, i: &Interpreter) -> Result<WorkerKind
 pub async fn check(config: &Config) -> Result<Vec<ReadyApp>, ConfigError> {
     let front = front_account(config);
     let front_ref = front.as_ref().ok().and_then(Option::as_ref);
-    let probes = config.apps.iter().map(|app| async move {
-        let mut problems = files(config, app);
-        let (account, runs_as) = match app_account(config, app, front_ref) {
-            Ok(a) => a,
-            Err(p) => {
-                problems.push(p);
-                (None, None)
-            }
-        };
-        let fixed = match app.process.entry {
-            Entry::Command { .. } => Some(WorkerKind::Command),
-            Entry::Upstream { .. } => Some(WorkerKind::Upstream),
-            _ => None,
-        };
-        let Some(python) = &app.process.python else {
-            return match fixed {
-                Some(worker) if problems.is_empty() => Ok(ReadyApp {
-                    spec: app.clone(),
-                    interpreter: None,
-                    worker,
-                    account,
-                }),
-                _ => Err(problems),
-            };
-        };
-        match interpreter::probe(python).await {
-            Ok(interpreter) => match fixed
-                .map(Ok)
-                .unwrap_or_else(|| choose_worker(app.process.worker, &interpreter))
-            {
-                Ok(worker) if problems.is_empty() => {
-                    problems.extend(reachable(config, app, runs_as.as_ref(), Some(&interpreter)));
-                    if problems.is_empty() {
-                        Ok(ReadyApp {
-                            spec: app.clone(),
-                            interpreter: Some(interpreter),
-                            worker,
-                            account,
-                        })
-                    } else {
-                        Err(problems)
-                    }
-                }
-                Ok(_) => Err(problems),
-                Err(why) => {
-                    problems.insert(0, problem(config, app, app.locations.worker, "worker", why));
-                    Err(problems)
-                }
-            },
-            Err(e) => {
-                problems.insert(
-                    0,
-                    problem(config, app, app.locations.python, "python", e.to_string()),
-                );
-                Err(problems)
-            }
-        }
-    });
+    let probes = config
+        .apps
+        .iter()
+        .map(|app| check_app(config, app, front_ref));
     let results = futures_util::future::join_all(probes).await;
     let mut ready = Vec::new();
     let mut problems = certificates(config);
     problems.extend(static_folders(config));
+    problems.extend(runtime_dir_problem(config));
     if let Err(p) = &front {
         problems.insert(0, p.clone());
     }
@@ -209,6 +156,83 @@ pub async fn check(config: &Config) -> Result<Vec<ReadyApp>, ConfigError> {
     } else {
         Err(ConfigError { problems })
     }
+}
+
+/// One app: its files, its account, its interpreter probed and its worker chosen.
+async fn check_app(
+    config: &Config,
+    app: &AppSpec,
+    front_ref: Option<&Account>,
+) -> Result<ReadyApp, Vec<Problem>> {
+    let mut problems = files(config, app);
+    let (account, runs_as) = match app_account(config, app, front_ref) {
+        Ok(a) => a,
+        Err(p) => {
+            problems.push(p);
+            (None, None)
+        }
+    };
+    let fixed = match app.process.entry {
+        Entry::Command { .. } => Some(WorkerKind::Command),
+        Entry::Upstream { .. } => Some(WorkerKind::Upstream),
+        _ => None,
+    };
+    let Some(python) = &app.process.python else {
+        return match fixed {
+            Some(worker) if problems.is_empty() => Ok(ReadyApp {
+                spec: app.clone(),
+                interpreter: None,
+                worker,
+                account,
+            }),
+            _ => Err(problems),
+        };
+    };
+    match interpreter::probe(python).await {
+        Ok(interpreter) => match fixed
+            .map(Ok)
+            .unwrap_or_else(|| choose_worker(app.process.worker, &interpreter))
+        {
+            Ok(worker) if problems.is_empty() => {
+                problems.extend(reachable(config, app, runs_as.as_ref(), Some(&interpreter)));
+                if problems.is_empty() {
+                    Ok(ReadyApp {
+                        spec: app.clone(),
+                        interpreter: Some(interpreter),
+                        worker,
+                        account,
+                    })
+                } else {
+                    Err(problems)
+                }
+            }
+            Ok(_) => Err(problems),
+            Err(why) => {
+                problems.insert(0, problem(config, app, app.locations.worker, "worker", why));
+                Err(problems)
+            }
+        },
+        Err(e) => {
+            problems.insert(
+                0,
+                problem(config, app, app.locations.python, "python", e.to_string()),
+            );
+            Err(problems)
+        }
+    }
+}
+
+/// A runtime dir too long for the sockets, at the `runtime_dir` key when the file sets it.
+fn runtime_dir_problem(config: &Config) -> Option<Problem> {
+    let dir = crate::runtime_dir::of_config(config);
+    let e = crate::runtime_dir::check_socket_paths(&dir).err()?;
+    Some(Problem {
+        file: config.file.clone(),
+        location: config.runtime_dir_location,
+        app: None,
+        key: Some("runtime_dir".into()),
+        message: e.to_string(),
+    })
 }
 
 /// Every `static:` folder (or file) must exist.

@@ -12,8 +12,11 @@ use crate::native;
 
 /// The portable worker, carried inside the binary and written to the runtime dir at start.
 const PORTABLE_WORKER: &str = include_str!("portable_worker.py");
-/// Unix socket paths must fit in sockaddr_un (104 bytes on macOS, 108 on Linux).
-pub const MAX_SOCKET_PATH: usize = 100;
+/// Unix socket paths must fit in sockaddr_un: 104 bytes on macOS, 108 on Linux, with the NUL.
+pub const MAX_SOCKET_PATH: usize = 103;
+/// What the workers add while they bind under a temporary name: `.<pid>.tmp`, pids of up to
+/// seven digits.
+const TEMP_SUFFIX: usize = ".4194304.tmp".len();
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeDirError {
@@ -23,12 +26,8 @@ pub enum RuntimeDirError {
         #[source]
         source: std::io::Error,
     },
-    #[error("runtime_dir {} is too long for the socket of app {app:?} ({len} bytes, limit {MAX_SOCKET_PATH}); set runtime_dir to a shorter path", path.display())]
-    TooLong {
-        path: PathBuf,
-        app: String,
-        len: usize,
-    },
+    #[error("runtime_dir {} is too long for the apps' sockets ({len} bytes at the most, the limit is {MAX_SOCKET_PATH}); set runtime_dir to a shorter path", path.display())]
+    TooLong { path: PathBuf, len: usize },
 }
 
 /// The files wsgimux writes for its children: the launcher (which is also the portable worker)
@@ -70,10 +69,19 @@ fn default_for(file: &Path) -> PathBuf {
         _ => {
             // SAFETY: getuid cannot fail.
             let uid = unsafe { libc::getuid() };
-            std::env::temp_dir()
-                .join(format!("wsgimux-{uid}"))
-                .join(name)
+            temp_base().join(format!("wsgimux-{uid}")).join(name)
         }
+    }
+}
+
+/// Where per-user runtime dirs go without `XDG_RUNTIME_DIR`. macOS's `$TMPDIR`
+/// (`/var/folders/xx/<28 characters>/T/`) leaves too little of a socket path's 104 bytes, so
+/// there it is `/tmp` (per-user folders of mode 0700 below it).
+fn temp_base() -> PathBuf {
+    if cfg!(target_os = "macos") {
+        PathBuf::from("/tmp")
+    } else {
+        std::env::temp_dir()
     }
 }
 
@@ -85,14 +93,11 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// Checks that every app's sockets fit under `dir`, creates it (mode 0700), removes sockets a
-/// killed run left, and writes the workers.
-pub fn prepare<'a>(
-    dir: &Path,
-    apps: impl IntoIterator<Item = &'a str>,
-) -> Result<WorkerFiles, RuntimeDirError> {
+/// Checks that the sockets fit under `dir`, creates it (mode 0700), removes sockets a killed
+/// run left, and writes the workers.
+pub fn prepare(dir: &Path) -> Result<WorkerFiles, RuntimeDirError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    check_socket_paths(dir, apps)?;
+    check_socket_paths(dir)?;
     let err = |source| RuntimeDirError::Io {
         path: dir.to_path_buf(),
         source,
@@ -125,41 +130,38 @@ pub fn prepare<'a>(
     })
 }
 
-/// Err for the first app whose longest socket path would not fit in [`MAX_SOCKET_PATH`].
-pub fn check_socket_paths<'a>(
-    dir: &Path,
-    apps: impl IntoIterator<Item = &'a str>,
-) -> Result<(), RuntimeDirError> {
-    for app in apps {
-        let len = longest_socket_path(dir, app);
-        if len > MAX_SOCKET_PATH {
-            return Err(RuntimeDirError::TooLong {
-                path: dir.to_path_buf(),
-                app: app.to_string(),
-                len,
-            });
-        }
+/// Err when the longest socket path under `dir` would not fit in [`MAX_SOCKET_PATH`]. Socket
+/// names do not grow with app names, so this depends on the folder alone.
+pub fn check_socket_paths(dir: &Path) -> Result<(), RuntimeDirError> {
+    let len = longest_socket_path(dir);
+    if len > MAX_SOCKET_PATH {
+        return Err(RuntimeDirError::TooLong {
+            path: dir.to_path_buf(),
+            len,
+        });
     }
     Ok(())
 }
 
-/// The longest socket path an app will use (largest generation, slot and attempt numbers).
-fn longest_socket_path(dir: &Path, app: &str) -> usize {
+/// The longest socket path any app will use under `dir`: in an app's own socket folder, with
+/// the largest generation, slot and attempt numbers, while the worker binds it.
+fn longest_socket_path(dir: &Path) -> usize {
     let max = u64::from(u32::MAX);
-    socket_path(&app_socket_dir(dir, app), app, max, 999, max)
-        .as_os_str()
-        .len()
+    let socket = socket_path(&app_socket_dir(dir, "any"), max, 999, max);
+    socket.as_os_str().len() + TEMP_SUFFIX
 }
 
-/// The socket folder of an app that runs as its own account.
+/// The socket folder of an app that runs as its own account: named by a short id of the app,
+/// so that its length does not depend on the app's name.
 pub fn app_socket_dir(dir: &Path, app: &str) -> PathBuf {
-    dir.join(format!("{app}.d"))
+    dir.join(format!("{:08x}.d", fnv1a(app.as_bytes()) as u32))
 }
 
-/// A socket for one start of one process: fresh per attempt, so a dying process's socket is
-/// never mistaken for its successor's.
-pub fn socket_path(dir: &Path, app: &str, generation: u64, slot: usize, attempt: u64) -> PathBuf {
-    dir.join(format!("{app}.{generation}.{slot}.{attempt}.sock"))
+/// A socket for one start of one process. Generation numbers are unique among all apps of one
+/// wsgimux, and the attempt is fresh per start, so a dying process's socket is never mistaken
+/// for its successor's; the app is not in the name, which therefore stays short.
+pub fn socket_path(dir: &Path, generation: u64, slot: usize, attempt: u64) -> PathBuf {
+    dir.join(format!("{generation}.{slot}.{attempt}.sock"))
 }
 
 #[cfg(test)]
@@ -167,14 +169,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn long_app_names_are_refused_before_anything_is_written() {
+    fn socket_paths_do_not_grow_with_app_names_and_long_dirs_are_refused_before_writing() {
+        let long = "a".repeat(200);
+        assert_eq!(
+            app_socket_dir(Path::new("/r"), &long).as_os_str().len(),
+            app_socket_dir(Path::new("/r"), "a").as_os_str().len()
+        );
+        assert_ne!(
+            app_socket_dir(Path::new("/r"), "a"),
+            app_socket_dir(Path::new("/r"), "b")
+        );
+        // macOS's default: /tmp/wsgimux-UID/wsgimux-HASH, with room to spare.
+        let mac = Path::new("/tmp/wsgimux-4294967/wsgimux-0123456789ab");
+        assert!(check_socket_paths(mac).is_ok());
         let dir = tempfile::tempdir().unwrap();
-        let run = dir.path().join("run");
-        let long = "a".repeat(120);
-        let err = prepare(&run, ["short", long.as_str()]).unwrap_err();
-        assert!(matches!(err, RuntimeDirError::TooLong { ref app, .. } if *app == long));
+        let run = dir.path().join("x".repeat(80));
+        let err = prepare(&run).unwrap_err();
+        assert!(matches!(err, RuntimeDirError::TooLong { len, .. } if len > MAX_SOCKET_PATH));
         assert!(!run.exists());
-        let files = prepare(&run, ["short"]).unwrap();
+        let files = prepare(&dir.path().join("run")).unwrap();
         assert!(files.launcher.is_file() && files.native_dir.is_dir());
     }
 
@@ -183,7 +196,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let stale = dir.path().join("a.1.0.1.sock");
         std::fs::write(&stale, "").unwrap();
-        prepare(dir.path(), []).unwrap();
+        prepare(dir.path()).unwrap();
         assert!(!stale.exists());
         let a = default_for(Path::new("/srv/a/wsgimux.yaml"));
         assert_eq!(a, default_for(Path::new("/srv/a/wsgimux.yaml")));

@@ -159,7 +159,6 @@ impl Slot {
         }
         Address::Unix(socket_path(
             &self.plan.socket_dir,
-            &self.plan.name,
             self.plan.generation,
             self.slot,
             attempt,

@@ -850,3 +850,47 @@ fn status_finds_the_server_by_any_path_to_its_config_and_by_control() {
         "{said}"
     );
 }
+
+/// Socket names do not grow with app names: a 40-character app is served with the default
+/// runtime dir; a configured runtime_dir too long for the sockets is a `check` error at its
+/// line and column, before anything starts.
+#[test]
+fn long_app_names_serve_and_long_runtime_dirs_are_located() {
+    let Some(py) = harness::require_python("3.12") else {
+        return;
+    };
+    let site = Site::new();
+    site.probe("app");
+    let name = "billing-and-invoicing-legacy-site-python";
+    assert_eq!(name.len(), 40);
+    let config = site.write(
+        "wsgimux.yaml",
+        &format!(
+            "listen: [\"127.0.0.1:0\"]\napps:\n  {name}:\n    python: {}\n    script: app/probe.py\n",
+            py.display()
+        ),
+    );
+    let server = Server::start(config, site.path().join("wsgimux.log"));
+    let r = server.get("example.com", "/pid");
+    assert_eq!(r.status, 200, "{}", server.log_text());
+    drop(server);
+
+    let long = format!("/tmp/{}", "deep/".repeat(16));
+    site.write(
+        "wsgimux.yaml",
+        &format!(
+            "listen: [\"127.0.0.1:0\"]\nruntime_dir: {long}\napps:\n  web:\n    python: {}\n    script: app/probe.py\n",
+            py.display()
+        ),
+    );
+    let (status, _, stderr) = site.check();
+    assert!(!status.success());
+    assert!(
+        stderr.contains("wsgimux.yaml:2:"),
+        "names the line: {stderr}"
+    );
+    assert!(
+        stderr.contains("runtime_dir") && stderr.contains("too long"),
+        "{stderr}"
+    );
+}
