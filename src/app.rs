@@ -21,7 +21,7 @@ use crate::routes::RouteTable;
 use crate::runtime_dir::{self, RuntimeDirError};
 use crate::server::{self, BindError};
 use crate::status::Overview;
-use crate::supervisor::{Generation, Supervisor};
+use crate::supervisor::{Generation, StartFailure, Supervisor};
 use crate::trigger::Trigger;
 use crate::watch::{self as filewatch, ConfigWatcher};
 
@@ -185,13 +185,7 @@ pub async fn serve_with(path: &Path, banner: Option<Banner>) -> Result<(), Start
     become_configured_user(&config, &apps, &dir)?;
 
     let mut supervisor = Supervisor::new(dir.clone(), files, config.log_dir.clone());
-    let running: Vec<RunningApp> = apps
-        .iter()
-        .map(|a| RunningApp {
-            app: a.clone(),
-            generation: supervisor.start(a),
-        })
-        .collect();
+    let running = start_apps(&mut supervisor, &apps);
     let first: Vec<(ReadyApp, Generation)> = running
         .iter()
         .map(|r| (r.app.clone(), r.generation.clone()))
@@ -228,12 +222,27 @@ pub async fn serve_with(path: &Path, banner: Option<Banner>) -> Result<(), Start
         admin_listener,
     )?;
     let reporter = tokio::spawn(report_readiness(first, reloader.listener_urls(), banner));
+    let watchdog = crate::sdnotify::start_watchdog();
     let reloader = run(reloader, triggers, triggers_tx, signals).await;
+    crate::sdnotify::stopping();
     reporter.abort();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     drop(doors);
     reloader.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Every app's first generation, started at once.
+fn start_apps(supervisor: &mut Supervisor, apps: &[ReadyApp]) -> Vec<RunningApp> {
+    apps.iter()
+        .map(|a| RunningApp {
+            app: a.clone(),
+            generation: supervisor.start(a),
+        })
+        .collect()
 }
 
 fn warn_unclaimed_sockets() {
@@ -324,15 +333,34 @@ async fn run(
         while let Ok(t) = triggers.try_recv() {
             batch.push(t);
         }
-        tokio::select! {
-            _ = reloader.handle(batch) => {}
-            _ = signals.term.recv() => break,
-            _ = signals.int.recv() => break,
-            // A SIGHUP during a reload asks for another one after it.
-            _ = signals.hup.recv() => {
-                let _ = again.try_send(Trigger::Hangup);
+        let announced = crate::sdnotify::reloading();
+        let stop = {
+            let reload = reloader.handle(batch);
+            tokio::pin!(reload);
+            // The reload runs to its end; only SIGTERM/SIGINT cut it short. Other signals are
+            // answered meanwhile.
+            loop {
+                tokio::select! {
+                    _ = &mut reload => break false,
+                    _ = signals.term.recv() => break true,
+                    _ = signals.int.recv() => break true,
+                    // A SIGHUP during a reload asks for another one after it.
+                    _ = signals.hup.recv() => {
+                        let _ = again.try_send(Trigger::Hangup);
+                    }
+                    _ = signals.usr1.recv() => reopen_logs(),
+                }
             }
-            _ = signals.usr1.recv() => reopen_logs(),
+        };
+        if stop {
+            break;
+        }
+        if announced {
+            let status = match reloader.last_report() {
+                Some(r) => format!("serving; {}", r.summary),
+                None => "serving".to_string(),
+            };
+            crate::sdnotify::reloaded(&status);
         }
     }
     reloader
@@ -367,36 +395,24 @@ async fn report_readiness(
             (a, g, g.wait_ready(limit).await)
         })
         .collect();
+    let mut failed = Vec::new();
     while let Some((a, g, result)) = pending.next().await {
-        let name = &a.spec.name;
-        let line = match result {
-            Ok(pids) if pids.is_empty() && g.dormant() => format!(
-                "app {name}: on demand, {}, {} worker, starts with its first request, route {}",
-                a.describe_python(),
-                a.worker,
-                route_text(&a.spec),
-            ),
-            Ok(_) if a.worker == preflight::WorkerKind::Upstream => format!(
-                "app {name}: ready, {} answers, route {}",
-                a.describe_python()
-                    .trim_start_matches("- (")
-                    .trim_end_matches(')'),
-                route_text(&a.spec),
-            ),
-            Ok(pids) => format!(
-                "app {name}: ready, {}, {} worker, pid {}, route {}",
-                a.describe_python(),
-                a.worker,
-                pids.iter()
-                    .map(u32::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
-                route_text(&a.spec),
-            ),
-            Err(f) => format!("app {name}: failed to start: {} (retrying)", f.reason),
-        };
-        println!("{line}");
+        if result.is_err() {
+            failed.push(a.spec.name.clone());
+        }
+        println!("{}", readiness_line(a, g, result));
     }
+    let status = if failed.is_empty() {
+        format!("serving {} app(s)", apps.len())
+    } else {
+        format!(
+            "serving {} of {} app(s); failed to start (retrying): {}",
+            apps.len() - failed.len(),
+            apps.len(),
+            failed.join(", ")
+        )
+    };
+    crate::sdnotify::ready(&status);
     if let Some(banner) = banner {
         let urls: Vec<String> = addrs.iter().map(|(s, a)| format!("{s}://{a}")).collect();
         let ready: Vec<ReadyApp> = apps.iter().map(|(a, _)| a.clone()).collect();
@@ -406,6 +422,37 @@ async fn report_readiness(
         println!("ready: {scheme}://{a}");
     }
     let _ = std::io::stdout().flush();
+}
+
+/// One app's start-up line: ready (with pids), on demand, answering (upstream), or failed.
+fn readiness_line(a: &ReadyApp, g: &Generation, result: Result<Vec<u32>, StartFailure>) -> String {
+    let name = &a.spec.name;
+    match result {
+        Ok(pids) if pids.is_empty() && g.dormant() => format!(
+            "app {name}: on demand, {}, {} worker, starts with its first request, route {}",
+            a.describe_python(),
+            a.worker,
+            route_text(&a.spec),
+        ),
+        Ok(_) if a.worker == preflight::WorkerKind::Upstream => format!(
+            "app {name}: ready, {} answers, route {}",
+            a.describe_python()
+                .trim_start_matches("- (")
+                .trim_end_matches(')'),
+            route_text(&a.spec),
+        ),
+        Ok(pids) => format!(
+            "app {name}: ready, {}, {} worker, pid {}, route {}",
+            a.describe_python(),
+            a.worker,
+            pids.iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+            route_text(&a.spec),
+        ),
+        Err(f) => format!("app {name}: failed to start: {} (retrying)", f.reason),
+    }
 }
 
 fn route_text(spec: &crate::config::AppSpec) -> String {

@@ -30,6 +30,7 @@ pub mod proxy;
 pub mod reload;
 pub mod routes;
 pub mod runtime_dir;
+pub mod sdnotify;
 pub mod server;
 pub mod statics;
 pub mod status;

@@ -178,3 +178,77 @@ fn systemd_exec_lines_run_against_a_running_server() {
         }
     }
 }
+
+/// The `Type=notify` protocol, with a datagram socket standing in for systemd: READY=1 (with a
+/// status naming the failed app) only after every app that starts at once is ready or failed,
+/// RELOADING=1 with MONOTONIC_USEC then READY=1 around a reload, WATCHDOG=1 pings, STOPPING=1
+/// at shutdown.
+#[test]
+fn systemd_notify_protocol() {
+    let Some(py) = harness::require_python("3.12") else {
+        return;
+    };
+    let site = Site::new();
+    site.probe("app");
+    site.write(
+        "broken/app.py",
+        "raise ImportError('no module named missing')\n",
+    );
+    // The good app takes a while to import, so READY must wait for it.
+    site.write(
+        "slow/app.py",
+        "import time\ntime.sleep(1.5)\ndef application(environ, start_response):\n    start_response('200 OK', [])\n    return [b'ok']\n",
+    );
+    let config = site.config(&format!(
+        "apps:\n  slow:\n    python: {py}\n    script: slow/app.py\n  broken:\n    python: {py}\n    script: broken/app.py\n    mount: /b\n    startup_timeout: 5s\n",
+        py = py.display()
+    ));
+    let socket_path = site.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("notify socket");
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .expect("timeout");
+    let started = std::time::Instant::now();
+    let notify = socket_path.display().to_string();
+    let mut server = harness::Server::start_with(
+        std::path::Path::new(harness::BIN),
+        config,
+        site.path().join("wsgimux.log"),
+        &[("NOTIFY_SOCKET", &notify), ("WATCHDOG_USEC", "400000")],
+    );
+    let mut messages: Vec<String> = Vec::new();
+    let mut next = |what: &str| -> String {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = socket
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("waiting for {what}: {e}; so far {messages:?}"));
+            let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+            messages.push(m.clone());
+            if m.contains(what) {
+                return m;
+            }
+        }
+    };
+    let ready = next("READY=1");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(1400),
+        "READY came before the slow app was imported ({:?})",
+        started.elapsed()
+    );
+    assert!(
+        ready.contains("STATUS=serving 1 of 2 app(s); failed to start (retrying): broken"),
+        "{ready}"
+    );
+    assert_eq!(server.get("example.com", "/").status, 200);
+    next("WATCHDOG=1");
+    let (status, _, stderr) = site.reload();
+    assert!(status.code().is_some(), "{stderr}");
+    let reloading = next("RELOADING=1");
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+    let again = next("READY=1");
+    assert!(again.contains("STATUS=serving; reload #1"), "{again}");
+    server.signal(libc::SIGTERM);
+    next("STOPPING=1");
+    server.wait_exit(std::time::Duration::from_secs(30));
+}

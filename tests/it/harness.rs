@@ -202,10 +202,16 @@ impl Server {
 
     /// Starts `binary` (a copy of wsgimux somewhere else) as `serve --config config`.
     pub fn start_binary(binary: &Path, config: PathBuf, log: PathBuf) -> Self {
+        Self::start_with(binary, config, log, &[])
+    }
+
+    /// `serve --config config` with environment variables set.
+    pub fn start_with(binary: &Path, config: PathBuf, log: PathBuf, env: &[(&str, &str)]) -> Self {
         let log_file = std::fs::File::create(&log).expect("log file");
         let mut child = Command::new(binary)
             .args(["serve", "--config"])
             .arg(&config)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log_file)

@@ -19,6 +19,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "activation",
             "native",
             "trigger",
+            "sdnotify",
             "config",
         ],
     ),
