@@ -41,6 +41,9 @@ pub use crate::config::Address;
 #[derive(Debug, Clone, Default)]
 pub struct Endpoints {
     pub ready: Arc<[Arc<Endpoint>]>,
+    /// The generation's first start is under way: no process of it has answered yet and none
+    /// has failed to start. A request may wait for it (the app has not failed, it is coming).
+    pub starting: bool,
 }
 
 /// The request side's handle on dormant processes (`start: on_demand`, or stopped by

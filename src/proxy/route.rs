@@ -97,18 +97,27 @@ impl AppRoute {
     }
 
     /// A ready process; for an app whose processes are not running (on demand, or stopped
-    /// when idle), wakes them and waits up to its startup_timeout.
+    /// when idle), wakes them, and for one whose first start is under way, waits — either
+    /// up to its startup_timeout. An app that has failed or crashed gets no wait (503 now).
     pub(super) async fn ready_process(&self, avoid: Option<u32>) -> Option<Arc<Endpoint>> {
         if let Some(e) = self.pick(avoid) {
             return Some(e);
         }
-        let demand = self.demand.as_ref()?;
-        demand.wake();
+        match &self.demand {
+            Some(demand) => demand.wake(),
+            // Not dormant: worth waiting for only while its first start is under way (right
+            // after wsgimux started, e.g. a request that woke a socket-activated service).
+            None if self.endpoints.borrow().starting => {}
+            None => return None,
+        }
         let mut endpoints = self.endpoints.clone();
         let wait = async {
             loop {
                 if let Some(e) = self.pick(avoid) {
                     return Some(e);
+                }
+                if self.demand.is_none() && !endpoints.borrow_and_update().starting {
+                    return None;
                 }
                 if endpoints.changed().await.is_err() {
                     return None;

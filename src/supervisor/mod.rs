@@ -86,7 +86,11 @@ impl Supervisor {
         let id = self.next_generation;
         self.next_generation += 1;
         let plan = Arc::new(self.plan(app, id));
-        let (endpoints_tx, endpoints_rx) = watch::channel(Endpoints::default());
+        let (endpoints_tx, endpoints_rx) = watch::channel(Endpoints {
+            ready: Arc::new([]),
+            // A dormant app is woken by demand, not waited for as starting.
+            starting: app.spec.process.policy.start != StartMode::OnDemand,
+        });
         let endpoints_tx = Arc::new(endpoints_tx);
         let (failure_tx, failure_rx) = watch::channel(None);
         let failure_tx = Arc::new(failure_tx);

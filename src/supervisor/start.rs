@@ -197,6 +197,9 @@ impl Slot {
                 .filter(|e| e.pid() != pid)
                 .cloned()
                 .collect();
+            if endpoint.is_some() {
+                eps.starting = false;
+            }
             list.extend(endpoint);
             eps.ready = list.into();
         });
@@ -205,6 +208,9 @@ impl Slot {
     /// Reports the slot's failed start; `stderr`: the child's last lines, if it ran.
     pub(super) fn start_failed(&self, reason: String, stderr: Vec<String>) {
         let slot = self.slot;
+        // Requests waiting for the first start get their 503 now.
+        self.endpoints
+            .send_if_modified(|eps| std::mem::replace(&mut eps.starting, false));
         tracing::error!(
             "[{}] process {slot} failed to start: {reason}",
             self.plan.name

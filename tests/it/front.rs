@@ -75,6 +75,37 @@ fn forwarded_headers_are_believed_only_from_trusted_proxies() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "400");
 }
 
+/// Starts `serve --config config` with `listener` passed as systemd passes sockets
+/// (`LISTEN_FDS=1`, fd 3, named by its address). Does not wait for anything.
+fn serve_activated(
+    config: &std::path::Path,
+    listener: &std::net::TcpListener,
+    log: &std::path::Path,
+) -> std::process::Child {
+    let fd = listener.as_raw_fd();
+    let addr = listener.local_addr().unwrap();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=\"$2\" exec \"$0\" serve --config \"$1\"")
+        .arg(BIN)
+        .arg(config)
+        .arg(addr.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap());
+    // SAFETY: dup2 and fcntl only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::fcntl(3, libc::F_SETFD, 0);
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("start wsgimux")
+}
+
 #[test]
 fn listeners_come_from_systemd_socket_activation() {
     let Some(py) = require_python("3.12") else {
@@ -93,27 +124,7 @@ fn listeners_come_from_systemd_socket_activation() {
             py.display()
         ),
     );
-    let fd = listener.as_raw_fd();
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg("LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=\"$2\" exec \"$0\" serve --config \"$1\"")
-        .arg(BIN)
-        .arg(&config)
-        .arg(addr.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(site.path().join("log")).unwrap());
-    // SAFETY: dup2 and fcntl only, between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            libc::fcntl(3, libc::F_SETFD, 0);
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().expect("start wsgimux");
+    let mut child = serve_activated(&config, &listener, &site.path().join("log"));
     let stdout = BufReader::new(child.stdout.take().unwrap());
     let ready = stdout
         .lines()
@@ -131,6 +142,43 @@ fn listeners_come_from_systemd_socket_activation() {
     );
     let r = request(addr, b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     assert_eq!(r.status, 200);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    drop(listener);
+}
+
+/// The request that made systemd start the service (queued on the passed socket before
+/// wsgimux ran) waits for its app's first start and is answered 200 by it, not 503.
+#[test]
+fn the_first_request_of_an_activated_service_waits_for_its_starting_app() {
+    let Some(py) = require_python("3.12") else {
+        return;
+    };
+    let site = Site::new();
+    site.write(
+        "slow/app.py",
+        "import time\ntime.sleep(2)\ndef application(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'imported']\n",
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = site.write(
+        "wsgimux.yaml",
+        &format!(
+            "runtime_dir: {}\nlisten: [\"{addr}\"]\napps:\n  slow:\n    python: {}\n    script: slow/app.py\n    startup_timeout: 20s\n",
+            site.path().join("run").display(),
+            py.display()
+        ),
+    );
+    let mut child = serve_activated(&config, &listener, &site.path().join("log"));
+    // Sent at once: the kernel queues the connection on the passed socket.
+    let started = std::time::Instant::now();
+    let r = request(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let log = std::fs::read_to_string(site.path().join("log")).unwrap_or_default();
+    let r = r.unwrap_or_else(|e| panic!("request: {e}\n{log}"));
+    assert_eq!(r.status, 200, "{}\n{log}", r.text());
+    assert_eq!(r.text(), "imported");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1900));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let _ = child.wait();
