@@ -50,15 +50,17 @@ pub fn take(addr: SocketAddr) -> Option<tokio::net::TcpListener> {
     tokio::net::TcpListener::from_std(s.listener).ok()
 }
 
-/// Addresses of inherited sockets no `listen` entry claimed (worth a warning).
+/// Inherited sockets no `listen` entry claimed: their names (as the unit gives them) and
+/// bound addresses. A start refuses them: the port would accept connections nobody answers.
 pub fn unclaimed() -> Vec<String> {
     INHERITED
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .iter()
         .map(|s| match (&s.name, s.listener.local_addr()) {
-            (Some(n), _) => n.clone(),
-            (None, Ok(a)) => a.to_string(),
+            (Some(n), Ok(a)) if *n != a.to_string() => format!("{n} (bound to {a})"),
+            (_, Ok(a)) => a.to_string(),
+            (Some(n), Err(_)) => n.clone(),
             (None, Err(_)) => "?".into(),
         })
         .collect()

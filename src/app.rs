@@ -45,6 +45,8 @@ pub enum StartError {
     Account(#[from] crate::account::AccountError),
     #[error("another wsgimux already serves this config (its control socket in {} answers); stop it first, or use `wsgimux reload`", dir.display())]
     AlreadyRunning { dir: PathBuf },
+    #[error("the service manager passed sockets that no listen entry names: {passed} (listen: {listen}); add them to `listen`, or remove them from the socket unit")]
+    UnclaimedSockets { passed: String, listen: String },
     #[error("cannot set up signal handling: {0}")]
     Signals(#[source] std::io::Error),
 }
@@ -180,7 +182,7 @@ pub async fn serve_with(path: &Path, banner: Option<Banner>) -> Result<(), Start
         Some(addr) => server::bind(&[addr]).await?.pop().map(|(_, l)| l),
         None => None,
     };
-    warn_unclaimed_sockets();
+    refuse_unclaimed_sockets(&config)?;
     let files = runtime_dir::prepare(&dir)?;
     become_configured_user(&config, &apps, &dir)?;
 
@@ -245,14 +247,18 @@ fn start_apps(supervisor: &mut Supervisor, apps: &[ReadyApp]) -> Vec<RunningApp>
         .collect()
 }
 
-fn warn_unclaimed_sockets() {
+/// A socket the service manager passed that no `listen` entry takes would accept connections
+/// that nobody answers: a start error naming both sides.
+fn refuse_unclaimed_sockets(config: &Config) -> Result<(), StartError> {
     let unclaimed = crate::activation::unclaimed();
-    if !unclaimed.is_empty() {
-        tracing::warn!(
-            "sockets passed by the service manager that no listen entry names: {}",
-            unclaimed.join(", ")
-        );
+    if unclaimed.is_empty() {
+        return Ok(());
     }
+    let listen: Vec<String> = config.listen.iter().map(ToString::to_string).collect();
+    Err(StartError::UnclaimedSockets {
+        passed: unclaimed.join(", "),
+        listen: listen.join(", "),
+    })
 }
 
 /// The ways in besides the listeners: the control socket, the admin listener, the config

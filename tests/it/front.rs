@@ -184,3 +184,34 @@ fn the_first_request_of_an_activated_service_waits_for_its_starting_app() {
     let _ = child.wait();
     drop(listener);
 }
+
+/// A socket the service manager passed that no `listen` entry names is a start error naming
+/// both, not a port that accepts connections nobody answers.
+#[test]
+fn a_passed_socket_no_listen_entry_names_is_a_start_error() {
+    let Some(py) = require_python("3.12") else {
+        return;
+    };
+    let site = Site::new();
+    site.probe("app");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let passed = listener.local_addr().unwrap();
+    let config = site.write(
+        "wsgimux.yaml",
+        &format!(
+            "runtime_dir: {}\nlisten: [\"127.0.0.1:0\"]\napps:\n  a:\n    python: {}\n    script: app/probe.py\n",
+            site.path().join("run").display(),
+            py.display()
+        ),
+    );
+    let log = site.path().join("log");
+    let mut child = serve_activated(&config, &listener, &log);
+    let status = child.wait().expect("wsgimux exits");
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!status.success(), "{said}");
+    assert!(
+        said.contains("no listen entry names") && said.contains(&passed.to_string()),
+        "{said}"
+    );
+    assert!(said.contains("listen: 127.0.0.1:0"), "{said}");
+}
