@@ -174,6 +174,8 @@ pub async fn serve_with(path: &Path, banner: Option<Banner>) -> Result<(), Start
     if control::is_served(&dir) {
         return Err(StartError::AlreadyRunning { dir });
     }
+    // No wsgimux serves this runtime dir: whatever its records name is a killed one's.
+    crate::leftover::stop_leftovers(&dir);
     // Everything that can refuse the config is done before anything is written or bound.
     let front = Front::build(&config, None)?;
     runtime_dir::check_socket_paths(&dir)?;

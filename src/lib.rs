@@ -22,6 +22,7 @@ pub mod express;
 pub mod gate;
 pub mod http1;
 pub mod interpreter;
+pub mod leftover;
 pub mod logfile;
 pub mod metrics;
 pub mod native;

@@ -15,6 +15,7 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinSet;
 
 use crate::config::{Address, PORT_PLACEHOLDER, SOCKET_PLACEHOLDER};
+use crate::leftover::ChildRecord;
 use crate::logfile::LogFile;
 
 use super::plan::{AppPlan, Launch};
@@ -81,7 +82,7 @@ pub(super) fn spawn_child(
     address: &Address,
     tail: &Arc<Mutex<VecDeque<String>>>,
     pumps: &mut JoinSet<()>,
-) -> std::io::Result<Child> {
+) -> std::io::Result<(Child, ChildRecord)> {
     let mut cmd = command(plan, address)?;
     set_environment(&mut cmd, plan);
     let parent = std::process::id();
@@ -99,6 +100,7 @@ pub(super) fn spawn_child(
         cmd.spawn()?
     };
     let pid = child.id().unwrap_or(0);
+    let record = ChildRecord::write(&plan.runtime_dir, pid);
     if let Some(out) = child.stdout.take() {
         pumps.spawn(pump(out, plan.name.clone(), pid, None, plan.log.clone()));
     }
@@ -111,7 +113,7 @@ pub(super) fn spawn_child(
             plan.log.clone(),
         ));
     }
-    Ok(child)
+    Ok((child, record))
 }
 
 /// The program and arguments: the worker launcher, or the app's command with `{socket}` /

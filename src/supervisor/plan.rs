@@ -31,6 +31,8 @@ pub(super) struct AppPlan {
     /// Where the app's sockets go: the runtime dir, or for an app with its own account a
     /// folder it may write in and wsgimux's group may connect in.
     pub(super) socket_dir: PathBuf,
+    /// The runtime dir, where each child is recorded until it is reaped.
+    pub(super) runtime_dir: PathBuf,
     /// The app's own account, when it has one.
     pub(super) account: Option<Account>,
     pub(super) working_dir: PathBuf,
@@ -110,6 +112,7 @@ impl Supervisor {
             bin_dir,
             venv,
             socket_dir,
+            runtime_dir: self.runtime_dir.clone(),
             account: app.account.clone(),
             working_dir: spec.process.working_dir.clone(),
             env: spec.process.env.clone(),

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::{Address, StartMode};
+use crate::leftover::ChildRecord;
 use crate::upstream::{Endpoint, Endpoints};
 
 use super::child::{describe, remove_socket, stop_child, OUTPUT_FLUSH};
@@ -71,6 +72,8 @@ pub(super) struct Running {
     pub(super) endpoint: Arc<Endpoint>,
     /// Recycle after this many requests (max_requests + this process's jitter).
     pub(super) recycle_at: Option<u64>,
+    /// Its record in the runtime dir, removed when this is dropped (the child reaped).
+    pub(super) _record: ChildRecord,
 }
 
 /// How often a running process is checked for idleness and for max_requests.

@@ -32,7 +32,7 @@ impl Slot {
         let plan = self.plan.clone();
         let tail = Arc::new(Mutex::new(VecDeque::new()));
         while self.output.try_join_next().is_some() {}
-        let mut child = match spawn_child(&plan, &address, &tail, &mut self.output) {
+        let (mut child, record) = match spawn_child(&plan, &address, &tail, &mut self.output) {
             Ok(c) => c,
             Err(e) => {
                 let reason = format!("cannot start {}: {e}", plan.launch.program());
@@ -79,6 +79,7 @@ impl Slot {
             address,
             endpoint,
             recycle_at,
+            _record: record,
         })
     }
 

@@ -27,7 +27,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "pure decisions over config",
         &["routes", "interpreter", "tls"],
     ),
-    ("the machine", &["preflight", "runtime_dir"]),
+    ("the machine", &["preflight", "runtime_dir", "leftover"]),
     (
         "request pieces",
         &[

@@ -191,3 +191,59 @@ fn an_app_that_fails_to_import_answers_503_and_others_are_served() {
     assert_eq!(r.header("retry-after"), Some("2"));
     assert_eq!(server.get("localhost", "/fine/ver").status, 200);
 }
+
+/// A child that outlives a `kill -9` of wsgimux (here: a `command:` server that ignores the
+/// SIGTERM its parent-death signal sends; on macOS there is no such signal at all) is stopped
+/// by the next start on the same runtime dir, found by its record (pid and start time).
+#[test]
+fn leftover_children_of_a_killed_instance_are_stopped_by_the_next_start() {
+    let site = Site::new();
+    site.write(
+        "stubborn.py",
+        r#"import os, signal, socket, sys
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1] + ".tmp")
+s.listen(16)
+os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+while True:
+    c, _ = s.accept()
+    try:
+        if c.recv(65536):
+            c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+    except OSError:
+        pass
+    c.close()
+"#,
+    );
+    site.config("apps:\n  stubborn:\n    command: [python3, stubborn.py, \"{socket}\"]\n");
+    let mut first = site.serve();
+    let pids = first.app_pids("stubborn");
+    assert_eq!(pids.len(), 1);
+    first.signal(libc::SIGKILL);
+    first.wait_exit(Duration::from_secs(5)).expect("killed");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        pid_alive(pids[0]),
+        "the stubborn child survived wsgimux (as it may)"
+    );
+
+    let second = site.serve();
+    let gone = eventually(Duration::from_secs(5), || {
+        (!pid_alive(pids[0])).then_some(())
+    });
+    assert!(gone.is_some(), "pid {} outlived the next start", pids[0]);
+    assert!(
+        second.log_text().contains(&format!(
+            "stopping pid {}, left running by a wsgimux that was killed",
+            pids[0]
+        )),
+        "{}",
+        second.log_text()
+    );
+    assert_eq!(
+        second.get("example.com", "/").status,
+        200,
+        "the new one serves"
+    );
+}
