@@ -252,3 +252,31 @@ fn systemd_notify_protocol() {
     next("STOPPING=1");
     server.wait_exit(std::time::Duration::from_secs(30));
 }
+
+/// The CI workflow for the platforms this machine lacks (Linux, macOS Intel, macOS Apple
+/// silicon) cannot run here; it must at least parse and run the README's test command on each.
+#[test]
+fn github_workflow_parses_and_covers_linux_and_both_macs() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".github/workflows/test.yml");
+    let text = std::fs::read_to_string(&path).expect("read the workflow");
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("the workflow is YAML");
+    let job = &doc["jobs"]["test"];
+    let oses: Vec<&str> = job["strategy"]["matrix"]["include"]
+        .as_sequence()
+        .expect("a matrix")
+        .iter()
+        .filter_map(|e| e["os"].as_str())
+        .collect();
+    assert!(oses.iter().any(|o| o.starts_with("ubuntu")), "{oses:?}");
+    assert!(
+        oses.contains(&"macos-13") && oses.contains(&"macos-14"),
+        "{oses:?}"
+    );
+    let runs: Vec<&str> = job["steps"]
+        .as_sequence()
+        .expect("steps")
+        .iter()
+        .filter_map(|s| s["run"].as_str())
+        .collect();
+    assert!(runs.iter().any(|r| r.trim() == "cargo test"), "{runs:?}");
+}
