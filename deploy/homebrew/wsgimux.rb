@@ -1,11 +1,13 @@
-# Homebrew formula for wsgimux. Until it is in a tap:
-#   brew install --build-from-source ./deploy/homebrew/wsgimux.rb
-#   sudo brew services start wsgimux      # port 80 needs root; see deploy/README.md
+# Homebrew formula for wsgimux. Homebrew installs formulas from taps only; with a tap of your
+# own (deploy/README.md has the steps):
+#   brew install --HEAD you/local/wsgimux   # or, once a release is tagged, without --HEAD
+#   sudo brew services start wsgimux        # port 80 needs root; see deploy/README.md
+# `deploy/homebrew/release VERSION` fills in url and sha256 for a tagged release.
 class Wsgimux < Formula
   desc "One HTTP front door for many Python WSGI apps, each under its own interpreter"
   homepage "https://github.com/wsgimux/wsgimux"
-  url "https://github.com/wsgimux/wsgimux/archive/refs/tags/v0.1.0.tar.gz"
-  # Replace with the release tarball's checksum when tagging (`shasum -a 256 v0.1.0.tar.gz`).
+  # Written by deploy/homebrew/release from the `git archive` tarball it makes for the tag.
+  url "https://github.com/wsgimux/wsgimux/releases/download/v0.1.0/wsgimux-0.1.0.tar.gz"
   sha256 "0000000000000000000000000000000000000000000000000000000000000000"
   license any_of: ["MIT", "Apache-2.0"]
   head "https://github.com/wsgimux/wsgimux.git", branch: "main"
@@ -16,15 +18,17 @@ class Wsgimux < Formula
 
   def install
     system "cargo", "install", *std_cargo_args
-    (etc/"wsgimux").mkpath
-    # The example config and its apps; an existing wsgimux.yaml is never overwritten.
+    # The example config, pointed at the example apps installed beside it.
     (pkgshare/"examples").install Dir["examples/*"]
     inreplace "config.example.yaml" do |s|
       s.gsub! "examples/", "#{opt_pkgshare}/examples/"
       s.gsub! "# runtime_dir: ./run", "runtime_dir: #{var}/run/wsgimux"
     end
-    (etc/"wsgimux").install "config.example.yaml"
-    (etc/"wsgimux").install "config.example.yaml" => "wsgimux.yaml" unless (etc/"wsgimux/wsgimux.yaml").exist?
+    cp "config.example.yaml", "wsgimux.yaml"
+    pkgshare.install "config.example.yaml"
+    # Homebrew never overwrites an edited file in etc: on upgrade a changed default lands
+    # beside it as wsgimux.yaml.default.
+    (etc/"wsgimux").install "wsgimux.yaml"
   end
 
   def post_install
@@ -64,7 +68,7 @@ class Wsgimux < Formula
           script: #{testpath}/examples/hello/app.wsgi
     EOS
     assert_match "ok", shell_output("#{bin}/wsgimux check --config #{testpath}/wsgimux.yaml")
-    assert_match "ok", shell_output("#{bin}/wsgimux check --config #{etc}/wsgimux/config.example.yaml")
+    assert_match "ok", shell_output("#{bin}/wsgimux check --config #{pkgshare}/config.example.yaml")
     assert_match version.to_s, shell_output("#{bin}/wsgimux --version")
   end
 end

@@ -61,7 +61,21 @@ fn homebrew_formula() {
     let text = std::fs::read_to_string(&formula).expect("read the formula");
     let test_block = text.split("test do").nth(1).expect("test do block");
     assert!(test_block.contains("wsgimux check"), "{test_block}");
-    assert!(text.contains("etc/\"wsgimux\").install \"config.example.yaml\""));
+    // The config is installed into etc once (Homebrew keeps an edited one), and the example
+    // beside the example apps; nothing is installed twice.
+    assert!(
+        text.contains("(etc/\"wsgimux\").install \"wsgimux.yaml\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("pkgshare.install \"config.example.yaml\""),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches(".install \"config.example.yaml\"").count(),
+        1,
+        "{text}"
+    );
 }
 
 #[test]
@@ -279,4 +293,63 @@ fn github_workflow_parses_and_covers_linux_and_both_macs() {
         .filter_map(|s| s["run"].as_str())
         .collect();
     assert!(runs.iter().any(|r| r.trim() == "cargo test"), "{runs:?}");
+}
+
+/// `deploy/homebrew/release` against this repo: in a clone with a release tag, it makes the
+/// `git archive` tarball and writes that tarball's sha256 and download url into the formula,
+/// which still loads; a version with no tag is refused.
+#[test]
+fn homebrew_release_script_fills_url_and_sha256() {
+    if !harness::have_tool("git", "git") || !harness::have_tool("ruby", "ruby") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let clone = tmp.path().join("wsgimux");
+    let root = env!("CARGO_MANIFEST_DIR");
+    let (ok, out) = run(Command::new("git").args(["clone", "-q", root]).arg(&clone));
+    assert!(ok, "git clone: {out}");
+    let git = |args: &[&str]| run(Command::new("git").arg("-C").arg(&clone).args(args));
+    let (ok, out) = git(&["-c", "user.name=t", "-c", "user.email=t@t", "tag", "v9.8.7"]);
+    assert!(ok, "git tag: {out}");
+    let script = clone.join("deploy/homebrew/release");
+    let (refused, out) = run(Command::new(&script).arg("1.2.3").current_dir(&clone));
+    assert!(!refused && out.contains("no tag v1.2.3"), "{out}");
+    let dist = tmp.path().join("dist");
+    let (ok, out) = run(Command::new(&script)
+        .arg("9.8.7")
+        .arg(&dist)
+        .current_dir(&clone));
+    assert!(ok, "release: {out}");
+    let tarball = dist.join("wsgimux-9.8.7.tar.gz");
+    let sum = Command::new("sha256sum")
+        .arg(&tarball)
+        .output()
+        .expect("sha256sum");
+    let sha = String::from_utf8_lossy(&sum.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    assert_eq!(sha.len(), 64, "{sha}");
+    let formula =
+        std::fs::read_to_string(clone.join("deploy/homebrew/wsgimux.rb")).expect("formula");
+    assert!(
+        formula.contains(&format!("  sha256 \"{sha}\"\n")),
+        "{formula}"
+    );
+    assert!(
+        formula.contains("  url \"https://github.com/wsgimux/wsgimux/releases/download/v9.8.7/wsgimux-9.8.7.tar.gz\"\n"),
+        "{formula}"
+    );
+    let listing = Command::new("tar")
+        .arg("tzf")
+        .arg(&tarball)
+        .output()
+        .expect("tar");
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.contains("wsgimux-9.8.7/Cargo.toml"), "{listing}");
+    let (ok, out) = run(Command::new("ruby")
+        .arg("-c")
+        .arg(clone.join("deploy/homebrew/wsgimux.rb")));
+    assert!(ok, "the filled-in formula: {out}");
 }
