@@ -13,6 +13,7 @@ class Wsgimux < Formula
   head "https://github.com/wsgimux/wsgimux.git", branch: "main"
 
   depends_on "rust" => :build
+  depends_on "python@3.13" => :test
   # The apps' interpreters are the user's own (Homebrew's python@3.x, pyenv, a virtualenv);
   # wsgimux itself needs none to build or run.
 
@@ -58,17 +59,38 @@ class Wsgimux < Formula
   end
 
   test do
-    cp_r pkgshare/"examples", testpath
-    (testpath/"wsgimux.yaml").write <<~EOS
-      listen: "127.0.0.1:#{free_port}"
+    # Serves a small app with Homebrew's Python, mounted under /hello, and checks the answer.
+    port = free_port
+    (testpath/"app.py").write <<~PY
+      def application(environ, start_response):
+          start_response("200 OK", [("Content-Type", "text/plain")])
+          return [("hello from %s%s" % (environ["SCRIPT_NAME"], environ["PATH_INFO"])).encode()]
+    PY
+    (testpath/"wsgimux.yaml").write <<~YAML
+      listen: "127.0.0.1:#{port}"
       runtime_dir: #{testpath}/run
       apps:
         hello:
-          python: python3
-          script: #{testpath}/examples/hello/app.wsgi
-    EOS
+          python: #{Formula["python@3.13"].opt_bin}/python3.13
+          script: #{testpath}/app.py
+          mount: /hello
+    YAML
     assert_match "ok", shell_output("#{bin}/wsgimux check --config #{testpath}/wsgimux.yaml")
     assert_match "ok", shell_output("#{bin}/wsgimux check --config #{pkgshare}/config.example.yaml")
     assert_match version.to_s, shell_output("#{bin}/wsgimux --version")
+    pid = spawn "#{bin}/wsgimux", "serve", "--config", "#{testpath}/wsgimux.yaml"
+    begin
+      answer = ""
+      60.times do
+        answer = `curl -s http://127.0.0.1:#{port}/hello/world`
+        break if answer.include?("hello")
+
+        sleep 0.5
+      end
+      assert_equal "hello from /hello/world", answer
+    ensure
+      Process.kill("TERM", pid)
+      Process.wait(pid)
+    end
   end
 end

@@ -353,3 +353,35 @@ fn homebrew_release_script_fills_url_and_sha256() {
         .arg(clone.join("deploy/homebrew/wsgimux.rb")));
     assert!(ok, "the filled-in formula: {out}");
 }
+
+/// The formula's `install` (all of it but the cargo build) and then its `test do` block, run
+/// by a stand-in for Homebrew: the test serves an app with "Homebrew's" Python 3.13 and checks
+/// the answer, and checks the installed example config. `install` must not move a file twice.
+#[test]
+fn homebrew_formula_installs_and_its_test_passes() {
+    if !harness::have_tool("ruby", "ruby") || !harness::have_tool("curl", "curl") {
+        return;
+    }
+    let Some(python) = harness::require_python("3.13") else {
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let build = tempfile::tempdir().expect("build dir");
+    let (ok, out) = run(Command::new("cp")
+        .arg("-r")
+        .arg(root.join("examples"))
+        .arg(root.join("config.example.yaml"))
+        .arg(build.path()));
+    assert!(ok, "{out}");
+    let version = env!("CARGO_PKG_VERSION");
+    let bin_dir = Path::new(harness::BIN).parent().expect("bin dir");
+    let python_dir = python.parent().expect("python's bin dir");
+    let (ok, out) = run(Command::new("ruby")
+        .arg(root.join("tests/deploy/formula_run.rb"))
+        .arg(deploy("homebrew/wsgimux.rb"))
+        .arg(build.path())
+        .arg(bin_dir)
+        .arg(python_dir)
+        .arg(version));
+    assert!(ok && out.contains("installed and tested"), "{out}");
+}
