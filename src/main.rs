@@ -70,6 +70,13 @@ enum Command {
         /// The URL, e.g. http://example.com/blog/post?id=1
         url: String,
     },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) for wsgimux.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the wsgimux(1) manual page (roff), made from these commands' help.
+    Manpage,
 }
 
 fn main() -> ExitCode {
@@ -153,6 +160,16 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 "{}",
                 wsgimux::explain::explain(&config, &apps, &url, certified)?
             );
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            let mut cli = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cli, "wsgimux", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Manpage => {
+            let man = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+            man.render(&mut std::io::stdout())?;
             Ok(())
         }
     }

@@ -19,6 +19,9 @@ class Wsgimux < Formula
 
   def install
     system "cargo", "install", *std_cargo_args
+    # Completions and the man page come from the CLI definition itself.
+    generate_completions_from_executable(bin/"wsgimux", "completions")
+    (man1/"wsgimux.1").write Utils.safe_popen_read(bin/"wsgimux", "manpage")
     # The example config, pointed at the example apps installed beside it.
     (pkgshare/"examples").install Dir["examples/*"]
     inreplace "config.example.yaml" do |s|

@@ -46,6 +46,18 @@ class Formula
   end
 
   def std_cargo_args = []
+  def man1 = prefix / "share/man/man1"
+
+  # Homebrew's: `exe args SHELL` for each shell, written where each shell looks.
+  def generate_completions_from_executable(exe, *args, shells: %i[bash zsh fish], **)
+    places = { bash: "etc/bash_completion.d/wsgimux", zsh: "share/zsh/site-functions/_wsgimux",
+               fish: "share/fish/vendor_completions.d/wsgimux.fish" }
+    shells.each do |shell|
+      file = prefix / places.fetch(shell)
+      file.dirname.mkpath
+      file.write(Utils.safe_popen_read(exe, *args, shell.to_s))
+    end
+  end
   def prefix = root / "prefix"
   def pkgshare = prefix / "share/wsgimux"
   def opt_pkgshare = pkgshare
@@ -83,6 +95,14 @@ class Formula
   end
 end
 
+module Utils
+  def self.safe_popen_read(*args)
+    out = IO.popen(args.map(&:to_s), &:read)
+    raise "#{args.join(" ")} failed" unless $?.success?
+    out
+  end
+end
+
 PYTHON_BIN_DIR = python_bin_dir
 load formula_file
 klass = Object.const_get(File.basename(formula_file, ".rb").capitalize)
@@ -91,7 +111,15 @@ Dir.mktmpdir do |root|
   formula.root = Pathname.new(root)
   formula.bin = Pathname.new(bin_dir)
   formula.version = version
+  # Homebrew's Pathname#write makes the folder; the standard one does not.
+  formula.man1.mkpath
   Dir.chdir(build_dir) { formula.install }
+  %w[etc/bash_completion.d/wsgimux share/zsh/site-functions/_wsgimux
+     share/fish/vendor_completions.d/wsgimux.fish share/man/man1/wsgimux.1].each do |f|
+    path = formula.prefix / f
+    raise "install made no #{f}" unless path.file? && path.size.positive?
+  end
+  raise "the man page is not roff" unless (formula.man1 / "wsgimux.1").read.include?(".TH wsgimux 1")
   formula.post_install if formula.respond_to?(:post_install)
   formula.testpath = Pathname.new(root) / "test"
   formula.testpath.mkpath
