@@ -6,14 +6,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode, ModifyKind};
-use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use notify::{Event, EventKind, RecursiveMode};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::{AppSpec, Entry};
 use crate::trigger::Trigger;
 
-use super::{event_channel, WatchError, BURST_MAX};
+use super::{event_channel, AnyWatcher, WatchError, BURST_MAX};
 
 /// Code changes come in bursts (an editor's save, a `git checkout`): wait for the quiet.
 const CODE_QUIET: Duration = Duration::from_millis(300);
@@ -139,7 +139,7 @@ impl CodeWatcher {
 
 fn add_code_dirs(
     app: &str,
-    watcher: &mut RecommendedWatcher,
+    watcher: &mut AnyWatcher,
     watched: &mut BTreeSet<PathBuf>,
     root: &Path,
 ) -> Result<(), WatchError> {
@@ -167,7 +167,7 @@ fn add_code_dirs(
 
 async fn watch_code(
     app: String,
-    mut watcher: RecommendedWatcher,
+    mut watcher: AnyWatcher,
     mut watched: BTreeSet<PathBuf>,
     mut events: mpsc::UnboundedReceiver<Event>,
     triggers: mpsc::Sender<Trigger>,

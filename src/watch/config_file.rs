@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
-use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use notify::{Event, EventKind, RecursiveMode};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::trigger::Trigger;
 
-use super::{event_channel, fingerprint, Fingerprint, WatchError, BURST_MAX};
+use super::{event_channel, fingerprint, AnyWatcher, Fingerprint, WatchError, BURST_MAX};
 
 /// A burst of events is over after this much quiet.
 const QUIET: Duration = Duration::from_millis(100);
@@ -70,7 +70,7 @@ fn config_dirs(path: &Path) -> BTreeSet<PathBuf> {
 
 /// Brings the watched folders in line with where `path` leads now.
 fn watch_dirs(
-    watcher: &mut RecommendedWatcher,
+    watcher: &mut AnyWatcher,
     dirs: &mut BTreeSet<PathBuf>,
     path: &Path,
 ) -> Result<(), WatchError> {
@@ -149,7 +149,7 @@ fn looks_complete(path: &Path) -> bool {
 async fn watch_config(
     path: PathBuf,
     last: Fingerprint,
-    mut watcher: RecommendedWatcher,
+    mut watcher: AnyWatcher,
     mut dirs: BTreeSet<PathBuf>,
     events: mpsc::UnboundedReceiver<Event>,
     triggers: mpsc::Sender<Trigger>,

@@ -16,7 +16,7 @@ mod config_file;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use notify::{Event, RecommendedWatcher};
+use notify::{Event, Watcher};
 use tokio::sync::mpsc;
 
 use crate::runtime_dir::fnv1a;
@@ -56,19 +56,36 @@ pub fn fingerprint(path: &Path) -> Fingerprint {
     }
 }
 
-/// Events from notify's thread into the async world.
-pub(super) fn event_channel() -> (
-    notify::Result<RecommendedWatcher>,
-    mpsc::UnboundedReceiver<Event>,
-) {
+/// A file watcher of whichever backend is in use.
+pub(super) type AnyWatcher = Box<dyn Watcher + Send>;
+
+/// How often the poll backend looks at the watched folders.
+const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Events from notify's thread into the async world. The backend is the system's own
+/// (inotify, FSEvents, kqueue), or with `WSGIMUX_WATCHER=poll` notify's poll backend, for file
+/// systems that send no events (NFS, some container volumes).
+pub(super) fn event_channel() -> (notify::Result<AnyWatcher>, mpsc::UnboundedReceiver<Event>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let watcher = notify::recommended_watcher(move |res: notify::Result<Event>| match res {
+    let handler = move |res: notify::Result<Event>| match res {
         Ok(ev) => {
             let _ = tx.send(ev);
         }
         Err(e) => tracing::warn!("file watcher: {e}"),
-    });
+    };
+    let watcher: notify::Result<AnyWatcher> = if polling() {
+        let config = notify::Config::default()
+            .with_poll_interval(POLL_INTERVAL)
+            .with_compare_contents(true);
+        notify::PollWatcher::new(handler, config).map(|w| Box::new(w) as AnyWatcher)
+    } else {
+        notify::recommended_watcher(handler).map(|w| Box::new(w) as AnyWatcher)
+    };
     (watcher, rx)
+}
+
+fn polling() -> bool {
+    std::env::var("WSGIMUX_WATCHER").is_ok_and(|v| v.eq_ignore_ascii_case("poll"))
 }
 
 #[cfg(test)]

@@ -644,3 +644,51 @@ fn reload_on_changes_swaps_code_without_failed_requests() {
         "{seen:?}"
     );
 }
+
+/// The config watcher on notify's poll backend (`WSGIMUX_WATCHER=poll`), standing in for a
+/// backend that is not inotify (FSEvents coalesces and reports renames its own way): edits in
+/// place, by rename, by symlink swap and through the swapped symlink are each one reload, and
+/// a file caught half-written is read once it is whole, not rejected.
+#[test]
+fn config_edits_are_seen_on_the_poll_backend() {
+    let Some(py) = require_python("3.12") else {
+        return;
+    };
+    let site = Site::new();
+    site.probe("app");
+    let runtime = site.path().join("run");
+    let mut state = State {
+        alias: false,
+        generation: 0,
+        delta: false,
+        comment: 0,
+    };
+    save(site.path(), &state.yaml(&py, &runtime), Save::InPlace, 0);
+    let server = Server::start_with(
+        Path::new(BIN),
+        site.path().join("wsgimux.yaml"),
+        site.path().join("wsgimux.log"),
+        &[("WSGIMUX_WATCHER", "poll")],
+    );
+    let saves = [Save::InPlace, Save::Rename, Save::Symlink, Save::InPlace];
+    for (i, how) in saves.into_iter().enumerate() {
+        state.alias = !state.alias;
+        save(site.path(), &state.yaml(&py, &runtime), how, i + 1);
+        let line = server.reload_line(i as u64 + 1);
+        assert!(
+            line.contains("(config file changed)") && line.contains("re-routed alpha (hosts)"),
+            "{how:?}: {line}"
+        );
+    }
+    // Half a file, then the rest: one reload of the whole file.
+    state.alias = !state.alias;
+    let text = state.yaml(&py, &runtime);
+    let config = site.path().join("wsgimux.yaml");
+    std::fs::write(&config, &text[..text.len() / 2]).expect("write half");
+    std::thread::sleep(Duration::from_millis(150));
+    std::fs::write(&config, &text).expect("write the rest");
+    let line = server.reload_line(5);
+    assert!(line.contains("re-routed alpha (hosts)"), "{line}");
+    let want = if state.alias { 200 } else { 404 };
+    assert_eq!(server.get("alias.test", "/").status, want, "{line}");
+}
