@@ -7,24 +7,8 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::preflight::WorkerKind;
 
-/// Answers every request on the Unix socket `argv[1]` with one 200 and closes the connection
-/// (the readiness probe connects and sends nothing).
-const TINY_SERVER: &str = r#"
-import socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.bind(sys.argv[1] + ".tmp")
-s.listen(16)
-import os
-os.rename(sys.argv[1] + ".tmp", sys.argv[1])
-while True:
-    c, _ = s.accept()
-    try:
-        if c.recv(65536):
-            c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
-    except OSError:
-        pass
-    c.close()
-"#;
+/// A tiny HTTP server on the Unix socket given as its argument.
+const TINY_SERVER: &str = include_str!("../../tests/apps/unix_server.py");
 
 fn app(yaml_app: &str, worker: WorkerKind) -> ReadyApp {
     let yaml = format!("apps:\n  tiny:\n{yaml_app}");

@@ -23,6 +23,16 @@ struct State {
 }
 
 impl State {
+    /// The config the reload tests start from.
+    fn first() -> Self {
+        State {
+            alias: false,
+            generation: 0,
+            delta: false,
+            comment: 0,
+        }
+    }
+
     fn yaml(&self, py: &Path, runtime: &Path) -> String {
         let py = py.display();
         let alias = if self.alias {
@@ -154,12 +164,7 @@ fn fifty_edits_under_load_fail_no_request() {
     let site = Site::new();
     site.probe("app");
     let runtime = site.path().join("run");
-    let mut state = State {
-        alias: false,
-        generation: 0,
-        delta: false,
-        comment: 0,
-    };
+    let mut state = State::first();
     save(site.path(), &state.yaml(&py, &runtime), Save::InPlace, 0);
     let server = site.serve();
     let alpha_pids: BTreeSet<String> = server
@@ -657,12 +662,7 @@ fn config_edits_are_seen_on_the_poll_backend() {
     let site = Site::new();
     site.probe("app");
     let runtime = site.path().join("run");
-    let mut state = State {
-        alias: false,
-        generation: 0,
-        delta: false,
-        comment: 0,
-    };
+    let mut state = State::first();
     save(site.path(), &state.yaml(&py, &runtime), Save::InPlace, 0);
     let server = Server::start_with(
         Path::new(BIN),

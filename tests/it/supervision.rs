@@ -198,25 +198,10 @@ fn an_app_that_fails_to_import_answers_503_and_others_are_served() {
 #[test]
 fn leftover_children_of_a_killed_instance_are_stopped_by_the_next_start() {
     let site = Site::new();
-    site.write(
-        "stubborn.py",
-        r#"import os, signal, socket, sys
-signal.signal(signal.SIGTERM, signal.SIG_IGN)
-s = socket.socket(socket.AF_UNIX)
-s.bind(sys.argv[1] + ".tmp")
-s.listen(16)
-os.rename(sys.argv[1] + ".tmp", sys.argv[1])
-while True:
-    c, _ = s.accept()
-    try:
-        if c.recv(65536):
-            c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
-    except OSError:
-        pass
-    c.close()
-"#,
+    site.write("stubborn.py", include_str!("../apps/unix_server.py"));
+    site.config(
+        "apps:\n  stubborn:\n    command: [python3, stubborn.py, \"{socket}\", --ignore-term]\n",
     );
-    site.config("apps:\n  stubborn:\n    command: [python3, stubborn.py, \"{socket}\"]\n");
     let mut first = site.serve();
     let pids = first.app_pids("stubborn");
     assert_eq!(pids.len(), 1);
