@@ -148,6 +148,20 @@ fn systemd_units() {
     ] {
         assert!(text.contains(hardening), "missing {hardening}");
     }
+    // Hardening does not get worse: systemd's own exposure score (0 best, 10 worst) stays at
+    // most what the unit had when its hardening was written.
+    let (ok, out) = run(Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&service));
+    let exposure: Option<f64> = out
+        .split("Overall exposure level for wsgimux.service:")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok());
+    assert!(
+        ok && exposure.is_some_and(|e| e <= 3.3),
+        "exposure {exposure:?}: {out}"
+    );
     // The config the service reads must list the socket's address: wsgimux takes the passed
     // socket by the address it is bound to.
     let socket_text = std::fs::read_to_string(&socket).expect("read the socket unit");
