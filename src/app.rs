@@ -177,8 +177,8 @@ pub async fn serve_with(path: &Path, banner: Option<Banner>) -> Result<(), Start
     // No wsgimux serves this runtime dir: whatever its records name is a killed one's.
     crate::leftover::stop_leftovers(&dir);
     // Everything that can refuse the config is done before anything is written or bound.
+    // (preflight already refused a runtime dir too long for the sockets, at its position.)
     let front = Front::build(&config, None)?;
-    runtime_dir::check_socket_paths(&dir)?;
     let listeners = server::bind(&config.listen).await?;
     let admin_listener = match config.admin {
         Some(addr) => server::bind(&[addr]).await?.pop().map(|(_, l)| l),

@@ -21,7 +21,7 @@ use crate::logfile::LogFile;
 use super::plan::{AppPlan, Launch};
 
 /// After SIGTERM, how long a child may take to finish its requests before SIGKILL.
-pub const STOP_GRACE: Duration = Duration::from_secs(10);
+pub(super) const STOP_GRACE: Duration = Duration::from_secs(10);
 /// When a slot ends, how long its children's last output may take to reach the log (a
 /// grandchild that keeps the pipe open would hold it forever).
 pub(super) const OUTPUT_FLUSH: Duration = Duration::from_secs(2);

@@ -111,11 +111,6 @@ impl Generation {
         pids
     }
 
-    /// The first start failure of any of its processes, if one happened.
-    pub fn failure(&self) -> Option<StartFailure> {
-        self.failure.borrow().clone()
-    }
-
     /// True while the processes wait for a first request (`start: on_demand`).
     pub fn dormant(&self) -> bool {
         self.demand

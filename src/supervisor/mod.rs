@@ -34,7 +34,6 @@ use crate::preflight::ReadyApp;
 use crate::runtime_dir::WorkerFiles;
 use crate::upstream::{Demand, Endpoints};
 
-pub use child::STOP_GRACE;
 pub use generation::{Generation, ProcessState, ProcessView, StartFailure};
 use slot::Slot;
 
