@@ -170,6 +170,7 @@ pub async fn serve_with(path: &Path, banner: Option<Banner>) -> Result<(), Start
     // Taken before reading, so an edit made while starting is not missed.
     let baseline = filewatch::fingerprint(&file);
     let (config, apps) = preflight::load(&file).await?;
+    warn_inherited_python_vars();
     let dir = runtime_dir::of_config(&config);
     if control::is_served(&dir) {
         return Err(StartError::AlreadyRunning { dir });
@@ -237,6 +238,19 @@ pub async fn serve_with(path: &Path, banner: Option<Banner>) -> Result<(), Start
     reloader.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Says which of wsgimux's own Python variables its apps will not see (they would be wrong for
+/// apps of another Python), so nobody wonders where their `PYTHONPATH` went.
+fn warn_inherited_python_vars() {
+    for var in crate::supervisor::INHERITED_PYTHON_VARS {
+        if let Some(value) = std::env::var_os(var) {
+            tracing::warn!(
+                "{var}={} is set in wsgimux's environment; apps do not inherit it (set it in an app's `env:` for the apps that need it)",
+                value.to_string_lossy()
+            );
+        }
+    }
 }
 
 /// Every app's first generation, started at once.

@@ -117,6 +117,8 @@ pub async fn probe(spec: &PythonSpec) -> Result<Interpreter, InterpreterError> {
     let (executable, venv) = resolve(spec)?;
     let child = tokio::process::Command::new(&executable)
         .args(["-E", "-s", "-c", PROBE])
+        // `-E` ignores PYTHON*; a framework build's launcher variable would name another venv.
+        .env_remove("__PYVENV_LAUNCHER__")
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output();

@@ -163,9 +163,24 @@ fn command(plan: &AppPlan, address: &Address) -> std::io::Result<Command> {
     Ok(cmd)
 }
 
+/// Variables in wsgimux's own environment that choose a Python's home, path or virtualenv.
+/// Apps of several Pythons run side by side, so one inherited from the shell or service that
+/// started wsgimux (a 3.13 `PYTHONPATH`, an activated venv, macOS's framework-launcher variable)
+/// would be wrong for the others: an app gets them only from its own config (`env:`, `python:`).
+pub const INHERITED_PYTHON_VARS: [&str; 5] = [
+    "PYTHONHOME",
+    "PYTHONPATH",
+    "PYTHONEXECUTABLE",
+    "__PYVENV_LAUNCHER__",
+    "VIRTUAL_ENV",
+];
+
 /// Working folder, pipes, PATH and virtualenv as `activate` sets them, the account's identity,
 /// the app's `env:`.
 fn set_environment(cmd: &mut Command, plan: &AppPlan) {
+    for var in INHERITED_PYTHON_VARS {
+        cmd.env_remove(var);
+    }
     cmd.current_dir(&plan.working_dir)
         .env("PYTHONUNBUFFERED", "1")
         .stdin(Stdio::null())
@@ -182,7 +197,7 @@ fn set_environment(cmd: &mut Command, plan: &AppPlan) {
         cmd.env("PATH", path);
     }
     if let Some(venv) = &plan.venv {
-        cmd.env("VIRTUAL_ENV", venv).env_remove("PYTHONHOME");
+        cmd.env("VIRTUAL_ENV", venv);
     }
     if let Some(acct) = &plan.account {
         cmd.uid(acct.uid)

@@ -34,6 +34,7 @@ use crate::preflight::ReadyApp;
 use crate::runtime_dir::WorkerFiles;
 use crate::upstream::{Demand, Endpoints};
 
+pub use child::INHERITED_PYTHON_VARS;
 pub use generation::{Generation, ProcessState, ProcessView, StartFailure};
 use slot::Slot;
 

@@ -12,6 +12,7 @@ mod limits;
 mod native;
 mod operating;
 mod privileges;
+mod python_layouts;
 mod reload;
 mod routing;
 mod servers;
