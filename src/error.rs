@@ -45,6 +45,13 @@ pub enum ProxyError {
     Timeout { app: String, after: Duration },
     #[error("static file: {0}")]
     Static(StaticError),
+    #[error("request for app {app}: writing its body to a temporary file in {dir}: {source}")]
+    Spool {
+        app: String,
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The answers wsgimux gives itself that are not failures.
@@ -134,6 +141,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Spool { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::Static(s) => match s {
                 StaticError::NotFound { .. } => StatusCode::NOT_FOUND,
                 StaticError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -174,6 +182,7 @@ impl ProxyError {
                 format!("There is no file at {}.", shorten(path))
             }
             ProxyError::Static(e) => format!("{}.", capitalize(&e.to_string())),
+            ProxyError::Spool { .. } => "The request body could not be buffered.".to_string(),
         };
         format!("{} {reason}\n\n{detail}\n", status.as_u16())
     }

@@ -27,8 +27,6 @@ pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// How long a connect to a child's socket may take (it is local: long means stuck).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// A child that sends nothing for this long in the middle of a response body is cut off.
-pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(120);
 /// Idle connections kept per child; more are closed when returned.
 const MAX_IDLE: usize = 256;
 /// Idle connections older than this are closed rather than reused (the worker keeps them 300 s).
@@ -230,10 +228,12 @@ impl Endpoint {
         }
     }
 
-    /// Sends one request; the response body returns the connection to the pool when read.
+    /// Sends one request; the response body returns the connection to the pool when read, and
+    /// fails when the child sends nothing of it for `idle` (where set).
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<ProxyBody>,
+        idle: Option<Duration>,
     ) -> Result<Response<PooledBody>, SendError> {
         let guard = InFlight::new(self.clone());
         while let Some(mut sender) = self.take_idle() {
@@ -242,7 +242,7 @@ impl Endpoint {
                 continue;
             }
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(PooledBody::wrap(resp, sender, guard)),
+                Ok(resp) => return Ok(PooledBody::wrap(resp, sender, guard, idle)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
                     None => return Err(self.request_error(e.into_error())),
@@ -259,7 +259,7 @@ impl Endpoint {
             }
         };
         match sender.try_send_request(req).await {
-            Ok(resp) => Ok(PooledBody::wrap(resp, sender, guard)),
+            Ok(resp) => Ok(PooledBody::wrap(resp, sender, guard, idle)),
             Err(mut e) => {
                 let unsent = e.take_message();
                 Err(SendError {
@@ -358,8 +358,9 @@ pub struct PooledBody {
     body: Incoming,
     conn: Option<SendRequest<ProxyBody>>,
     in_flight: Option<InFlight>,
-    /// Reset on every frame: bounds how long a stalled child can hold the client.
-    stall: Pin<Box<tokio::time::Sleep>>,
+    /// The app's `response_idle_timeout` and its timer, reset on every frame: bounds how long
+    /// a stalled child can hold the client.
+    stall: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
 }
 
 impl PooledBody {
@@ -367,13 +368,14 @@ impl PooledBody {
         resp: Response<Incoming>,
         sender: SendRequest<ProxyBody>,
         guard: InFlight,
+        idle: Option<Duration>,
     ) -> Response<Self> {
         resp.map(|body| {
             let mut pooled = PooledBody {
                 body,
                 conn: Some(sender),
                 in_flight: Some(guard),
-                stall: Box::pin(tokio::time::sleep(BODY_READ_TIMEOUT)),
+                stall: idle.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
             };
             if pooled.body.is_end_stream() {
                 pooled.release();
@@ -402,9 +404,8 @@ impl Body for PooledBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if this.body.is_end_stream() {
                     this.release();
-                } else {
-                    let next = tokio::time::Instant::now() + BODY_READ_TIMEOUT;
-                    this.stall.as_mut().reset(next);
+                } else if let Some((limit, sleep)) = &mut this.stall {
+                    sleep.as_mut().reset(tokio::time::Instant::now() + *limit);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -416,16 +417,20 @@ impl Body for PooledBody {
                 this.conn = None;
                 Poll::Ready(Some(Err(e.into())))
             }
-            Poll::Pending => match this.stall.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    this.conn = None;
-                    let secs = BODY_READ_TIMEOUT.as_secs();
-                    Poll::Ready(Some(
-                        Err(format!("the app sent nothing for {secs}s").into()),
-                    ))
+            Poll::Pending => {
+                let Some((limit, sleep)) = &mut this.stall else {
+                    return Poll::Pending;
+                };
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
                 }
-                Poll::Pending => Poll::Pending,
-            },
+                let limit = humantime::format_duration(*limit);
+                this.conn = None;
+                Poll::Ready(Some(Err(format!(
+                    "the app sent nothing for {limit} (its response_idle_timeout)"
+                )
+                .into())))
+            }
         }
     }
 

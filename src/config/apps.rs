@@ -10,10 +10,11 @@ use super::raw::{EnvValue, RawApp};
 use super::values::is_dotted_identifier;
 use super::{
     parse_host_pattern, Address, AppLocations, AppSpec, Entry, HostPattern, LifecycleSpec, Mount,
-    ProcessSpec, PythonSpec, RawDuration, RouteSpec, Validator, WorkerChoice, DEFAULT_CALLABLE,
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_BODY_SIZE, DEFAULT_PROCESSES, DEFAULT_QUEUE_LIMIT,
-    DEFAULT_REQUEST_TIMEOUT, DEFAULT_STARTUP_TIMEOUT, DEFAULT_THREADS, MAX_PROCESSES, MAX_THREADS,
-    PORT_PLACEHOLDER, SOCKET_PLACEHOLDER,
+    ProcessSpec, PythonSpec, RawDuration, RequestBuffering, RouteSpec, Validator, WorkerChoice,
+    DEFAULT_CALLABLE, DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_BODY_SIZE, DEFAULT_PROCESSES,
+    DEFAULT_QUEUE_LIMIT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RESPONSE_IDLE_TIMEOUT,
+    DEFAULT_STARTUP_TIMEOUT, DEFAULT_THREADS, MAX_PROCESSES, MAX_THREADS, PORT_PLACEHOLDER,
+    SOCKET_PLACEHOLDER,
 };
 
 /// An app's process keys, validated.
@@ -32,6 +33,8 @@ struct AppLimits {
     max_body_size: Option<u64>,
     request_timeout: Duration,
     queue_limit: u32,
+    request_buffering: RequestBuffering,
+    response_idle_timeout: Option<Duration>,
 }
 
 impl Validator<'_> {
@@ -91,6 +94,8 @@ impl Validator<'_> {
                 max_body_size: limits.max_body_size,
                 request_timeout: limits.request_timeout,
                 queue_limit: limits.queue_limit,
+                request_buffering: limits.request_buffering,
+                response_idle_timeout: limits.response_idle_timeout,
                 statics,
             },
             lifecycle: LifecycleSpec {
@@ -259,10 +264,34 @@ impl Validator<'_> {
             DEFAULT_REQUEST_TIMEOUT,
             false,
         );
+        let request_buffering = match raw.request_buffering.as_deref().map(str::trim) {
+            None | Some("auto") => RequestBuffering::Auto,
+            Some("on") => RequestBuffering::On,
+            Some("off") => RequestBuffering::Off,
+            Some(other) => {
+                self.app_problem(
+                    name,
+                    "request_buffering",
+                    format!("{other:?} is not a buffering mode: use auto, on or off"),
+                );
+                RequestBuffering::Auto
+            }
+        };
+        // 0 turns the cut off (a stream that may stay silent for as long as it likes).
+        let response_idle_timeout = Some(self.duration(
+            name,
+            "response_idle_timeout",
+            raw.response_idle_timeout.take(),
+            DEFAULT_RESPONSE_IDLE_TIMEOUT,
+            true,
+        ))
+        .filter(|d| !d.is_zero());
         AppLimits {
             max_body_size,
             request_timeout,
             queue_limit: raw.queue_limit.unwrap_or(DEFAULT_QUEUE_LIMIT),
+            request_buffering,
+            response_idle_timeout,
         }
     }
 

@@ -290,6 +290,8 @@ fn route_keys(old: &RouteSpec, new: &RouteSpec) -> Vec<&'static str> {
         max_body_size,
         request_timeout,
         queue_limit,
+        request_buffering,
+        response_idle_timeout,
         statics,
     } = new;
     changed(&[
@@ -298,6 +300,14 @@ fn route_keys(old: &RouteSpec, new: &RouteSpec) -> Vec<&'static str> {
         (old.max_body_size != *max_body_size, "max_body_size"),
         (old.request_timeout != *request_timeout, "request_timeout"),
         (old.queue_limit != *queue_limit, "queue_limit"),
+        (
+            old.request_buffering != *request_buffering,
+            "request_buffering",
+        ),
+        (
+            old.response_idle_timeout != *response_idle_timeout,
+            "response_idle_timeout",
+        ),
         (old.statics != *statics, "static"),
     ])
 }

@@ -178,6 +178,8 @@ impl Default for Limits {
 pub const DEFAULT_MAX_BODY_SIZE: u64 = 1024 * 1024;
 /// Default `request_timeout` of an app (nginx: proxy_read_timeout 60s).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `response_idle_timeout` of an app: a response body silent this long is cut.
+pub const DEFAULT_RESPONSE_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Default `queue_limit` of an app: requests waiting beyond what its processes run at once.
 pub const DEFAULT_QUEUE_LIMIT: u32 = 100;
 

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 pub use front::{
     parse_size, CertSpec, Cidr, Limits, TlsSpec, DEFAULT_MAX_BODY_SIZE, DEFAULT_QUEUE_LIMIT,
-    DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_RESPONSE_IDLE_TIMEOUT,
 };
 pub use locate::{Location, Locator};
 pub use operating::{
@@ -135,6 +135,9 @@ pub struct RouteSpec {
     pub request_timeout: Duration,
     /// Requests that may wait for a free thread beyond processes × threads before 503.
     pub queue_limit: u32,
+    pub request_buffering: RequestBuffering,
+    /// Longest silence within a response body before the front gives up on it; None: none.
+    pub response_idle_timeout: Option<Duration>,
     /// Static folders under the app's mount, longest prefix first.
     pub statics: Vec<StaticAlias>,
 }
@@ -200,6 +203,30 @@ impl fmt::Display for WorkerChoice {
             WorkerChoice::Auto => "auto",
             WorkerChoice::Native => "native",
             WorkerChoice::Portable => "portable",
+        })
+    }
+}
+
+/// The `request_buffering:` value: which request bodies the front reads whole (into a
+/// temporary file past the first 64 KiB) before the app sees the request, nginx-style.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RequestBuffering {
+    /// Bodies of unknown length (chunked, HTTP/2 without content-length): most WSGI apps read
+    /// `CONTENT_LENGTH` bytes and would see none of them.
+    #[default]
+    Auto,
+    /// Every body: a slow upload holds a front connection, never an app thread.
+    On,
+    /// None: bodies of unknown length stream (apps that honour `wsgi.input_terminated`).
+    Off,
+}
+
+impl fmt::Display for RequestBuffering {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RequestBuffering::Auto => "auto",
+            RequestBuffering::On => "on",
+            RequestBuffering::Off => "off",
         })
     }
 }

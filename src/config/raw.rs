@@ -54,6 +54,8 @@ pub(super) struct RawApp {
     pub(super) max_body_size: Option<front::RawSize>,
     pub(super) request_timeout: Option<RawDuration>,
     pub(super) queue_limit: Option<u32>,
+    pub(super) request_buffering: Option<String>,
+    pub(super) response_idle_timeout: Option<RawDuration>,
     #[serde(rename = "static")]
     pub(super) statics: Option<BTreeMap<String, String>>,
     pub(super) start: Option<String>,

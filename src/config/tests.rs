@@ -469,11 +469,14 @@ apps:
     max_body_size: 10m
     request_timeout: 2m
     queue_limit: 0
+    request_buffering: on
+    response_idle_timeout: 10min
   b:
     python: python3
     script: b.py
     mount: /b
     max_body_size: 0
+    response_idle_timeout: 0
 "#,
     )
     .unwrap();
@@ -506,6 +509,19 @@ apps:
     assert_eq!(a.process.user.as_deref(), Some("app"));
     assert_eq!(b.route.max_body_size, None, "0 turns the check off");
     assert_eq!(b.route.request_timeout, DEFAULT_REQUEST_TIMEOUT);
+    assert_eq!(a.route.request_buffering, RequestBuffering::On);
+    assert_eq!(b.route.request_buffering, RequestBuffering::Auto);
+    assert_eq!(
+        a.route.response_idle_timeout,
+        Some(Duration::from_secs(600))
+    );
+    assert_eq!(b.route.response_idle_timeout, None, "0: never cut");
+    let p = first_problem(
+        "apps:\n  a:\n    python: python3\n    script: a.py\n    request_buffering: maybe\n",
+    );
+    assert_eq!(p.key.as_deref(), Some("request_buffering"));
+    assert_eq!(p.location.map(|l| (l.line, l.column)), Some((5, 5)));
+    assert!(p.message.contains("auto, on or off"), "{p}");
 }
 
 #[test]

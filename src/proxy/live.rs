@@ -43,6 +43,8 @@ pub struct Front {
     /// Host-wide `static:` folders, longest prefix first.
     pub statics: Vec<StaticAlias>,
     pub access: Arc<AccessSink>,
+    /// Where request bodies are spooled (the runtime dir, which a reload cannot change).
+    pub spool_dir: std::path::PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +106,7 @@ impl Front {
             redirect,
             statics: config.statics.clone(),
             access: Arc::new(access),
+            spool_dir: crate::runtime_dir::of_config(config),
         })
     }
 

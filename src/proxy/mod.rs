@@ -15,9 +15,11 @@ mod body;
 mod headers;
 mod live;
 mod route;
+mod spool;
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +32,7 @@ use percent_encoding::percent_decode;
 use tokio::sync::watch;
 
 use crate::accesslog::{AccessLog, LoggedBody, Served};
+use crate::config::RequestBuffering;
 use crate::error::ProxyError;
 use crate::gate::Verdict;
 use crate::http1::Rejection;
@@ -156,7 +159,15 @@ impl Proxy {
             return resp;
         }
         let selected = select(route, &parts).await?;
-        let prepared = prepare(parts, body, &client, &target, &selected.route).await?;
+        let prepared = prepare(
+            parts,
+            body,
+            &client,
+            &target,
+            &selected.route,
+            &live.front.spool_dir,
+        )
+        .await?;
         let (resp, endpoint) = self
             .send(selected, prepared, &target, &decoded, app)
             .await?;
@@ -189,7 +200,8 @@ impl Proxy {
         let timeout = route.request_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         for attempt in 1.. {
-            let failure = match tokio::time::timeout_at(deadline, endpoint.send(request)).await {
+            let sent = endpoint.send(request, route.response_idle_timeout);
+            let failure = match tokio::time::timeout_at(deadline, sent).await {
                 Err(_) => {
                     return Err(ProxyError::Timeout {
                         app: route.name.to_string(),
@@ -293,14 +305,17 @@ async fn select(route: Arc<AppRoute>, parts: &Parts) -> Result<Selected, ProxyEr
 }
 
 /// The request as the child gets it: cleaned and forwarded headers, origin-form target (after
-/// a trusted proxy's prefix), Host, the mount header, HTTP/1.1; the body's first 64 KiB read.
+/// a trusted proxy's prefix), Host, the mount header, HTTP/1.1; the body's first 64 KiB read,
+/// and the rest spooled to a file in `spool_dir` where the app's `request_buffering` says.
 async fn prepare(
     mut parts: Parts,
     body: Incoming,
     client: &Client,
     target: &Target,
     route: &AppRoute,
+    spool_dir: &Path,
 ) -> Result<Prepared, ProxyError> {
+    let length_known = parts.headers.contains_key(header::CONTENT_LENGTH);
     let outer_mount = headers::forwarded_headers(&mut parts.headers, client)?;
     // Origin form towards the child; `PathAndQuery` is shared bytes, so no re-parsing.
     // Behind a trusted proxy that mounted wsgimux under a prefix, the child sees the full
@@ -336,12 +351,41 @@ async fn prepare(
     if let Some(e) = fault.error(route) {
         return Err(e);
     }
-    let body = PrefixedBody {
-        prefix,
-        rest: (!ended).then_some(body),
+    let spooled = match route.request_buffering {
+        RequestBuffering::Auto => !length_known,
+        RequestBuffering::On => true,
+        RequestBuffering::Off => false,
+    };
+    let body = if ended {
+        PrefixedBody { prefix, rest: None }.boxed()
+    } else if spooled {
+        let (file, len) =
+            spool::spool(body, spool_dir)
+                .await
+                .map_err(|e| match (e, fault.error(route)) {
+                    (_, Some(fault)) => fault,
+                    (spool::SpoolError::File { dir, source }, None) => ProxyError::Spool {
+                        app: route.name.to_string(),
+                        dir,
+                        source,
+                    },
+                    // A body error is always flagged in the fault; say so if it were not.
+                    (spool::SpoolError::Body, None) => ProxyError::Rejected(Rejection::Malformed(
+                        "incomplete or invalid request body",
+                    )),
+                })?;
+        // The length is known now; the child is told it instead of chunked framing.
+        parts.headers.remove(header::CONTENT_LENGTH);
+        spool::SpooledBody::new(prefix, file, len).boxed()
+    } else {
+        PrefixedBody {
+            prefix,
+            rest: Some(body),
+        }
+        .boxed()
     };
     Ok(Prepared {
-        request: Request::from_parts(parts, body.boxed()),
+        request: Request::from_parts(parts, body),
         outer_mount,
         fault,
     })

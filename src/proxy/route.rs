@@ -12,7 +12,7 @@ use percent_encoding::{percent_decode, utf8_percent_encode, AsciiSet, CONTROLS};
 use tokio::sync::watch;
 
 use crate::accesslog::Served;
-use crate::config::{AppSpec, StaticAlias};
+use crate::config::{AppSpec, RequestBuffering, StaticAlias};
 use crate::metrics::Counters;
 use crate::upstream::{Demand, Endpoint, Endpoints};
 
@@ -33,6 +33,9 @@ pub struct AppRoute {
     next: AtomicUsize,
     pub(super) max_body_size: Option<u64>,
     pub(super) request_timeout: Duration,
+    pub(super) request_buffering: RequestBuffering,
+    /// Longest silence within the response body; None: none.
+    pub(super) response_idle_timeout: Option<Duration>,
     /// Requests in flight at which new ones get 503 ([`AppSpec::admission_cap`]).
     pub(super) max_in_flight: usize,
     /// The app's counters (kept across its generations).
@@ -67,6 +70,8 @@ impl AppRoute {
             next: AtomicUsize::new(0),
             max_body_size: spec.route.max_body_size,
             request_timeout: spec.route.request_timeout,
+            request_buffering: spec.route.request_buffering,
+            response_idle_timeout: spec.route.response_idle_timeout,
             max_in_flight: spec.admission_cap(),
             stats,
             statics: spec

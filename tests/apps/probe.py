@@ -167,6 +167,18 @@ def app(environ, start_response):
     elif path == '/slow':
         time.sleep(float(q.get('s', '1')))
         body = b'slept\n'
+    elif path == '/sse':
+        # Server-Sent Events: `n` events, `gap` seconds of silence before each after the first.
+        gap, n = float(q.get('gap', '1')), int(q.get('n', '2'))
+
+        def events():
+            for i in range(n):
+                if i:
+                    time.sleep(gap)
+                yield ('data: event %d\n\n' % i).encode('ascii')
+        start_response('200 OK', [('Content-Type', 'text/event-stream'),
+                                  ('Cache-Control', 'no-cache')])
+        return events()
     elif path == '/boom':
         raise RuntimeError('boom for the test')
     elif path == '/threadlocal':

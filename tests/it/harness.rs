@@ -579,6 +579,20 @@ pub fn pip_venv(python: &Path, name: &str, packages: &[&str]) -> Option<PathBuf>
     .or_skip()
 }
 
+/// `packages` installed from PyPI into a folder for `python_path:` (`pip install --target`),
+/// for Pythons without `venv` (2.7); cached like [`pip_venv`].
+pub fn pip_target(python: &Path, name: &str, packages: &[&str]) -> Option<PathBuf> {
+    cached_dir("targets", name, |dir| {
+        run(Command::new(python)
+            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+            .arg("--target")
+            .arg(dir)
+            .args(packages))
+    })
+    .map_err(|e| format!("cannot install {packages:?} for {}: {e}", python.display()))
+    .or_skip()
+}
+
 /// The unpacked source distribution of `package==version` from PyPI (for the test corpora
 /// projects ship in their sdists), cached like [`pip_venv`].
 pub fn pypi_sdist(python: &Path, package: &str, version: &str) -> Option<PathBuf> {

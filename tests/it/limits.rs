@@ -262,3 +262,61 @@ fn clients_over_the_connection_limit_wait_and_are_then_served() {
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
     assert!(crate::harness::pid_alive(server.pid()));
 }
+
+/// Everything the server sends on one request until it closes the connection (or `limit`).
+fn read_all(addr: std::net::SocketAddr, raw: &[u8], limit: Duration) -> (String, Duration) {
+    let started = Instant::now();
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(limit)).expect("timeout");
+    s.write_all(raw).expect("send");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[test]
+fn response_idle_timeout_cuts_silent_streams_and_spares_the_ones_within_it() {
+    let Some(py) = require_python("3.13") else {
+        return;
+    };
+    let site = Site::new();
+    site.probe("app");
+    site.config(&format!(
+        "apps:\n  hasty:\n    python: {py}\n    script: app/probe.py\n    hosts: [hasty]\n    response_idle_timeout: 1s\n\
+         \x20 patient:\n    python: {py}\n    script: app/probe.py\n    hosts: [patient]\n    worker: native\n    response_idle_timeout: 4s\n\
+         \x20 forever:\n    python: {py}\n    script: app/probe.py\n    hosts: [forever]\n    response_idle_timeout: 0\n",
+        py = py.display()
+    ));
+    let server = site.serve();
+    let sse = |host: &str| {
+        format!("GET /sse?gap=2&n=2 HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+    };
+    // Two seconds of silence: longer than 1 s, so the stream is cut after the first event
+    // (no last chunk: the client can tell), and the log names the app and the setting.
+    let (got, took) = read_all(
+        server.addr,
+        sse("hasty").as_bytes(),
+        Duration::from_secs(10),
+    );
+    assert!(got.contains("data: event 0"), "{got}");
+    assert!(
+        !got.contains("event 1") && !got.ends_with("0\r\n\r\n"),
+        "{got}"
+    );
+    assert!(took < Duration::from_secs(2), "cut after {took:?}");
+    let line = server
+        .wait_log("response_idle_timeout", Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("no log line: {}", server.log_text()));
+    assert!(line.contains("hasty") && line.contains("1s"), "{line}");
+    // Within 4 s, and with no limit: both events and the end of the stream.
+    for host in ["patient", "forever"] {
+        let (got, _) = read_all(server.addr, sse(host).as_bytes(), Duration::from_secs(10));
+        assert!(
+            got.contains("data: event 1") && got.ends_with("0\r\n\r\n"),
+            "{host}: {got}"
+        );
+    }
+}

@@ -19,4 +19,5 @@ mod servers;
 mod streaming;
 mod supervision;
 mod tls;
+mod uploads;
 mod wsgi;
