@@ -87,6 +87,44 @@ def log(msg):
     sys.stderr.flush()
 
 
+class InvalidResponse(ValueError):
+    """The app's status or headers break HTTP's rules (the response becomes a 500). The native
+    worker raises its own InvalidResponse under the same rules, with the same words."""
+
+
+_TOKEN = frozenset(TOKEN_CHARS.decode('ascii'))
+
+
+def _field_text_ok(text):
+    """Tabs, spaces, visible ASCII and latin-1: no line break, NUL or other control."""
+    for ch in text:
+        o = ord(ch)
+        if (o < 0x20 and ch != '\t') or o == 0x7f or o > 0xff:
+            return False
+    return True
+
+
+def check_status(status):
+    if type(status) is not str:
+        raise InvalidResponse('status must be a str like "200 OK", not %s'
+                              % type(status).__name__)
+    if len(status) < 4 or not status[:3].isdigit() or status[3] != ' ' \
+            or int(status[:3]) < 100:
+        raise InvalidResponse('status %r is not like "200 OK"' % (status,))
+    if not _field_text_ok(status[4:]):
+        raise InvalidResponse('status %r has a character a reason phrase cannot hold' % (status,))
+
+
+def check_header(h):
+    if type(h) is not tuple or len(h) != 2 or type(h[0]) is not str or type(h[1]) is not str:
+        raise InvalidResponse('each header must be a (str, str) tuple, not %r' % (h,))
+    name, value = h
+    if not name or any(c not in _TOKEN for c in name):
+        raise InvalidResponse('header name %r is not a token' % (name,))
+    if not _field_text_ok(value):
+        raise InvalidResponse('header %r has a character a header value cannot hold' % (name,))
+
+
 class BadRequest(Exception):
     def __init__(self, status, reason):
         Exception.__init__(self, reason)
@@ -321,17 +359,10 @@ class Response(object):
                 exc_info = None
         elif self.status is not None:
             raise AssertionError('start_response() called again without exc_info')
-        if type(status) is not str:
-            raise TypeError('status must be a native string, not %r' % (status,))
-        if len(status) < 4 or not status[:3].isdigit() or status[3] != ' ':
-            raise ValueError('status %r is not like "200 OK"' % (status,))
+        check_status(status)
         headers = list(headers)
         for h in headers:
-            if type(h) is not tuple or len(h) != 2 or type(h[0]) is not str \
-                    or type(h[1]) is not str:
-                raise TypeError('each header must be a (str, str) tuple, not %r' % (h,))
-            if '\n' in h[0] or '\r' in h[0] or '\n' in h[1] or '\r' in h[1] or ':' in h[0]:
-                raise ValueError('header %r contains a line break or colon' % (h,))
+            check_header(h)
         self.status, self.headers = status, headers
         return self.write
 
@@ -348,10 +379,10 @@ class Response(object):
                     self.close_after = True
                 continue
             if lname == 'content-length':
-                try:
-                    self.length = int(value)
-                except ValueError:
-                    raise ValueError('bad Content-Length %r' % (value,))
+                if not value.strip().isdigit():
+                    raise InvalidResponse('header "Content-Length" is not a number: %r'
+                                          % (value,))
+                self.length = int(value)
             out.extend((wire(name), b': ', wire(value), b'\r\n'))
         if self.length is None and not self.no_body:
             if total_len is not None:
@@ -419,6 +450,24 @@ class Response(object):
             log('%s: app sent %d of its %d-byte Content-Length; closing the connection'
                 % (APP_NAME, self.written, self.length))
             self.close_after = True
+
+
+def report_app_error(env, resp):
+    """One line for a response that breaks HTTP's rules; for an exception, what it was and
+    when (after the head went out the client sees a cut connection, not a 500), then its
+    traceback. The native worker says the same."""
+    tp, value = sys.exc_info()[:2]
+    request = '%s %s' % (env['REQUEST_METHOD'], env.get('REQUEST_URI', ''))
+    if isinstance(value, InvalidResponse):
+        log('%s: invalid response to %s: %s' % (APP_NAME, request, value))
+        return
+    what = '%s: %s' % (tp.__name__, value)
+    if resp.sent:
+        log('%s: app raised after the response started (%s): %s\n%s'
+            % (APP_NAME, request, what, traceback.format_exc().rstrip()))
+    else:
+        log('%s: error in %s: %s\n%s' % (APP_NAME, request, what,
+                                         traceback.format_exc().rstrip()))
 
 
 def error_response(conn, status, reason):
@@ -538,10 +587,10 @@ class Worker(object):
             if not resp.sent:
                 error_response(conn, '400 Bad Request', str(e))
             return False
-        except Exception:
-            log('%s: error in %s %s\n%s' % (APP_NAME, env['REQUEST_METHOD'],
-                                            env.get('REQUEST_URI', ''),
-                                            traceback.format_exc().rstrip()))
+        except BaseException:
+            # SystemExit and KeyboardInterrupt from an app are its errors like any other: the
+            # request gets its 500, the worker keeps serving.
+            report_app_error(env, resp)
             if not resp.sent:
                 error_response(conn, '500 Internal Server Error', 'Internal Server Error')
             return False  # a response cut short can only be signalled by closing

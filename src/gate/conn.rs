@@ -1,9 +1,11 @@
 //! What a connection's gate and its service share: the queue of verdicts (one per head the
-//! gate handed on, popped in hyper's order) and whether a response is under way (the idle
-//! timeout runs only when none is).
+//! gate handed on, popped in hyper's order), whether a response is under way (the idle
+//! timeout runs only when none is), and how many times the socket was flushed (a response
+//! cut short is cut only after what came before it has been written).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -18,6 +20,9 @@ pub struct ConnState {
     verdicts: Mutex<VecDeque<Verdict>>,
     /// Requests whose responses are not finished, and when the last one finished.
     busy: Mutex<(usize, Instant)>,
+    /// Flushes of the socket that hyper completed; counted where a gate wraps the socket.
+    flushes: AtomicU64,
+    counts_flushes: AtomicBool,
 }
 
 impl ConnState {
@@ -25,7 +30,26 @@ impl ConnState {
         Arc::new(ConnState {
             verdicts: Mutex::new(VecDeque::new()),
             busy: Mutex::new((0, Instant::now())),
+            flushes: AtomicU64::new(0),
+            counts_flushes: AtomicBool::new(false),
         })
+    }
+
+    /// hyper flushes the socket only once its own write buffer is empty: a count that moved
+    /// means everything it buffered before has been written.
+    pub(super) fn flushed(&self) {
+        self.flushes.fetch_add(1, Ordering::Release);
+    }
+
+    pub(super) fn count_flushes(&self) {
+        self.counts_flushes.store(true, Ordering::Relaxed);
+    }
+
+    /// The flush count, or None where nobody counts (HTTP/2 has no gate).
+    fn flush_count(&self) -> Option<u64> {
+        self.counts_flushes
+            .load(Ordering::Relaxed)
+            .then(|| self.flushes.load(Ordering::Acquire))
     }
 
     /// The verdict for the request hyper is handing over now. Hyper calls the service once per
@@ -74,19 +98,31 @@ impl Drop for BusyGuard {
     }
 }
 
-/// A response body that keeps its request marked busy until it ends.
-pub struct BusyBody<B> {
+/// A response body that keeps its request marked busy until it ends. A body that fails (the
+/// app's response was cut short) fails towards hyper only after the socket was flushed once
+/// more: hyper closes the connection on the error and drops what it had buffered, so without
+/// the wait a client could lose the head and the bytes the app did send.
+pub struct BusyBody<B: http_body::Body> {
     inner: B,
-    _busy: BusyGuard,
+    busy: BusyGuard,
+    /// The error, and the flush count when it came.
+    failed: Option<(B::Error, u64)>,
 }
 
-impl<B> BusyBody<B> {
+impl<B: http_body::Body> BusyBody<B> {
     pub fn new(inner: B, busy: BusyGuard) -> Self {
-        BusyBody { inner, _busy: busy }
+        BusyBody {
+            inner,
+            busy,
+            failed: None,
+        }
     }
 }
 
-impl<B: http_body::Body + Unpin> http_body::Body for BusyBody<B> {
+impl<B: http_body::Body + Unpin> http_body::Body for BusyBody<B>
+where
+    B::Error: Unpin,
+{
     type Data = B::Data;
     type Error = B::Error;
 
@@ -94,11 +130,29 @@ impl<B: http_body::Body + Unpin> http_body::Body for BusyBody<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let this = &mut *self;
+        if let Some((_, mark)) = &this.failed {
+            // hyper flushes after this Pending and polls again once the flush is done.
+            if this.busy.0.flush_count().is_some_and(|n| n <= *mark) {
+                return Poll::Pending;
+            }
+            return Poll::Ready(this.failed.take().map(|(e, _)| Err(e)));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Err(e))) => match this.busy.0.flush_count() {
+                Some(mark) => {
+                    this.failed = Some((e, mark));
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+                None => Poll::Ready(Some(Err(e))),
+            },
+            other => other,
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.failed.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {

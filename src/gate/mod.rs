@@ -119,6 +119,7 @@ pub struct Gate<S> {
 
 impl<S> Gate<S> {
     pub fn new(inner: S, conn: Arc<ConnState>, limits: HeadLimits, timeouts: Timeouts) -> Self {
+        conn.count_flushes();
         Gate {
             inner,
             buf: BytesMut::new(),
@@ -418,7 +419,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Gate<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let done = Pin::new(&mut self.inner).poll_flush(cx);
+        if done.is_ready() {
+            self.conn.flushed();
+        }
+        done
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -339,56 +339,71 @@ async fn prepare(
     parts.version = Version::HTTP_11;
     route::set_mount(&mut parts.headers, route, outer_mount.as_deref());
     let fault = Arc::new(BodyFault::default());
+    let spooled = match route.request_buffering {
+        RequestBuffering::Auto => !length_known,
+        RequestBuffering::On => true,
+        RequestBuffering::Off => false,
+    };
+    let (body, len) = request_body(body, client, route, &fault, spooled, spool_dir).await?;
+    if len.is_some() {
+        // The length is known now: hyper sends it (from the body's exact size) instead of
+        // chunked framing.
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    Ok(Prepared {
+        request: Request::from_parts(parts, body),
+        outer_mount,
+        fault,
+    })
+}
+
+/// The body as the child gets it: its first 64 KiB read here before the app is involved (a
+/// client trickling a small body — slow POST — holds a connection of the front, not a thread
+/// of the app), and with `spooled` the rest read into a file first. Returns the spooled length.
+async fn request_body(
+    body: Incoming,
+    client: &Client,
+    route: &AppRoute,
+    fault: &Arc<BodyFault>,
+    spooled: bool,
+    spool_dir: &Path,
+) -> Result<(ProxyBody, Option<u64>), ProxyError> {
     let mut body = LimitedBody::new(
         body,
         route.max_body_size,
         client.body_timeout,
         fault.clone(),
     );
-    // The start of the body is read here before the app is involved: a client trickling a
-    // small body (slow POST) holds a connection of the front, not a thread of the app.
     let (prefix, ended) = body::prebuffer(&mut body).await;
     if let Some(e) = fault.error(route) {
         return Err(e);
     }
-    let spooled = match route.request_buffering {
-        RequestBuffering::Auto => !length_known,
-        RequestBuffering::On => true,
-        RequestBuffering::Off => false,
-    };
-    let body = if ended {
-        PrefixedBody { prefix, rest: None }.boxed()
-    } else if spooled {
-        let (file, len) =
-            spool::spool(body, spool_dir)
-                .await
-                .map_err(|e| match (e, fault.error(route)) {
-                    (_, Some(fault)) => fault,
-                    (spool::SpoolError::File { dir, source }, None) => ProxyError::Spool {
-                        app: route.name.to_string(),
-                        dir,
-                        source,
-                    },
-                    // A body error is always flagged in the fault; say so if it were not.
-                    (spool::SpoolError::Body, None) => ProxyError::Rejected(Rejection::Malformed(
-                        "incomplete or invalid request body",
-                    )),
-                })?;
-        // The length is known now; the child is told it instead of chunked framing.
-        parts.headers.remove(header::CONTENT_LENGTH);
-        spool::SpooledBody::new(prefix, file, len).boxed()
-    } else {
-        PrefixedBody {
-            prefix,
-            rest: Some(body),
-        }
-        .boxed()
-    };
-    Ok(Prepared {
-        request: Request::from_parts(parts, body),
-        outer_mount,
-        fault,
-    })
+    if ended {
+        return Ok((PrefixedBody { prefix, rest: None }.boxed(), None));
+    }
+    if !spooled {
+        let rest = Some(body);
+        return Ok((PrefixedBody { prefix, rest }.boxed(), None));
+    }
+    let (file, len) =
+        spool::spool(body, spool_dir)
+            .await
+            .map_err(|e| match (e, fault.error(route)) {
+                (_, Some(fault)) => fault,
+                (spool::SpoolError::File { dir, source }, None) => ProxyError::Spool {
+                    app: route.name.to_string(),
+                    dir,
+                    source,
+                },
+                // A body error is always flagged in the fault; say so if it were not.
+                (spool::SpoolError::Body, None) => {
+                    ProxyError::Rejected(Rejection::Malformed("incomplete or invalid request body"))
+                }
+            })?;
+    Ok((
+        spool::SpooledBody::new(prefix, file, len).boxed(),
+        Some(len),
+    ))
 }
 
 /// The child's response as the client gets it: hop-by-hop headers removed, the body streamed.

@@ -5,6 +5,7 @@ Each path answers something a test can check: which interpreter and process serv
 the environ holds, how much body arrived, and how errors behave.
 """
 import hashlib
+import io
 import os
 import platform
 import signal
@@ -117,7 +118,6 @@ def app(environ, start_response):
         write(b'written-')
         return [b'then-returned\n']
     elif path == '/filewrapper':
-        import io
         start_response('200 OK', [('Content-Type', 'text/plain')])
         return environ['wsgi.file_wrapper'](io.BytesIO(b'wrapped file body\n'), 4)
     elif path == '/excinfo':
@@ -179,6 +179,49 @@ def app(environ, start_response):
         start_response('200 OK', [('Content-Type', 'text/event-stream'),
                                   ('Cache-Control', 'no-cache')])
         return events()
+    elif path == '/badlength':
+        # A body that disagrees with the app's own Content-Length: `sent` bytes for `declared`,
+        # as a list, a generator of 1000-byte pieces, or a file wrapper.
+        sent, declared = int(q.get('sent', '10')), int(q.get('declared', '100'))
+        data = (b'0123456789' * (sent // 10 + 1))[:sent]
+        start_response('200 OK', [('Content-Type', 'text/plain'),
+                                  ('Content-Length', str(declared))])
+        how = q.get('as', 'list')
+        if how == 'list':
+            return [data]
+        if how == 'file':
+            return environ['wsgi.file_wrapper'](io.BytesIO(data), 1000)
+        return (data[i:i + 1000] for i in range(0, len(data), 1000))
+    elif path == '/badhead':
+        # A status or header that breaks HTTP's rules; both workers must refuse it alike.
+        status, name, value = '200 OK', 'X-Fine', 'yes'
+        what = q.get('what', '')
+        if what == 'status-crlf':
+            status = '200 OK\r\nX-Injected: yes'
+        elif what == 'status-nul':
+            status = '200 O\x00K'
+        elif what == 'status-code':
+            status = '2000 OK'
+        elif what == 'name-space':
+            name = 'X Bad'
+        elif what == 'name-crlf':
+            name = 'X-A\r\nX-Injected'
+        elif what == 'value-crlf':
+            value = 'yes\r\nX-Injected: yes'
+        elif what == 'value-nul':
+            value = 'y\x00es'
+        start_response(status, [('Content-Type', 'text/plain'), (name, value)])
+        return [b'should not be sent\n']
+    elif path == '/raise_after':
+        def chunks():
+            yield b'first chunk\n'
+            raise RuntimeError('failed after the first chunk')
+        start_response('200 OK', [('Content-Type', 'text/plain')])
+        return chunks()
+    elif path == '/exit':
+        if q.get('how') == 'interrupt':
+            raise KeyboardInterrupt()
+        raise SystemExit(3)
     elif path == '/boom':
         raise RuntimeError('boom for the test')
     elif path == '/threadlocal':

@@ -200,3 +200,198 @@ fn conformance(version: &str, worker: &str) {
         );
     }
 }
+
+macro_rules! edges {
+    ($($name:ident: $version:literal, $worker:literal;)*) => {$(
+        #[test]
+        fn $name() {
+            edges($version, $worker);
+        }
+    )*};
+}
+
+edges! {
+    edges_portable_on_2_7: "2.7", "portable";
+    edges_portable_on_3_6: "3.6", "portable";
+    edges_portable_on_3_13: "3.13", "portable";
+    edges_native_on_3_13: "3.13", "native";
+}
+
+/// What the client got for one request on a fresh connection, read until the server closed it
+/// (or 5 s): the raw bytes and how long the close took. `close`: the client asks for the close
+/// (else the server must close by itself).
+fn raw_exchange(
+    addr: std::net::SocketAddr,
+    target: &str,
+    close: bool,
+) -> (String, std::time::Duration) {
+    use std::io::{Read, Write};
+    let started = std::time::Instant::now();
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("timeout");
+    let connection = if close { "Connection: close\r\n" } else { "" };
+    s.write_all(format!("GET {target} HTTP/1.1\r\nHost: x\r\n{connection}\r\n").as_bytes())
+        .expect("send");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        started.elapsed(),
+    )
+}
+
+/// An app's bad output, the same for both workers: statuses and headers that break HTTP's rules
+/// are a 500 and one log line; a body shorter than its Content-Length reaches the client and
+/// the connection closes at once; a longer one is cut at the length; an exception after the
+/// first chunk cuts the connection and is logged as such; SystemExit and KeyboardInterrupt are
+/// 500s and the process serves on.
+fn edges(version: &str, worker: &str) {
+    let Some(py) = require_python(version) else {
+        return;
+    };
+    let site = Site::new();
+    let worker_line = format!("worker: {worker}");
+    site.one_app("edgy", &py, &["mount: /v", &worker_line]);
+    let server = site.serve();
+    let addr = server.addr;
+    let ctx = |what: &str| {
+        format!(
+            "{worker} worker on Python {version}: {what}\n{}",
+            server.log_text()
+        )
+    };
+    let pid = server.get("x", "/v/pid").text();
+
+    for what in [
+        "status-crlf",
+        "status-nul",
+        "status-code",
+        "name-space",
+        "name-crlf",
+        "value-crlf",
+        "value-nul",
+    ] {
+        let target = format!("/v/badhead?what={what}");
+        let (raw, _) = raw_exchange(addr, &target, true);
+        assert!(
+            raw.starts_with("HTTP/1.1 500 "),
+            "{}",
+            ctx(&format!("{what}: {raw}"))
+        );
+        assert!(
+            !raw.to_ascii_lowercase().contains("x-injected") && !raw.contains("should not be sent"),
+            "{}",
+            ctx(&format!("{what}: {raw}"))
+        );
+        let line = server
+            .wait_log(
+                &format!("invalid response to GET {target}"),
+                std::time::Duration::from_secs(5),
+            )
+            .unwrap_or_else(|| panic!("{}", ctx(&format!("{what}: no log line"))));
+        assert!(line.contains("edgy"), "{line}");
+        let subject = if what.starts_with("status") {
+            "status"
+        } else {
+            "header"
+        };
+        assert!(line.contains(subject), "{what}: {line}");
+    }
+    assert!(
+        !server.log_text().contains("Traceback"),
+        "{}",
+        ctx("a traceback for a bad head")
+    );
+
+    // Shorter than its Content-Length, as a list, a generator and a file: the bytes the app
+    // sent, then the connection closes (no hang, no 502).
+    for how in ["list", "gen", "file"] {
+        for (sent, declared) in [(10, 100), (0, 50), (200_000, 300_000)] {
+            let target = format!("/v/badlength?as={how}&sent={sent}&declared={declared}");
+            let (raw, took) = raw_exchange(addr, &target, false);
+            let what = format!("{how} {sent}/{declared}");
+            assert!(raw.starts_with("HTTP/1.1 200 "), "{}", ctx(&what));
+            assert!(
+                raw.to_ascii_lowercase()
+                    .contains(&format!("content-length: {declared}\r\n")),
+                "{}",
+                ctx(&what)
+            );
+            let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+            assert_eq!(body.len(), sent, "{}", ctx(&what));
+            assert!(
+                took < std::time::Duration::from_secs(1),
+                "{what}: closed after {took:?}"
+            );
+        }
+        // Longer: cut at the length, and the connection is still good.
+        let mut c = Client::connect(addr).expect("connect");
+        let r = c
+            .get("x", &format!("/v/badlength?as={how}&sent=100&declared=10"))
+            .expect("long body");
+        assert_eq!(r.text(), "0123456789", "{}", ctx(how));
+        assert_eq!(c.get("x", "/v/ver").expect("next").status, 200);
+    }
+    assert!(
+        server
+            .wait_log(
+                "of its 300000-byte Content-Length",
+                std::time::Duration::from_secs(5)
+            )
+            .is_some(),
+        "{}",
+        ctx("short body not logged")
+    );
+
+    // An exception after the first chunk: the client sees the chunk, then the connection cut
+    // (no last chunk); the log says what happened, not that the app was unreachable.
+    let (raw, took) = raw_exchange(addr, "/v/raise_after", false);
+    assert!(
+        raw.starts_with("HTTP/1.1 200 ") && raw.contains("first chunk"),
+        "{}",
+        ctx(&raw)
+    );
+    assert!(!raw.ends_with("0\r\n\r\n"), "{}", ctx(&raw));
+    assert!(
+        took < std::time::Duration::from_secs(1),
+        "cut after {took:?}"
+    );
+    let line = server
+        .wait_log(
+            "app raised after the response started",
+            std::time::Duration::from_secs(5),
+        )
+        .unwrap_or_else(|| panic!("{}", ctx("no log line for raise after start")));
+    assert!(
+        line.contains("RuntimeError: failed after the first chunk"),
+        "{line}"
+    );
+    assert!(
+        !server.log_text().contains("unreachable"),
+        "{}",
+        ctx("logged as unreachable")
+    );
+
+    // SystemExit and KeyboardInterrupt: 500, the traceback logged, the same process serves on.
+    for (target, name) in [
+        ("/v/exit", "SystemExit"),
+        ("/v/exit?how=interrupt", "KeyboardInterrupt"),
+    ] {
+        let (raw, _) = raw_exchange(addr, target, true);
+        assert!(raw.starts_with("HTTP/1.1 500 "), "{}", ctx(&raw));
+        assert!(
+            server
+                .wait_log(name, std::time::Duration::from_secs(5))
+                .is_some(),
+            "{}",
+            ctx(&format!("{name} not logged"))
+        );
+    }
+    assert_eq!(
+        server.get("x", "/v/pid").text(),
+        pid,
+        "{}",
+        ctx("the process changed")
+    );
+}

@@ -11,7 +11,7 @@
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,12 +24,13 @@ use pyo3::prelude::*;
 use tokio::net::UnixListener;
 use tokio::sync::oneshot;
 
+mod body;
 mod environ;
 mod input;
 mod response;
 mod threads;
 
-use response::{Reply, ResponseBody};
+use response::{FlushCounted, Reply, ResponseBody};
 use threads::{Job, Shared};
 
 /// How often Python's signal handlers get a chance to run, and wsgimux's presence is checked.
@@ -213,7 +214,8 @@ fn serve_connection<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let jobs = jobs.clone();
-    let service = hyper::service::service_fn(move |req| handle(req, jobs.clone()));
+    let (stream, flushes) = FlushCounted::new(stream);
+    let service = hyper::service::service_fn(move |req| handle(req, jobs.clone(), flushes.clone()));
     let conn =
         hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
     let conn = graceful.watch(conn);
@@ -225,17 +227,18 @@ fn serve_connection<S>(
 async fn handle(
     req: hyper::Request<Incoming>,
     jobs: crossbeam_channel::Sender<Job>,
+    flushes: Arc<AtomicU64>,
 ) -> Result<hyper::Response<ResponseBody>, Infallible> {
     let (parts, body) = req.into_parts();
     let (reply, answer) = oneshot::channel();
     if jobs.send(Job { parts, body, reply }).is_err() {
-        return Ok(Reply::plain(StatusCode::SERVICE_UNAVAILABLE).into_response());
+        return Ok(Reply::plain(StatusCode::SERVICE_UNAVAILABLE).into_response(None));
     }
     // A dropped sender means the request's thread could not run it (already logged).
     let reply = answer
         .await
         .unwrap_or_else(|_| Reply::plain(StatusCode::INTERNAL_SERVER_ERROR));
-    Ok(reply.into_response())
+    Ok(reply.into_response(Some(flushes)))
 }
 
 /// tokio's SIGTERM handler would be inherited by `os.fork()` children (multiprocessing), which
@@ -262,6 +265,10 @@ fn wsgimux_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<input::Input>()?;
     m.add_class::<input::FileWrapper>()?;
     m.add_class::<response::StartResponse>()?;
+    m.add(
+        "InvalidResponse",
+        m.py().get_type::<response::InvalidResponse>(),
+    )?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -6,19 +6,20 @@
 //! a declared Content-Length is never exceeded, a whole body gets its length. Does not write to
 //! sockets; hyper does.
 
-use std::pin::Pin;
-use std::sync::Mutex;
-use std::task::{Context, Poll};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH};
 use http::{HeaderMap, StatusCode};
-use hyper::body::{Body, Frame, SizeHint};
 use hyper::ext::ReasonPhrase;
+use pyo3::create_exception;
 use pyo3::exceptions::{PyAssertionError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString, PyTuple};
 use tokio::sync::{mpsc, oneshot};
+
+pub use crate::body::{FlushCounted, ResponseBody};
 
 /// Chunks a streamed response may have queued before the app's thread waits for the client.
 const STREAM_DEPTH: usize = 4;
@@ -36,6 +37,13 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
+create_exception!(
+    wsgimux_native,
+    InvalidResponse,
+    PyValueError,
+    "The app's status or headers break HTTP's rules (the response becomes a 500)."
+);
+
 /// A response cut short after its head went out: hyper aborts the connection, so the client
 /// cannot mistake the partial body for a whole one.
 #[derive(Debug)]
@@ -49,7 +57,7 @@ impl std::fmt::Display for Aborted {
 
 impl std::error::Error for Aborted {}
 
-type Chunk = Result<Bytes, Aborted>;
+pub type Chunk = Result<Bytes, Aborted>;
 
 /// What a Python thread hands back to the hyper task serving the request.
 pub struct Reply {
@@ -75,50 +83,21 @@ impl Reply {
             status,
             reason: None,
             headers,
-            body: ResponseBody::Full(Some(body)),
+            body: ResponseBody::full(Some(body)),
         }
     }
 
-    pub fn into_response(self) -> hyper::Response<ResponseBody> {
-        let mut resp = hyper::Response::new(self.body);
+    /// The response for hyper; `flushes` is the connection's flush count (see [`ResponseBody`]).
+    pub fn into_response(self, flushes: Option<Arc<AtomicU64>>) -> hyper::Response<ResponseBody> {
+        let mut body = self.body;
+        body.flushes = flushes;
+        let mut resp = hyper::Response::new(body);
         *resp.status_mut() = self.status;
         *resp.headers_mut() = self.headers;
         if let Some(reason) = self.reason {
             resp.extensions_mut().insert(reason);
         }
         resp
-    }
-}
-
-pub enum ResponseBody {
-    Full(Option<Bytes>),
-    Stream(mpsc::Receiver<Chunk>),
-}
-
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = Aborted;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Aborted>>> {
-        match self.get_mut() {
-            ResponseBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ResponseBody::Stream(rx) => rx.poll_recv(cx).map(|c| c.map(|c| c.map(Frame::data))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        matches!(self, ResponseBody::Full(None))
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ResponseBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            ResponseBody::Full(None) => SizeHint::with_exact(0),
-            ResponseBody::Stream(_) => SizeHint::default(),
-        }
     }
 }
 
@@ -172,7 +151,22 @@ impl State {
             }
             Some(l) if len < l => {
                 log_short(app, len, l);
-                body
+                // Sent as a stream that ends cut: the head keeps the app's length, and the
+                // front learns the body is incomplete when the connection closes.
+                let (tx, rx) = mpsc::channel(2);
+                if !body.is_empty() {
+                    let _ = tx.try_send(Ok(body));
+                }
+                let _ = tx.try_send(Err(Aborted));
+                if let Some(reply) = self.reply.take() {
+                    let _ = reply.send(Reply {
+                        status: head.status,
+                        reason: head.reason,
+                        headers: head.headers,
+                        body: ResponseBody::stream(rx),
+                    });
+                }
+                return Ok(());
             }
             Some(_) => body,
             None => {
@@ -187,7 +181,7 @@ impl State {
                 status: head.status,
                 reason: head.reason,
                 headers: head.headers,
-                body: ResponseBody::Full((!body.is_empty()).then_some(body)),
+                body: ResponseBody::full((!body.is_empty()).then_some(body)),
             });
         }
         Ok(())
@@ -271,7 +265,7 @@ impl StartResponse {
                     status: head.status,
                     reason: head.reason,
                     headers: head.headers,
-                    body: ResponseBody::Stream(rx),
+                    body: ResponseBody::stream(rx),
                 });
                 s.stream = Some(tx);
             }
@@ -292,30 +286,42 @@ impl StartResponse {
             return self.lock().reply_full(body, app);
         }
         self.send_chunk(py, &body, app)?;
-        self.finish(app)
+        self.finish(py, app)
     }
 
     /// Ends the response: sends the head (with an empty body) if nothing was sent yet, closes
-    /// the stream otherwise.
-    pub fn finish(&self, app: &str) -> Result<(), SendError> {
-        let mut s = self.lock();
-        if s.reply.is_some() {
-            return s.reply_full(Bytes::new(), app);
-        }
-        s.stream = None;
-        if let Some(l) = s.length.filter(|&l| s.written < l) {
-            log_short(app, s.written, l);
+    /// the stream otherwise — cut, when it is shorter than the app's Content-Length.
+    pub fn finish(&self, py: Python<'_>, app: &str) -> Result<(), SendError> {
+        let (tx, short) = {
+            let mut s = self.lock();
+            if s.reply.is_some() {
+                return s.reply_full(Bytes::new(), app);
+            }
+            let short = s.length.filter(|&l| s.written < l);
+            if let Some(l) = short {
+                log_short(app, s.written, l);
+            }
+            (s.stream.take(), short.is_some())
+        };
+        if let (Some(tx), true) = (tx, short) {
+            let _ = py.detach(|| tx.blocking_send(Err(Aborted)));
         }
         Ok(())
     }
 
-    /// The app failed: a 500 if nothing was sent, else the stream is aborted.
-    pub fn fail(&self) {
-        let mut s = self.lock();
-        if let Some(reply) = s.reply.take() {
-            let _ = reply.send(Reply::plain(StatusCode::INTERNAL_SERVER_ERROR));
-        } else if let Some(tx) = s.stream.take() {
-            let _ = tx.try_send(Err(Aborted));
+    /// The app failed: a 500 if nothing was sent, else the stream is cut (after what was
+    /// already queued: the cut waits for room, so it is never lost to a full channel).
+    pub fn fail(&self, py: Python<'_>) {
+        let tx = {
+            let mut s = self.lock();
+            if let Some(reply) = s.reply.take() {
+                let _ = reply.send(Reply::plain(StatusCode::INTERNAL_SERVER_ERROR));
+                return;
+            }
+            s.stream.take()
+        };
+        if let Some(tx) = tx {
+            let _ = py.detach(|| tx.blocking_send(Err(Aborted)));
         }
     }
 }
@@ -391,32 +397,34 @@ fn parse_head(
     ))
 }
 
-/// `"200 OK"`: three digits, a space, a reason (kept only when it is not the usual one).
+/// `"200 OK"`: three digits from 100, a space, a reason (kept only when it is not the usual
+/// one) of tabs, spaces, visible ASCII and latin-1 — never a line break, NUL or other control
+/// character. The portable worker applies the same rules with the same words.
 fn parse_status(status: &Bound<'_, PyAny>) -> PyResult<(StatusCode, Option<ReasonPhrase>)> {
     let status = status.cast::<PyString>().map_err(|_| {
-        PyTypeError::new_err(format!(
+        InvalidResponse::new_err(format!(
             "status must be a str like \"200 OK\", not {}",
             type_name(status)
         ))
     })?;
     let status = status.to_cow()?;
     let bytes = status.as_bytes();
+    let not_like = || InvalidResponse::new_err(format!("status {status:?} is not like \"200 OK\""));
     if bytes.len() < 4 || !bytes[..3].iter().all(u8::is_ascii_digit) || bytes[3] != b' ' {
-        return Err(PyValueError::new_err(format!(
-            "status {status:?} is not like \"200 OK\""
-        )));
+        return Err(not_like());
     }
-    let code = StatusCode::from_bytes(&bytes[..3])
-        .map_err(|_| PyValueError::new_err(format!("status {status:?} has a bad code")))?;
+    let code = StatusCode::from_bytes(&bytes[..3]).map_err(|_| not_like())?;
     let reason_text = &status[4..];
+    let bad_reason = || {
+        InvalidResponse::new_err(format!(
+            "status {status:?} has a character a reason phrase cannot hold"
+        ))
+    };
     let reason = if code.canonical_reason() == Some(reason_text) {
         None
     } else {
-        Some(
-            ReasonPhrase::try_from(latin1_bytes(reason_text, "status")?).map_err(|_| {
-                PyValueError::new_err(format!("status {status:?} has a bad reason"))
-            })?,
-        )
+        let bytes = latin1_bytes(reason_text).ok_or_else(bad_reason)?;
+        Some(ReasonPhrase::try_from(bytes).map_err(|_| bad_reason())?)
     };
     Ok((code, reason))
 }
@@ -430,25 +438,31 @@ fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<(HeaderMap, Option<u64>
         let item = item?;
         let pair = item.cast::<PyTuple>().ok().filter(|t| t.len() == 2);
         let Some(pair) = pair else {
-            return Err(PyTypeError::new_err(format!(
+            return Err(InvalidResponse::new_err(format!(
                 "each header must be a (str, str) tuple, not {}",
                 item.repr()?
             )));
         };
         let (name, value) = (pair.get_item(0)?, pair.get_item(1)?);
         let (Ok(name), Ok(value)) = (name.cast::<PyString>(), value.cast::<PyString>()) else {
-            return Err(PyTypeError::new_err(format!(
+            return Err(InvalidResponse::new_err(format!(
                 "each header must be a (str, str) tuple, not {}",
                 pair.repr()?
             )));
         };
         let name = name.to_cow()?;
         let value = value.to_cow()?;
-        let header = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| PyValueError::new_err(format!("header name {name:?} is not valid")))?;
-        let value = HeaderValue::from_bytes(&latin1_bytes(&value, &name)?).map_err(|_| {
-            PyValueError::new_err(format!("header {name:?} has a line break in its value"))
+        let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            InvalidResponse::new_err(format!("header name {name:?} is not a token"))
         })?;
+        // Tabs, spaces, visible ASCII and latin-1; no line break, NUL or other control.
+        let value = latin1_bytes(&value)
+            .and_then(|v| HeaderValue::from_bytes(&v).ok())
+            .ok_or_else(|| {
+                InvalidResponse::new_err(format!(
+                    "header {name:?} has a character a header value cannot hold"
+                ))
+            })?;
         if HOP_BY_HOP.contains(&header.as_str()) {
             if header == CONNECTION
                 && value
@@ -465,7 +479,11 @@ fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<(HeaderMap, Option<u64>
                 .to_str()
                 .ok()
                 .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or_else(|| PyValueError::new_err(format!("bad Content-Length {value:?}")))?;
+                .ok_or_else(|| {
+                    InvalidResponse::new_err(format!(
+                        "header \"Content-Length\" is not a number: {value:?}"
+                    ))
+                })?;
             length = Some(parsed);
         }
         map.append(header, value);
@@ -473,17 +491,11 @@ fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<(HeaderMap, Option<u64>
     Ok((map, length))
 }
 
-/// A native string's bytes (PEP 3333: header values are latin-1).
-fn latin1_bytes(s: &str, what: &str) -> PyResult<Vec<u8>> {
+/// A native string's bytes (PEP 3333: statuses and header values are latin-1); None when it
+/// has characters outside latin-1.
+fn latin1_bytes(s: &str) -> Option<Vec<u8>> {
     if s.is_ascii() {
-        return Ok(s.as_bytes().to_vec());
+        return Some(s.as_bytes().to_vec());
     }
-    s.chars()
-        .map(|c| u8::try_from(u32::from(c)).ok())
-        .collect::<Option<Vec<u8>>>()
-        .ok_or_else(|| {
-            PyValueError::new_err(format!(
-                "{what} has characters outside latin-1 (encode the value, PEP 3333)"
-            ))
-        })
+    s.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect()
 }

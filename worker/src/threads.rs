@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 
 use crate::environ::{self, EnvironCache};
 use crate::input::Input;
-use crate::response::{type_name, Reply, SendError, StartResponse};
+use crate::response::{type_name, InvalidResponse, Reply, SendError, StartResponse};
 
 /// One request, as the hyper task hands it over.
 pub struct Job {
@@ -154,31 +154,61 @@ fn run<'py>(
         call_app(py, shared, cache, app, &parts, &input, &start_response)
     }))
     .unwrap_or_else(|panic| Err(Failure::Panic(panic_message(&*panic))));
+    let request = || {
+        format!(
+            "{} {}",
+            parts.method,
+            parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("")
+        )
+    };
     match outcome {
         Ok(()) | Err(Failure::Gone) => {}
         Err(Failure::App(e)) => {
-            eprintln!(
-                "{}: error in {} {}",
-                shared.app_name,
-                parts.method,
-                parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("")
-            );
-            e.display(py);
-            start_response.get().fail();
+            report_app_error(py, &shared.app_name, &request(), &e, start_response.get());
+            start_response.get().fail(py);
         }
         Err(Failure::Panic(message)) => {
             eprintln!(
-                "{}: internal error (panic) in {} {}: {message}",
+                "{}: internal error (panic) in {}: {message}",
                 shared.app_name,
-                parts.method,
-                parts.uri.path()
+                request()
             );
-            start_response.get().fail();
+            start_response.get().fail(py);
         }
     }
     if let Ok(mut input) = input.try_borrow_mut() {
         input.drain_rest();
     }
+}
+
+/// One line for a response that breaks HTTP's rules (what was wrong is all there is to say);
+/// for an exception, what it was and when — after the head went out the client sees a cut
+/// connection, not a 500 — then its traceback. SystemExit and KeyboardInterrupt are the app's
+/// exceptions like any other: the worker keeps serving.
+fn report_app_error(
+    py: Python<'_>,
+    app: &str,
+    request: &str,
+    e: &PyErr,
+    start_response: &StartResponse,
+) {
+    let what = || {
+        let value = e.value(py);
+        format!("{}: {}", type_name(value), value)
+    };
+    if e.is_instance_of::<InvalidResponse>(py) {
+        eprintln!("{app}: invalid response to {request}: {}", e.value(py));
+        return;
+    }
+    if start_response.head_sent() {
+        eprintln!(
+            "{app}: app raised after the response started ({request}): {}",
+            what()
+        );
+    } else {
+        eprintln!("{app}: error in {request}: {}", what());
+    }
+    e.display(py);
 }
 
 fn call_app<'py>(
@@ -272,7 +302,7 @@ fn send_result(
         let item = item?;
         start_response.send_chunk(py, chunk(&item)?.as_bytes(), name)?;
     }
-    start_response.finish(name)?;
+    start_response.finish(py, name)?;
     Ok(())
 }
 
