@@ -75,6 +75,8 @@ HOP_BY_HOP = frozenset([
     'trailer', 'trailers', 'transfer-encoding', 'upgrade',
 ])
 MOUNT_HEADER = b'script_name'
+PROTOCOL_HEADER = b'server_protocol'  # the client's HTTP version, from the front
+PROTOCOLS = (b'HTTP/1.0', b'HTTP/1.1', b'HTTP/2.0')
 REASONS = {400: 'Bad Request', 414: 'URI Too Long', 431: 'Request Header Fields Too Large'}
 TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 HEX_DIGITS = b'0123456789abcdefABCDEF'
@@ -559,15 +561,15 @@ class Worker(object):
 
     def serve_one(self, conn):
         try:
-            env, keep_alive, body = self.read_request(conn)
+            env, keep_alive, body, version = self.read_request(conn)
         except BadRequest as e:
             error_response(conn, '%d %s' % (e.status, REASONS[e.status]), str(e))
             return False
         if env is None:
             return False
         is_head = env['REQUEST_METHOD'] == 'HEAD'
-        resp = Response(conn, b'HTTP/1.1' if env['SERVER_PROTOCOL'] == 'HTTP/1.1'
-                        else b'HTTP/1.0', keep_alive, is_head)
+        # Framed for this hop's version, not the client's (SERVER_PROTOCOL).
+        resp = Response(conn, version, keep_alive, is_head)
         result = None
         try:
             result = self.app(env, resp.start_response)
@@ -613,7 +615,7 @@ class Worker(object):
         while line in (b'\r\n', b'\n'):
             line = conn.readline(MAX_LINE + 1)
         if not line:
-            return None, False, None
+            return None, False, None, None
         if len(line) > MAX_LINE:
             raise BadRequest(414, 'request line too long')
         parts = line.rstrip(b'\r\n').split(b' ')
@@ -626,7 +628,7 @@ class Worker(object):
             if h in (b'\r\n', b'\n'):
                 break
             if not h:
-                return None, False, None
+                return None, False, None, None
             if len(h) > MAX_LINE or len(headers) >= MAX_HEADERS:
                 raise BadRequest(431, 'request headers too large')
             name, sep, value = h.partition(b':')
@@ -640,6 +642,7 @@ class Worker(object):
         length = None
         chunked = False
         conn_tokens = b''
+        protocol = version
         for name, value in headers:
             if name == b'content-length':
                 if not value.isdigit() or (length is not None and int(value) != length):
@@ -659,6 +662,10 @@ class Worker(object):
                 continue
             if name == MOUNT_HEADER:
                 mount = unquote_bytes(value)
+                continue
+            if name == PROTOCOL_HEADER:
+                if value in PROTOCOLS:
+                    protocol = value
                 continue
             if b'_' in name:
                 continue  # would be indistinguishable from a dash in CGI names: never trusted
@@ -699,7 +706,7 @@ class Worker(object):
             'QUERY_STRING': wsgi_str(query),
             'REQUEST_URI': wsgi_str(target),
             'RAW_URI': wsgi_str(target),
-            'SERVER_PROTOCOL': wsgi_str(version),
+            'SERVER_PROTOCOL': wsgi_str(protocol),
             'SERVER_NAME': server_name,
             'SERVER_PORT': server_port,
             'REMOTE_ADDR': forwarded_for.split(',')[-1].strip() if forwarded_for else '',
@@ -716,7 +723,7 @@ class Worker(object):
         if env.get('HTTP_EXPECT', '').lower() == '100-continue' and (chunked or length):
             conn.send(b'HTTP/1.1 100 Continue\r\n\r\n')
         env['wsgi.input'] = body
-        return env, keep_alive, body
+        return env, keep_alive, body, version
 
     # -- the main thread: accept, watch idle connections, stop --
 

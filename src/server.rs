@@ -250,9 +250,11 @@ async fn serve_connection(
     graceful: Watcher,
 ) {
     let trusted = settings.trusted.iter().any(|c| c.contains(peer.ip()));
+    let local = stream.local_addr().unwrap_or(configured);
     let Some(tls) = settings.tls.get(&configured) else {
         let client = Client {
             peer,
+            local,
             scheme: "http",
             trusted,
             // The gate times HTTP/1.1 bodies.
@@ -275,6 +277,7 @@ async fn serve_connection(
     let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let client = Client {
         peer,
+        local,
         scheme: "https",
         trusted,
         body_timeout: h2.then_some(settings.limits.body_timeout),

@@ -60,8 +60,10 @@ pub enum Parsed {
 }
 
 mod chunked;
+mod path;
 
 pub use chunked::Chunked;
+pub use path::normalize_path;
 use Rejection::Malformed;
 
 /// Reads a request head from the start of `buf`.

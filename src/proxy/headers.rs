@@ -12,6 +12,38 @@ use super::Client;
 /// The header that carries the mount prefix to a child, which sets `SCRIPT_NAME` from it.
 /// gunicorn honours the same header, so any such server can stand in for a child.
 pub const MOUNT_HEADER: &str = "script_name";
+/// The header that tells a child the client's HTTP version (the front speaks HTTP/1.1 to every
+/// child), which the workers report as `SERVER_PROTOCOL`. Like the mount header, its name has
+/// an underscore, so no client's copy ever reaches a child.
+pub const PROTOCOL_HEADER: &str = "server_protocol";
+
+/// The client's protocol, as the child learns it.
+pub(super) fn set_protocol(headers: &mut HeaderMap, version: hyper::Version) {
+    let v = match version {
+        hyper::Version::HTTP_10 => "HTTP/1.0",
+        hyper::Version::HTTP_2 => "HTTP/2.0",
+        _ => "HTTP/1.1",
+    };
+    headers.insert(PROTOCOL_HEADER, HeaderValue::from_static(v));
+}
+
+/// HTTP/2 may split `cookie` into several fields; an HTTP/1.1 hop gets them as one, joined
+/// with `; ` (RFC 9113 §8.2.3) — a comma would make Python's cookie parser lose the rest.
+pub(super) fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().count() < 2 {
+        return;
+    }
+    let mut joined = Vec::new();
+    for (i, v) in headers.get_all(header::COOKIE).iter().enumerate() {
+        if i > 0 {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus `Expect`, which the
 /// front answers itself.
@@ -45,18 +77,45 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Headers a client could use to claim another address, scheme, host or mount.
+/// Headers a client could use to claim another address, scheme, host, URL or mount: believed
+/// only from `trusted_proxies`. The list is what frameworks and proxies in front of Python apps
+/// read as such: RFC 7239 and the X-Forwarded family (Django's `SECURE_PROXY_SSL_HEADER`,
+/// werkzeug's `ProxyFix`, gunicorn's `secure_scheme_headers`), nginx's `X-Real-IP` and
+/// `X-Scheme`, CDNs' client-address headers (Akamai `True-Client-IP`, Cloudflare
+/// `CF-Connecting-IP`, Fastly `Fastly-Client-IP`), `X-Client-IP`/`X-Cluster-Client-IP`/
+/// `Client-IP` (Rails' `RemoteIp`, libraries such as django-ipware), Microsoft's
+/// `Front-End-Https`, and the URL overrides of IIS URL Rewrite (`X-Original-URL`,
+/// `X-Rewrite-URL`) that some frameworks honour over the request line.
 const FORWARDED: &[&str] = &[
     "forwarded",
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-protocol",
+    "x-forwarded-scheme",
     "x-forwarded-ssl",
     "x-forwarded-host",
+    "x-forwarded-server",
     "x-forwarded-port",
     "x-forwarded-prefix",
+    "x-forwarded-by",
+    "x-forwarded",
+    "forwarded-for",
     "x-real-ip",
     "x-scheme",
+    "x-url-scheme",
+    "front-end-https",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-originating-ip",
+    "x-remote-ip",
+    "x-remote-addr",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-host",
     MOUNT_HEADER,
 ];
 
@@ -150,6 +209,7 @@ mod tests {
     fn client(trusted: bool) -> Client {
         Client {
             peer: "127.0.0.1:5555".parse().unwrap(),
+            local: "127.0.0.1:8080".parse().unwrap(),
             scheme: "http",
             trusted,
             body_timeout: None,
@@ -190,8 +250,23 @@ mod tests {
             ("x-forwarded-host", "evil.example"),
             ("forwarded", "for=10.0.0.1;proto=https"),
             (MOUNT_HEADER, "/spoofed"),
+            ("x-forwarded-scheme", "https"),
+            ("x-forwarded-server", "evil"),
+            ("front-end-https", "on"),
+            ("x-client-ip", "10.0.0.2"),
+            ("true-client-ip", "10.0.0.3"),
+            ("x-original-url", "/admin"),
+            ("x-rewrite-url", "/admin"),
+            ("server_protocol", "HTTP/9"),
+            ("x-kept", "yes"),
         ]);
         assert_eq!(forwarded_headers(&mut h, &client(false)).unwrap(), None);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            left,
+            vec!["x-kept"],
+            "identity headers from an untrusted client"
+        );
         add_forwarded(&mut h, &client(false), Some("Example.com:8080"));
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");

@@ -53,6 +53,9 @@ const MAX_ATTEMPTS: u32 = 2;
 #[derive(Debug, Clone)]
 pub struct Client {
     pub peer: SocketAddr,
+    /// The address the connection came in on (the Host of an HTTP/1.0 request that named
+    /// none, as nginx gives it).
+    pub local: SocketAddr,
     pub scheme: &'static str,
     /// The peer is in `trusted_proxies`: its forwarded headers are believed.
     pub trusted: bool,
@@ -138,7 +141,8 @@ impl Proxy {
         live: &Live,
         app: &mut Option<Served>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        parts.uri = normalized(&parts.uri)?;
         let target = target(&parts)?;
         let path = target.uri.path();
         // Borrowed unless the path has escapes: no allocation for the common case.
@@ -239,6 +243,26 @@ impl Proxy {
     }
 }
 
+/// The target with its path's dot-segments resolved: what routing sees and every child gets.
+fn normalized(uri: &Uri) -> Result<Uri, ProxyError> {
+    let path = uri.path();
+    let Cow::Owned(path) = crate::http1::normalize_path(path).map_err(ProxyError::Rejected)? else {
+        return Ok(uri.clone());
+    };
+    let path_and_query = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(
+        path_and_query
+            .parse()
+            .map_err(|_| ProxyError::Rejected(Rejection::Malformed("invalid request path")))?,
+    );
+    Uri::from_parts(parts)
+        .map_err(|_| ProxyError::Rejected(Rejection::Malformed("invalid request path")))
+}
+
 /// The host the request names (Host, or HTTP/2's authority) and its target.
 fn target(parts: &Parts) -> Result<Target, ProxyError> {
     // The gate made sure an absolute-form target agrees with Host; HTTP/2 has only the
@@ -330,10 +354,19 @@ async fn prepare(
         _ => Uri::from_static("/"),
     };
     if parts.headers.get(header::HOST).is_none() {
-        let raw = target.host_raw.as_deref();
-        if let Some(h) = raw.and_then(|h| HeaderValue::from_str(h).ok()) {
+        // HTTP/2's authority; or for an HTTP/1.0 request that named no host, the address it
+        // came in on (as nginx does): every child gets a Host, strict ones included.
+        let host = match target.host_raw.as_deref() {
+            Some(h) => HeaderValue::from_str(h).ok(),
+            None => HeaderValue::from_str(&client.local.to_string()).ok(),
+        };
+        if let Some(h) = host {
             parts.headers.insert(header::HOST, h);
         }
+    }
+    headers::set_protocol(&mut parts.headers, parts.version);
+    if parts.version == Version::HTTP_2 {
+        headers::join_cookies(&mut parts.headers);
     }
     headers::add_forwarded(&mut parts.headers, client, target.host_raw.as_deref());
     parts.version = Version::HTTP_11;

@@ -12,6 +12,7 @@ mod limits;
 mod native;
 mod operating;
 mod privileges;
+mod protocol;
 mod python_layouts;
 mod reload;
 mod routing;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::harness::*;
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
@@ -16,7 +16,7 @@ fn free_port() -> u16 {
 }
 
 /// A self-signed certificate for `names`, written as `<stem>.pem` and `<stem>.key`.
-fn certificate(dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+pub fn certificate(dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
     let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
     let made = rcgen::generate_simple_self_signed(names).expect("generate certificate");
     let cert = dir.join(format!("{stem}.pem"));
@@ -27,7 +27,7 @@ fn certificate(dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
 }
 
 /// `curl` to `https://{host}:{port}{path}` trusting only `ca`: (HTTP version, status, body).
-fn curl(
+pub fn curl(
     host: &str,
     port: u16,
     path: &str,
@@ -53,7 +53,7 @@ fn curl(
     Some((version.to_string(), status.parse().ok()?, body.to_string()))
 }
 
-fn tools_present() -> bool {
+pub fn tools_present() -> bool {
     let have = |t: &str| Command::new(t).arg("--version").output().is_ok();
     match (have("curl"), have("h2load")) {
         (true, true) => true,

@@ -17,6 +17,8 @@ use crate::input::FileWrapper;
 
 /// The header through which the front passes the mount prefix (gunicorn's name for it too).
 const MOUNT_HEADER: &str = "script_name";
+/// The client's HTTP version as the front saw it (it speaks HTTP/1.1 to the worker).
+const PROTOCOL_HEADER: &str = "server_protocol";
 const COOKIE: &str = "cookie";
 /// Header keys kept per thread; names beyond this are built per request.
 const KEY_CACHE_LIMIT: usize = 512;
@@ -159,6 +161,8 @@ struct Seen<'a> {
     https: bool,
     /// The client's address as the nearest proxy gave it.
     remote: &'a [u8],
+    /// The client's protocol, from the front.
+    protocol: Option<&'static str>,
 }
 
 /// Every header as `HTTP_*` (CONTENT_TYPE and CONTENT_LENGTH without the prefix; repeats
@@ -173,6 +177,7 @@ fn headers<'a, 'py>(
         mount: None,
         https: false,
         remote: b"",
+        protocol: None,
     };
     for name in parts.headers.keys() {
         let name_str = name.as_str();
@@ -199,6 +204,15 @@ fn headers<'a, 'py>(
             MOUNT_HEADER => {
                 let decoded = percent_encoding::percent_decode(first.as_bytes()).collect();
                 seen.mount = Some(decoded);
+                continue;
+            }
+            PROTOCOL_HEADER => {
+                seen.protocol = match first.as_bytes() {
+                    b"HTTP/1.0" => Some("HTTP/1.0"),
+                    b"HTTP/1.1" => Some("HTTP/1.1"),
+                    b"HTTP/2.0" => Some("HTTP/2.0"),
+                    _ => None,
+                };
                 continue;
             }
             // The last entry of the last such header: what the nearest proxy set.
@@ -243,8 +257,10 @@ fn server_and_client(
         .and_then(|h| h.to_str().ok())
         .unwrap_or("localhost");
     let (server_name, server_port) = split_host(host, seen.https);
-    let protocol = match parts.version {
-        Version::HTTP_10 => pyo3::intern!(py, "HTTP/1.0"),
+    // PEP 3333: the client's protocol; the front says which (this hop is always HTTP/1.1).
+    let protocol = match (seen.protocol, parts.version) {
+        (Some("HTTP/2.0"), _) => pyo3::intern!(py, "HTTP/2.0"),
+        (Some("HTTP/1.0"), _) | (None, Version::HTTP_10) => pyo3::intern!(py, "HTTP/1.0"),
         _ => pyo3::intern!(py, "HTTP/1.1"),
     };
     env.set_item(pyo3::intern!(py, "SERVER_PROTOCOL"), protocol)?;

@@ -1,0 +1,255 @@
+//! Protocol hygiene towards every kind of child: an HTTP/1.0 request without Host gets one,
+//! the client's protocol reaches `SERVER_PROTOCOL`, HTTP/2 cookie fields arrive joined, request
+//! paths are normalised (or refused) before routing, and `Upgrade` tunnels reach servers that
+//! speak them. The children: both workers, gunicorn as a `command:`, uvicorn (h11, which
+//! refuses an HTTP/1.1 request without Host) as an `upstream:`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::*;
+use crate::tls::{certificate, curl, free_port, tools_present};
+
+const ASGI_APP: &str = include_str!("../apps/asgi_app.py");
+
+/// uvicorn on h11 serving the ASGI app at 127.0.0.1:`port`, killed when dropped.
+struct Uvicorn(Child);
+
+impl Uvicorn {
+    fn start(venv: &Path, app_dir: &Path, port: u16) -> Self {
+        let child = Command::new(venv.join("bin/uvicorn"))
+            .args([
+                "--http",
+                "h11",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+            ])
+            .args(["--log-level", "warning", "--app-dir"])
+            .arg(app_dir)
+            .arg("asgi_app:app")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start uvicorn");
+        let up = eventually(Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        assert!(up.is_some(), "uvicorn did not start");
+        Uvicorn(child)
+    }
+}
+
+impl Drop for Uvicorn {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A site with the probe on both workers (/p portable, /n native), gunicorn as a command (/g)
+/// and uvicorn as an upstream (/u), plus a TLS listener on `tls_port`.
+fn mixed_site(site: &Site, py: &Path, gunicorn: &Path, uvicorn_port: u16, tls_port: u16) {
+    site.probe("app");
+    site.write("app/asgi_app.py", ASGI_APP);
+    let (cert, key) = certificate(site.path(), "site", &["site.test"]);
+    site.write(
+        "wsgimux.yaml",
+        &format!(
+            r#"runtime_dir: {run}
+listen:
+  - "127.0.0.1:0"
+  - address: "127.0.0.1:{tls_port}"
+    tls:
+      certificates:
+        - {{cert: {cert}, key: {key}}}
+apps:
+  por:
+    python: {py}
+    script: app/probe.py
+    worker: portable
+    mount: /p
+  nat:
+    python: {py}
+    script: app/probe.py
+    worker: native
+    mount: /n
+  gun:
+    python: {gunicorn}
+    command: ["gunicorn", "--bind", "unix:{{socket}}", "probe:app"]
+    working_dir: app
+    mount: /g
+  uvi:
+    upstream: "http://127.0.0.1:{uvicorn_port}"
+    mount: /u
+"#,
+            run = site.path().join("run").display(),
+            cert = cert.display(),
+            key = key.display(),
+            py = py.display(),
+            gunicorn = gunicorn.display(),
+        ),
+    );
+}
+
+fn json(r: &Response) -> Value {
+    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.text()))
+}
+
+/// The value of header `name` as uvicorn saw it.
+fn seen_header(v: &Value, name: &str) -> Option<String> {
+    v["headers"].as_array()?.iter().find_map(|h| {
+        (h[0].as_str()? == name).then(|| h[1].as_str().unwrap_or_default().to_string())
+    })
+}
+
+fn env_of(r: &Response, key: &str) -> String {
+    String::from_utf8_lossy(&r.env(key).unwrap_or_default()).into_owned()
+}
+
+fn get(addr: SocketAddr, raw: &str) -> Response {
+    request(addr, raw.as_bytes()).unwrap_or_else(|e| panic!("{raw:?}: {e}"))
+}
+
+#[test]
+fn every_child_gets_a_host_the_clients_protocol_and_joined_cookies() {
+    let Some(py) = require_python("3.13") else {
+        return;
+    };
+    if !tools_present() {
+        return;
+    }
+    let Some(venv) = pip_venv(
+        &py,
+        "asgi-3.13",
+        &["uvicorn", "h11", "websockets", "gunicorn"],
+    ) else {
+        return;
+    };
+    let site = Site::new();
+    let uvicorn_port = free_port();
+    let tls_port = free_port();
+    mixed_site(&site, &py, &venv, uvicorn_port, tls_port);
+    let _uvicorn = Uvicorn::start(&venv, &site.path().join("app"), uvicorn_port);
+    let server = site.serve();
+    let addr = server.addr;
+    let port = addr.port().to_string();
+
+    // HTTP/1.0 without Host: the listener's address, as nginx gives it — strict h11 answers.
+    let r = get(addr, "GET /u/info HTTP/1.0\r\n\r\n");
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), server.log_text());
+    let v = json(&r);
+    assert_eq!(
+        seen_header(&v, "host"),
+        Some(format!("127.0.0.1:{port}")),
+        "{v}"
+    );
+    for mount in ["/p", "/n", "/g"] {
+        let r = get(addr, &format!("GET {mount}/env HTTP/1.0\r\n\r\n"));
+        assert_eq!(r.status, 200, "{mount}: {}", r.text());
+        assert_eq!(env_of(&r, "SERVER_NAME"), "127.0.0.1", "{mount}");
+        assert_eq!(env_of(&r, "SERVER_PORT"), port, "{mount}");
+        if mount != "/g" {
+            assert_eq!(env_of(&r, "SERVER_PROTOCOL"), "HTTP/1.0", "{mount}");
+        }
+    }
+    for mount in ["/p", "/n"] {
+        let r = get(
+            addr,
+            &format!("GET {mount}/env HTTP/1.1\r\nHost: x\r\n\r\n"),
+        );
+        assert_eq!(env_of(&r, "SERVER_PROTOCOL"), "HTTP/1.1", "{mount}");
+        // A client's own copy of the front's protocol header never counts.
+        let r = get(
+            addr,
+            &format!("GET {mount}/env HTTP/1.1\r\nHost: x\r\nServer-Protocol: HTTP/2.0\r\nserver_protocol: HTTP/2.0\r\n\r\n"),
+        );
+        assert_eq!(env_of(&r, "SERVER_PROTOCOL"), "HTTP/1.1", "{mount}");
+    }
+
+    // HTTP/2: the workers report it; split cookie fields arrive as one, joined with "; ".
+    let ca = site.path().join("site.pem");
+    let cookies = ["-H", "Cookie: a=1", "-H", "Cookie: b=2"];
+    for mount in ["/p", "/n", "/g"] {
+        let (version, status, body) = curl(
+            "site.test",
+            tls_port,
+            &format!("{mount}/env"),
+            &ca,
+            &cookies,
+        )
+        .expect("curl over h2");
+        assert_eq!((version.as_str(), status), ("2", 200), "{mount}: {body}");
+        let r = Response {
+            status,
+            headers: vec![],
+            body: body.into_bytes(),
+        };
+        assert_eq!(env_of(&r, "HTTP_COOKIE"), "a=1; b=2", "{mount}");
+        if mount != "/g" {
+            assert_eq!(env_of(&r, "SERVER_PROTOCOL"), "HTTP/2.0", "{mount}");
+        }
+    }
+    let (_, _, body) =
+        curl("site.test", tls_port, "/u/info", &ca, &cookies).expect("h2 to uvicorn");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        seen_header(&v, "cookie").as_deref(),
+        Some("a=1; b=2"),
+        "{v}"
+    );
+}
+
+#[test]
+fn paths_are_normalised_before_routing_and_climbing_or_nul_is_refused() {
+    let Some(py) = require_python("3.13") else {
+        return;
+    };
+    let Some(venv) = pip_venv(
+        &py,
+        "asgi-3.13",
+        &["uvicorn", "h11", "websockets", "gunicorn"],
+    ) else {
+        return;
+    };
+    let site = Site::new();
+    let uvicorn_port = free_port();
+    mixed_site(&site, &py, &venv, uvicorn_port, free_port());
+    let _uvicorn = Uvicorn::start(&venv, &site.path().join("app"), uvicorn_port);
+    let server = site.serve();
+    let addr = server.addr;
+
+    // Routed by the resolved path, and the child gets the resolved path.
+    for (path, mount, path_info) in [
+        ("/u/../p/env", "/p", "/env"),
+        ("/u/%2e%2e/n/env", "/n", "/env"),
+        ("/p/./x/../env", "/p", "/env"),
+        ("/g/a/%2E./env", "/g", "/env"),
+    ] {
+        let r = get(addr, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        assert_eq!(env_of(&r, "SCRIPT_NAME"), mount, "{path}");
+        assert_eq!(env_of(&r, "PATH_INFO"), path_info, "{path}");
+    }
+    let r = get(addr, "GET /p/../u/info?x=1 HTTP/1.1\r\nHost: x\r\n\r\n");
+    let v = json(&r);
+    assert_eq!(v["raw_path"], "/u/info", "{v}");
+    // An escaped slash stays inside its segment.
+    let r = get(addr, "GET /u/a%2F..%2Fb HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(json(&r)["raw_path"], "/u/a%2F..%2Fb");
+    for bad in [
+        "/..",
+        "/u/../../etc/passwd",
+        "/%2e%2e/u/info",
+        "/p/m%00x",
+        "/n/%00",
+    ] {
+        let r = get(addr, &format!("GET {bad} HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+    }
+}
