@@ -143,8 +143,45 @@ impl AccessLog {
                 status,
                 served,
                 sink,
+                tunnel_in: None,
             }),
         })
+    }
+
+    /// For a 101: the response goes out unlogged; the line is written when the tunnel closes,
+    /// with its duration and the bytes each way.
+    pub fn finish_tunnel(
+        self,
+        resp: Response<ProxyBody>,
+        served: Option<Served>,
+        sink: Arc<AccessSink>,
+    ) -> (Response<LoggedBody>, TunnelLog) {
+        let entry = Entry {
+            log: self,
+            status: resp.status(),
+            served,
+            sink,
+            tunnel_in: None,
+        };
+        let resp = resp.map(|inner| LoggedBody {
+            inner,
+            bytes: 0,
+            complete: true,
+            entry: None,
+        });
+        (resp, TunnelLog(entry))
+    }
+}
+
+/// The access-log line of an upgraded connection (a WebSocket), written when it closes.
+pub struct TunnelLog(Entry);
+
+impl TunnelLog {
+    /// `from_client` and `to_client`: the tunnel's bytes each way; `complete`: it closed
+    /// cleanly (either side ended it) rather than by an error or the idle timeout.
+    pub fn done(mut self, from_client: u64, to_client: u64, complete: bool) {
+        self.0.tunnel_in = Some(from_client);
+        self.0.write(to_client, complete);
     }
 }
 
@@ -163,6 +200,8 @@ struct Entry {
     status: StatusCode,
     served: Option<Served>,
     sink: Arc<AccessSink>,
+    /// For a tunnel: the bytes the client sent through it.
+    tunnel_in: Option<u64>,
 }
 
 impl Entry {
@@ -197,6 +236,9 @@ impl Entry {
                     l.user_agent,
                     elapsed.as_secs_f64(),
                 );
+                if let Some(n) = self.tunnel_in {
+                    let _ = write!(line, " upgraded in={n} out={bytes}");
+                }
                 if !complete {
                     line.push_str(" aborted");
                 }
@@ -204,7 +246,7 @@ impl Entry {
             }
             AccessLogFormat::Json => {
                 let dash = |s: &str| (s != "-").then(|| s.to_string());
-                serde_json::json!({
+                let mut v = serde_json::json!({
                     "time": crate::dates::iso_time(l.time),
                     "remote_addr": l.peer.ip().to_string(),
                     "method": dash(&l.method),
@@ -218,8 +260,11 @@ impl Entry {
                     "pid": self.served.as_ref().and_then(|s| s.process.as_ref()).map(|p| p.pid()),
                     "request_time": (elapsed.as_secs_f64() * 1e6).round() / 1e6,
                     "complete": complete,
-                })
-                .to_string()
+                });
+                if let Some(n) = self.tunnel_in {
+                    v["upgraded_bytes_in"] = n.into();
+                }
+                v.to_string()
             }
         };
         self.sink.write(&line);

@@ -15,10 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -259,6 +260,7 @@ async fn serve_connection(
             trusted,
             // The gate times HTTP/1.1 bodies.
             body_timeout: None,
+            gate: None,
         };
         return serve_h1(stream, client, &settings, proxy, graceful).await;
     };
@@ -281,6 +283,7 @@ async fn serve_connection(
         scheme: "https",
         trusted,
         body_timeout: h2.then_some(settings.limits.body_timeout),
+        gate: None,
     };
     if h2 {
         serve_h2(tls_stream, client, &settings, proxy, graceful).await
@@ -302,6 +305,10 @@ async fn serve_h1<S>(
     let state = ConnState::new();
     let gate = Gate::new(stream, state.clone(), head_limits, settings.timeouts());
     let peer = client.peer;
+    let client = Client {
+        gate: Some(state.clone()),
+        ..client
+    };
     let service = service_fn(move |req: Request<Incoming>| {
         // hyper hands over requests in the order the gate passed their heads.
         let verdict = state
@@ -311,17 +318,22 @@ async fn serve_h1<S>(
             )));
         answer(proxy.clone(), state.clone(), client.clone(), req, verdict)
     });
-    let mut builder = http1::Builder::new();
+    // hyper-util's `auto` builder only for its upgradeable connection that graceful shutdown
+    // can watch (hyper's own is not `GracefulConnection`): the gate has refused anything but
+    // HTTP/1.1 heads already (an h2c preface included), so it always serves HTTP/1.1 here.
+    // With upgrades: after a 101 hyper hands the connection to the tunnel (`proxy::tunnel`).
+    let mut builder = auto::Builder::new(TokioExecutor::new());
     // The gate enforces the head limits and client timeouts; hyper's own are set wider so
     // they never decide first.
     builder
+        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(None)
         .max_headers(head_limits.max_headers + 1)
         .max_buf_size((head_limits.max_header_size * 2).max(64 * 1024))
         .half_close(true)
         .keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(gate), service);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(gate), service);
     if let Err(e) = graceful.watch(conn).await {
         tracing::debug!("connection from {peer}: {e}");
     }

@@ -188,6 +188,9 @@ pub struct Endpoint {
     pid: u32,
     idle: Mutex<Vec<Idle>>,
     in_flight: AtomicUsize,
+    /// Upgraded connections (WebSockets) open to this process: its drain waits for them too,
+    /// but they are not requests (admission does not count them).
+    tunnels: AtomicUsize,
     /// Requests this process answered (counted when their responses end).
     pub stats: crate::metrics::Counters,
 }
@@ -208,6 +211,7 @@ impl Endpoint {
             pid,
             idle: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
+            tunnels: AtomicUsize::new(0),
             stats: Default::default(),
         })
     }
@@ -219,6 +223,17 @@ impl Endpoint {
     /// Requests sent and not yet finished (response body not fully relayed).
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Upgraded connections open to this process.
+    pub fn tunnels(&self) -> usize {
+        self.tunnels.load(Ordering::Relaxed)
+    }
+
+    /// Counts an upgraded connection as open until the guard is dropped.
+    pub fn open_tunnel(self: &Arc<Self>) -> TunnelGuard {
+        self.tunnels.fetch_add(1, Ordering::Relaxed);
+        TunnelGuard(self.clone())
     }
 
     /// Closes the idle connections (the child is going away).
@@ -328,12 +343,23 @@ impl Endpoint {
             .await
             .map_err(|e| self.request_error_inner(e))?;
         let pid = self.pid;
+        // With upgrades: a 101 hands the connection over (`hyper::upgrade::on`) for a tunnel.
+        let conn = conn.with_upgrades();
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(pid, "child connection ended: {e}");
             }
         });
         Ok(sender)
+    }
+}
+
+/// Counts an upgraded connection on its endpoint until dropped.
+pub struct TunnelGuard(Arc<Endpoint>);
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        self.0.tunnels.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

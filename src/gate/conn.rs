@@ -23,6 +23,8 @@ pub struct ConnState {
     /// Flushes of the socket that hyper completed; counted where a gate wraps the socket.
     flushes: AtomicU64,
     counts_flushes: AtomicBool,
+    /// The connection was upgraded (a 101 went out): from now on its bytes are a tunnel's.
+    tunnel: AtomicBool,
 }
 
 impl ConnState {
@@ -32,7 +34,18 @@ impl ConnState {
             busy: Mutex::new((0, Instant::now())),
             flushes: AtomicU64::new(0),
             counts_flushes: AtomicBool::new(false),
+            tunnel: AtomicBool::new(false),
         })
+    }
+
+    /// The response to the last request switched protocols: the gate passes what follows
+    /// through unread (it is no longer HTTP).
+    pub fn become_tunnel(&self) {
+        self.tunnel.store(true, Ordering::Release);
+    }
+
+    pub(super) fn is_tunnel(&self) -> bool {
+        self.tunnel.load(Ordering::Acquire)
     }
 
     /// hyper flushes the socket only once its own write buffer is empty: a count that moved

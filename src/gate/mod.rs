@@ -258,6 +258,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Gate<S> {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if this.conn.is_tunnel() {
+            return this.poll_tunnel(cx, out);
+        }
         loop {
             if this.ready > 0 {
                 this.release(out);
@@ -289,6 +292,19 @@ impl<S: AsyncRead + Unpin> AsyncRead for Gate<S> {
 }
 
 impl<S: AsyncRead + Unpin> Gate<S> {
+    /// An upgraded connection: whatever is buffered, then the client's bytes as they come, with
+    /// no parsing and no deadline of the gate's (the tunnel keeps its own).
+    fn poll_tunnel(&mut self, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.buf.is_empty() {
+            let n = self.buf.len().min(out.remaining());
+            out.put_slice(&self.buf[..n]);
+            self.buf.advance(n);
+            self.ready = self.ready.saturating_sub(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, out)
+    }
+
     /// A fixed-length body with nothing buffered goes straight into hyper's buffer (at most
     /// `left` bytes: nothing past the body is read without validation).
     fn read_body_direct(

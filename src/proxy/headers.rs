@@ -213,6 +213,7 @@ mod tests {
             scheme: "http",
             trusted,
             body_timeout: None,
+            gate: None,
         }
     }
 

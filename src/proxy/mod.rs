@@ -16,6 +16,7 @@ mod headers;
 mod live;
 mod route;
 mod spool;
+mod tunnel;
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -34,7 +35,7 @@ use tokio::sync::watch;
 use crate::accesslog::{AccessLog, LoggedBody, Served};
 use crate::config::RequestBuffering;
 use crate::error::ProxyError;
-use crate::gate::Verdict;
+use crate::gate::{ConnState, Verdict};
 use crate::http1::Rejection;
 use crate::routes::{normalize_host, RouteTable};
 use crate::upstream::{Endpoint, PooledBody, ProxyBody};
@@ -62,6 +63,8 @@ pub struct Client {
     /// The longest wait between two reads of a request body, where no gate enforces it
     /// (HTTP/2: the gate only sees HTTP/1.1 bytes).
     pub body_timeout: Option<Duration>,
+    /// The HTTP/1.1 connection's gate, told when the connection becomes a tunnel.
+    pub gate: Option<Arc<ConnState>>,
 }
 
 pub struct Proxy {
@@ -122,7 +125,25 @@ impl Proxy {
             ),
             Verdict::Forward { .. } => {
                 let log = AccessLog::begin(&req, client.peer);
-                (log, self.forward(req, client, &live, &mut app).await)
+                let gate = client.gate.clone();
+                let mut result = self.forward(req, client, &live, &mut app).await;
+                let pending = result.as_mut().ok().and_then(|r| {
+                    r.extensions_mut()
+                        .remove::<tunnel::PendingTunnel>()
+                        .and_then(|p| p.take())
+                });
+                match (pending, result) {
+                    (Some(t), Ok(resp)) => {
+                        if let Some(g) = gate {
+                            g.become_tunnel();
+                        }
+                        let sink = live.front.access.clone();
+                        let (resp, tlog) = log.finish_tunnel(resp, app, sink);
+                        tokio::spawn(tunnel::run(t, tlog));
+                        return resp;
+                    }
+                    (_, result) => (log, result),
+                }
             }
         };
         let resp = result.unwrap_or_else(|e| {
@@ -143,6 +164,7 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         parts.uri = normalized(&parts.uri)?;
+        let upgrade = tunnel::requested(&parts);
         let target = target(&parts)?;
         let path = target.uri.path();
         // Borrowed unless the path has escapes: no allocation for the common case.
@@ -163,7 +185,12 @@ impl Proxy {
             return resp;
         }
         let selected = select(route, &parts).await?;
-        let prepared = prepare(
+        // Only servers that speak it get an upgrade; WSGI apps get a plain request.
+        let upgrade = upgrade.filter(|_| selected.route.upgrades);
+        let on_client = upgrade
+            .as_ref()
+            .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+        let mut prepared = prepare(
             parts,
             body,
             &client,
@@ -172,11 +199,21 @@ impl Proxy {
             &live.front.spool_dir,
         )
         .await?;
+        if let (Some(protocol), Some(_)) = (upgrade, &on_client) {
+            tunnel::restore_request_headers(prepared.request.headers_mut(), protocol);
+        }
+        let idle = selected.route.response_idle_timeout;
         let (resp, endpoint) = self
             .send(selected, prepared, &target, &decoded, app)
             .await?;
         if let Some(served) = app.as_mut() {
-            served.process = Some(endpoint);
+            served.process = Some(endpoint.clone());
+        }
+        if resp.status() == 101 {
+            if let (Some(client), Some(served)) = (on_client, app.as_ref()) {
+                let name = served.app.clone();
+                return Ok(tunnel::accept(resp, client, &endpoint, idle, name));
+            }
         }
         Ok(relay(resp))
     }

@@ -12,7 +12,7 @@ use percent_encoding::{percent_decode, utf8_percent_encode, AsciiSet, CONTROLS};
 use tokio::sync::watch;
 
 use crate::accesslog::Served;
-use crate::config::{AppSpec, RequestBuffering, StaticAlias};
+use crate::config::{AppSpec, Entry, RequestBuffering, StaticAlias};
 use crate::metrics::Counters;
 use crate::upstream::{Demand, Endpoint, Endpoints};
 
@@ -34,6 +34,8 @@ pub struct AppRoute {
     pub(super) max_body_size: Option<u64>,
     pub(super) request_timeout: Duration,
     pub(super) request_buffering: RequestBuffering,
+    /// A `command:` or `upstream:` app: its server may take an `Upgrade` (WebSockets).
+    pub(super) upgrades: bool,
     /// Longest silence within the response body; None: none.
     pub(super) response_idle_timeout: Option<Duration>,
     /// Requests in flight at which new ones get 503 ([`AppSpec::admission_cap`]).
@@ -71,6 +73,10 @@ impl AppRoute {
             max_body_size: spec.route.max_body_size,
             request_timeout: spec.route.request_timeout,
             request_buffering: spec.route.request_buffering,
+            upgrades: matches!(
+                spec.process.entry,
+                Entry::Command { .. } | Entry::Upstream { .. }
+            ),
             response_idle_timeout: spec.route.response_idle_timeout,
             max_in_flight: spec.admission_cap(),
             stats,

@@ -91,6 +91,8 @@ pub struct AppStatus {
 pub struct Load {
     pub requests: u64,
     pub in_flight: usize,
+    /// Upgraded connections (WebSockets) open through the front.
+    pub tunnels: usize,
     /// 5xx responses and responses that broke off.
     pub errors: u64,
     pub p50_ms: Option<f64>,
@@ -98,11 +100,12 @@ pub struct Load {
 }
 
 impl Load {
-    fn new(counted: &Snapshot, in_flight: usize) -> Self {
+    fn new(counted: &Snapshot, in_flight: usize, tunnels: usize) -> Self {
         let ms = |q| counted.quantile(q).map(|s| (s * 1e5).round() / 100.0);
         Load {
             requests: counted.requests(),
             in_flight,
+            tunnels,
             errors: counted.errors(),
             p50_ms: ms(0.5),
             p99_ms: ms(0.99),
@@ -154,6 +157,7 @@ pub fn collect(o: &Overview) -> StatusReport {
                         .map(|e| e.stats.snapshot())
                         .unwrap_or_default();
                     let in_flight = v.endpoint.as_ref().map_or(0, |e| e.in_flight());
+                    let tunnels = v.endpoint.as_ref().map_or(0, |e| e.tunnels());
                     ProcessStatus {
                         slot: v.slot,
                         pid: v.pid.filter(|&p| p != 0),
@@ -163,7 +167,7 @@ pub fn collect(o: &Overview) -> StatusReport {
                             .map(|s| now.duration_since(s).map_or(0, |d| d.as_secs())),
                         restarts: v.restarts,
                         recycles: v.recycles,
-                        load: Load::new(&counted, in_flight),
+                        load: Load::new(&counted, in_flight, tunnels),
                         last_exit: v.last_exit.clone(),
                     }
                 })
@@ -185,7 +189,11 @@ pub fn collect(o: &Overview) -> StatusReport {
                     crate::config::StartMode::Always => "always".into(),
                     crate::config::StartMode::OnDemand => "on_demand".into(),
                 },
-                load: Load::new(&totals, processes.iter().map(|p| p.load.in_flight).sum()),
+                load: Load::new(
+                    &totals,
+                    processes.iter().map(|p| p.load.in_flight).sum(),
+                    processes.iter().map(|p| p.load.tunnels).sum(),
+                ),
                 restarts: processes.iter().map(|p| p.restarts).sum(),
                 processes,
                 totals,

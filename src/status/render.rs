@@ -88,9 +88,10 @@ fn text_app(out: &mut String, a: &AppStatus) {
     );
     let _ = writeln!(
         out,
-        "  requests {}  in flight {}  errors {}  p50 {}  p99 {}  restarts {}",
+        "  requests {}  in flight {}  websockets {}  errors {}  p50 {}  p99 {}  restarts {}",
         a.load.requests,
         a.load.in_flight,
+        a.load.tunnels,
         a.load.errors,
         ms_text(a.load.p50_ms),
         ms_text(a.load.p99_ms),
@@ -348,6 +349,16 @@ fn prometheus_requests(t: &mut String, apps: &Apps) {
     for (app, a) in apps {
         let n = a.load.in_flight;
         let _ = writeln!(t, "wsgimux_requests_in_flight{{app=\"{app}\"}} {n}");
+    }
+    family(
+        t,
+        "wsgimux_upgraded_connections",
+        "gauge",
+        "Upgraded connections (WebSockets) open to the app.",
+    );
+    for (app, a) in apps {
+        let n = a.load.tunnels;
+        let _ = writeln!(t, "wsgimux_upgraded_connections{{app=\"{app}\"}} {n}");
     }
 }
 

@@ -203,7 +203,8 @@ async fn drain_requests(g: &LiveGeneration, limit: Duration) -> Result<(), usize
             .borrow()
             .ready
             .iter()
-            .map(|e| e.in_flight())
+            // Open WebSockets too: they close when their process stops.
+            .map(|e| e.in_flight() + e.tunnels())
             .sum();
         if busy == 0 {
             return Ok(());

@@ -238,7 +238,8 @@ impl Slot {
                 _ = poll.tick(), if watch_traffic => {}
             }
             let served = current.endpoint.stats.requests();
-            if served != last_count || current.endpoint.in_flight() > 0 {
+            if served != last_count || current.endpoint.in_flight() + current.endpoint.tunnels() > 0
+            {
                 last_count = served;
                 last_active = Instant::now();
             }
@@ -335,7 +336,9 @@ impl Slot {
             let drained = async {
                 tokio::time::sleep(RETIRE_SETTLE).await;
                 let deadline = Instant::now() + drain;
-                while old.endpoint.in_flight() > 0 && Instant::now() < deadline {
+                while old.endpoint.in_flight() + old.endpoint.tunnels() > 0
+                    && Instant::now() < deadline
+                {
                     tokio::time::sleep(DRAIN_POLL).await;
                 }
             };

@@ -1,6 +1,7 @@
 """A small ASGI app for the tests of servers wsgimux does not write (uvicorn): HTTP requests
 are answered with what the server saw (version, path, raw path, headers, body length);
-WebSockets echo every message back, text as text and bytes as bytes."""
+WebSockets echo every message back, text as text and bytes as bytes (the text "pid" gets the
+serving process's pid)."""
 import json
 import os
 
@@ -21,7 +22,9 @@ async def app(scope, receive, send):
             message = await receive()
             if message['type'] == 'websocket.disconnect':
                 return
-            if message.get('text') is not None:
+            if message.get('text') == 'pid':
+                await send({'type': 'websocket.send', 'text': str(os.getpid())})
+            elif message.get('text') is not None:
                 await send({'type': 'websocket.send', 'text': message['text']})
             else:
                 await send({'type': 'websocket.send', 'bytes': message['bytes']})

@@ -134,6 +134,10 @@ def expected_view(exp):
         key = "CONTENT_TYPE" if n == "CONTENT-TYPE" else "HTTP_" + n.replace("-", "_")
         sep = "; " if key == "HTTP_COOKIE" else ", "
         headers[key] = headers[key] + sep + v if key in headers else v
+    if "HTTP_HOST" not in headers:
+        # An HTTP/1.0 request that named no host gets the address it came in on (as nginx
+        # gives it), so every child has a Host.
+        headers["HTTP_HOST"] = ADDR
     body = exp["body"]
     if isinstance(body, str):
         body = body.encode("latin-1")

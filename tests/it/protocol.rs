@@ -253,3 +253,155 @@ fn paths_are_normalised_before_routing_and_climbing_or_nul_is_refused() {
         assert_eq!(r.status, 400, "{bad}: {}", r.text());
     }
 }
+
+/// A `websockets` client (tests/apps/ws_client.py) talking through `url`, stopped at "open"
+/// until [`WsClient::finish`].
+struct WsClient {
+    child: Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl WsClient {
+    fn open(venv: &Path, script: &Path, url: &str) -> (Self, String) {
+        use std::io::BufRead;
+        let mut child = Command::new(venv.join("bin/python"))
+            .arg(script)
+            .arg(url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the WebSocket client");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut c = WsClient {
+            child,
+            lines: std::io::BufReader::new(stdout).lines(),
+        };
+        let pid = c.expect_line("pid ");
+        c.expect_line("open");
+        (c, pid)
+    }
+
+    /// The next line, which must start with `prefix`; the rest of it.
+    fn expect_line(&mut self, prefix: &str) -> String {
+        match self.lines.next() {
+            Some(Ok(l)) if l.starts_with(prefix) => l[prefix.len()..].trim().to_string(),
+            other => {
+                let _ = self.child.kill();
+                panic!("WebSocket client: wanted {prefix:?}, got {other:?}")
+            }
+        }
+    }
+
+    /// One more echo over the open socket, then the close handshake: (pid, close code).
+    fn finish(mut self) -> (String, String) {
+        use std::io::Write;
+        let mut stdin = self.child.stdin.take().expect("stdin");
+        stdin.write_all(b"go\n").expect("tell the client");
+        let pid = self.expect_line("pid ");
+        let code = self.expect_line("closed ");
+        let _ = self.child.wait();
+        (pid, code)
+    }
+}
+
+#[test]
+fn websockets_reach_command_and_upstream_servers_and_outlive_a_reload() {
+    let Some(py) = require_python("3.13") else {
+        return;
+    };
+    let Some(venv) = pip_venv(
+        &py,
+        "asgi-3.13",
+        &["uvicorn", "h11", "websockets", "gunicorn"],
+    ) else {
+        return;
+    };
+    let site = Site::new();
+    site.probe("app");
+    site.write("app/asgi_app.py", ASGI_APP);
+    let client_script = site.write("ws_client.py", include_str!("../apps/ws_client.py"));
+    let uvicorn_port = free_port();
+    let _uvicorn = Uvicorn::start(&venv, &site.path().join("app"), uvicorn_port);
+    let config = |generation: u32| {
+        format!(
+            "apps:\n  cmd:\n    python: {venv}\n    command: [\"uvicorn\", \"--uds\", \"{{socket}}\", \"asgi_app:app\"]\n    working_dir: app\n    mount: /c\n    env: {{GENERATION: \"{generation}\"}}\n  up:\n    upstream: \"http://127.0.0.1:{uvicorn_port}\"\n    mount: /u\n  wsgi:\n    python: {py}\n    script: app/probe.py\n    mount: /w\n",
+            venv = venv.display(),
+            py = py.display(),
+        )
+    };
+    site.config(&config(1));
+    let server = site.serve();
+    let url = |mount: &str| format!("ws://{}{mount}/ws", server.addr);
+
+    let (through_command, old_pid) = WsClient::open(&venv, &client_script, &url("/c"));
+    let (through_upstream, _) = WsClient::open(&venv, &client_script, &url("/u"));
+    // Counted as open, not as requests in flight.
+    let status = crate::operating::status_json(&site.path().join("wsgimux.yaml"));
+    for name in ["cmd", "up"] {
+        let load = crate::operating::app(&status, name);
+        assert_eq!(
+            (load["tunnels"].as_u64(), load["in_flight"].as_u64()),
+            (Some(1), Some(0)),
+            "{name}: {load}"
+        );
+    }
+
+    // A reload that replaces the command app's process: new requests go to the new one, the
+    // open socket stays with the old one until it closes.
+    site.config(&config(2));
+    let (status, _, err) = site.reload();
+    assert!(status.success(), "{err}");
+    let new_pid = eventually(Duration::from_secs(20), || {
+        let v = json(&server.get("x", "/c/info"));
+        let pid = v["pid"].to_string();
+        (pid != old_pid).then_some(pid)
+    })
+    .expect("the new process serves new requests");
+    assert!(
+        pid_alive(old_pid.parse().expect("pid")),
+        "the old process left early"
+    );
+    let (pid, code) = through_command.finish();
+    assert_eq!((pid.as_str(), code.as_str()), (old_pid.as_str(), "1000"));
+    assert!(
+        eventually(Duration::from_secs(15), || (!pid_alive(
+            old_pid.parse().expect("pid")
+        ))
+        .then_some(()))
+        .is_some(),
+        "the old process outlived its last socket"
+    );
+    let (_, code) = through_upstream.finish();
+    assert_eq!(code, "1000");
+    let (_, new_socket_pid) = WsClient::open(&venv, &client_script, &url("/c"));
+    assert_eq!(new_socket_pid, new_pid);
+
+    // One access-log line per socket, when it closed: the 101, its time, the bytes each way.
+    let line = eventually(Duration::from_secs(5), || {
+        let log = server.log_text();
+        let found = log
+            .lines()
+            .find(|l| l.contains("\"GET /c/ws HTTP/1.1\" 101"));
+        found.map(str::to_string)
+    })
+    .unwrap_or_else(|| panic!("{}", server.log_text()));
+    assert!(
+        line.contains("app=cmd") && line.contains("upgraded in="),
+        "{line}"
+    );
+    let bytes_in: u64 = line
+        .split("upgraded in=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("bytes in");
+    assert!(bytes_in > 1 << 20, "{line}");
+
+    // A WSGI app cannot upgrade: it gets a plain request, and the client a plain answer.
+    let r = get(
+        server.addr,
+        "GET /w/env HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(!r.text().contains("UPGRADE"), "{}", r.text());
+}

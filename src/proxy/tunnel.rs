@@ -1,0 +1,215 @@
+//! Upgraded connections (WebSockets) to servers that speak them: `command:` and `upstream:`
+//! apps. The front passes `Upgrade` and `Connection: upgrade` on, relays the server's 101, then
+//! copies bytes both ways until either side closes or nothing moves for the app's
+//! `response_idle_timeout`. One access-log line when the tunnel closes, with its duration and
+//! the bytes each way; the process counts it as open (its drain waits for it) but not as a
+//! request in flight.
+//!
+//! WSGI cannot upgrade a connection, so `script:`/`module:` apps never see an `Upgrade` (it is
+//! a hop-by-hop header, removed like the others), and neither does anyone for `h2c`, which
+//! the front does not speak towards children. Over HTTP/2 there is no Upgrade; RFC 8441's
+//! extended CONNECT is not offered, so browsers open WebSockets over HTTP/1.1.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Empty};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::http::request::Parts;
+use hyper::upgrade::OnUpgrade;
+use hyper::{Response, Version};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::accesslog::TunnelLog;
+use crate::upstream::{Endpoint, PooledBody, ProxyBody, TunnelGuard};
+
+/// The protocol an HTTP/1.1 request asks to switch to (`Upgrade`, with `upgrade` among its
+/// `Connection` tokens), if any other than `h2c`.
+pub(super) fn requested(parts: &Parts) -> Option<HeaderValue> {
+    if parts.version != Version::HTTP_11 {
+        return None;
+    }
+    let asks = parts
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let proto = parts.headers.get(header::UPGRADE)?;
+    let h2c = proto
+        .to_str()
+        .is_ok_and(|p| p.split(',').any(|t| t.trim().eq_ignore_ascii_case("h2c")));
+    (asks && !h2c).then(|| proto.clone())
+}
+
+/// Puts the upgrade request back on a request whose hop-by-hop headers were removed.
+pub(super) fn restore_request_headers(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::UPGRADE, protocol);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+}
+
+/// A tunnel waiting for its two ends: the client's connection (handed over by hyper once the
+/// 101 has been written) and the child's.
+pub struct Tunnel {
+    client: OnUpgrade,
+    child: OnUpgrade,
+    _open: TunnelGuard,
+    idle: Option<Duration>,
+    app: Arc<str>,
+}
+
+/// Carries a [`Tunnel`] from `forward` to `handle` in the 101's extensions (which must be
+/// `Clone`).
+#[derive(Clone)]
+pub(super) struct PendingTunnel(Arc<Mutex<Option<Tunnel>>>);
+
+impl PendingTunnel {
+    pub(super) fn take(&self) -> Option<Tunnel> {
+        self.0.lock().ok()?.take()
+    }
+}
+
+/// The child said 101: the response for the client (the child's headers, `Upgrade` and
+/// `Connection` kept, other hop-by-hop headers removed) carrying the tunnel to start.
+pub(super) fn accept(
+    mut resp: Response<PooledBody>,
+    client: OnUpgrade,
+    endpoint: &Arc<Endpoint>,
+    idle: Option<Duration>,
+    app: Arc<str>,
+) -> Response<ProxyBody> {
+    let child = hyper::upgrade::on(&mut resp);
+    let (mut parts, _) = resp.into_parts();
+    let upgrade = parts.headers.remove(header::UPGRADE);
+    super::headers::strip_hop_by_hop(&mut parts.headers);
+    if let Some(u) = upgrade {
+        parts.headers.insert(header::UPGRADE, u);
+    }
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    let tunnel = Tunnel {
+        client,
+        child,
+        _open: endpoint.open_tunnel(),
+        idle,
+        app,
+    };
+    parts
+        .extensions
+        .insert(PendingTunnel(Arc::new(Mutex::new(Some(tunnel)))));
+    Response::from_parts(parts, Empty::new().map_err(|e| match e {}).boxed())
+}
+
+/// Copies bytes both ways until either side closes (or fails), or nothing moves for the idle
+/// timeout; then writes the access-log line.
+pub async fn run(tunnel: Tunnel, log: TunnelLog) {
+    let Tunnel {
+        client,
+        child,
+        _open,
+        idle,
+        app,
+    } = tunnel;
+    let (client, child) = match tokio::try_join!(client, child) {
+        Ok(ends) => ends,
+        Err(e) => {
+            tracing::warn!("app {app}: the upgraded connection did not start: {e}");
+            log.done(0, 0, false);
+            return;
+        }
+    };
+    let started = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let mut client = Counted::new(TokioIo::new(client), started, last.clone());
+    let mut child = Counted::new(TokioIo::new(child), started, last.clone());
+    let copied = tokio::io::copy_bidirectional(&mut client, &mut child);
+    let complete = match idle {
+        None => copied.await.is_ok(),
+        Some(limit) => tokio::select! {
+            r = copied => r.is_ok(),
+            () = idle_for(limit, started, &last) => {
+                tracing::info!("app {app}: an upgraded connection was idle for {}; closed", humantime::format_duration(limit));
+                false
+            }
+        },
+    };
+    log.done(client.read(), child.read(), complete);
+}
+
+/// Resolves once no byte has moved either way for `limit`.
+async fn idle_for(limit: Duration, started: Instant, last: &AtomicU64) {
+    loop {
+        let moved = Duration::from_millis(last.load(Ordering::Relaxed));
+        let due = started + moved + limit;
+        if Instant::now() >= due {
+            return;
+        }
+        tokio::time::sleep_until(due.into()).await;
+    }
+}
+
+/// One end of a tunnel: counts what is read from it and notes when.
+struct Counted<T> {
+    inner: T,
+    read: u64,
+    started: Instant,
+    last: Arc<AtomicU64>,
+}
+
+impl<T> Counted<T> {
+    fn new(inner: T, started: Instant, last: Arc<AtomicU64>) -> Self {
+        Counted {
+            inner,
+            read: 0,
+            started,
+            last,
+        }
+    }
+
+    fn read(&self) -> u64 {
+        self.read
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            this.read += n as u64;
+            let at = this.started.elapsed().as_millis() as u64;
+            this.last.store(at, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
