@@ -6,7 +6,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::account::{self, Account, Need};
-use crate::config::{AppSpec, Config, ConfigError, Entry, Location, Problem, WorkerChoice};
+use crate::config::{
+    Address, AppSpec, Config, ConfigError, Entry, Location, Problem, WorkerChoice,
+};
 use crate::interpreter::{self, Interpreter};
 use crate::tls::CertStore;
 
@@ -413,7 +415,16 @@ fn files(config: &Config, app: &AppSpec) -> Vec<Problem> {
             out.push(problem(config, app, app.locations.entry, "script", msg));
         }
     }
-    if matches!(app.process.entry, Entry::Upstream { .. }) {
+    if let Entry::Upstream { address } = &app.process.entry {
+        if let Address::Tls {
+            ca_file: Some(ca), ..
+        } = address
+        {
+            if let Err(e) = crate::tls::client_config(Some(ca)) {
+                let at = app.locations.upstream_ca;
+                out.push(problem(config, app, at, "upstream_ca", e.to_string()));
+            }
+        }
         return out;
     }
     if !app.process.working_dir.is_dir() {

@@ -1,5 +1,6 @@
 //! TLS for the listeners that have `tls:`: certificates loaded from PEM files, chosen by SNI,
-//! reloaded when their files change; the rustls server config (ALPN h2 + http/1.1).
+//! reloaded when their files change; the rustls server config (ALPN h2 + http/1.1); and the
+//! client config `https://` upstreams are verified with.
 //!
 //! Owns reading certificate and key files (preflight calls [`CertStore::load`] to report bad
 //! files as config errors). Does not accept connections: `server` does, with the acceptor
@@ -266,4 +267,75 @@ impl ResolvesServerCert for Resolver {
             .and_then(|n| self.0.find(n))
             .or_else(|| self.0.snapshot().first().map(|l| l.key.clone()))
     }
+}
+
+/// The rustls client config for `https://` upstreams: the system's root certificates, or only
+/// the CA certificates in `ca_file`. Built once per file version (loading the system's roots
+/// reads many files) and shared.
+pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    type Key = (Option<PathBuf>, Option<SystemTime>);
+    static BUILT: Mutex<Vec<(Key, Arc<rustls::ClientConfig>)>> = Mutex::new(Vec::new());
+    let key: Key = (
+        ca_file.map(Path::to_path_buf),
+        ca_file.and_then(|f| f.metadata().and_then(|m| m.modified()).ok()),
+    );
+    if let Some(found) = BUILT
+        .lock()
+        .ok()
+        .and_then(|b| b.iter().find(|(k, _)| *k == key).map(|(_, c)| c.clone()))
+    {
+        return Ok(found);
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(file) => {
+            let pem = std::fs::read(file).map_err(|source| TlsError::Read {
+                file: file.to_path_buf(),
+                source,
+            })?;
+            let invalid = |message: String| TlsError::Invalid {
+                file: file.to_path_buf(),
+                message,
+            };
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert =
+                    cert.map_err(|e| invalid(format!("not a PEM certificate file ({e})")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| invalid(format!("not a CA certificate ({e})")))?;
+            }
+            if roots.is_empty() {
+                return Err(invalid("holds no PEM certificate".into()));
+            }
+        }
+        None => {
+            // Unreadable entries in the system store are skipped; none at all is an error.
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                return Err(TlsError::Invalid {
+                    file: PathBuf::from("(the system's certificate store)"),
+                    message: "holds no root certificates; give the upstream's CA in upstream_ca"
+                        .into(),
+                });
+            }
+        }
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| TlsError::Invalid {
+        file: PathBuf::new(),
+        message: e.to_string(),
+    })?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = Arc::new(config);
+    if let Ok(mut built) = BUILT.lock() {
+        built.retain(|(k, _)| k.0 != key.0);
+        built.push((key, config.clone()));
+    }
+    Ok(config)
 }

@@ -75,24 +75,80 @@ impl Demand {
 enum Stream {
     Unix(UnixStream),
     Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// Why a connect failed: nothing accepted it, or TLS with what did failed (a certificate that
+/// does not verify, most often) — a server that is up but not to be trusted.
+#[derive(Debug)]
+enum ConnectError {
+    Io(std::io::Error),
+    Tls(String),
+}
+
+/// What a health check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    Up,
+    /// Nothing accepts connections there; why.
+    Down(String),
+    /// It accepts connections, but TLS with it fails; why.
+    Untrusted(String),
 }
 
 impl Address {
-    async fn connect(&self) -> std::io::Result<Stream> {
-        match self {
-            Address::Unix(p) => UnixStream::connect(p).await.map(Stream::Unix),
-            Address::Tcp { host, port } => {
-                let s = TcpStream::connect((host.as_str(), *port)).await?;
+    async fn connect(&self) -> Result<Stream, ConnectError> {
+        let tcp = |host: &str, port: u16| {
+            let host = host.to_string();
+            async move {
+                let s = TcpStream::connect((host.as_str(), port)).await?;
                 // Small requests and responses must not wait for Nagle.
                 s.set_nodelay(true)?;
-                Ok(Stream::Tcp(s))
+                Ok::<_, std::io::Error>(s)
+            }
+        };
+        match self {
+            Address::Unix(p) => UnixStream::connect(p)
+                .await
+                .map(Stream::Unix)
+                .map_err(ConnectError::Io),
+            Address::Tcp { host, port } => tcp(host, *port)
+                .await
+                .map(Stream::Tcp)
+                .map_err(ConnectError::Io),
+            Address::Tls {
+                host,
+                port,
+                ca_file,
+            } => {
+                let config = crate::tls::client_config(ca_file.as_deref())
+                    .map_err(|e| ConnectError::Tls(e.to_string()))?;
+                let name = rustls_pki_types::ServerName::try_from(host.clone())
+                    .map_err(|_| ConnectError::Tls(format!("{host:?} is not a TLS server name")))?;
+                let s = tcp(host, *port).await.map_err(ConnectError::Io)?;
+                tokio_rustls::TlsConnector::from(config)
+                    .connect(name, s)
+                    .await
+                    .map(|t| Stream::Tls(Box::new(t)))
+                    .map_err(|e| ConnectError::Tls(e.to_string()))
             }
         }
     }
 
     /// Whether something accepts connections there now (bounded by `limit`).
     pub async fn answers(&self, limit: Duration) -> bool {
-        matches!(tokio::time::timeout(limit, self.connect()).await, Ok(Ok(_)))
+        self.health(limit).await == Health::Up
+    }
+
+    /// Whether something accepts connections there now, and TLS with it works where it is
+    /// `https://` (bounded by `limit`).
+    pub async fn health(&self, limit: Duration) -> Health {
+        match tokio::time::timeout(limit, self.connect()).await {
+            Ok(Ok(_)) => Health::Up,
+            Ok(Err(ConnectError::Io(e))) => Health::Down(e.to_string()),
+            Ok(Err(ConnectError::Tls(why))) => Health::Untrusted(why),
+            Err(_) => Health::Down(format!("no answer within {}s", limit.as_secs_f32())),
+        }
     }
 }
 
@@ -105,6 +161,7 @@ impl tokio::io::AsyncRead for Stream {
         match self.get_mut() {
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -118,6 +175,7 @@ impl tokio::io::AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -129,6 +187,7 @@ impl tokio::io::AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -140,6 +199,7 @@ impl tokio::io::AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Unix(s) => Pin::new(s).poll_flush(cx),
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -147,6 +207,7 @@ impl tokio::io::AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -161,6 +222,8 @@ pub enum UpstreamError {
     },
     #[error("connecting to {address} took over {}s", CONNECT_TIMEOUT.as_secs())]
     ConnectTimeout { address: Address },
+    #[error("TLS with {address} failed: {reason}")]
+    Tls { address: Address, reason: String },
     #[error("request to {address} failed: {source}")]
     Request {
         address: Address,
@@ -330,10 +393,16 @@ impl Endpoint {
                     address: self.address.clone(),
                 })
             }
-            Ok(Err(source)) => {
+            Ok(Err(ConnectError::Io(source))) => {
                 return Err(UpstreamError::Connect {
                     address: self.address.clone(),
                     source,
+                })
+            }
+            Ok(Err(ConnectError::Tls(reason))) => {
+                return Err(UpstreamError::Tls {
+                    address: self.address.clone(),
+                    reason,
                 })
             }
             Ok(Ok(s)) => s,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::raw::{EnvValue, RawApp};
 use super::values::is_dotted_identifier;
 use super::{
-    parse_host_pattern, Address, AppLocations, AppSpec, Entry, HostPattern, LifecycleSpec, Mount,
+    parse_host_pattern, AppLocations, AppSpec, Entry, HostPattern, LifecycleSpec, Mount,
     ProcessSpec, PythonSpec, RawDuration, RequestBuffering, RouteSpec, Validator, WorkerChoice,
     DEFAULT_CALLABLE, DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_BODY_SIZE, DEFAULT_PROCESSES,
     DEFAULT_QUEUE_LIMIT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RESPONSE_IDLE_TIMEOUT,
@@ -44,6 +44,10 @@ impl Validator<'_> {
         let entry = self.entry(&name, &raw);
         if let Some(entry) = &entry {
             self.not_applicable(&name, entry, &raw);
+        }
+        if raw.upstream_ca.is_some() && raw.upstream.is_none() {
+            let msg = "applies only to an \"https://\" upstream".to_string();
+            self.app_problem(&name, "upstream_ca", msg);
         }
         let python = self.python(&name, raw.python.as_deref(), entry.as_ref());
         let hosts = self.hosts(&name, raw.hosts.take());
@@ -300,6 +304,7 @@ impl Validator<'_> {
         let at = |key: &str| self.locator.key(&format!("apps.{name}.{key}"));
         AppLocations {
             python: at("python"),
+            upstream_ca: at("upstream_ca"),
             user: at("user").or_else(|| at("group")),
             worker: at("worker"),
             entry: at("script")
@@ -360,7 +365,11 @@ impl Validator<'_> {
                 self.module(name, &m, raw.callable.as_deref())
             }
             ["command"] => self.command(name, raw.command.as_deref().unwrap_or_default()),
-            _ => self.upstream(name, raw.upstream.as_deref().unwrap_or_default()),
+            _ => self.upstream(
+                name,
+                raw.upstream.as_deref().unwrap_or_default(),
+                raw.upstream_ca.as_deref(),
+            ),
         }
     }
 
@@ -394,68 +403,6 @@ impl Validator<'_> {
             _ => Some(Entry::Command {
                 argv: argv.to_vec(),
             }),
-        }
-    }
-
-    fn upstream(&mut self, name: &str, text: &str) -> Option<Entry> {
-        let text = text.trim();
-        let bad = |why: &str| {
-            format!("{text:?} {why}: use \"http://host:port\" or \"unix:/path/to.sock\"")
-        };
-        if let Some(path) = text.strip_prefix("unix:") {
-            let path = path.trim_start_matches("//");
-            if path.is_empty() {
-                self.app_problem(name, "upstream", bad("has no socket path"));
-                return None;
-            }
-            return Some(Entry::Upstream {
-                address: Address::Unix(self.resolve(path)),
-            });
-        }
-        let Some(rest) = text.strip_prefix("http://") else {
-            let why = if text.starts_with("https://") {
-                "is https, which wsgimux does not speak to upstreams yet"
-            } else {
-                "is not an upstream address"
-            };
-            self.app_problem(name, "upstream", bad(why));
-            return None;
-        };
-        let authority = rest.strip_suffix('/').unwrap_or(rest);
-        if authority.contains('/') {
-            self.app_problem(
-                name,
-                "upstream",
-                bad("has a path; the app is mounted with `mount:`, not in the address"),
-            );
-            return None;
-        }
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            match v6.split_once(']') {
-                Some((h, p)) => (h, p.strip_prefix(':')),
-                None => ("", None),
-            }
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (authority, None),
-            }
-        };
-        let port = match port {
-            None => Some(80),
-            Some(p) => p.parse::<u16>().ok().filter(|&p| p != 0),
-        };
-        match port {
-            Some(port) if !host.is_empty() => Some(Entry::Upstream {
-                address: Address::Tcp {
-                    host: host.to_string(),
-                    port,
-                },
-            }),
-            _ => {
-                self.app_problem(name, "upstream", bad("has no valid host and port"));
-                None
-            }
         }
     }
 

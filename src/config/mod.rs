@@ -18,6 +18,7 @@ mod locate;
 mod operating;
 mod problem;
 mod raw;
+mod upstream;
 mod validate;
 mod values;
 
@@ -181,6 +182,7 @@ impl AppSpec {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AppLocations {
     pub python: Option<Location>,
+    pub upstream_ca: Option<Location>,
     pub user: Option<Location>,
     pub worker: Option<Location>,
     pub entry: Option<Location>,
@@ -289,6 +291,13 @@ pub enum Address {
         host: String,
         port: u16,
     },
+    /// `https://`: TCP, then TLS with the host as SNI, verified against the system's roots or,
+    /// when given, only the CA certificates in `ca_file` (`upstream_ca`).
+    Tls {
+        host: String,
+        port: u16,
+        ca_file: Option<PathBuf>,
+    },
 }
 
 impl fmt::Display for Address {
@@ -299,6 +308,10 @@ impl fmt::Display for Address {
                 write!(f, "http://[{host}]:{port}")
             }
             Address::Tcp { host, port } => write!(f, "http://{host}:{port}"),
+            Address::Tls { host, port, .. } if host.contains(':') => {
+                write!(f, "https://[{host}]:{port}")
+            }
+            Address::Tls { host, port, .. } => write!(f, "https://{host}:{port}"),
         }
     }
 }

@@ -49,6 +49,7 @@ pub(super) struct RawApp {
     pub(super) worker: Option<String>,
     pub(super) command: Option<Vec<String>>,
     pub(super) upstream: Option<String>,
+    pub(super) upstream_ca: Option<String>,
     pub(super) user: Option<String>,
     pub(super) group: Option<String>,
     pub(super) max_body_size: Option<front::RawSize>,

@@ -354,6 +354,10 @@ apps:
   local:
     upstream: "unix:run/other.sock"
     mount: /local
+  secure:
+    upstream: "https://app.internal"
+    upstream_ca: certs/ca.pem
+    mount: /secure
 "#,
     )
     .expect("valid");
@@ -378,6 +382,14 @@ apps:
     };
     assert_eq!(by_name("remote").process.entry, tcp("10.0.0.5", 8000));
     assert_eq!(by_name("v6").process.entry, tcp("::1", 9000));
+    let secure = Entry::Upstream {
+        address: Address::Tls {
+            host: "app.internal".into(),
+            port: 443,
+            ca_file: Some("/srv/site/certs/ca.pem".into()),
+        },
+    };
+    assert_eq!(by_name("secure").process.entry, secure);
     assert_eq!(
         by_name("local").process.entry,
         Entry::Upstream {
@@ -413,9 +425,14 @@ fn command_and_upstream_mistakes_are_located() {
             "does not apply to a command app",
         ),
         (
-            "apps:\n  a:\n    upstream: \"https://example.com\"\n",
+            "apps:\n  a:\n    upstream: \"ftp://example.com\"\n",
             "upstream",
-            "https",
+            "https://host:port",
+        ),
+        (
+            "apps:\n  a:\n    upstream: \"http://example.com\"\n    upstream_ca: ca.pem\n",
+            "upstream_ca",
+            "only to an \"https://\" upstream",
         ),
         (
             "apps:\n  a:\n    upstream: \"http://example.com:8000/app\"\n",

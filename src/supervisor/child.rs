@@ -139,7 +139,9 @@ fn command(plan: &AppPlan, address: &Address) -> std::io::Result<Command> {
         (Launch::Command { argv }, _) => {
             let (socket, port) = match address {
                 Address::Unix(p) => (p.display().to_string(), String::new()),
-                Address::Tcp { port, .. } => (String::new(), port.to_string()),
+                Address::Tcp { port, .. } | Address::Tls { port, .. } => {
+                    (String::new(), port.to_string())
+                }
             };
             let argv: Vec<String> = argv
                 .iter()

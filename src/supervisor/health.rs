@@ -1,10 +1,13 @@
 //! An `upstream:` app's one slot: nothing to start; the server is checked every
-//! [`HEALTH_INTERVAL`] and routed to while it accepts connections.
+//! [`HEALTH_INTERVAL`] (for `https://`, the TLS handshake too) and routed to while it accepts
+//! connections. One that accepts but whose certificate does not verify stays routed, so its
+//! requests get 502 — the log says why, once — rather than a 503 that hides the reason; there
+//! is never a fallback to an unverified connection.
 
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::Address;
-use crate::upstream::Endpoint;
+use crate::upstream::{Endpoint, Health};
 
 use super::generation::ProcessState;
 use super::slot::Slot;
@@ -27,8 +30,25 @@ impl Slot {
         let mut up = false;
         let mut failures = 0u32;
         let mut reported = false;
+        let mut untrusted: Option<String> = None;
         loop {
-            if address.answers(HEALTH_TIMEOUT).await {
+            let health = address.health(HEALTH_TIMEOUT).await;
+            match &health {
+                Health::Untrusted(why) if untrusted.as_ref() != Some(why) => {
+                    tracing::error!(
+                        "[{name}] TLS with upstream {address} fails: {why}; its requests get 502"
+                    );
+                    untrusted = Some(why.clone());
+                }
+                Health::Up if untrusted.take().is_some() => {
+                    tracing::info!("[{name}] TLS with upstream {address} works again");
+                }
+                _ => {}
+            }
+            if let Health::Down(why) = &health {
+                tracing::debug!("[{name}] upstream {address}: {why}");
+            }
+            if !matches!(health, Health::Down(_)) {
                 failures = 0;
                 if !up {
                     up = true;

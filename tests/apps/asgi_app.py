@@ -41,6 +41,7 @@ async def app(scope, receive, send):
             'raw_path': scope['raw_path'].decode('latin-1'),
             'headers': [[k.decode('latin-1'), v.decode('latin-1')] for k, v in scope['headers']],
             'body_length': length,
+            'client': scope.get('client'),
             'pid': os.getpid(),
         }
         body = json.dumps(seen).encode('utf-8')

@@ -21,7 +21,12 @@ struct Uvicorn(Child);
 
 impl Uvicorn {
     fn start(venv: &Path, app_dir: &Path, port: u16) -> Self {
+        Self::start_with(venv, app_dir, port, &[])
+    }
+
+    fn start_with(venv: &Path, app_dir: &Path, port: u16, extra: &[&str]) -> Self {
         let child = Command::new(venv.join("bin/uvicorn"))
+            .args(extra)
             .args([
                 "--http",
                 "h11",
@@ -261,6 +266,13 @@ struct WsClient {
     lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
 }
 
+impl Drop for WsClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl WsClient {
     fn open(venv: &Path, script: &Path, url: &str) -> (Self, String) {
         use std::io::BufRead;
@@ -299,7 +311,6 @@ impl WsClient {
         stdin.write_all(b"go\n").expect("tell the client");
         let pid = self.expect_line("pid ");
         let code = self.expect_line("closed ");
-        let _ = self.child.wait();
         (pid, code)
     }
 }
@@ -404,4 +415,123 @@ fn websockets_reach_command_and_upstream_servers_and_outlive_a_reload() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(!r.text().contains("UPGRADE"), "{}", r.text());
+}
+
+/// A CA made for the test and a certificate it signed for `localhost` and 127.0.0.1: the CA's
+/// PEM, the leaf's certificate and key files.
+fn test_ca(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "wsgimux test CA");
+    let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
+    let leaf =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("leaf params")
+            .signed_by(&leaf_key, &ca, &ca_key)
+            .expect("leaf certificate");
+    let write = |name: &str, text: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("write PEM");
+        p
+    };
+    (
+        write("ca.pem", ca.pem()),
+        write("leaf.pem", leaf.pem()),
+        write("leaf.key", leaf_key.serialize_pem()),
+    )
+}
+
+#[test]
+fn https_upstreams_verify_against_a_private_ca_and_refuse_what_does_not_verify() {
+    let Some(py) = require_python("3.13") else {
+        return;
+    };
+    let Some(venv) = pip_venv(
+        &py,
+        "asgi-3.13",
+        &["uvicorn", "h11", "websockets", "gunicorn"],
+    ) else {
+        return;
+    };
+    let site = Site::new();
+    site.write("app/asgi_app.py", ASGI_APP);
+    let (ca, leaf, key) = test_ca(site.path());
+    let port = free_port();
+    let (leaf, key) = (leaf.display().to_string(), key.display().to_string());
+    let _uvicorn = Uvicorn::start_with(
+        &venv,
+        &site.path().join("app"),
+        port,
+        &["--ssl-certfile", &leaf, "--ssl-keyfile", &key],
+    );
+    site.config(&format!(
+        "apps:\n  trusted:\n    upstream: \"https://localhost:{port}\"\n    upstream_ca: {ca}\n    mount: /t\n  untrusted:\n    upstream: \"https://127.0.0.1:{port}\"\n    mount: /x\n",
+        ca = ca.display()
+    ));
+    let (status, out, err) = site.check();
+    assert!(status.success(), "{out}{err}");
+    let server = site.serve();
+
+    // Verified against the private CA, SNI from the URL, one pooled connection for both.
+    let mut c = Client::connect(server.addr).expect("connect");
+    let first = json(&c.get("x", "/t/info").expect("first"));
+    let second = json(&c.get("x", "/t/info").expect("second"));
+    assert_eq!(first["path"], "/t/info", "{first}");
+    assert_eq!(
+        first["client"], second["client"],
+        "not one kept-alive connection"
+    );
+
+    // The system's roots do not know the test CA: 502, and the log says why.
+    let r = server.get("x", "/x/info");
+    assert_eq!(r.status, 502, "{}", r.text());
+    let line = server
+        .wait_log(
+            "TLS with upstream https://127.0.0.1",
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|| panic!("{}", server.log_text()));
+    assert!(
+        line.contains("untrusted") && line.contains("certificate"),
+        "{line}"
+    );
+    assert!(
+        server.log_text().contains("UnknownIssuer"),
+        "{}",
+        server.log_text()
+    );
+}
+
+#[test]
+fn upstream_ca_mistakes_are_config_errors_at_their_line() {
+    let site = Site::new();
+    site.write("app.py", "");
+    // (The site's config starts with two lines of its own: `apps:` is line 3.)
+    site.config(
+        "apps:\n  b:\n    python: python3\n    script: app.py\n    upstream_ca: ca.pem\n  c:\n    upstream: \"http://localhost:8080\"\n    upstream_ca: ca.pem\n",
+    );
+    let (status, out, err) = site.check();
+    let text = format!("{out}{err}");
+    assert!(!status.success(), "{text}");
+    for line in [
+        "wsgimux.yaml:7:5: app \"b\", key \"upstream_ca\"",
+        "wsgimux.yaml:10:5: app \"c\", key \"upstream_ca\"",
+    ] {
+        assert!(text.contains(line), "{line}: {text}");
+    }
+    site.config(
+        "apps:\n  a:\n    upstream: \"https://localhost:8443\"\n    upstream_ca: missing-ca.pem\n",
+    );
+    let (status, out, err) = site.check();
+    let text = format!("{out}{err}");
+    assert!(!status.success(), "{text}");
+    assert!(
+        text.contains("wsgimux.yaml:6:5: app \"a\", key \"upstream_ca\"")
+            && text.contains("missing-ca.pem"),
+        "{text}"
+    );
 }
