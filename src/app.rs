@@ -187,6 +187,9 @@ pub async fn serve_with(path: &Path, banner: Option<Banner>) -> Result<(), Start
     };
     refuse_unclaimed_sockets(&config)?;
     let files = runtime_dir::prepare(&dir)?;
+    if let Err(e) = control::link_default(&file, &dir) {
+        tracing::warn!("`wsgimux reload` and `status` will need --control: cannot link the control socket from the default runtime dir: {e}");
+    }
     become_configured_user(&config, &apps, &dir)?;
 
     let mut supervisor = Supervisor::new(dir.clone(), files, config.log_dir.clone());

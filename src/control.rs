@@ -145,6 +145,35 @@ pub fn socket_path(runtime_dir: &Path) -> PathBuf {
     runtime_dir.join(SOCKET_NAME)
 }
 
+/// The control socket `reload` and `status` ask for config `file` (any spelling): found
+/// without parsing the file, since a file with a mistake must still reach its server to be
+/// reported. First the default runtime dir's socket (or the link a server with a configured
+/// `runtime_dir` leaves there, [`link_default`]), then the `runtime_dir` the file names.
+pub fn socket_for_config(file: &Path) -> PathBuf {
+    let by_default = socket_path(&crate::runtime_dir::default_for(file));
+    if by_default.exists() {
+        return by_default;
+    }
+    socket_path(&crate::runtime_dir::of_file(file))
+}
+
+/// For a server whose runtime dir is not the default one for `file`: a link from the default
+/// place to its control socket, so [`socket_for_config`] finds it however the file reads.
+pub fn link_default(file: &Path, runtime_dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let default = crate::runtime_dir::default_for(file);
+    if default == runtime_dir {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&default)?;
+    let link = socket_path(&default);
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(socket_path(runtime_dir), link)
+}
+
 /// `wsgimux reload`: the server's report on the reload it ran.
 pub async fn reload(socket: &Path, limit: Duration) -> Result<Report, ControlError> {
     match request(socket, &Request::Reload, limit).await? {

@@ -181,7 +181,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
 fn control_socket(config: &std::path::Path, named: Option<PathBuf>) -> PathBuf {
     named.unwrap_or_else(|| {
         let file = wsgimux::preflight::config_path(config);
-        wsgimux::control::socket_path(&wsgimux::runtime_dir::of_file(&file))
+        wsgimux::control::socket_for_config(&file)
     })
 }
 

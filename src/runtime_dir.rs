@@ -57,7 +57,7 @@ pub fn of_file(file: &Path) -> PathBuf {
     }
 }
 
-fn default_for(file: &Path) -> PathBuf {
+pub fn default_for(file: &Path) -> PathBuf {
     // A hash of the config's canonical path: stable across runs, distinct per config, and the
     // same for every spelling of the file (relative, through a symlink) that `wsgimux status`
     // or `reload` may be given.

@@ -144,3 +144,28 @@ fn the_example_config_checks() {
     );
     assert!(text.contains("/api") && text.contains("hello"), "{text}");
 }
+
+/// `reload` finds the server however the file reads (a YAML syntax error included — the site's
+/// config names its own `runtime_dir`, which a broken file no longer says), prints the error
+/// and exits 1; the server serves on.
+#[test]
+fn reload_of_a_broken_file_reports_its_error_and_changes_nothing() {
+    let Some(py) = require_python("3.13") else {
+        return;
+    };
+    let site = Site::new();
+    let config = site.one_app("keep", &py, &[]);
+    let server = site.serve();
+    let good = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, format!("{good}  broken: [unclosed\n")).expect("break it");
+    let (status, out, err) = site.reload();
+    assert_eq!(status.code(), Some(1), "{out}{err}");
+    assert!(err.contains("wsgimux.yaml:"), "{err}");
+    assert!(!err.contains("no wsgimux is serving"), "{err}");
+    assert_eq!(server.get("x", "/ver").status, 200);
+    // With the runtime_dir line itself gone, the server is still found.
+    std::fs::write(&config, "listen: [oops\n").expect("break it more");
+    let (status, _, err) = site.reload();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert_eq!(server.get("x", "/ver").status, 200);
+}
