@@ -134,28 +134,59 @@ impl Express {
         Ok(y)
     }
 
-    /// The folder that holds the generated config and the runtime files: one per port and
-    /// target, under the temp folder (as mod_wsgi-express's `/tmp/mod_wsgi-localhost:8000:0`).
-    /// Port 0 (any free port) gets a folder per run.
-    pub fn server_root(&self, cwd: &Path) -> PathBuf {
-        let mut key = format!(
+    /// What the folders of runs of this port and target are named by (as mod_wsgi-express's
+    /// `/tmp/mod_wsgi-localhost:8000:0`), before the pid.
+    fn root_prefix(&self, cwd: &Path) -> String {
+        let key = format!(
             "{}:{}:{}:{}",
             self.host,
             self.port,
             cwd.display(),
             self.target
         );
-        if self.port == 0 {
-            key.push_str(&format!(":{}", std::process::id()));
-        }
         let hash = crate::runtime_dir::fnv1a(key.as_bytes()) & 0xffff_ffff;
         // SAFETY: getuid cannot fail.
         let uid = unsafe { libc::getuid() };
-        std::env::temp_dir().join(format!("wsgimux-run-{uid}-{}-{hash:08x}", self.port))
+        format!("wsgimux-run-{uid}-{}-{hash:08x}-", self.port)
+    }
+
+    /// The folder that holds this run's generated config and runtime files, under the temp
+    /// folder: one per run (the pid ends its name), so a second `run` on a busy port — refused
+    /// when it cannot bind — never rewrites the config the first one serves and watches.
+    pub fn server_root(&self, cwd: &Path) -> PathBuf {
+        let prefix = self.root_prefix(cwd);
+        std::env::temp_dir().join(format!("{prefix}{}", std::process::id()))
+    }
+
+    /// Folders of earlier runs of this port and target whose wsgimux is gone (killed, so it
+    /// could not remove its own): their leftover children are stopped, the folders removed.
+    pub fn clear_stale_roots(&self, cwd: &Path) {
+        let prefix = self.root_prefix(cwd);
+        let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix(&prefix)
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            // SAFETY: kill with signal 0 only asks whether the process exists.
+            let alive = unsafe { libc::kill(pid, 0) } == 0
+                || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+            if pid as u32 == std::process::id() || alive {
+                continue;
+            }
+            crate::leftover::stop_leftovers(&e.path().join("run"));
+            let _ = std::fs::remove_dir_all(e.path());
+        }
     }
 
     /// Writes the config; returns its path.
     pub fn write(&self, cwd: &Path) -> Result<PathBuf, ExpressError> {
+        self.clear_stale_roots(cwd);
         let root = self.server_root(cwd);
         let err = |path: &Path| {
             let path = path.to_path_buf();

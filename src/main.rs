@@ -145,7 +145,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     .unwrap_or_default();
                 wsgimux::express::banner(&opts, &shown, &python, &worker, urls)
             });
-            wsgimux::app::serve_with(&config, Some(banner)).await?;
+            let served = wsgimux::app::serve_with(&config, Some(banner)).await;
+            // This run's own folder: nobody else reads it.
+            if let Some(root) = config.parent() {
+                let _ = std::fs::remove_dir_all(root);
+            }
+            served?;
             Ok(())
         }
         Command::Explain { config, url } => {

@@ -902,3 +902,80 @@ fn long_app_names_serve_and_long_runtime_dirs_are_located() {
         "{stderr}"
     );
 }
+
+/// A second `wsgimux run` of the same app on a busy port is refused and changes nothing of the
+/// first: its config file, its processes (no hot reload to the second one's counts).
+#[test]
+fn a_refused_run_leaves_the_running_one_alone() {
+    let Some(python) = harness::require_python("3.12") else {
+        return;
+    };
+    let site = Site::new();
+    site.probe("app");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+        .to_string();
+    let run = |processes: &str| {
+        Command::new(harness::BIN)
+            .current_dir(site.path().join("app"))
+            .args([
+                "run",
+                "probe.py",
+                "--port",
+                &port,
+                "--processes",
+                processes,
+                "--python",
+            ])
+            .arg(&python)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start wsgimux run")
+    };
+    let mut first = run("1");
+    let stdout = first.stdout.take().expect("stdout");
+    let mut conf = None;
+    let mut ready = false;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let Ok(line) = line else { break };
+        if let Some(c) = line.split("Server Conf      : ").nth(1) {
+            conf = Some(std::path::PathBuf::from(c.trim()));
+        }
+        if line.starts_with("ready: ") {
+            ready = true;
+            break;
+        }
+    }
+    assert!(ready, "the first run did not get ready");
+    let conf = conf.expect("the banner names the config");
+    let text = std::fs::read_to_string(&conf).expect("first config");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let pid_of = || {
+        get_raw(
+            addr,
+            "GET /pid HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .text()
+    };
+    let before = pid_of();
+
+    let second = run("3").wait_with_output().expect("second run");
+    assert!(!second.status.success(), "the second run was not refused");
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(said.contains(&port), "the refusal names the port: {said}");
+
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(std::fs::read_to_string(&conf).expect("first config"), text);
+    assert_eq!(pid_of(), before, "the first run's process changed");
+    let children = harness::child_pids(first.id());
+    assert_eq!(children.len(), 1, "processes: {children:?}");
+    // SAFETY: kill(2) on the child this test started.
+    unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
+    let status = first.wait().expect("wait");
+    assert!(status.success(), "wsgimux run exited with {status}");
+    assert!(!conf.exists(), "the run's own folder is left behind");
+}
