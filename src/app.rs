@@ -187,9 +187,7 @@ pub async fn serve_with(path: &Path, banner: Option<Banner>) -> Result<(), Start
     };
     refuse_unclaimed_sockets(&config)?;
     let files = runtime_dir::prepare(&dir)?;
-    if let Err(e) = control::link_default(&file, &dir) {
-        tracing::warn!("`wsgimux reload` and `status` will need --control: cannot link the control socket from the default runtime dir: {e}");
-    }
+    link_control_socket(&file, &dir);
     become_configured_user(&config, &apps, &dir)?;
 
     let mut supervisor = Supervisor::new(dir.clone(), files, config.log_dir.clone());
@@ -253,6 +251,13 @@ fn warn_inherited_python_vars() {
                 value.to_string_lossy()
             );
         }
+    }
+}
+
+/// A configured runtime dir's control socket, linked from the default place for the file.
+fn link_control_socket(file: &Path, dir: &Path) {
+    if let Err(e) = control::link_default(file, dir) {
+        tracing::warn!("`wsgimux reload` and `status` will need --control: cannot link the control socket from the default runtime dir: {e}");
     }
 }
 

@@ -12,6 +12,7 @@ pub mod account;
 pub mod activation;
 pub mod admin;
 pub mod app;
+pub mod check;
 pub mod config;
 pub mod control;
 pub mod dates;

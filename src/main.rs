@@ -25,11 +25,15 @@ enum Command {
         #[arg(long, short, default_value = "wsgimux.yaml")]
         config: PathBuf,
     },
-    /// Validate a config file, probe every interpreter and print the route table.
+    /// Validate a config file, probe every interpreter, import every app (as its processes
+    /// will) and print the route table.
     Check {
         /// The config file.
         #[arg(long, short, default_value = "wsgimux.yaml")]
         config: PathBuf,
+        /// Do not import the apps (for apps whose import has side effects).
+        #[arg(long)]
+        no_import: bool,
     },
     /// Make the running server apply its config file now; prints the outcome. Exits 0 when
     /// applied, 1 when rejected or when an app's new processes did not start, 2 when no server
@@ -115,9 +119,8 @@ fn main() -> ExitCode {
 /// Runs one command; the exit code for those that choose their own (reload, status).
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Check { config } => {
-            let (config, apps) = wsgimux::preflight::load(&config).await?;
-            print!("{}", wsgimux::app::describe_routes(&config, &apps));
+        Command::Check { config, no_import } => {
+            print!("{}", wsgimux::check::check(&config, !no_import).await?);
             Ok(())
         }
         Command::Serve { config } => {

@@ -876,6 +876,31 @@ def load_app(args):
     return obj
 
 
+CHECK_MARK = 'wsgimux-check-failed'
+
+
+def report_load_error(etype, value, tb):
+    """The app's traceback, without the launcher's frames or importlib's (what the app's author
+    needs is where in *their* code it failed); then one line `wsgimux check` reads: the mark,
+    the innermost file and line of the app's own, and the error."""
+    here = os.path.abspath(__file__)
+
+    def ours(t):
+        name = t.tb_frame.f_code.co_filename
+        return os.path.abspath(name) == here or name.startswith('<frozen importlib')
+    while tb is not None and ours(tb):
+        tb = tb.tb_next
+    sys.stderr.write(''.join(traceback.format_exception(etype, value, tb)))
+    where_file, where_line = '', ''
+    for frame in traceback.extract_tb(tb) if tb is not None else []:
+        if not frame[0].startswith('<frozen'):
+            where_file, where_line = frame[0], str(frame[1])
+    if isinstance(value, SyntaxError) and value.filename:
+        where_file, where_line = value.filename, str(value.lineno or '')
+    error = ''.join(traceback.format_exception_only(etype, value)).strip().splitlines()[-1]
+    sys.stderr.write('%s\t%s\t%s\t%s\n' % (CHECK_MARK, where_file, where_line, error))
+
+
 def listen_unix(path):
     """Binds under a temporary name and renames, so the path exists only once it accepts."""
     tmp = '%s.%d.tmp' % (path, os.getpid())
@@ -913,6 +938,9 @@ def main(argv=None):
     global APP_NAME
     parser = argparse.ArgumentParser(description='wsgimux portable worker')
     parser.add_argument('--socket', required=True)
+    parser.add_argument('--check', action='store_true',
+                        help='import the app and exit (0: it loads; 1: why not, last line '
+                             'CHECK_MARK, file, line, error, tab-separated)')
     parser.add_argument('--app-name', default='app')
     parser.add_argument('--script')
     parser.add_argument('--module')
@@ -943,8 +971,16 @@ def main(argv=None):
     loading = True
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    app = load_app(args)
+    try:
+        app = load_app(args)
+    except SystemExit:
+        raise
+    except BaseException:
+        report_load_error(*sys.exc_info())
+        return 1
     loading = False
+    if args.check:
+        return 0
     if stop:
         return 0
     if args.native:

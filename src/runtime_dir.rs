@@ -30,6 +30,16 @@ pub enum RuntimeDirError {
     TooLong { path: PathBuf, len: usize },
 }
 
+/// Writes the launcher (the portable worker) into `dir`, readable by every account (for
+/// `check`, which imports apps under their own accounts from a scratch folder).
+pub fn write_launcher(dir: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("wsgimux_worker.py");
+    std::fs::write(&path, PORTABLE_WORKER)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
+    Ok(path)
+}
+
 /// The files wsgimux writes for its children: the launcher (which is also the portable worker)
 /// and the folder holding the native worker's extension module.
 #[derive(Debug, Clone)]

@@ -77,7 +77,13 @@ impl Validator<'_> {
         if self.problems.len() > before {
             return None;
         }
-        let locations = self.app_locations(&name, python_path.len());
+        let entry_key = match &entry {
+            Some(Entry::Module { .. }) => "module",
+            Some(Entry::Command { .. }) => "command",
+            Some(Entry::Upstream { .. }) => "upstream",
+            _ => "script",
+        };
+        let locations = self.app_locations(&name, entry_key, python_path.len());
         Some(AppSpec {
             process: ProcessSpec {
                 python: python?,
@@ -300,17 +306,15 @@ impl Validator<'_> {
     }
 
     /// Where the app's keys are, for problems preflight finds later.
-    fn app_locations(&self, name: &str, python_paths: usize) -> AppLocations {
+    fn app_locations(&self, name: &str, entry_key: &str, python_paths: usize) -> AppLocations {
         let at = |key: &str| self.locator.key(&format!("apps.{name}.{key}"));
         AppLocations {
             python: at("python"),
             upstream_ca: at("upstream_ca"),
             user: at("user").or_else(|| at("group")),
             worker: at("worker"),
-            entry: at("script")
-                .or_else(|| at("module"))
-                .or_else(|| at("command"))
-                .or_else(|| at("upstream")),
+            // (`at` falls back to the app's own position: ask for the key the app has.)
+            entry: at(entry_key),
             working_dir: at("working_dir"),
             python_path: (0..python_paths)
                 .map(|i| self.locator.value(&format!("apps.{name}.python_path.{i}")))

@@ -118,7 +118,7 @@ pub(super) fn spawn_child(
 
 /// The program and arguments: the worker launcher, or the app's command with `{socket}` /
 /// `{port}` filled in.
-fn command(plan: &AppPlan, address: &Address) -> std::io::Result<Command> {
+pub(super) fn command(plan: &AppPlan, address: &Address) -> std::io::Result<Command> {
     let cmd = match (&plan.launch, address) {
         (
             Launch::Worker {
@@ -179,7 +179,7 @@ pub const INHERITED_PYTHON_VARS: [&str; 5] = [
 
 /// Working folder, pipes, PATH and virtualenv as `activate` sets them, the account's identity,
 /// the app's `env:`.
-fn set_environment(cmd: &mut Command, plan: &AppPlan) {
+pub(super) fn set_environment(cmd: &mut Command, plan: &AppPlan) {
     for var in INHERITED_PYTHON_VARS {
         cmd.env_remove(var);
     }

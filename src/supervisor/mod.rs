@@ -17,6 +17,7 @@
 mod child;
 mod generation;
 mod health;
+mod imports;
 mod plan;
 mod slot;
 mod start;
@@ -36,6 +37,7 @@ use crate::upstream::{Demand, Endpoints};
 
 pub use child::INHERITED_PYTHON_VARS;
 pub use generation::{Generation, ProcessState, ProcessView, StartFailure};
+pub use imports::{check_imports, ImportFailure};
 use slot::Slot;
 
 /// A retired generation is left alone this long before its in-flight count is trusted: a

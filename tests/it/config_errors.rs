@@ -169,3 +169,90 @@ fn reload_of_a_broken_file_reports_its_error_and_changes_nothing() {
     assert_eq!(status.code(), Some(1), "{err}");
     assert_eq!(server.get("x", "/ver").status, 200);
 }
+
+/// `check` imports every app as its processes will, and reports one that does not load at its
+/// `script`/`module` key with Python's error and the place in the app's own code — on 2.7 and
+/// 3.x alike; `--no-import` leaves the import out.
+#[test]
+fn check_imports_apps_and_names_the_apps_own_file_and_line() {
+    let (Some(py27), Some(py313)) = (require_python("2.7"), require_python("3.13")) else {
+        return;
+    };
+    let site = Site::new();
+    site.write(
+        "apps/missing.wsgi",
+        "import os\nimport no_such_module_here\n",
+    );
+    site.write("apps/broken.wsgi", "import os\n\nx = (\n");
+    site.write("apps/legacysite/__init__.py", "");
+    site.write(
+        "apps/legacysite/wsgi.py",
+        "def application(environ, start_response):\n    start_response('200 OK', [])\n    return [b'ok']\n",
+    );
+    let mut yaml = String::from("apps:\n");
+    for (tag, py) in [("old", &py27), ("new", &py313)] {
+        let py = py.display();
+        yaml.push_str(&format!(
+            "  {tag}-missing:\n    python: {py}\n    script: apps/missing.wsgi\n    mount: /{tag}/m\n\
+             \x20 {tag}-broken:\n    python: {py}\n    script: apps/broken.wsgi\n    mount: /{tag}/b\n\
+             \x20 {tag}-typo:\n    python: {py}\n    module: legacysite.wsgy\n    working_dir: apps\n    mount: /{tag}/t\n\
+             \x20 {tag}-fine:\n    python: {py}\n    module: legacysite.wsgi\n    working_dir: apps\n    mount: /{tag}/f\n",
+        ));
+    }
+    site.config(&yaml);
+    let (status, out, err) = site.check();
+    let text = format!("{out}{err}");
+    assert_eq!(status.code(), Some(1), "{text}");
+    for tag in ["old", "new"] {
+        let line_of = |app: &str| {
+            text.lines()
+                .find(|l| l.contains(&format!("app \"{tag}-{app}\"")))
+                .unwrap_or_else(|| panic!("no line for {tag}-{app}:\n{text}"))
+                .to_string()
+        };
+        let missing = line_of("missing");
+        assert!(
+            missing.contains("key \"script\"")
+                && missing.contains("no_such_module_here")
+                && missing.ends_with("(apps/missing.wsgi:2)"),
+            "{missing}"
+        );
+        let broken = line_of("broken");
+        assert!(
+            broken.contains("SyntaxError") && broken.contains("(apps/broken.wsgi:3)"),
+            "{broken}"
+        );
+        let typo = line_of("typo");
+        assert!(
+            typo.contains("key \"module\"")
+                && typo.contains("No module named")
+                && typo.contains("wsgy"),
+            "{typo}"
+        );
+        assert!(!text.contains(&format!("app \"{tag}-fine\"")), "{text}");
+    }
+    assert!(
+        !text.contains("wsgimux_worker.py"),
+        "the launcher's frames: {text}"
+    );
+    // Each at its own key's line and column.
+    assert!(
+        text.contains("wsgimux.yaml:6:5: app \"old-missing\", key \"script\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("wsgimux.yaml:14:5: app \"old-typo\", key \"module\""),
+        "{text}"
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsgimux"))
+        .args(["check", "--no-import", "--config"])
+        .arg(site.path().join("wsgimux.yaml"))
+        .output()
+        .expect("check --no-import");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

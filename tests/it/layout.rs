@@ -44,7 +44,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("what runs, seen from outside", &["status", "watch"]),
     ("doors in", &["control", "admin"]),
     ("the only writer of live state", &["reload"]),
-    ("commands", &["app", "express"]),
+    ("commands", &["app", "express", "check"]),
 ];
 
 fn src() -> PathBuf {

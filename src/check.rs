@@ -1,0 +1,70 @@
+//! `wsgimux check`: what `serve` would refuse, found without serving — the config, every
+//! interpreter, every file and account (`preflight`), then every `script:`/`module:` app
+//! imported as its processes will import it (`supervisor::check_imports`).
+
+use std::path::Path;
+
+use crate::config::Config;
+use crate::preflight::{self, LoadError};
+
+/// `wsgimux check`: everything `serve` would check before starting, then (unless `import` is
+/// off) every `script:`/`module:` app imported as its processes will import it. The report for
+/// a valid config; every problem otherwise.
+pub async fn check(path: &Path, import: bool) -> Result<String, LoadError> {
+    let (config, apps) = preflight::load(path).await?;
+    if import {
+        let scratch = tempfile::Builder::new()
+            .prefix("wsgimux-check-")
+            .tempdir()
+            .map_err(|source| LoadError::Read {
+                path: std::env::temp_dir(),
+                source,
+            })?;
+        let failures = crate::supervisor::check_imports(&apps, scratch.path())
+            .await
+            .map_err(|source| LoadError::Read {
+                path: scratch.path().to_path_buf(),
+                source,
+            })?;
+        if !failures.is_empty() {
+            let problems = failures
+                .into_iter()
+                .filter_map(|(name, f)| {
+                    let app = apps.iter().find(|a| a.spec.name == name)?;
+                    Some(import_problem(&config, &app.spec, f))
+                })
+                .collect();
+            return Err(LoadError::Config(crate::config::ConfigError { problems }));
+        }
+    }
+    Ok(crate::app::describe_routes(&config, &apps))
+}
+
+/// An import failure at the app's `script`/`module` key: the error, and where in the app's
+/// own code (relative to the config's folder when inside it).
+fn import_problem(
+    config: &Config,
+    spec: &crate::config::AppSpec,
+    f: crate::supervisor::ImportFailure,
+) -> crate::config::Problem {
+    let key = match spec.process.entry {
+        crate::config::Entry::Module { .. } => "module",
+        _ => "script",
+    };
+    let base = config.file.parent().unwrap_or(Path::new("/"));
+    let at = f.at.map(|(file, line)| {
+        let shown = file
+            .strip_prefix(base)
+            .unwrap_or(&file)
+            .display()
+            .to_string();
+        format!(" ({shown}:{line})")
+    });
+    crate::config::Problem {
+        file: config.file.clone(),
+        location: spec.locations.entry,
+        app: Some(spec.name.clone()),
+        key: Some(key.to_string()),
+        message: format!("{}{}", f.error, at.unwrap_or_default()),
+    }
+}
