@@ -442,6 +442,8 @@ async fn report_readiness(
             failed.join(", ")
         )
     };
+    // One line that says it all, before the listeners' `ready:` lines.
+    println!("{status}");
     crate::sdnotify::ready(&status);
     if let Some(banner) = banner {
         let urls: Vec<String> = addrs.iter().map(|(s, a)| format!("{s}://{a}")).collect();

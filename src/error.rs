@@ -31,6 +31,8 @@ pub enum ProxyError {
     NoRoute { host: String, path: String },
     #[error("app {app} is starting or restarting")]
     AppUnavailable { app: String },
+    #[error("app {app} failed to start (its log and `wsgimux status` say why)")]
+    AppFailed { app: String },
     #[error("app {app} is unreachable: {source}")]
     Upstream {
         app: String,
@@ -136,7 +138,9 @@ impl ProxyError {
             },
             ProxyError::BadHost(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
-            ProxyError::AppUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::AppUnavailable { .. } | ProxyError::AppFailed { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -168,6 +172,10 @@ impl ProxyError {
             ProxyError::AppUnavailable { app } => {
                 format!("The app {app} is starting; try again in a moment.")
             }
+            // The traceback stays in the log and `wsgimux status`: never shown to clients.
+            ProxyError::AppFailed { app } => {
+                format!("The app {app} failed to start; it is being retried.")
+            }
             ProxyError::Upstream { app, .. } => format!("The app {app} could not be reached."),
             ProxyError::BodyTooLarge { app, limit } => {
                 format!("The app {app} accepts request bodies of at most {limit} bytes.")
@@ -198,7 +206,9 @@ impl ProxyError {
         );
         h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match self {
-            ProxyError::AppUnavailable { .. } | ProxyError::Overloaded { .. } => {
+            ProxyError::AppUnavailable { .. }
+            | ProxyError::AppFailed { .. }
+            | ProxyError::Overloaded { .. } => {
                 h.insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
             }
             // The connection's framing can no longer be trusted, or its body was not read.

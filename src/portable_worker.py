@@ -879,10 +879,10 @@ def load_app(args):
 CHECK_MARK = 'wsgimux-check-failed'
 
 
-def report_load_error(etype, value, tb):
+def report_load_error(check, etype, value, tb):
     """The app's traceback, without the launcher's frames or importlib's (what the app's author
-    needs is where in *their* code it failed); then one line `wsgimux check` reads: the mark,
-    the innermost file and line of the app's own, and the error."""
+    needs is where in *their* code it failed); then, for `--check`, one line `wsgimux check`
+    reads: the mark, the innermost file and line of the app's own, and the error."""
     here = os.path.abspath(__file__)
 
     def ours(t):
@@ -891,6 +891,8 @@ def report_load_error(etype, value, tb):
     while tb is not None and ours(tb):
         tb = tb.tb_next
     sys.stderr.write(''.join(traceback.format_exception(etype, value, tb)))
+    if not check:
+        return
     where_file, where_line = '', ''
     for frame in traceback.extract_tb(tb) if tb is not None else []:
         if not frame[0].startswith('<frozen'):
@@ -976,7 +978,7 @@ def main(argv=None):
     except SystemExit:
         raise
     except BaseException:
-        report_load_error(*sys.exc_info())
+        report_load_error(args.check, *sys.exc_info())
         return 1
     loading = False
     if args.check:

@@ -42,6 +42,8 @@ pub struct Endpoints {
     /// The generation's first start is under way: no process of it has answered yet and none
     /// has failed to start. A request may wait for it (the app has not failed, it is coming).
     pub starting: bool,
+    /// No process answers and the last start failed: requests learn the app failed to start.
+    pub failing: bool,
 }
 
 /// The request side's handle on dormant processes (`start: on_demand`, or stopped by

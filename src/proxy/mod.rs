@@ -147,7 +147,8 @@ impl Proxy {
             }
         };
         let resp = result.unwrap_or_else(|e| {
-            if e.status().is_server_error() {
+            // A failing app's reason is logged by its supervisor, not once per request.
+            if e.status().is_server_error() && !matches!(e, ProxyError::AppFailed { .. }) {
                 tracing::warn!("{e}");
             }
             e.into_response()
@@ -343,12 +344,14 @@ async fn select(route: Arc<AppRoute>, parts: &Parts) -> Result<Selected, ProxyEr
             in_flight,
         });
     }
-    let endpoint = route
-        .ready_process(None)
-        .await
-        .ok_or_else(|| ProxyError::AppUnavailable {
-            app: route.name.to_string(),
-        })?;
+    let endpoint = route.ready_process(None).await.ok_or_else(|| {
+        let app = route.name.to_string();
+        if route.failing() {
+            ProxyError::AppFailed { app }
+        } else {
+            ProxyError::AppUnavailable { app }
+        }
+    })?;
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)

@@ -141,6 +141,11 @@ impl AppRoute {
             .flatten()
     }
 
+    /// No process answers and the last start failed.
+    pub(super) fn failing(&self) -> bool {
+        self.endpoints.borrow().failing
+    }
+
     /// Requests in flight over all the app's ready processes.
     pub(super) fn in_flight(&self) -> usize {
         self.endpoints

@@ -37,10 +37,14 @@ struct PreparedFront {
     bound: Vec<(SocketAddr, tokio::net::TcpListener)>,
 }
 
-/// The new generations: those that answer, and why the others did not start.
+/// The new generations: those that answer, why the others did not start, and the apps added
+/// by this reload that did not start — kept (their routes answer 503 "failed to start" and
+/// their processes are retried) rather than dropped, which would hand their URLs to another
+/// app.
 struct Started {
     ready: HashMap<String, Generation>,
     failed: BTreeMap<String, StartFailure>,
+    added_failing: BTreeMap<String, (Generation, StartFailure)>,
 }
 
 impl Reloader {
@@ -67,7 +71,12 @@ impl Reloader {
         }
         let started = self.start_generations(&plan).await;
         let restarted = self.switch(plan, front, &started).await;
-        let report = report::applied(number, cause, clock, restarted.1, &started.failed);
+        let failing = started
+            .added_failing
+            .iter()
+            .map(|(name, (_, f))| (name.clone(), f.clone()))
+            .collect();
+        let report = report::applied(number, cause, clock, restarted.1, &started.failed, &failing);
         (self.finish(report), restarted.0)
     }
 
@@ -135,28 +144,34 @@ impl Reloader {
     /// Step 3: a new generation for every added or restarted app, all started at once, each
     /// waited for up to its startup_timeout; one that fails is stopped.
     async fn start_generations(&mut self, plan: &Plan) -> Started {
-        let mut starting: Vec<(String, Generation, Duration)> = Vec::new();
+        let mut starting: Vec<(String, Generation, Duration, bool)> = Vec::new();
         for change in &plan.diff.apps {
             if let AppChange::Added(spec) | AppChange::Restart { spec, .. } = change {
                 if let Some(app) = plan.ready.get(&spec.name) {
                     let g = self.supervisor.start(app);
                     self.wake_if_running(&spec.name, &g);
-                    starting.push((spec.name.clone(), g, spec.lifecycle.startup_timeout));
+                    let added = matches!(change, AppChange::Added(_));
+                    let limit = spec.lifecycle.startup_timeout;
+                    starting.push((spec.name.clone(), g, limit, added));
                 }
             }
         }
         let waits = starting
             .iter()
-            .map(|(_, g, limit)| g.wait_ready(*limit + READY_MARGIN));
+            .map(|(_, g, limit, _)| g.wait_ready(*limit + READY_MARGIN));
         let results = futures_util::future::join_all(waits).await;
         let mut started = Started {
             ready: HashMap::new(),
             failed: BTreeMap::new(),
+            added_failing: BTreeMap::new(),
         };
-        for ((name, g, _), result) in starting.into_iter().zip(results) {
+        for ((name, g, _, added), result) in starting.into_iter().zip(results) {
             match result {
                 Ok(_) => {
                     started.ready.insert(name, g);
+                }
+                Err(f) if added => {
+                    started.added_failing.insert(name, (g, f));
                 }
                 Err(f) => {
                     self.supervisor.stop(g.id);
@@ -192,8 +207,11 @@ impl Reloader {
                     }
                 }
                 AppChange::Added(_) | AppChange::Restart { .. } => {
-                    let (Some(g), Some(app)) = (started.ready.get(name), plan.ready.get(name))
-                    else {
+                    let g = started
+                        .ready
+                        .get(name)
+                        .or_else(|| started.added_failing.get(name).map(|(g, _)| g));
+                    let (Some(g), Some(app)) = (g, plan.ready.get(name)) else {
                         continue;
                     };
                     let running = RunningApp {
@@ -228,9 +246,10 @@ impl Reloader {
             .map(|c| c.name().to_string())
             .collect();
         let pids = |name: &str| self.apps.get(name).map(|a| a.generation.pids());
+        let added_failing = started.added_failing.keys().cloned().collect();
         (
             restarted,
-            report::summarize(&plan.diff, &started.failed, pids),
+            report::summarize(&plan.diff, &started.failed, &added_failing, pids),
         )
     }
 

@@ -2,7 +2,7 @@
 //! re-routed, updated, what failed), the reports `wsgimux reload` prints, and the log of a
 //! failed generation's last stderr lines. Pure but for that log line.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use crate::config::diff::{AppChange, ConfigDiff};
@@ -56,8 +56,9 @@ pub(super) fn applied(
     clock: Instant,
     summary: String,
     failed: &BTreeMap<String, StartFailure>,
+    added_failing: &BTreeMap<String, StartFailure>,
 ) -> Report {
-    let (outcome, verb) = if failed.is_empty() {
+    let (outcome, verb) = if failed.is_empty() && added_failing.is_empty() {
         (Outcome::Applied, "applied")
     } else {
         (Outcome::PartlyApplied, "partly applied")
@@ -71,7 +72,15 @@ pub(super) fn applied(
             head(number, cause),
             elapsed(clock)
         ),
-        errors: failed.iter().map(|(app, f)| failure_text(app, f)).collect(),
+        errors: failed
+            .iter()
+            .map(|(app, f)| failure_text(app, f))
+            .chain(
+                added_failing
+                    .iter()
+                    .map(|(app, f)| added_failing_text(app, f)),
+            )
+            .collect(),
     }
 }
 
@@ -122,6 +131,7 @@ pub(super) fn code_failed(
 pub(super) fn summarize(
     d: &ConfigDiff,
     failed: &BTreeMap<String, StartFailure>,
+    added_failing: &BTreeSet<String>,
     pids: impl Fn(&str) -> Option<Vec<u32>>,
 ) -> String {
     let pids = |name: &str| pids(name).map(|p| join_pids(&p)).unwrap_or_default();
@@ -129,6 +139,10 @@ pub(super) fn summarize(
     for c in d.apps.iter().filter(|c| !failed.contains_key(c.name())) {
         let name = c.name();
         let (label, item) = match c {
+            AppChange::Added(_) if added_failing.contains(name) => (
+                "added",
+                format!("{name} (failed to start; its routes answer 503 while it is retried)"),
+            ),
             AppChange::Added(_) => ("added", format!("{name} (pid {})", pids(name))),
             AppChange::Removed(_) => ("removed", name.to_string()),
             AppChange::Restart { keys, .. } => (
@@ -175,6 +189,14 @@ pub(super) fn summarize(
 pub(super) fn failure_text(app: &str, f: &StartFailure) -> String {
     format!(
         "app {app}: new processes did not start, the previous ones keep serving: {}",
+        f.reason
+    )
+}
+
+/// A new app that did not start: it keeps its routes (they answer 503) and is retried.
+pub(super) fn added_failing_text(app: &str, f: &StartFailure) -> String {
+    format!(
+        "app {app}: added, but it failed to start: {}; its routes answer 503 \"failed to start\" while wsgimux retries it",
         f.reason
     )
 }
@@ -228,7 +250,7 @@ mod tests {
         let new = config(&format!("{B_ENV}{C}"), "\"127.0.0.1:8081\"");
         let d = diff::diff(&old, &new);
         let pids = |name: &str| Some(if name == "c" { vec![7] } else { vec![5, 6] });
-        let line = summarize(&d, &BTreeMap::new(), pids);
+        let line = summarize(&d, &BTreeMap::new(), &BTreeSet::new(), pids);
         assert_eq!(
             line,
             "added c (pid 7); removed a; restarted b (env; pid 5,6); \
@@ -240,13 +262,20 @@ mod tests {
             stderr: vec!["ImportError: no module".into()],
         };
         let failed = BTreeMap::from([("c".to_string(), failure)]);
-        let line = summarize(&d, &failed, pids);
+        let line = summarize(&d, &failed, &BTreeSet::new(), pids);
         assert!(line.starts_with("removed a; restarted b"), "{line}");
         assert!(
             line.contains("failed c (kept its previous processes: exited during start-up"),
             "{line}"
         );
-        let report = applied(3, &Cause::Hangup, Instant::now(), line, &failed);
+        let report = applied(
+            3,
+            &Cause::Hangup,
+            Instant::now(),
+            line,
+            &failed,
+            &BTreeMap::new(),
+        );
         assert_eq!(report.outcome, Outcome::PartlyApplied);
         assert!(report
             .summary

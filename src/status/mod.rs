@@ -124,6 +124,12 @@ pub struct ProcessStatus {
     #[serde(flatten)]
     pub load: Load,
     pub last_exit: Option<String>,
+    /// Unix seconds since when its starts fail (state `failing`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing_since: Option<u64>,
+    /// The last failed start's error, while it fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// The last reload's report and when it ended.
@@ -169,6 +175,8 @@ pub fn collect(o: &Overview) -> StatusReport {
                         recycles: v.recycles,
                         load: Load::new(&counted, in_flight, tunnels),
                         last_exit: v.last_exit.clone(),
+                        failing_since: v.failing_since.map(unix),
+                        last_error: v.last_error.clone(),
                     }
                 })
                 .collect();

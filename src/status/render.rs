@@ -125,7 +125,21 @@ fn text_app(out: &mut String, a: &AppStatus) {
             ms_text(p.load.p99_ms),
         ];
         text_row(out, &row);
+        if let Some(failing) = failing_text(p) {
+            let _ = writeln!(out, "       {failing}");
+        }
     }
+}
+
+/// For a failing process: since when, and the error's last line.
+fn failing_text(p: &super::ProcessStatus) -> Option<String> {
+    let since = p.failing_since?;
+    let ago = unix(SystemTime::now()).saturating_sub(since);
+    Some(format!(
+        "failing for {}: {}",
+        duration_text(ago),
+        p.last_error.as_deref().unwrap_or("-")
+    ))
 }
 
 fn text_row(out: &mut String, c: &[String; 10]) {
@@ -171,7 +185,7 @@ h1{{font-size:20px;margin:0 0 4px}} h2{{font-size:17px;margin:0}}
 .kv{{display:flex;flex-wrap:wrap;gap:4px 16px;margin:6px 0}} .kv span b{{font-weight:600}}
 .wrap{{overflow-x:auto}} table{{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}}
 th,td{{text-align:right;padding:4px 8px;border-bottom:1px solid #eee;white-space:nowrap}} th:first-child,td:first-child,td.s,th.s{{text-align:left}}
-.ready{{color:#137333}} .starting,.recycling,.idle{{color:#8a6100}} .restarting,.down,.stopping{{color:#b3261e}}
+.ready{{color:#137333}} .starting,.recycling,.idle{{color:#8a6100}} .restarting,.down,.stopping,.failing{{color:#b3261e}}
 .bad{{color:#b3261e}} .ok{{color:#137333}} code{{font-size:13px}}
 </style></head><body>
 <h1>wsgimux</h1>
@@ -258,6 +272,13 @@ fn html_app(out: &mut String, a: &AppStatus) {
             ms_text(p.load.p50_ms),
             ms_text(p.load.p99_ms),
         );
+        if let Some(failing) = failing_text(p) {
+            let _ = writeln!(
+                out,
+                r#"<tr class="failing"><td></td><td colspan="9" class="s bad">{}</td></tr>"#,
+                e(&failing)
+            );
+        }
     }
     out.push_str("</tbody></table></div></section>\n");
 }

@@ -75,12 +75,45 @@ fn find_program(program: &str, bin_dir: Option<&Path>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(program))
 }
 
+/// A starting process's output, held back until it answers (then logged as usual) or fails
+/// to start (then the slot logs it once, and again only when it says something new): an app
+/// that cannot start does not repeat its traceback in the log on every retry.
+#[derive(Debug, Default)]
+pub(super) struct HeldOutput {
+    holding: bool,
+    lines: VecDeque<String>,
+}
+
+/// Lines of output held for one start, at most (the newest are kept).
+const HELD_LINES: usize = 200;
+
+impl HeldOutput {
+    pub(super) fn holding() -> Arc<Mutex<HeldOutput>> {
+        Arc::new(Mutex::new(HeldOutput {
+            holding: true,
+            lines: VecDeque::new(),
+        }))
+    }
+
+    /// Stops holding; what was held, in order.
+    pub(super) fn take(held: &Mutex<HeldOutput>) -> Vec<String> {
+        match held.lock() {
+            Ok(mut h) => {
+                h.holding = false;
+                h.lines.drain(..).collect()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
 /// Spawns one process of the plan listening at `address`; its stdout and stderr are copied
-/// to the log (the last stderr lines also into `tail`).
+/// to the log (the last stderr lines also into `tail`), held back while `held` holds.
 pub(super) fn spawn_child(
     plan: &AppPlan,
     address: &Address,
     tail: &Arc<Mutex<VecDeque<String>>>,
+    held: &Arc<Mutex<HeldOutput>>,
     pumps: &mut JoinSet<()>,
 ) -> std::io::Result<(Child, ChildRecord)> {
     let mut cmd = command(plan, address)?;
@@ -101,17 +134,22 @@ pub(super) fn spawn_child(
     };
     let pid = child.id().unwrap_or(0);
     let record = ChildRecord::write(&plan.runtime_dir, pid);
-    if let Some(out) = child.stdout.take() {
-        pumps.spawn(pump(out, plan.name.clone(), pid, None, plan.log.clone()));
+    let out = Output {
+        app: plan.name.clone(),
+        pid,
+        tail: None,
+        held: held.clone(),
+        file: plan.log.clone(),
+    };
+    if let Some(stdout) = child.stdout.take() {
+        pumps.spawn(pump(stdout, out.clone()));
     }
-    if let Some(err) = child.stderr.take() {
-        pumps.spawn(pump(
-            err,
-            plan.name.clone(),
-            pid,
-            Some(tail.clone()),
-            plan.log.clone(),
-        ));
+    if let Some(stderr) = child.stderr.take() {
+        let out = Output {
+            tail: Some(tail.clone()),
+            ..out
+        };
+        pumps.spawn(pump(stderr, out));
     }
     Ok((child, record))
 }
@@ -288,6 +326,31 @@ pub(super) fn describe(status: ExitStatus) -> String {
     }
 }
 
+/// Whether `line` belongs to a worker's report of an app error: its first line (both workers
+/// write `APP: error in METHOD /path: …`, `invalid response to`, `app raised after the
+/// response started`, `internal error`), the traceback under it, and the exception's line
+/// that ends it. `in_report` carries the state from line to line.
+fn app_error_line(line: &str, in_report: &mut bool) -> bool {
+    const STARTS: [&str; 4] = [
+        ": error in ",
+        ": invalid response to ",
+        ": app raised after the response started",
+        ": internal error",
+    ];
+    if STARTS.iter().any(|s| line.contains(s)) {
+        *in_report = true;
+        return true;
+    }
+    if !*in_report {
+        return false;
+    }
+    if !(line.starts_with("Traceback") || line.starts_with(' ') || line.is_empty()) {
+        // The exception's own line ends the report.
+        *in_report = false;
+    }
+    true
+}
+
 pub(super) fn tail_lines(tail: &Mutex<VecDeque<String>>) -> Vec<String> {
     tail.lock()
         .map(|t| t.iter().cloned().collect())
@@ -305,17 +368,31 @@ pub(super) fn last_line(tail: &Mutex<VecDeque<String>>) -> String {
     }
 }
 
-/// Copies a child's output to the log (or the app's own file under `log_dir`), one line per
-/// record, prefixed with the app name and pid.
-async fn pump(
-    stream: impl AsyncRead + Unpin,
+/// Where one stream of a child's output goes.
+#[derive(Clone)]
+struct Output {
     app: Arc<str>,
     pid: u32,
+    /// The last stderr lines, for a failed start's report.
     tail: Option<Arc<Mutex<VecDeque<String>>>>,
+    held: Arc<Mutex<HeldOutput>>,
     file: Option<Arc<LogFile>>,
-) {
+}
+
+/// Copies a child's output to the log (or the app's own file under `log_dir`), one line per
+/// record, prefixed with the app name and pid. A worker's report of an app error (`APP: error
+/// in GET /x: …` and its traceback) is logged at ERROR; the rest at INFO.
+async fn pump(stream: impl AsyncRead + Unpin, out: Output) {
+    let Output {
+        app,
+        pid,
+        tail,
+        held,
+        file,
+    } = out;
     let mut reader = BufReader::new(stream);
     let mut buf = Vec::new();
+    let mut in_report = false;
     loop {
         buf.clear();
         match (&mut reader)
@@ -328,11 +405,24 @@ async fn pump(
         }
         let line = String::from_utf8_lossy(&buf);
         let line = line.trim_end_matches(['\n', '\r']);
+        let error = app_error_line(line, &mut in_report);
+        let held_back = match held.lock() {
+            Ok(mut h) if h.holding => {
+                if h.lines.len() == HELD_LINES {
+                    h.lines.pop_front();
+                }
+                h.lines.push_back(format!("[{app}:{pid}] {line}"));
+                true
+            }
+            _ => false,
+        };
         match &file {
+            _ if held_back => {}
             Some(f) => f.write_line(&format!(
                 "{} [{app}:{pid}] {line}",
                 crate::dates::iso_time(SystemTime::now())
             )),
+            None if error => tracing::error!(target: "wsgimux::app", "[{app}:{pid}] {line}"),
             None => tracing::info!(target: "wsgimux::app", "[{app}:{pid}] {line}"),
         }
         if let Some(tail) = &tail {

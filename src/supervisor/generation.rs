@@ -52,10 +52,12 @@ pub enum ProcessState {
     Stopping,
     /// An `upstream:` server that does not accept connections.
     Down,
+    /// Failed to start several times in a row: still retried, with a longer backoff.
+    Failing,
 }
 
 impl ProcessState {
-    pub const ALL: [ProcessState; 7] = [
+    pub const ALL: [ProcessState; 8] = [
         ProcessState::Starting,
         ProcessState::Ready,
         ProcessState::Restarting,
@@ -63,6 +65,7 @@ impl ProcessState {
         ProcessState::Recycling,
         ProcessState::Stopping,
         ProcessState::Down,
+        ProcessState::Failing,
     ];
 
     /// As it is written in JSON and metrics.
@@ -75,6 +78,7 @@ impl ProcessState {
             ProcessState::Recycling => "recycling",
             ProcessState::Stopping => "stopping",
             ProcessState::Down => "down",
+            ProcessState::Failing => "failing",
         }
     }
 }
@@ -95,6 +99,10 @@ pub struct ProcessView {
     pub endpoint: Option<Arc<Endpoint>>,
     /// How the last process ended, when it did by itself.
     pub last_exit: Option<String>,
+    /// Since when the slot's starts fail (set once it is `failing`).
+    pub failing_since: Option<SystemTime>,
+    /// Why the last start failed (the error's last line), while it fails.
+    pub last_error: Option<String>,
 }
 
 impl Generation {

@@ -83,7 +83,8 @@ impl Slot {
                         "upstream {address} did not accept a connection within startup_timeout {}",
                         secs(self.plan.startup_timeout)
                     );
-                    self.start_failed(reason, Vec::new());
+                    let nothing_held = Default::default();
+                    self.start_failed(reason, Vec::new(), &nothing_held);
                 }
             }
             let pause = if up { HEALTH_INTERVAL } else { READY_POLL * 10 };

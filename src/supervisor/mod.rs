@@ -92,6 +92,7 @@ impl Supervisor {
             ready: Arc::new([]),
             // A dormant app is woken by demand, not waited for as starting.
             starting: app.spec.process.policy.start != StartMode::OnDemand,
+            failing: false,
         });
         let endpoints_tx = Arc::new(endpoints_tx);
         let (failure_tx, failure_rx) = watch::channel(None);
@@ -115,6 +116,8 @@ impl Supervisor {
                     recycles: 0,
                     endpoint: None,
                     last_exit: None,
+                    failing_since: None,
+                    last_error: None,
                 })
                 .collect::<Vec<_>>(),
         ));

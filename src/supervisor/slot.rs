@@ -22,7 +22,8 @@ use super::plan::{AppPlan, Launch};
 use super::{secs, stopped, DRAIN_POLL, RETIRE_SETTLE};
 
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Up to a minute between the starts of an app that keeps failing.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// A child that ran this long before exiting resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 
@@ -45,6 +46,10 @@ pub(super) struct Slot {
     pub(super) draining: JoinSet<()>,
     /// The tasks copying its children's output to the log.
     pub(super) output: JoinSet<()>,
+    /// Failed starts in a row.
+    pub(super) failures: u32,
+    /// What the last failed start said (reason and output), so the same is not logged twice.
+    pub(super) last_failure: Option<String>,
 }
 
 pub(super) enum Startup {
@@ -102,6 +107,8 @@ impl Slot {
             recycling: false,
             draining: JoinSet::new(),
             output: JoinSet::new(),
+            failures: 0,
+            last_failure: None,
         }
     }
 
@@ -155,17 +162,20 @@ impl Slot {
             if started.elapsed() >= STABLE_AFTER {
                 backoff = INITIAL_BACKOFF;
             }
+            let failing = self.failures >= super::start::FAILING_AFTER;
             self.view(|v| {
-                v.state = ProcessState::Restarting;
+                if !failing {
+                    v.state = ProcessState::Restarting;
+                }
                 v.pid = None;
                 v.restarts += 1;
             });
-            tracing::info!(
-                "[{}] restarting process {} in {:.1}s",
-                self.plan.name,
-                self.slot,
-                backoff.as_secs_f64()
-            );
+            let (name, slot, secs) = (&self.plan.name, self.slot, backoff.as_secs_f64());
+            if failing {
+                tracing::debug!("[{name}] failing: trying process {slot} again in {secs:.1}s");
+            } else {
+                tracing::info!("[{name}] restarting process {slot} in {secs:.1}s");
+            }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = stopped(&mut self.stop) => return,

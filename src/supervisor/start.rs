@@ -13,13 +13,16 @@ use crate::upstream::Endpoint;
 
 use super::child::{
     describe, free_port, last_line, random_below, remove_socket, spawn_child, stop_child,
-    tail_lines,
+    tail_lines, HeldOutput,
 };
 use super::generation::{ProcessState, StartFailure};
 use super::plan::Launch;
 use super::secs;
 use super::slot::{Ended, Running, Slot, Startup};
 use super::stopped;
+
+/// Failed starts in a row after which a slot is `failing`.
+pub(super) const FAILING_AFTER: u32 = 3;
 
 /// How often a starting process's socket is tried.
 pub(super) const READY_POLL: Duration = Duration::from_millis(20);
@@ -31,12 +34,14 @@ impl Slot {
         let address = self.listen_address(*attempt);
         let plan = self.plan.clone();
         let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let held = HeldOutput::holding();
         while self.output.try_join_next().is_some() {}
-        let (mut child, record) = match spawn_child(&plan, &address, &tail, &mut self.output) {
+        let spawned = spawn_child(&plan, &address, &tail, &held, &mut self.output);
+        let (mut child, record) = match spawned {
             Ok(c) => c,
             Err(e) => {
                 let reason = format!("cannot start {}: {e}", plan.launch.program());
-                self.start_failed(reason, tail_lines(&tail));
+                self.start_failed(reason, tail_lines(&tail), &held);
                 return Err(Ended::Crashed);
             }
         };
@@ -49,8 +54,9 @@ impl Slot {
             });
         }
         let startup = self.wait_ready(&mut child, &address).await;
-        self.settle_start(startup, &mut child, &address, &tail)
+        self.settle_start(startup, &mut child, &address, &tail, &held)
             .await?;
+        self.started_after_failures(&held);
         let endpoint = Endpoint::new(address.clone(), pid);
         tracing::debug!(
             "[{}] generation {} process {} ready (pid {pid})",
@@ -91,6 +97,7 @@ impl Slot {
         child: &mut Child,
         address: &Address,
         tail: &Mutex<VecDeque<String>>,
+        held: &Mutex<HeldOutput>,
     ) -> Result<(), Ended> {
         let pid = child.id().unwrap_or(0);
         match startup {
@@ -109,7 +116,7 @@ impl Slot {
                     last_line(tail)
                 );
                 self.view(|v| v.last_exit = Some(describe(status)));
-                self.start_failed(reason, tail_lines(tail));
+                self.start_failed(reason, tail_lines(tail), held);
                 remove_socket(address);
                 Err(Ended::Crashed)
             }
@@ -120,12 +127,40 @@ impl Slot {
                     secs(self.plan.startup_timeout),
                     last_line(tail)
                 );
-                self.start_failed(reason, tail_lines(tail));
+                self.start_failed(reason, tail_lines(tail), held);
                 stop_child(child, pid).await;
                 remove_socket(address);
                 Err(Ended::Crashed)
             }
         }
+    }
+
+    /// A start that answered: the held output goes to the log as it would have; a slot that
+    /// was failing says it recovered.
+    fn started_after_failures(&mut self, held: &Mutex<HeldOutput>) {
+        for line in HeldOutput::take(held) {
+            match &self.plan.log {
+                Some(f) => f.write_line(&format!(
+                    "{} {line}",
+                    crate::dates::iso_time(SystemTime::now())
+                )),
+                None => tracing::info!(target: "wsgimux::app", "{line}"),
+            }
+        }
+        if self.failures >= FAILING_AFTER {
+            tracing::info!(
+                "[{}] process {} started, after {} failed starts",
+                self.plan.name,
+                self.slot,
+                self.failures
+            );
+        }
+        self.failures = 0;
+        self.last_failure = None;
+        self.view(|v| {
+            v.failing_since = None;
+            v.last_error = None;
+        });
     }
 
     /// Unpublishes a running process and stops it (TERM, grace, KILL).
@@ -200,22 +235,62 @@ impl Slot {
                 .collect();
             if endpoint.is_some() {
                 eps.starting = false;
+                eps.failing = false;
             }
             list.extend(endpoint);
             eps.ready = list.into();
         });
     }
 
-    /// Reports the slot's failed start; `stderr`: the child's last lines, if it ran.
-    pub(super) fn start_failed(&self, reason: String, stderr: Vec<String>) {
+    /// Reports the slot's failed start; `stderr`: the child's last lines, if it ran; `held`:
+    /// its output, logged with the failure at ERROR when it differs from the last failure's
+    /// (the same traceback on every retry is logged once). After [`FAILING_AFTER`] failures
+    /// in a row the slot is `failing`.
+    pub(super) fn start_failed(
+        &mut self,
+        reason: String,
+        stderr: Vec<String>,
+        held: &Mutex<HeldOutput>,
+    ) {
         let slot = self.slot;
-        // Requests waiting for the first start get their 503 now.
-        self.endpoints
-            .send_if_modified(|eps| std::mem::replace(&mut eps.starting, false));
-        tracing::error!(
-            "[{}] process {slot} failed to start: {reason}",
-            self.plan.name
-        );
+        // Requests waiting for the first start get their 503 now, saying it failed.
+        self.endpoints.send_if_modified(|eps| {
+            let failing = eps.ready.is_empty();
+            let changed = eps.starting || eps.failing != failing;
+            eps.starting = false;
+            eps.failing = failing;
+            changed
+        });
+        let output = HeldOutput::take(held);
+        // Compared without the `[app:pid]` prefixes: every retry has a new pid.
+        let unprefixed: Vec<&str> = output
+            .iter()
+            .map(|l| l.split_once("] ").map_or(l.as_str(), |(_, rest)| rest))
+            .collect();
+        let said = format!("{reason}\n{}", unprefixed.join("\n"));
+        let name = &self.plan.name;
+        if self.last_failure.as_deref() != Some(said.as_str()) {
+            if output.is_empty() {
+                tracing::error!("[{name}] process {slot} failed to start: {reason}");
+            } else {
+                tracing::error!(
+                    "[{name}] process {slot} failed to start: {reason}\n{}",
+                    output.join("\n")
+                );
+            }
+            self.last_failure = Some(said);
+        } else {
+            tracing::debug!("[{name}] process {slot} failed to start again, the same way");
+        }
+        self.failures += 1;
+        if self.failures >= FAILING_AFTER {
+            let last_error = reason.rsplit(": ").next().map(str::to_string);
+            self.view(|v| {
+                v.state = ProcessState::Failing;
+                v.failing_since.get_or_insert_with(SystemTime::now);
+                v.last_error = last_error.or(Some(reason.clone()));
+            });
+        }
         self.failure.send_if_modified(|f| {
             let first = f.is_none();
             if first {

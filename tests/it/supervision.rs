@@ -232,3 +232,109 @@ fn leftover_children_of_a_killed_instance_are_stopped_by_the_next_start() {
         "the new one serves"
     );
 }
+
+/// An app that cannot start is a state, not a loop in the log: its traceback (the app's own
+/// frames) is logged once at ERROR however often it is retried, `status` shows it `failing`
+/// with the error, and its routes answer 503 "failed to start".
+#[test]
+fn a_crash_looping_app_logs_its_traceback_once_and_shows_failing() {
+    let Some(py) = require_python("3.13") else {
+        return;
+    };
+    let site = Site::new();
+    site.probe("app");
+    site.write("app/bad.wsgi", "import os\nimport no_such_module_here\n");
+    site.config(&format!(
+        "apps:\n  bad:\n    python: {py}\n    script: app/bad.wsgi\n    mount: /bad\n  fine:\n    python: {py}\n    script: app/probe.py\n",
+        py = py.display()
+    ));
+    let server = site.serve();
+    assert!(
+        server
+            .ready_lines
+            .iter()
+            .any(|l| l == "serving 1 of 2 app(s); failed to start (retrying): bad"),
+        "{:?}",
+        server.ready_lines
+    );
+    // Several retries (backoff 0.1, 0.2, 0.4, … s).
+    let status = eventually(Duration::from_secs(20), || {
+        let s = crate::operating::status_json(&site.path().join("wsgimux.yaml"));
+        let p = crate::operating::app(&s, "bad")["processes"][0].clone();
+        (p["state"] == "failing" && p["restarts"].as_u64() >= Some(4)).then_some(p)
+    })
+    .expect("the app shows failing");
+    assert!(status["failing_since"].as_u64().is_some(), "{status}");
+    let last_error = status["last_error"].as_str().unwrap_or_default();
+    assert!(
+        last_error.contains("No module named 'no_such_module_here'"),
+        "{status}"
+    );
+
+    let log = server.log_text();
+    assert_eq!(
+        log.matches("Traceback (most recent call last)").count(),
+        1,
+        "{log}"
+    );
+    let error = log
+        .lines()
+        .find(|l| l.contains("ERROR") && l.contains("[bad] process 0 failed to start"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(error.contains("No module named"), "{error}");
+    assert!(log.contains("bad.wsgi\", line 2"), "{log}");
+    assert!(
+        !log.contains("wsgimux_worker.py"),
+        "the launcher's frames: {log}"
+    );
+
+    let r = server.get("localhost", "/bad/x");
+    assert_eq!(r.status, 503);
+    assert!(r.text().contains("failed to start"), "{}", r.text());
+    assert!(
+        !r.text().contains("no_such_module"),
+        "the error reached a client"
+    );
+    assert_eq!(server.get("localhost", "/ver").status, 200);
+}
+
+/// A reload that adds an app that cannot start keeps the app and its routes: they answer 503
+/// "failed to start" instead of falling through to the `/` app, and the reload says so.
+#[test]
+fn a_reload_that_adds_a_failing_app_keeps_its_routes() {
+    let Some(py) = require_python("3.13") else {
+        return;
+    };
+    let site = Site::new();
+    site.probe("app");
+    site.write("app/bad.wsgi", "raise RuntimeError('not today')\n");
+    let base = format!(
+        "apps:\n  root:\n    python: {py}\n    script: app/probe.py\n",
+        py = py.display()
+    );
+    site.config(&base);
+    let server = site.serve();
+    assert_eq!(server.get("x", "/new/ver").status, 200, "the / app has it");
+    site.config(&format!(
+        "{base}  new:\n    python: {py}\n    script: app/bad.wsgi\n    mount: /new\n",
+        py = py.display()
+    ));
+    let (status, out, err) = site.reload();
+    assert_eq!(status.code(), Some(1), "{out}{err}");
+    assert!(
+        err.contains("added new (failed to start; its routes answer 503")
+            && err.contains("app new: added, but it failed to start")
+            && err.contains("not today"),
+        "{err}"
+    );
+    let r = server.get("x", "/new/ver");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        r.text().contains("The app new failed to start"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(server.get("x", "/ver").status, 200);
+    let s = crate::operating::status_json(&site.path().join("wsgimux.yaml"));
+    assert_eq!(crate::operating::app(&s, "new")["name"], "new");
+}
