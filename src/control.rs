@@ -28,6 +28,10 @@ const MAX_REQUEST: u64 = 4096;
 pub enum Request {
     Reload,
     Status,
+    /// A zero-downtime restart of these apps' processes (`{"command": "restart", "apps": […]}`).
+    Restart {
+        apps: Vec<String>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -122,14 +126,11 @@ async fn answer(
             }
             Ok(Request::Reload) => {
                 let (tx, rx) = oneshot::channel();
-                if triggers.send(Trigger::Command(tx)).await.is_err() {
-                    Response::Error("wsgimux is stopping".into())
-                } else {
-                    match rx.await {
-                        Ok(report) => Response::Reload(report),
-                        Err(_) => Response::Error("wsgimux stopped before the reload ended".into()),
-                    }
-                }
+                ask(&triggers, Trigger::Command(tx), rx).await
+            }
+            Ok(Request::Restart { apps }) => {
+                let (tx, rx) = oneshot::channel();
+                ask(&triggers, Trigger::Restart { apps, reply: tx }, rx).await
             }
         },
     };
@@ -138,6 +139,21 @@ async fn answer(
     });
     out.push('\n');
     let _ = write.write_all(out.as_bytes()).await;
+}
+
+/// Hands `trigger` to the reload loop and waits for its report.
+async fn ask(
+    triggers: &mpsc::Sender<Trigger>,
+    trigger: Trigger,
+    report: oneshot::Receiver<Report>,
+) -> Response {
+    if triggers.send(trigger).await.is_err() {
+        return Response::Error("wsgimux is stopping".into());
+    }
+    match report.await {
+        Ok(report) => Response::Reload(report),
+        Err(_) => Response::Error("wsgimux stopped before it was done".into()),
+    }
 }
 
 /// The control socket of the server whose runtime dir is `runtime_dir`.
@@ -172,6 +188,20 @@ pub fn link_default(file: &Path, runtime_dir: &Path) -> std::io::Result<()> {
     let link = socket_path(&default);
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(socket_path(runtime_dir), link)
+}
+
+/// `wsgimux restart`: the server's report on the restart it ran.
+pub async fn restart(
+    socket: &Path,
+    apps: Vec<String>,
+    limit: Duration,
+) -> Result<Report, ControlError> {
+    match request(socket, &Request::Restart { apps }, limit).await? {
+        Response::Reload(report) => Ok(report),
+        other => Err(ControlError::Protocol(format!(
+            "a restart was answered with {other:?}"
+        ))),
+    }
 }
 
 /// `wsgimux reload`: the server's report on the reload it ran.

@@ -49,6 +49,23 @@ enum Command {
         #[arg(long, default_value = "10m", value_parser = wsgimux::config::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// Restart these apps' processes without downtime (new ones start and answer before the
+    /// old ones drain): for code deploys. Exits 0 when done, 1 when an app's new processes did
+    /// not start (it keeps its old ones) or an app is unknown, 2 when no server answers.
+    Restart {
+        /// The apps to restart.
+        #[arg(required = true)]
+        apps: Vec<String>,
+        /// The config file the server was started with.
+        #[arg(long, short, default_value = "wsgimux.yaml")]
+        config: PathBuf,
+        /// The server's control socket (default: found from the config file).
+        #[arg(long, env = "WSGIMUX_CONTROL")]
+        control: Option<PathBuf>,
+        /// How long to wait for the outcome (e.g. 90s, 5min).
+        #[arg(long, default_value = "10m", value_parser = wsgimux::config::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Show every app of the running server: routes, interpreter, worker, generation, and per
     /// process pid, state, uptime, restarts, requests, in flight, errors, p50/p99; and the
     /// last reload. Exits 2 when no server answers.
@@ -137,6 +154,16 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             control,
             json,
         } => return Ok(status(&control_socket(&config, control), json).await),
+        Command::Restart {
+            apps,
+            config,
+            control,
+            timeout,
+        } => {
+            let socket = control_socket(&config, control);
+            let report = wsgimux::control::restart(&socket, apps, timeout).await;
+            return Ok(print_report(report));
+        }
         Command::Run(opts) => {
             let cwd = std::env::current_dir()?;
             let config = opts.write(&cwd)?;
@@ -195,7 +222,14 @@ fn control_socket(config: &std::path::Path, named: Option<PathBuf>) -> PathBuf {
 
 /// `wsgimux reload`: asks the server, prints its report.
 async fn reload(socket: &std::path::Path, timeout: std::time::Duration) -> ExitCode {
-    match wsgimux::control::reload(socket, timeout).await {
+    print_report(wsgimux::control::reload(socket, timeout).await)
+}
+
+/// A reload's or restart's report: its summary, and what went wrong; the exit code.
+fn print_report(
+    report: Result<wsgimux::trigger::Report, wsgimux::control::ControlError>,
+) -> ExitCode {
+    match report {
         Ok(report) if report.outcome.succeeded() => {
             println!("{}", report.summary);
             ExitCode::SUCCESS

@@ -19,8 +19,13 @@ pub enum Trigger {
     Hangup,
     /// `wsgimux reload`: the report goes back to it.
     Command(oneshot::Sender<Report>),
-    /// A `reload_on_changes` app's code changed.
+    /// A `reload_on_changes` app's code changed, or its `restart_file` was touched.
     Code { app: String, file: PathBuf },
+    /// `wsgimux restart APP…`: those apps' processes replaced; the report goes back.
+    Restart {
+        apps: Vec<String>,
+        reply: oneshot::Sender<Report>,
+    },
 }
 
 /// Why one reload ran: the most explicit of the triggers it answers.
@@ -30,9 +35,13 @@ pub enum Cause {
     Command,
     Hangup,
     ConfigFile,
-    /// An app's code changed (`reload_on_changes`).
+    /// An app's code changed (`reload_on_changes`), or its `restart_file` was touched.
     Code {
         file: PathBuf,
+    },
+    /// `wsgimux restart APP…`.
+    Restart {
+        apps: Vec<String>,
     },
 }
 
@@ -43,6 +52,7 @@ impl fmt::Display for Cause {
             Cause::Hangup => f.write_str("SIGHUP"),
             Cause::ConfigFile => f.write_str("config file changed"),
             Cause::Code { file } => write!(f, "{} changed", file.display()),
+            Cause::Restart { apps } => write!(f, "wsgimux restart {}", apps.join(" ")),
         }
     }
 }

@@ -112,6 +112,7 @@ impl Validator<'_> {
                 startup_timeout: run.startup_timeout,
                 drain_timeout: run.drain_timeout,
                 reload_on_changes: raw.reload_on_changes.unwrap_or(false),
+                restart_file: raw.restart_file.as_deref().map(|p| self.resolve(p.trim())),
             },
             locations,
             name,
@@ -435,6 +436,7 @@ impl Validator<'_> {
                     ("python_path", raw.python_path.is_some()),
                     ("env", raw.env.is_some()),
                     ("reload_on_changes", raw.reload_on_changes.is_some()),
+                    ("restart_file", raw.restart_file.is_some()),
                 ],
             ),
         };

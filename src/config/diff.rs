@@ -318,8 +318,10 @@ fn lifecycle_keys(old: &LifecycleSpec, new: &LifecycleSpec) -> Vec<&'static str>
         startup_timeout,
         drain_timeout,
         reload_on_changes,
+        restart_file,
     } = new;
     changed(&[
+        (old.restart_file != *restart_file, "restart_file"),
         (old.startup_timeout != *startup_timeout, "startup_timeout"),
         (old.drain_timeout != *drain_timeout, "drain_timeout"),
         (

@@ -150,6 +150,9 @@ pub struct LifecycleSpec {
     pub drain_timeout: Duration,
     /// Restart the app (zero-downtime) when its `.py`/`.wsgi` files change.
     pub reload_on_changes: bool,
+    /// Restart the app (zero-downtime) when this file is touched (Passenger's
+    /// `tmp/restart.txt`, mod_wsgi's touched script).
+    pub restart_file: Option<PathBuf>,
 }
 
 impl AppSpec {

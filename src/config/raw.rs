@@ -46,6 +46,7 @@ pub(super) struct RawApp {
     pub(super) startup_timeout: Option<RawDuration>,
     pub(super) drain_timeout: Option<RawDuration>,
     pub(super) reload_on_changes: Option<bool>,
+    pub(super) restart_file: Option<String>,
     pub(super) worker: Option<String>,
     pub(super) command: Option<Vec<String>>,
     pub(super) upstream: Option<String>,

@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::config::diff::{self, AppChange, ConfigDiff};
@@ -253,43 +252,63 @@ impl Reloader {
         )
     }
 
-    /// A zero-downtime restart of one app with its current spec (its code changed).
-    pub(super) async fn reload_code(&mut self, name: &str, file: &Path) {
-        let Some(app) = self.apps.get(name).map(|a| a.app.clone()) else {
-            return;
-        };
+    /// A zero-downtime restart of `names` with their current specs (their code changed, or
+    /// `wsgimux restart`): new processes for each, all at once; each app whose new processes
+    /// answer is switched to them and its old ones drain; one whose new processes do not start
+    /// keeps its old ones. Unknown names reject the whole request.
+    pub(super) async fn restart_apps(&mut self, names: &[String], cause: &Cause) -> Report {
         let number = self.begin();
         let clock = Instant::now();
-        let cause = Cause::Code {
-            file: file.to_path_buf(),
-        };
-        let g = self.supervisor.start(&app);
-        self.wake_if_running(name, &g);
-        let report = match g
-            .wait_ready(app.spec.lifecycle.startup_timeout + READY_MARGIN)
-            .await
-        {
-            Ok(pids) => {
-                let running = RunningApp {
-                    app: app.clone(),
-                    generation: g,
-                };
-                let old = self.apps.insert(name.to_string(), running);
-                self.publish(None);
-                if let Some(old) = old {
-                    self.supervisor
-                        .retire(old.generation.id, app.spec.lifecycle.drain_timeout);
+        let unknown: Vec<&String> = names
+            .iter()
+            .filter(|n| !self.apps.contains_key(*n))
+            .collect();
+        if !unknown.is_empty() || names.is_empty() {
+            let known: Vec<&str> = self.apps.keys().map(String::as_str).collect();
+            let errors = match unknown.is_empty() {
+                true => vec!["name the apps to restart".to_string()],
+                false => unknown
+                    .iter()
+                    .map(|n| format!("no app is named {n:?} (apps: {})", known.join(", ")))
+                    .collect(),
+            };
+            return self.finish(report::rejected(number, cause, errors));
+        }
+        let mut starting = Vec::new();
+        for name in names {
+            if let Some(app) = self.apps.get(name).map(|a| a.app.clone()) {
+                let g = self.supervisor.start(&app);
+                self.wake_if_running(name, &g);
+                starting.push((app, g));
+            }
+        }
+        let waits = starting
+            .iter()
+            .map(|(app, g)| g.wait_ready(app.spec.lifecycle.startup_timeout + READY_MARGIN));
+        let results = futures_util::future::join_all(waits).await;
+        let mut outcomes = Vec::new();
+        for ((app, g), result) in starting.into_iter().zip(results) {
+            let name = app.spec.name.clone();
+            match result {
+                Ok(pids) => {
+                    let drain = app.spec.lifecycle.drain_timeout;
+                    let running = RunningApp { app, generation: g };
+                    if let Some(old) = self.apps.insert(name.clone(), running) {
+                        self.supervisor.retire(old.generation.id, drain);
+                    }
+                    outcomes.push((name, Ok(pids)));
                 }
-                self.check_invariants();
-                report::code_applied(number, &cause, clock, name, &pids)
+                Err(f) => {
+                    self.supervisor.stop(g.id);
+                    report::log_failure(&name, &f);
+                    outcomes.push((name, Err(f)));
+                }
             }
-            Err(f) => {
-                self.supervisor.stop(g.id);
-                report::log_failure(name, &f);
-                report::code_failed(number, &cause, clock, name, &f)
-            }
-        };
-        self.finish(report);
+        }
+        self.publish(None);
+        self.check_invariants();
+        let report = report::restarted(number, cause, clock, &outcomes);
+        self.finish(report)
     }
 
     /// A new generation of an on-demand app starts at once when the one it replaces has

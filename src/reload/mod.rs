@@ -29,7 +29,7 @@ use crate::server::Server;
 use crate::status::{AppOverview, Overview};
 use crate::supervisor::{Generation, Supervisor};
 use crate::trigger::{Cause, Report, Trigger};
-use crate::watch::{self as filewatch, CodeWatcher, Fingerprint};
+use crate::watch::{self as filewatch, CodeWatcher, Fingerprint, RestartFileWatcher};
 
 /// One app as it runs: its spec, its interpreter and its current generation.
 pub struct RunningApp {
@@ -50,6 +50,8 @@ pub struct Reloader {
     /// What every connection and request reads; written only here, the first value included.
     live: watch::Sender<Arc<Live>>,
     code_watchers: HashMap<String, CodeWatcher>,
+    /// The apps' `restart_file` pollers.
+    restart_files: HashMap<String, RestartFileWatcher>,
     triggers: mpsc::Sender<Trigger>,
     count: u64,
     last: Option<Report>,
@@ -99,6 +101,7 @@ impl Reloader {
             server,
             live,
             code_watchers: HashMap::new(),
+            restart_files: HashMap::new(),
             triggers,
             count: 0,
             last: None,
@@ -143,6 +146,7 @@ impl Reloader {
         let (mut file, mut hangup) = (false, false);
         let mut waiting = Vec::new();
         let mut code: BTreeMap<String, PathBuf> = BTreeMap::new();
+        let mut restarts = Vec::new();
         for t in batch {
             match t {
                 Trigger::ConfigFile => file = true,
@@ -151,6 +155,7 @@ impl Reloader {
                 Trigger::Code { app, file } => {
                     code.entry(app).or_insert(file);
                 }
+                Trigger::Restart { apps, reply } => restarts.push((apps, reply)),
             }
         }
         // Named after the most explicit request; a file event alone for the version a reload
@@ -179,8 +184,14 @@ impl Reloader {
         }
         for (app, file) in code {
             if !restarted.contains(&app) {
-                self.reload_code(&app, &file).await;
+                let cause = Cause::Code { file };
+                self.restart_apps(&[app], &cause).await;
             }
+        }
+        for (apps, reply) in restarts {
+            let cause = Cause::Restart { apps: apps.clone() };
+            let report = self.restart_apps(&apps, &cause).await;
+            let _ = reply.send(report);
         }
     }
 
@@ -301,11 +312,26 @@ impl Reloader {
                 Err(e) => tracing::error!("[{name}] reload_on_changes: {e}"),
             }
         }
+        let wanted: HashMap<&str, &PathBuf> = self
+            .config
+            .apps
+            .iter()
+            .filter_map(|a| Some((a.name.as_str(), a.lifecycle.restart_file.as_ref()?)))
+            .collect();
+        self.restart_files
+            .retain(|name, w| wanted.get(name.as_str()) == Some(&&w.file));
+        for (name, file) in wanted {
+            if !self.restart_files.contains_key(name) {
+                let w = RestartFileWatcher::start(name, file.clone(), self.triggers.clone());
+                self.restart_files.insert(name.to_string(), w);
+            }
+        }
     }
 
     /// Stops everything: no new connections, requests in flight finish, then every child stops.
     pub async fn shutdown(self) {
         drop(self.code_watchers);
+        drop(self.restart_files);
         tracing::info!("stopping: no new connections; finishing requests in flight");
         self.server.shutdown().await;
         tracing::info!("stopping children");

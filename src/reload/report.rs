@@ -84,45 +84,58 @@ pub(super) fn applied(
     }
 }
 
-pub(super) fn code_applied(
+/// A restart of some apps (their code changed, or `wsgimux restart`).
+pub(super) fn restarted(
     number: u64,
     cause: &Cause,
     clock: Instant,
-    app: &str,
-    pids: &[u32],
+    outcomes: &[(String, Result<Vec<u32>, StartFailure>)],
 ) -> Report {
-    Report {
-        number,
-        cause: cause.to_string(),
-        outcome: Outcome::Applied,
-        summary: format!(
-            "{}: applied in {}: restarted {app} (code, pid {})",
-            head(number, cause),
-            elapsed(clock),
-            join_pids(pids)
-        ),
-        errors: Vec::new(),
+    let why = match cause {
+        Cause::Code { .. } => "code, ",
+        _ => "",
+    };
+    let done: Vec<String> = outcomes
+        .iter()
+        .filter_map(|(app, r)| {
+            let pids = join_pids(r.as_ref().ok()?);
+            Some(format!("{app} ({why}pid {pids})"))
+        })
+        .collect();
+    let failed: Vec<String> = outcomes
+        .iter()
+        .filter_map(|(app, r)| r.as_ref().err().map(|f| failure_text(app, f)))
+        .collect();
+    let (outcome, verb) = match (done.is_empty(), failed.is_empty()) {
+        (_, true) => (Outcome::Applied, "applied"),
+        (true, false) => (Outcome::PartlyApplied, "not applied"),
+        (false, false) => (Outcome::PartlyApplied, "partly applied"),
+    };
+    let mut parts = Vec::new();
+    if !done.is_empty() {
+        parts.push(format!("restarted {}", done.join(", ")));
     }
-}
-
-pub(super) fn code_failed(
-    number: u64,
-    cause: &Cause,
-    clock: Instant,
-    app: &str,
-    f: &StartFailure,
-) -> Report {
+    let kept: Vec<String> = outcomes
+        .iter()
+        .filter_map(|(app, r)| Some(format!("{app} ({})", r.as_ref().err()?.reason)))
+        .collect();
+    if !kept.is_empty() {
+        parts.push(format!(
+            "kept the previous processes of {}",
+            kept.join(", ")
+        ));
+    }
     Report {
         number,
         cause: cause.to_string(),
-        outcome: Outcome::PartlyApplied,
+        outcome,
         summary: format!(
-            "{}: not applied after {}: {}",
+            "{}: {verb} in {}: {}",
             head(number, cause),
             elapsed(clock),
-            failure_text(app, f)
+            parts.join("; ")
         ),
-        errors: vec![failure_text(app, f)],
+        errors: failed,
     }
 }
 

@@ -8,10 +8,12 @@
 //! mtime, size, content hash) differs from the last one, so unrelated files in the folder and
 //! re-saves of the same bytes by the same write do nothing.
 //!
-//! Rooms: `config_file` (the config watcher), `code` (the code watchers).
+//! Rooms: `config_file` (the config watcher), `code` (the code watchers), `restart_file`
+//! (apps' `restart_file`s).
 
 mod code;
 mod config_file;
+mod restart_file;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -23,6 +25,7 @@ use crate::runtime_dir::fnv1a;
 
 pub use code::{code_roots, CodeWatcher};
 pub use config_file::ConfigWatcher;
+pub use restart_file::RestartFileWatcher;
 
 /// However busy a folder, a check happens at least this often during a burst of events.
 const BURST_MAX: Duration = Duration::from_secs(2);

@@ -692,3 +692,102 @@ fn config_edits_are_seen_on_the_poll_backend() {
     let want = if state.alias { 200 } else { 404 };
     assert_eq!(server.get("alias.test", "/").status, want, "{line}");
 }
+
+/// `wsgimux restart APP` (a code deploy without a config edit) and the app's `restart_file`
+/// (touched, Passenger-style) replace every process without a failed request under keep-alive
+/// load; an unknown app is refused.
+#[test]
+fn restart_command_and_restart_file_replace_every_process_without_failed_requests() {
+    let Some(py) = require_python("3.13") else {
+        return;
+    };
+    let site = Site::new();
+    site.probe("app");
+    site.write("app/tmp/.keep", "");
+    site.config(&format!(
+        "apps:\n  web:\n    python: {}\n    script: app/probe.py\n    processes: 2\n    restart_file: app/tmp/restart.txt\n",
+        py.display()
+    ));
+    let server = site.serve();
+    let pids_now = || {
+        let mut seen = BTreeSet::new();
+        let mut c = Client::connect(server.addr).expect("connect");
+        for _ in 0..40 {
+            seen.insert(c.get("x", "/pid").expect("pid").text().trim().to_string());
+        }
+        seen
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let served = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..6)
+        .map(|_| {
+            let (stop, failures, served, addr) =
+                (stop.clone(), failures.clone(), served.clone(), server.addr);
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr).expect("connect");
+                while !stop.load(Ordering::Relaxed) {
+                    match c.get("x", "/pid") {
+                        Ok(r) if r.status == 200 => {
+                            served.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(r) => {
+                            failures
+                                .lock()
+                                .unwrap()
+                                .push(format!("{} {}", r.status, r.text()))
+                        }
+                        Err(e) => {
+                            failures.lock().unwrap().push(e.to_string());
+                            c = Client::connect(addr).expect("reconnect");
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+
+    let before = pids_now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsgimux"))
+        .args(["restart", "web", "--config"])
+        .arg(site.path().join("wsgimux.yaml"))
+        .output()
+        .expect("wsgimux restart");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("restarted web (pid"), "{said}");
+    let after = pids_now();
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(after.is_disjoint(&before), "{before:?} → {after:?}");
+
+    // Touching the restart file does the same.
+    std::fs::write(site.path().join("app/tmp/restart.txt"), "").expect("touch");
+    let line = server.reload_line(2);
+    assert!(
+        line.contains("restart.txt changed") && line.contains("restarted web"),
+        "{line}"
+    );
+    let again = pids_now();
+    assert!(again.is_disjoint(&after), "{after:?} → {again:?}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsgimux"))
+        .args(["restart", "nope", "--config"])
+        .arg(site.path().join("wsgimux.yaml"))
+        .output()
+        .expect("wsgimux restart");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no app is named \"nope\""));
+
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().expect("client");
+    }
+    let failures = failures.lock().unwrap();
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert!(served.load(Ordering::Relaxed) > 100);
+}
