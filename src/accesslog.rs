@@ -12,10 +12,10 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::header::{REFERER, USER_AGENT};
+use hyper::header::{HOST, REFERER, USER_AGENT};
 use hyper::{Request, Response, StatusCode};
 
-use crate::config::{AccessLogFormat, AccessLogSpec, AccessLogTo};
+use crate::config::{AccessLogFormat, AccessLogSpec, AccessLogTo, LogFormat};
 use crate::logfile::LogFile;
 use crate::metrics::Counters;
 use crate::upstream::{BoxError, Endpoint, ProxyBody};
@@ -29,16 +29,23 @@ pub struct AccessSink {
 
 #[derive(Debug)]
 enum Destination {
-    MainLog,
+    /// wsgimux's own log stream (stderr): each line as it is, with nothing before it, so the
+    /// stream parses as combined (or JSON) — or, when wsgimux's log is JSON, as one of its
+    /// JSON records.
+    MainLog {
+        json_log: bool,
+    },
     Stdout,
     File(Arc<LogFile>),
     Off,
 }
 
 impl AccessSink {
-    pub fn open(spec: &AccessLogSpec) -> std::io::Result<Self> {
+    pub fn open(spec: &AccessLogSpec, log_format: LogFormat) -> std::io::Result<Self> {
         let to = match &spec.to {
-            AccessLogTo::MainLog => Destination::MainLog,
+            AccessLogTo::MainLog => Destination::MainLog {
+                json_log: log_format == LogFormat::Json,
+            },
             AccessLogTo::Stdout => Destination::Stdout,
             AccessLogTo::Off => Destination::Off,
             AccessLogTo::File(p) => Destination::File(LogFile::open(p)?),
@@ -51,7 +58,13 @@ impl AccessSink {
 
     fn write(&self, line: &str) {
         match &self.to {
-            Destination::MainLog => tracing::info!(target: "wsgimux::access", "{line}"),
+            Destination::MainLog { json_log: true } => {
+                tracing::info!(target: "wsgimux::access", "{line}")
+            }
+            Destination::MainLog { json_log: false } => {
+                let mut err = std::io::stderr().lock();
+                let _ = std::io::Write::write_all(&mut err, format!("{line}\n").as_bytes());
+            }
             Destination::Stdout => {
                 let mut out = std::io::stdout().lock();
                 let _ = std::io::Write::write_all(&mut out, format!("{line}\n").as_bytes());
@@ -65,7 +78,7 @@ impl AccessSink {
 impl Default for AccessSink {
     fn default() -> Self {
         AccessSink {
-            to: Destination::MainLog,
+            to: Destination::MainLog { json_log: false },
             format: AccessLogFormat::Combined,
         }
     }
@@ -89,6 +102,8 @@ pub struct AccessLog {
     version: &'static str,
     referer: String,
     user_agent: String,
+    /// The Host (or HTTP/2 authority) the request named, for the `vhost` field.
+    host: String,
 }
 
 impl AccessLog {
@@ -108,6 +123,13 @@ impl AccessLog {
             version: version_text(req.version()),
             referer: header(REFERER),
             user_agent: header(USER_AGENT),
+            host: match req.headers().get(HOST) {
+                Some(h) => escape(h.as_bytes()),
+                None => req
+                    .uri()
+                    .authority()
+                    .map_or_else(|| "-".to_string(), |a| escape(a.as_str().as_bytes())),
+            },
         }
     }
 
@@ -122,6 +144,7 @@ impl AccessLog {
             version: "",
             referer: "-".to_string(),
             user_agent: "-".to_string(),
+            host: "-".to_string(),
         }
     }
 
@@ -228,12 +251,15 @@ impl Entry {
                 } else {
                     format!("{} {} {}", l.method, l.target, l.version)
                 };
+                // Combined, then wsgimux's fields: the app, the Host (Apache's vhost_combined
+                // puts it first, which combined parsers do not read), the request time.
                 let mut line = format!(
-                    "{} - - [{}] \"{request}\" {status} {size} \"{}\" \"{}\" app={app} rt={:.3}",
+                    "{} - - [{}] \"{request}\" {status} {size} \"{}\" \"{}\" app={app} vhost={} rt={:.3}",
                     l.peer.ip(),
                     crate::dates::clf_time(l.time),
                     l.referer,
                     l.user_agent,
+                    l.host,
                     elapsed.as_secs_f64(),
                 );
                 if let Some(n) = self.tunnel_in {
@@ -250,6 +276,7 @@ impl Entry {
                     "time": crate::dates::iso_time(l.time),
                     "remote_addr": l.peer.ip().to_string(),
                     "method": dash(&l.method),
+                    "host": dash(&l.host),
                     "uri": (!l.target.is_empty()).then(|| l.target.clone()),
                     "protocol": (!l.version.is_empty()).then_some(l.version),
                     "status": status,

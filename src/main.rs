@@ -102,14 +102,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WSGIMUX_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_log(&cli.command);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -209,6 +202,32 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
     }
     .map(|()| ExitCode::SUCCESS)
+}
+
+/// wsgimux's own log on stderr: text, or JSON lines when the served config says
+/// `log_format: json` (read before the config is checked, so the check's messages use it).
+fn init_log(command: &Command) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WSGIMUX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = match command {
+        Command::Serve { config } => std::fs::read_to_string(config)
+            .map(|t| wsgimux::config::log_format_hint(&t) == wsgimux::config::LogFormat::Json)
+            .unwrap_or(false),
+        _ => false,
+    };
+    let log = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        log.json()
+            .with_current_span(false)
+            .with_span_list(false)
+            .init();
+    } else {
+        log.with_target(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 }
 
 /// The control socket to ask: the one named, else the one of the server started with

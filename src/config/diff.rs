@@ -157,6 +157,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         runtime_dir,
         access_log,
         log_dir,
+        log_format,
         admin,
         statics,
         apps: _,
@@ -190,6 +191,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
             (old.group != *group, "group"),
             (old.admin != *admin, "admin"),
             (old.log_dir != *log_dir, "log_dir"),
+            (old.log_format != *log_format, "log_format"),
         ]),
         apps: app_changes(old, new),
     }

@@ -77,6 +77,8 @@ pub struct Config {
     pub access_log: AccessLogSpec,
     /// Each app's output goes to `<log_dir>/<app>.log` instead of wsgimux's own log.
     pub log_dir: Option<PathBuf>,
+    /// wsgimux's own log: text lines, or one JSON object per line (read at start).
+    pub log_format: LogFormat,
     /// The admin listener: status page and `/metrics`.
     pub admin: Option<SocketAddr>,
     /// Host-wide static folders, longest prefix first.
@@ -209,6 +211,24 @@ impl fmt::Display for WorkerChoice {
             WorkerChoice::Native => "native",
             WorkerChoice::Portable => "portable",
         })
+    }
+}
+
+/// The `log_format:` value: how wsgimux's own log is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `log_format` as the file says, read leniently (the rest of the file may be invalid): the
+/// log is set up before the config is checked, so that the check's own messages use it.
+pub fn log_format_hint(text: &str) -> LogFormat {
+    let value: Option<serde_yaml::Value> = serde_yaml::from_str(text).ok();
+    match value.as_ref().and_then(|v| v.get("log_format")?.as_str()) {
+        Some(f) if f.trim() == "json" => LogFormat::Json,
+        _ => LogFormat::Text,
     }
 }
 

@@ -22,6 +22,7 @@ pub(super) struct RawConfig {
     pub(super) access_log: Option<operating::RawAccessLog>,
     pub(super) access_log_format: Option<String>,
     pub(super) log_dir: Option<String>,
+    pub(super) log_format: Option<String>,
     pub(super) admin: Option<operating::RawAdmin>,
     #[serde(rename = "static")]
     pub(super) statics: Option<BTreeMap<String, String>>,

@@ -74,6 +74,16 @@ impl Validator<'_> {
         };
         let access_log = self.access_log(raw.access_log, raw.access_log_format);
         let log_dir = self.log_dir(raw.log_dir);
+        let log_format = match raw.log_format.as_deref().map(str::trim) {
+            None | Some("text") => super::LogFormat::Text,
+            Some("json") => super::LogFormat::Json,
+            Some(other) => {
+                let loc = self.locator.key("log_format");
+                let msg = format!("{other:?} is not a log format: use text or json");
+                self.problem(loc, None, "log_format", msg);
+                super::LogFormat::Text
+            }
+        };
         let admin = self.admin(raw.admin);
         let statics = self.statics("static", None, raw.statics);
         if raw.apps.is_empty() {
@@ -106,6 +116,7 @@ impl Validator<'_> {
                 runtime_dir_location: self.locator.key("runtime_dir"),
                 access_log,
                 log_dir,
+                log_format,
                 admin,
                 statics,
                 apps,

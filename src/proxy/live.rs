@@ -92,13 +92,15 @@ impl Front {
             })
             .flatten();
         let access =
-            AccessSink::open(&config.access_log).map_err(|source| match &config.access_log.to {
-                AccessLogTo::File(p) => FrontError::AccessLogFile {
-                    path: p.clone(),
-                    source,
+            AccessSink::open(&config.access_log, config.log_format).map_err(
+                |source| match &config.access_log.to {
+                    AccessLogTo::File(p) => FrontError::AccessLogFile {
+                        path: p.clone(),
+                        source,
+                    },
+                    _ => FrontError::AccessLog(source),
                 },
-                _ => FrontError::AccessLog(source),
-            })?;
+            )?;
         Ok(Front {
             limits: config.limits,
             trusted: config.trusted_proxies.clone(),

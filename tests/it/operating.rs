@@ -979,3 +979,91 @@ fn a_refused_run_leaves_the_running_one_alone() {
     assert!(status.success(), "wsgimux run exited with {status}");
     assert!(!conf.exists(), "the run's own folder is left behind");
 }
+
+/// A combined log line's fields: client, time, request line, status, bytes, referer, user
+/// agent, and the rest of the line.
+type Combined<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str, &'a str, &'a str, &'a str);
+
+/// A combined log line, parsed the way log tools read the format (anchored at the start of
+/// the line).
+fn parse_combined(line: &str) -> Option<Combined<'_>> {
+    let (client, rest) = line.split_once(" - - [")?;
+    let (time, rest) = rest.split_once("] \"")?;
+    let (request, rest) = rest.split_once("\" ")?;
+    let (status, rest) = rest.split_once(' ')?;
+    let (bytes, rest) = rest.split_once(" \"")?;
+    let (referer, rest) = rest.split_once("\" \"")?;
+    let (agent, rest) = rest.split_once('"')?;
+    let ok = !client.contains(' ')
+        && status.len() == 3
+        && status.bytes().all(|b| b.is_ascii_digit())
+        && (bytes == "-" || bytes.bytes().all(|b| b.is_ascii_digit()));
+    ok.then_some((client, time, request, status, bytes, referer, agent, rest))
+}
+
+/// The access log in wsgimux's log stream is exactly combined from the first byte of each
+/// line, with the Host in a `vhost=` field; with `log_format: json` every line of the log is
+/// one JSON object, the access records among them, and the JSON access format carries `host`.
+#[test]
+fn access_lines_parse_as_combined_with_the_vhost_and_the_json_log_is_json() {
+    let Some(py) = harness::require_python("3.13") else {
+        return;
+    };
+    let site = Site::new();
+    site.one_app("web", &py, &[]);
+    let server = site.serve();
+    let r = get_raw(
+        server.addr,
+        "GET /ver?x=1 HTTP/1.1\r\nHost: Shop.Example:8080\r\nUser-Agent: probe/1\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    let line = harness::eventually(Duration::from_secs(5), || {
+        server
+            .log_text()
+            .lines()
+            .find(|l| l.contains("GET /ver?x=1"))
+            .map(str::to_string)
+    })
+    .expect("an access line");
+    let (client, _, request, status, _, _, agent, rest) =
+        parse_combined(&line).unwrap_or_else(|| panic!("not combined: {line:?}"));
+    assert_eq!(
+        (client, request, status, agent),
+        ("127.0.0.1", "GET /ver?x=1 HTTP/1.1", "200", "probe/1")
+    );
+    assert!(
+        rest.contains(" app=web vhost=Shop.Example:8080 rt="),
+        "{rest}"
+    );
+    drop(server);
+
+    let site = Site::new();
+    let config = site.one_app("web", &py, &["mount: /w"]);
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        format!("log_format: json\naccess_log: {{format: json}}\n{text}"),
+    )
+    .expect("config");
+    let server = site.serve();
+    let r = get_raw(
+        server.addr,
+        "GET /w/ver HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    let log = harness::eventually(Duration::from_secs(5), || {
+        let log = server.log_text();
+        log.contains("/w/ver").then_some(log)
+    })
+    .expect("the access record");
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        assert!(v["level"].is_string(), "{v}");
+    }
+    let access = log.lines().find(|l| l.contains("/w/ver")).expect("access");
+    let v: serde_json::Value = serde_json::from_str(access).expect("json");
+    let record: serde_json::Value =
+        serde_json::from_str(v["fields"]["message"].as_str().expect("message")).expect("json");
+    assert_eq!(record["host"], "shop.example", "{record}");
+}

@@ -25,6 +25,7 @@ fn empty() -> Config {
         runtime_dir: None,
         access_log: Default::default(),
         log_dir: None,
+        log_format: Default::default(),
         admin: None,
         statics: Vec::new(),
         apps: Vec::new(),
