@@ -18,6 +18,7 @@ mod locate;
 mod operating;
 mod problem;
 mod raw;
+mod shape;
 mod upstream;
 mod validate;
 mod values;
@@ -363,16 +364,37 @@ impl fmt::Display for HostPattern {
 /// Parses and validates config text read from `file`. Relative paths resolve against `file`'s
 /// folder, which should be absolute for the result to be.
 pub fn from_yaml(text: &str, file: &Path) -> Result<Config, ConfigError> {
-    let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| syntax_problem(file, &e))?;
+    // A YAML syntax error stops the reading: it is the one problem there is to report.
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(text).map_err(|e| syntax_problem(file, &e))?;
     let locator = Locator::new(text);
+    let (raw, mut problems) = shape::read(value, file, &locator);
     let base = file.parent().unwrap_or(Path::new("")).to_path_buf();
-    Validator {
+    let validated = Validator {
         file,
         base: &base,
         locator: &locator,
         problems: Vec::new(),
     }
-    .validate(raw)
+    .validate(raw);
+    match validated {
+        Ok(config) if problems.is_empty() => Ok(config),
+        Ok(_) => Err(ConfigError { problems }),
+        Err(e) => {
+            // A key left out for its shape would also be reported as missing: once is enough.
+            let reported: Vec<(Option<String>, Option<String>)> = problems
+                .iter()
+                .map(|p| (p.app.clone(), p.key.clone()))
+                .collect();
+            problems.extend(
+                e.problems
+                    .into_iter()
+                    .filter(|p| !reported.contains(&(p.app.clone(), p.key.clone()))),
+            );
+            problems.sort_by_key(|p| p.location.map(|l| (l.line, l.column)));
+            Err(ConfigError { problems })
+        }
+    }
 }
 
 /// The `runtime_dir` a file names, read leniently (the rest of the file may be invalid):

@@ -22,12 +22,12 @@ fn cases(py: &str, py27: &str) -> Vec<(String, usize, Vec<&'static str>)> {
         (
             format!("apps:\n  web:\n    python: {py}\n    script: app/probe.py\n    procesess: 2\n"),
             7,
-            vec!["\"web\"", "unknown field `procesess`"],
+            vec!["\"web\"", "did you mean `processes`?"],
         ),
         (
             format!("apps:\n  web:\n    python: {py}\n    script: app/probe.py\n    threads: lots\n"),
             7,
-            vec!["\"web\"", "threads", "invalid type"],
+            vec!["\"web\"", "threads", "must be a whole number"],
         ),
         (
             format!("apps:\n  web:\n    python: {py}\n"),
@@ -254,5 +254,37 @@ fn check_imports_apps_and_names_the_apps_own_file_and_line() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Five mistakes of five kinds — an unknown top-level key, a near-miss app key, a wrong type, a
+/// list given as one word, a bad value — all reported in one run, each at its line and column,
+/// in plain words, with "did you mean" for the near misses; `serve` refuses the same way.
+#[test]
+fn five_mistakes_are_reported_in_one_run() {
+    let Some(py) = require_python("3.13") else {
+        return;
+    };
+    let site = Site::new();
+    site.probe("app");
+    site.config(&format!(
+        "lisen_to: [\"127.0.0.1:0\"]\napps:\n  web:\n    python: {}\n    script: app/probe.py\n    workdir: app\n    processes: two\n    hosts: example.com\n    worker: turbo\n",
+        py.display()
+    ));
+    let (status, out, err) = site.check();
+    let text = format!("{out}{err}");
+    assert_eq!(status.code(), Some(1), "{text}");
+    for want in [
+        "wsgimux.yaml:3:1: key \"lisen_to\": `lisen_to` is not a key wsgimux knows; did you mean `listen`?",
+        "wsgimux.yaml:8:5: app \"web\", key \"workdir\": `workdir` is not a key wsgimux knows; did you mean `working_dir`?",
+        "wsgimux.yaml:9:16: app \"web\", key \"processes\": must be a whole number, not the text \"two\"",
+        "wsgimux.yaml:10:12: app \"web\", key \"hosts\": must be a list of host names, not the text \"example.com\"",
+        "wsgimux.yaml:11:5: app \"web\", key \"worker\": \"turbo\" is not a worker",
+    ] {
+        assert!(text.contains(want), "{want}\nnot in:\n{text}");
+    }
+    assert!(
+        !text.contains("expected u32") && !text.contains("unknown field"),
+        "{text}"
     );
 }

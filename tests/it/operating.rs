@@ -982,7 +982,16 @@ fn a_refused_run_leaves_the_running_one_alone() {
 
 /// A combined log line's fields: client, time, request line, status, bytes, referer, user
 /// agent, and the rest of the line.
-type Combined<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str, &'a str, &'a str, &'a str);
+type Combined<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+);
 
 /// A combined log line, parsed the way log tools read the format (anchored at the start of
 /// the line).
