@@ -47,15 +47,53 @@ pub fn find_python(version: &str) -> Option<PathBuf> {
     found.pop()
 }
 
+/// What was skipped and why, for the summary printed when the test binary exits.
+static SKIPPED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Prints the skipped tests after libtest's own result line (libtest ends with `exit`, which
+/// runs this): a skip is never mistaken for a pass. Written to stderr directly, past the
+/// capture that hides a passing test's output.
+extern "C" fn print_skipped() {
+    use std::io::Write;
+    let skipped = SKIPPED.lock().map(|s| s.clone()).unwrap_or_default();
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(
+        err,
+        "\nSKIPPED {} test(s) — their tools are missing here (WSGIMUX_REQUIRE_ALL=1 makes this a failure):",
+        skipped.len()
+    );
+    for s in skipped {
+        let _ = writeln!(err, "  {s}");
+    }
+}
+
+/// Records a test as skipped (or, with WSGIMUX_REQUIRE_ALL=1, fails it): says why at once and
+/// again in the summary at the end of the run.
+pub fn skip(why: &str) {
+    if std::env::var("WSGIMUX_REQUIRE_ALL").as_deref() == Ok("1") {
+        panic!("{why} and WSGIMUX_REQUIRE_ALL=1");
+    }
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    if let Ok(mut s) = SKIPPED.lock() {
+        if s.is_empty() {
+            // SAFETY: registers a plain function with no captured state.
+            unsafe { libc::atexit(print_skipped) };
+        }
+        s.push(format!("{test}: {why}"));
+    }
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "skipped {test}: {why}");
+}
+
 /// The interpreter, or None with a printed reason; with WSGIMUX_REQUIRE_ALL=1, a failure.
 pub fn require_python(version: &str) -> Option<PathBuf> {
     match find_python(version) {
         Some(p) => Some(p),
-        None if std::env::var("WSGIMUX_REQUIRE_ALL").as_deref() == Ok("1") => {
-            panic!("Python {version} is not installed and WSGIMUX_REQUIRE_ALL=1")
-        }
         None => {
-            eprintln!("skipped: Python {version} is not installed on this machine");
+            skip(&format!("Python {version} is not installed"));
             None
         }
     }
@@ -669,11 +707,8 @@ impl<T> OrSkip<T> for Result<T, String> {
     fn or_skip(self) -> Option<T> {
         match self {
             Ok(v) => Some(v),
-            Err(msg) if std::env::var("WSGIMUX_REQUIRE_ALL").as_deref() == Ok("1") => {
-                panic!("{msg}")
-            }
             Err(msg) => {
-                eprintln!("skipped: {msg}");
+                skip(&msg);
                 None
             }
         }

@@ -57,11 +57,8 @@ pub fn tools_present() -> bool {
     let have = |t: &str| Command::new(t).arg("--version").output().is_ok();
     match (have("curl"), have("h2load")) {
         (true, true) => true,
-        _ if std::env::var("WSGIMUX_REQUIRE_ALL").as_deref() == Ok("1") => {
-            panic!("curl and h2load (nghttp2-client) are needed and WSGIMUX_REQUIRE_ALL=1")
-        }
         _ => {
-            eprintln!("skipped: curl or h2load (nghttp2-client) is not installed");
+            skip("curl or h2load is not installed (apt-get install curl nghttp2-client)");
             false
         }
     }
