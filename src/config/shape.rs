@@ -57,30 +57,7 @@ pub(super) fn read(value: Value, file: &Path, locator: &Locator) -> (RawConfig, 
     match apps.take() {
         None | Some(Value::Null) => {}
         Some(Value::Mapping(list)) => {
-            let mut good = Mapping::new();
-            for (name, app) in list {
-                let name_text = key_text(&name);
-                let path = format!("apps.{name_text}");
-                let Value::Mapping(keys) = app else {
-                    let msg = "must be a mapping of the app's keys (python:, script:, …)".into();
-                    problem(&path, Some(&name_text), "", msg);
-                    continue;
-                };
-                let mut app_kept = Mapping::new();
-                for (k, v) in keys {
-                    let key = key_text(&k);
-                    match one_key::<RawApp>(&k, &v) {
-                        Ok(()) => {
-                            app_kept.insert(k, v);
-                        }
-                        Err(e) => {
-                            let at = format!("{path}.{key}");
-                            problem(&at, Some(&name_text), &key, plain(&e, &key));
-                        }
-                    }
-                }
-                good.insert(name, Value::Mapping(app_kept));
-            }
+            let good = read_apps(list, &mut problem);
             kept.insert("apps".into(), Value::Mapping(good));
         }
         Some(_) => problem(
@@ -97,6 +74,35 @@ pub(super) fn read(value: Value, file: &Path, locator: &Locator) -> (RawConfig, 
             (empty(), problems)
         }
     }
+}
+
+/// Each app's keys read one by one: those that read, by app; a problem for each that does not.
+fn read_apps(list: Mapping, problem: &mut impl FnMut(&str, Option<&str>, &str, String)) -> Mapping {
+    let mut good = Mapping::new();
+    for (name, app) in list {
+        let name_text = key_text(&name);
+        let path = format!("apps.{name_text}");
+        let Value::Mapping(keys) = app else {
+            let msg = "must be a mapping of the app's keys (python:, script:, …)".into();
+            problem(&path, Some(&name_text), "", msg);
+            continue;
+        };
+        let mut app_kept = Mapping::new();
+        for (k, v) in keys {
+            let key = key_text(&k);
+            match one_key::<RawApp>(&k, &v) {
+                Ok(()) => {
+                    app_kept.insert(k, v);
+                }
+                Err(e) => {
+                    let at = format!("{path}.{key}");
+                    problem(&at, Some(&name_text), &key, plain(&e, &key));
+                }
+            }
+        }
+        good.insert(name, Value::Mapping(app_kept));
+    }
+    good
 }
 
 fn empty() -> RawConfig {
