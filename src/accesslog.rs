@@ -17,7 +17,7 @@ use hyper::{Request, Response, StatusCode};
 
 use crate::config::{AccessLogFormat, AccessLogSpec, AccessLogTo, LogFormat};
 use crate::logfile::LogFile;
-use crate::metrics::Counters;
+use crate::metrics::AppCounters;
 use crate::upstream::{BoxError, Endpoint, ProxyBody};
 
 /// Where access-log lines go and how they look; replaced as a whole by a reload.
@@ -88,7 +88,7 @@ impl Default for AccessSink {
 #[derive(Debug, Clone)]
 pub struct Served {
     pub app: Arc<str>,
-    pub stats: Arc<Counters>,
+    pub stats: Arc<AppCounters>,
     pub process: Option<Arc<Endpoint>>,
 }
 
@@ -233,9 +233,10 @@ impl Entry {
         let elapsed = l.started.elapsed();
         let status = self.status.as_u16();
         if let Some(s) = &self.served {
-            s.stats.record(status, complete, elapsed);
-            if let Some(p) = &s.process {
-                p.stats.record(status, complete, elapsed);
+            s.stats.total.record(status, complete, elapsed);
+            match &s.process {
+                Some(p) => p.stats.record(status, complete, elapsed),
+                None => s.stats.front.record(status, complete, elapsed),
             }
         }
         let app = self.served.as_ref().map_or("-", |s| &s.app);

@@ -123,15 +123,24 @@ impl Snapshot {
     }
 }
 
+/// One app's counters. Every request of the app is counted in `total`, and in exactly one of
+/// the process that answered it (its endpoint's counters) or `front` (answered by the front
+/// without a process: the app was starting or failing, the body was too large, …).
+#[derive(Debug, Default)]
+pub struct AppCounters {
+    pub total: Counters,
+    pub front: Counters,
+}
+
 /// Each app's counters by name, kept for the life of the server: a reload that restarts an
 /// app keeps counting into the same ones.
 #[derive(Debug, Default)]
 pub struct Registry {
-    apps: Mutex<HashMap<String, Arc<Counters>>>,
+    apps: Mutex<HashMap<String, Arc<AppCounters>>>,
 }
 
 impl Registry {
-    pub fn app(&self, name: &str) -> Arc<Counters> {
+    pub fn app(&self, name: &str) -> Arc<AppCounters> {
         let mut apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
         apps.entry(name.to_string()).or_default().clone()
     }

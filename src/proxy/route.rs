@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::accesslog::Served;
 use crate::config::{AppSpec, Entry, RequestBuffering, StaticAlias};
-use crate::metrics::Counters;
+use crate::metrics::AppCounters;
 use crate::upstream::{Demand, Endpoint, Endpoints};
 
 use super::headers::MOUNT_HEADER;
@@ -41,7 +41,7 @@ pub struct AppRoute {
     /// Requests in flight at which new ones get 503 ([`AppSpec::admission_cap`]).
     pub(super) max_in_flight: usize,
     /// The app's counters (kept across its generations).
-    pub(super) stats: Arc<Counters>,
+    pub(super) stats: Arc<AppCounters>,
     /// The app's `static:` folders, prefixes including the mount; longest first.
     pub(super) statics: Vec<StaticAlias>,
     /// Wakes the processes of an app that starts on demand (or stopped when idle).
@@ -54,7 +54,7 @@ impl AppRoute {
         spec: &AppSpec,
         generation: u64,
         endpoints: watch::Receiver<Endpoints>,
-        stats: Arc<Counters>,
+        stats: Arc<AppCounters>,
         demand: Option<Demand>,
     ) -> Self {
         let mount = &spec.route.mount;

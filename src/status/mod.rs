@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::{Counters, Snapshot};
+use crate::metrics::{AppCounters, Snapshot};
 use crate::preflight::ReadyApp;
 use crate::supervisor::{Generation, ProcessState};
 use crate::trigger::Report;
@@ -48,7 +48,7 @@ impl Overview {
 pub struct AppOverview {
     pub app: ReadyApp,
     pub generation: Generation,
-    pub stats: Arc<Counters>,
+    pub stats: Arc<AppCounters>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -84,6 +84,30 @@ pub struct AppStatus {
     pub restarts: u32,
     /// The app's counters since wsgimux started (for Prometheus).
     pub totals: Snapshot,
+    /// Requests answered by processes no longer listed (gone, or draining after a restart or
+    /// reload): with the listed processes' and `front`, they add up to the app's requests.
+    #[serde(default)]
+    pub retired: Count,
+    /// Requests the front answered for the app without a process (it was starting or
+    /// failing, the body was too large, …).
+    #[serde(default)]
+    pub front: Count,
+}
+
+/// Requests and errors, for the parts of an app's totals that are not a listed process.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Count {
+    pub requests: u64,
+    pub errors: u64,
+}
+
+impl Count {
+    fn of(s: &Snapshot) -> Self {
+        Count {
+            requests: s.requests(),
+            errors: s.errors(),
+        }
+    }
 }
 
 /// The numbers shown for an app and for each of its processes.
@@ -180,7 +204,20 @@ pub fn collect(o: &Overview) -> StatusReport {
                     }
                 })
                 .collect();
-            let totals = a.stats.snapshot();
+            let totals = a.stats.total.snapshot();
+            let front = a.stats.front.snapshot();
+            // What the listed processes and the front do not account for was answered by
+            // processes no longer listed: gone (crashed, recycled) or draining after a restart
+            // or reload. So the parts always add up to the app's totals.
+            let listed = |f: fn(&Load) -> u64| processes.iter().map(|p| f(&p.load)).sum::<u64>();
+            let retired = Count {
+                requests: totals
+                    .requests()
+                    .saturating_sub(front.requests() + listed(|l| l.requests)),
+                errors: totals
+                    .errors()
+                    .saturating_sub(front.errors() + listed(|l| l.errors)),
+            };
             AppStatus {
                 name: spec.name.clone(),
                 routes: spec.routes(),
@@ -192,7 +229,7 @@ pub fn collect(o: &Overview) -> StatusReport {
                     .as_ref()
                     .map(|i| i.executable.display().to_string()),
                 worker: a.app.worker.to_string(),
-                generation: a.generation.id,
+                generation: a.generation.number,
                 start: match spec.process.policy.start {
                     crate::config::StartMode::Always => "always".into(),
                     crate::config::StartMode::OnDemand => "on_demand".into(),
@@ -205,6 +242,8 @@ pub fn collect(o: &Overview) -> StatusReport {
                 restarts: processes.iter().map(|p| p.restarts).sum(),
                 processes,
                 totals,
+                retired,
+                front: Count::of(&front),
             }
         })
         .collect();

@@ -129,6 +129,13 @@ fn text_app(out: &mut String, a: &AppStatus) {
             let _ = writeln!(out, "       {failing}");
         }
     }
+    if a.retired.requests + a.front.requests > 0 {
+        let _ = writeln!(
+            out,
+            "  also counted: processes that are gone {} ({} errors), answered by the front {} ({} errors)",
+            a.retired.requests, a.retired.errors, a.front.requests, a.front.errors
+        );
+    }
 }
 
 /// For a failing process: since when, and the error's last line.

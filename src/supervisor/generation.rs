@@ -25,7 +25,10 @@ pub struct StartFailure {
 /// old one; the supervisor owns the processes, the holder of this handle only watches them.
 #[derive(Debug, Clone)]
 pub struct Generation {
+    /// Unique among all apps' generations (the supervisor's key for it; in socket names).
     pub id: u64,
+    /// The app's own count: 1 for its first processes, 2 after its first restart or reload…
+    pub number: u64,
     pub app: Arc<str>,
     pub processes: usize,
     pub endpoints: watch::Receiver<Endpoints>,

@@ -61,6 +61,8 @@ pub struct Supervisor {
     files: WorkerFiles,
     log_dir: Option<PathBuf>,
     next_generation: u64,
+    /// Each app's generations so far (by name; kept when an app is removed and added again).
+    numbers: HashMap<Arc<str>, u64>,
     live: HashMap<u64, LiveGeneration>,
     /// Generations being drained and stopped in the background.
     retiring: JoinSet<()>,
@@ -75,6 +77,7 @@ impl Supervisor {
             files,
             log_dir,
             next_generation: 1,
+            numbers: HashMap::new(),
             live: HashMap::new(),
             retiring: JoinSet::new(),
             shutting_down: watch::channel(false).0,
@@ -145,8 +148,14 @@ impl Supervisor {
                 endpoints: endpoints_rx.clone(),
             },
         );
+        let number = {
+            let n = self.numbers.entry(plan.name.clone()).or_insert(0);
+            *n += 1;
+            *n
+        };
         Generation {
             id,
+            number,
             app: plan.name.clone(),
             processes,
             endpoints: endpoints_rx,

@@ -1076,3 +1076,79 @@ fn access_lines_parse_as_combined_with_the_vhost_and_the_json_log_is_json() {
         serde_json::from_str(v["fields"]["message"].as_str().expect("message")).expect("json");
     assert_eq!(record["host"], "shop.example", "{record}");
 }
+
+/// `status` adds up: an app's requests are its listed processes' plus `retired` (processes no
+/// longer listed: killed, restarted) plus `front` (answered by the front itself, counted where
+/// it happens); and generations are counted per app (a restarted app is at 2, the other one
+/// still at 1).
+#[test]
+fn status_totals_add_up_and_generations_are_per_app() {
+    let Some(py) = harness::require_python("3.13") else {
+        return;
+    };
+    let site = Site::new();
+    site.probe("app");
+    let config = site.config(&format!(
+        "apps:\n  busy:\n    python: {py}\n    script: app/probe.py\n    processes: 2\n    max_body_size: 1k\n    mount: /b\n  quiet:\n    python: {py}\n    script: app/probe.py\n    mount: /q\n",
+        py = py.display()
+    ));
+    let server = site.serve();
+    let mut c = harness::Client::connect(server.addr).expect("connect");
+    for _ in 0..20 {
+        assert_eq!(c.get("x", "/b/ver").expect("get").status, 200);
+    }
+    // Answered by the front: a body over max_body_size.
+    let big = get_raw(
+        server.addr,
+        "POST /b/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(big.status, 413);
+    // Processes that are gone: a killed one, then a restart of all.
+    let victim = server.app_pids("busy")[0];
+    // SAFETY: kill(2) on a child of the server this test started.
+    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+    harness::eventually(Duration::from_secs(10), || {
+        let s = status_json(&config);
+        let pids: Vec<u64> = app(&s, "busy")["processes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["state"] == "ready")
+            .filter_map(|p| p["pid"].as_u64())
+            .collect();
+        (pids.len() == 2 && !pids.contains(&u64::from(victim))).then_some(())
+    })
+    .expect("restarted");
+    for _ in 0..10 {
+        let _ = harness::Client::connect(server.addr)
+            .expect("connect")
+            .get("x", "/b/ver");
+    }
+    let (ok, _, err) = wsgimux(&["restart", "busy"], &config);
+    assert!(ok, "{err}");
+    for _ in 0..5 {
+        let _ = harness::Client::connect(server.addr)
+            .expect("connect")
+            .get("x", "/b/ver");
+    }
+    let s = status_json(&config);
+    let busy = app(&s, "busy");
+    let listed: u64 = busy["processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["requests"].as_u64())
+        .sum();
+    let (retired, front) = (
+        busy["retired"]["requests"].as_u64().unwrap_or(0),
+        busy["front"]["requests"].as_u64().unwrap_or(0),
+    );
+    assert!(retired >= 20 && front == 1, "{busy}");
+    assert_eq!(
+        busy["requests"].as_u64(),
+        Some(listed + retired + front),
+        "{busy}"
+    );
+    assert_eq!(busy["generation"], 2, "{busy}");
+    assert_eq!(app(&s, "quiet")["generation"], 1);
+}
