@@ -32,6 +32,10 @@ pub enum Request {
     Restart {
         apps: Vec<String>,
     },
+    /// What serves this URL now, by the config in force (`{"command": "explain", "url": …}`).
+    Explain {
+        url: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -39,6 +43,7 @@ pub enum Request {
 pub enum Response {
     Reload(Report),
     Status(Box<StatusReport>),
+    Explain(String),
     Error(String),
 }
 
@@ -128,6 +133,7 @@ async fn answer(
                 let (tx, rx) = oneshot::channel();
                 ask(&triggers, Trigger::Command(tx), rx).await
             }
+            Ok(Request::Explain { url }) => explain_now(&overview.borrow().clone(), &url),
             Ok(Request::Restart { apps }) => {
                 let (tx, rx) = oneshot::channel();
                 ask(&triggers, Trigger::Restart { apps, reply: tx }, rx).await
@@ -139,6 +145,34 @@ async fn answer(
     });
     out.push('\n');
     let _ = write.write_all(out.as_bytes()).await;
+}
+
+/// `explain` by the config and apps in force, with their certificates read now.
+fn explain_now(overview: &Overview, url: &str) -> Response {
+    let Some(config) = &overview.effective else {
+        return Response::Error("wsgimux is still starting".into());
+    };
+    let apps: Vec<_> = overview.apps.iter().map(|a| a.app.clone()).collect();
+    let stores: Vec<crate::tls::CertStore> = config
+        .tls
+        .values()
+        .filter_map(|spec| crate::tls::CertStore::load(spec).ok())
+        .collect();
+    let certified = |host: &str| stores.iter().any(|s| s.covers(host));
+    match crate::explain::explain(config, &apps, url, certified) {
+        Ok(text) => Response::Explain(text),
+        Err(e) => Response::Error(e.to_string()),
+    }
+}
+
+/// `wsgimux explain`, asked of the running server: what serves `url` now.
+pub async fn explain(socket: &Path, url: String, limit: Duration) -> Result<String, ControlError> {
+    match request(socket, &Request::Explain { url }, limit).await? {
+        Response::Explain(text) => Ok(text),
+        other => Err(ControlError::Protocol(format!(
+            "an explain request was answered with {other:?}"
+        ))),
+    }
 }
 
 /// Hands `trigger` to the reload loop and waits for its report.

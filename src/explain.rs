@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use percent_encoding::percent_decode;
 
-use crate::config::Config;
+use crate::config::{Config, StaticAlias};
 use crate::preflight::ReadyApp;
 use crate::routes::{normalize_host, RouteTable};
 
@@ -40,7 +40,15 @@ pub fn explain(
     let authority = uri.authority().ok_or_else(|| bad("no host"))?;
     let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let host = normalize_host(authority.host()).ok_or_else(|| bad("the host is not valid"))?;
-    let path = uri.path();
+    // Resolved as the front resolves it before routing.
+    let path = match crate::http1::normalize_path(uri.path()) {
+        Ok(p) => p.into_owned(),
+        Err(r) => {
+            return Ok(format!(
+                "{url}\n  refused      : 400 ({r:?}): the path climbs above / or holds a NUL\n"
+            ))
+        }
+    };
     let decoded = percent_decode(path.as_bytes()).collect::<Vec<u8>>();
 
     let mut out = String::new();
@@ -58,6 +66,11 @@ pub fn explain(
         );
         return Ok(out);
     }
+    // Host-wide static folders come before any app, as the front serves them.
+    if let Some(line) = static_line(&config.statics, "", &decoded) {
+        let _ = writeln!(out, "{line}");
+        return Ok(out);
+    }
     let table = RouteTable::for_apps(apps.iter().enumerate().map(|(i, a)| (&a.spec, i)));
     let Some(route) = table.lookup(&host, &decoded) else {
         let _ = writeln!(
@@ -66,13 +79,42 @@ pub fn explain(
         );
         return Ok(out);
     };
-    describe_app(&mut out, &apps[route.target], route.mount.as_str());
+    let app = &apps[route.target];
+    describe_app(&mut out, app, route.mount.as_str());
+    let mount = if route.mount.is_root() {
+        ""
+    } else {
+        route.mount.as_str()
+    };
+    if let Some(line) = static_line(&app.spec.route.statics, mount, &decoded) {
+        let _ = writeln!(out, "{line}");
+        return Ok(out);
+    }
     let (script_name, path_info) = split_mount(route.mount.as_str(), &decoded);
     let _ = writeln!(out, "  SCRIPT_NAME  : {script_name:?}");
     let _ = writeln!(out, "  PATH_INFO    : {path_info:?}");
     let _ = writeln!(out, "  QUERY_STRING : {:?}", uri.query().unwrap_or(""));
     let _ = writeln!(out, "  HTTP_HOST    : {:?}", authority.as_str());
     Ok(out)
+}
+
+/// The `static:` folder (longest prefix first; app folders' prefixes follow the app's
+/// `mount`) that would serve `decoded`, and the file it names.
+fn static_line(statics: &[StaticAlias], mount: &str, decoded: &[u8]) -> Option<String> {
+    let path = String::from_utf8_lossy(decoded);
+    statics.iter().find_map(|a| {
+        let prefix = format!("{mount}{}", a.prefix);
+        let rest = path.strip_prefix(&prefix)?;
+        if !(rest.is_empty() || rest.starts_with('/')) {
+            return None;
+        }
+        let file = a.dir.join(rest.trim_start_matches('/'));
+        Some(format!(
+            "  static       : {prefix} -> {} (the front serves {}, no app involved)",
+            a.dir.display(),
+            file.display()
+        ))
+    })
 }
 
 /// `https://ADDR`, or why no listener would take the request.

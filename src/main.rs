@@ -82,12 +82,16 @@ enum Command {
     },
     /// Serve one WSGI app without a config file, like `mod_wsgi-express start-server`.
     Run(wsgimux::express::Express),
-    /// Show which listener, route and app would serve a URL, and the SCRIPT_NAME and
-    /// PATH_INFO the app would see.
+    /// Show which listener, route and app (or static folder) serves a URL, and the SCRIPT_NAME
+    /// and PATH_INFO the app sees: asked of the running server when one answers (what it serves
+    /// now), else read from the config file.
     Explain {
         /// The config file.
         #[arg(long, short, default_value = "wsgimux.yaml")]
         config: PathBuf,
+        /// The server's control socket (default: found from the config file).
+        #[arg(long, env = "WSGIMUX_CONTROL")]
+        control: Option<PathBuf>,
         /// The URL, e.g. http://example.com/blog/post?id=1
         url: String,
     },
@@ -176,7 +180,23 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             served?;
             Ok(())
         }
-        Command::Explain { config, url } => {
+        Command::Explain {
+            config,
+            control,
+            url,
+        } => {
+            // The running server says what serves the URL now; without one, the file does.
+            let socket = control_socket(&config, control);
+            let limit = std::time::Duration::from_secs(5);
+            match wsgimux::control::explain(&socket, url.clone(), limit).await {
+                Ok(text) => {
+                    print!("{text}");
+                    println!("  source       : the running server ({})", socket.display());
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Err(wsgimux::control::ControlError::NotRunning { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
             let (config, apps) = wsgimux::preflight::load(&config).await?;
             let stores: Vec<wsgimux::tls::CertStore> = config
                 .tls

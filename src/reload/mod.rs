@@ -240,6 +240,7 @@ impl Reloader {
             listeners,
             admin: previous.admin.clone(),
             apps,
+            effective: Some(Arc::new(self.config.clone())),
             reloads: self.count,
             last_reload: self
                 .last

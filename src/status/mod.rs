@@ -26,6 +26,8 @@ pub struct Overview {
     pub listeners: Vec<String>,
     pub admin: Option<String>,
     pub apps: Vec<AppOverview>,
+    /// The config in force (for `explain` asked of the running server).
+    pub effective: Option<Arc<crate::config::Config>>,
     pub reloads: u64,
     pub last_reload: Option<(SystemTime, Report)>,
 }
@@ -39,6 +41,7 @@ impl Overview {
             listeners: Vec::new(),
             admin,
             apps: Vec::new(),
+            effective: None,
             reloads: 0,
             last_reload: None,
         }

@@ -1152,3 +1152,35 @@ fn status_totals_add_up_and_generations_are_per_app() {
     assert_eq!(busy["generation"], 2, "{busy}");
     assert_eq!(app(&s, "quiet")["generation"], 1);
 }
+
+/// `explain` asks the running server when one answers — what it serves now, even while the
+/// file on disk is broken — and names the static folder (and file) that serves a URL.
+#[test]
+fn explain_asks_the_running_server_and_names_static_folders() {
+    let Some(py) = harness::require_python("3.13") else {
+        return;
+    };
+    let site = Site::new();
+    site.probe("app");
+    site.write("app/static/site.css", "body{}\n");
+    let config = site.config(&format!(
+        "apps:\n  web:\n    python: {}\n    script: app/probe.py\n    mount: /web\n    static:\n      /static: app/static\n",
+        py.display()
+    ));
+    let (ok, out, err) = wsgimux(&["explain", "http://x/web/static/site.css"], &config);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("static       : /web/static ->") && out.contains("site.css"),
+        "{out}"
+    );
+    let server = site.serve();
+    std::fs::write(&config, "apps: [broken\n").expect("break the file");
+    let (ok, out, err) = wsgimux(&["explain", "http://x/web/page"], &config);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("app          : web (") && out.contains("PATH_INFO    : \"/page\""),
+        "{out}"
+    );
+    assert!(out.contains("source       : the running server"), "{out}");
+    drop(server);
+}
