@@ -49,6 +49,7 @@ fn import_problem(
 ) -> crate::config::Problem {
     let key = match spec.process.entry {
         crate::config::Entry::Module { .. } => "module",
+        crate::config::Entry::Command { .. } => "command",
         _ => "script",
     };
     let base = config.file.parent().unwrap_or(Path::new("/"));

@@ -184,32 +184,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             config,
             control,
             url,
-        } => {
-            // The running server says what serves the URL now; without one, the file does.
-            let socket = control_socket(&config, control);
-            let limit = std::time::Duration::from_secs(5);
-            match wsgimux::control::explain(&socket, url.clone(), limit).await {
-                Ok(text) => {
-                    print!("{text}");
-                    println!("  source       : the running server ({})", socket.display());
-                    return Ok(ExitCode::SUCCESS);
-                }
-                Err(wsgimux::control::ControlError::NotRunning { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
-            let (config, apps) = wsgimux::preflight::load(&config).await?;
-            let stores: Vec<wsgimux::tls::CertStore> = config
-                .tls
-                .values()
-                .map(wsgimux::tls::CertStore::load)
-                .collect::<Result<_, _>>()?;
-            let certified = |host: &str| stores.iter().any(|s| s.covers(host));
-            print!(
-                "{}",
-                wsgimux::explain::explain(&config, &apps, &url, certified)?
-            );
-            Ok(())
-        }
+        } => return explain(&config, control, url).await,
         Command::Completions { shell } => {
             let mut cli = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cli, "wsgimux", &mut std::io::stdout());
@@ -222,6 +197,39 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
     }
     .map(|()| ExitCode::SUCCESS)
+}
+
+/// `wsgimux explain`: the running server says what serves the URL now; without one, the file
+/// does.
+async fn explain(
+    config: &std::path::Path,
+    control: Option<PathBuf>,
+    url: String,
+) -> anyhow::Result<ExitCode> {
+    // The running server says what serves the URL now; without one, the file does.
+    let socket = control_socket(config, control);
+    let limit = std::time::Duration::from_secs(5);
+    match wsgimux::control::explain(&socket, url.clone(), limit).await {
+        Ok(text) => {
+            print!("{text}");
+            println!("  source       : the running server ({})", socket.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(wsgimux::control::ControlError::NotRunning { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let (config, apps) = wsgimux::preflight::load(config).await?;
+    let stores: Vec<wsgimux::tls::CertStore> = config
+        .tls
+        .values()
+        .map(wsgimux::tls::CertStore::load)
+        .collect::<Result<_, _>>()?;
+    let certified = |host: &str| stores.iter().any(|s| s.covers(host));
+    print!(
+        "{}",
+        wsgimux::explain::explain(&config, &apps, &url, certified)?
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// wsgimux's own log on stderr: text, or JSON lines when the served config says

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::metrics::{AppCounters, Snapshot};
 use crate::preflight::ReadyApp;
-use crate::supervisor::{Generation, ProcessState};
+use crate::supervisor::{Generation, ProcessState, ProcessView};
 use crate::trigger::Report;
 
 mod render;
@@ -175,81 +175,7 @@ pub(super) fn unix(t: SystemTime) -> u64 {
 /// The status now.
 pub fn collect(o: &Overview) -> StatusReport {
     let now = SystemTime::now();
-    let apps = o
-        .apps
-        .iter()
-        .map(|a| {
-            let spec = &a.app.spec;
-            let views = a.generation.views();
-            let processes: Vec<ProcessStatus> = views
-                .iter()
-                .map(|v| {
-                    let counted = v
-                        .endpoint
-                        .as_ref()
-                        .map(|e| e.stats.snapshot())
-                        .unwrap_or_default();
-                    let in_flight = v.endpoint.as_ref().map_or(0, |e| e.in_flight());
-                    let tunnels = v.endpoint.as_ref().map_or(0, |e| e.tunnels());
-                    ProcessStatus {
-                        slot: v.slot,
-                        pid: v.pid.filter(|&p| p != 0),
-                        state: v.state,
-                        uptime_seconds: v
-                            .started
-                            .map(|s| now.duration_since(s).map_or(0, |d| d.as_secs())),
-                        restarts: v.restarts,
-                        recycles: v.recycles,
-                        load: Load::new(&counted, in_flight, tunnels),
-                        last_exit: v.last_exit.clone(),
-                        failing_since: v.failing_since.map(unix),
-                        last_error: v.last_error.clone(),
-                    }
-                })
-                .collect();
-            let totals = a.stats.total.snapshot();
-            let front = a.stats.front.snapshot();
-            // What the listed processes and the front do not account for was answered by
-            // processes no longer listed: gone (crashed, recycled) or draining after a restart
-            // or reload. So the parts always add up to the app's totals.
-            let listed = |f: fn(&Load) -> u64| processes.iter().map(|p| f(&p.load)).sum::<u64>();
-            let retired = Count {
-                requests: totals
-                    .requests()
-                    .saturating_sub(front.requests() + listed(|l| l.requests)),
-                errors: totals
-                    .errors()
-                    .saturating_sub(front.errors() + listed(|l| l.errors)),
-            };
-            AppStatus {
-                name: spec.name.clone(),
-                routes: spec.routes(),
-                interpreter: a.app.interpreter.as_ref().map(|i| i.to_string()),
-                python_version: a.app.interpreter.as_ref().map(|i| i.version_string()),
-                executable: a
-                    .app
-                    .interpreter
-                    .as_ref()
-                    .map(|i| i.executable.display().to_string()),
-                worker: a.app.worker.to_string(),
-                generation: a.generation.number,
-                start: match spec.process.policy.start {
-                    crate::config::StartMode::Always => "always".into(),
-                    crate::config::StartMode::OnDemand => "on_demand".into(),
-                },
-                load: Load::new(
-                    &totals,
-                    processes.iter().map(|p| p.load.in_flight).sum(),
-                    processes.iter().map(|p| p.load.tunnels).sum(),
-                ),
-                restarts: processes.iter().map(|p| p.restarts).sum(),
-                processes,
-                totals,
-                retired,
-                front: Count::of(&front),
-            }
-        })
-        .collect();
+    let apps = o.apps.iter().map(|a| app_status(a, now)).collect();
     StatusReport {
         version: env!("CARGO_PKG_VERSION").to_string(),
         pid: std::process::id(),
@@ -264,5 +190,79 @@ pub fn collect(o: &Overview) -> StatusReport {
             at: unix(*at),
             report: r.clone(),
         }),
+    }
+}
+
+/// One process slot as `status` shows it.
+fn process_status(v: &ProcessView, now: SystemTime) -> ProcessStatus {
+    let counted = v
+        .endpoint
+        .as_ref()
+        .map(|e| e.stats.snapshot())
+        .unwrap_or_default();
+    let in_flight = v.endpoint.as_ref().map_or(0, |e| e.in_flight());
+    let tunnels = v.endpoint.as_ref().map_or(0, |e| e.tunnels());
+    ProcessStatus {
+        slot: v.slot,
+        pid: v.pid.filter(|&p| p != 0),
+        state: v.state,
+        uptime_seconds: v
+            .started
+            .map(|s| now.duration_since(s).map_or(0, |d| d.as_secs())),
+        restarts: v.restarts,
+        recycles: v.recycles,
+        load: Load::new(&counted, in_flight, tunnels),
+        last_exit: v.last_exit.clone(),
+        failing_since: v.failing_since.map(unix),
+        last_error: v.last_error.clone(),
+    }
+}
+
+/// One app as `status` shows it; its requests add up (see [`AppStatus::retired`]).
+fn app_status(a: &AppOverview, now: SystemTime) -> AppStatus {
+    let spec = &a.app.spec;
+    let processes: Vec<ProcessStatus> = a
+        .generation
+        .views()
+        .iter()
+        .map(|v| process_status(v, now))
+        .collect();
+    let totals = a.stats.total.snapshot();
+    let front = a.stats.front.snapshot();
+    // What the listed processes and the front do not account for was answered by processes
+    // no longer listed: gone (crashed, recycled) or draining after a restart or reload. So
+    // the parts always add up to the app's totals.
+    let listed = |f: fn(&Load) -> u64| processes.iter().map(|p| f(&p.load)).sum::<u64>();
+    let retired = Count {
+        requests: totals
+            .requests()
+            .saturating_sub(front.requests() + listed(|l| l.requests)),
+        errors: totals
+            .errors()
+            .saturating_sub(front.errors() + listed(|l| l.errors)),
+    };
+    let interpreter = a.app.interpreter.as_ref();
+    AppStatus {
+        name: spec.name.clone(),
+        routes: spec.routes(),
+        interpreter: interpreter.map(|i| i.to_string()),
+        python_version: interpreter.map(|i| i.version_string()),
+        executable: interpreter.map(|i| i.executable.display().to_string()),
+        worker: a.app.worker.to_string(),
+        generation: a.generation.number,
+        start: match spec.process.policy.start {
+            crate::config::StartMode::Always => "always".into(),
+            crate::config::StartMode::OnDemand => "on_demand".into(),
+        },
+        load: Load::new(
+            &totals,
+            processes.iter().map(|p| p.load.in_flight).sum(),
+            processes.iter().map(|p| p.load.tunnels).sum(),
+        ),
+        restarts: processes.iter().map(|p| p.restarts).sum(),
+        processes,
+        totals,
+        retired,
+        front: Count::of(&front),
     }
 }

@@ -58,9 +58,15 @@ pub(super) fn free_port() -> std::io::Result<u16> {
 
 /// `argv[0]` looked up in `bin_dir` first, then on PATH, as the child's shell would.
 fn find_program(program: &str, bin_dir: Option<&Path>) -> PathBuf {
+    locate_program(program, bin_dir).unwrap_or_else(|| PathBuf::from(program))
+}
+
+/// A `command:`'s program as it will be run: a path as given, else the first executable of
+/// that name in the app's `bin/` (venv or interpreter folder) or on PATH.
+pub(super) fn locate_program(program: &str, bin_dir: Option<&Path>) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     if program.contains('/') {
-        return PathBuf::from(program);
+        return Some(PathBuf::from(program));
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     bin_dir
@@ -72,7 +78,6 @@ fn find_program(program: &str, bin_dir: Option<&Path>) -> PathBuf {
             p.metadata()
                 .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         })
-        .unwrap_or_else(|| PathBuf::from(program))
 }
 
 /// A starting process's output, held back until it answers (then logged as usual) or fails

@@ -41,6 +41,16 @@ pub async fn check_imports(
         native_dir: scratch.to_path_buf(),
     };
     let supervisor = Supervisor::new(scratch.to_path_buf(), files, None);
+    let mut missing = Vec::new();
+    for a in apps {
+        if let Some(why) = command_missing(&supervisor.plan(a, 0)) {
+            let failure = ImportFailure {
+                error: why,
+                at: None,
+            };
+            missing.push((a.spec.name.clone(), failure));
+        }
+    }
     let checks = apps
         .iter()
         .filter(|a| {
@@ -56,10 +66,31 @@ pub async fn check_imports(
             async move { (name, import_one(&plan, &socket).await) }
         });
     let results = futures_util::future::join_all(checks).await;
-    Ok(results
-        .into_iter()
-        .filter_map(|(name, r)| r.err().map(|f| (name, f)))
-        .collect())
+    missing.extend(
+        results
+            .into_iter()
+            .filter_map(|(name, r)| r.err().map(|f| (name, f))),
+    );
+    Ok(missing)
+}
+
+/// A `command:` app whose program cannot be found (in its `bin/` or on PATH, or at the path
+/// given, relative to its `working_dir`) cannot start: why, for `check`.
+pub(super) fn command_missing(plan: &super::plan::AppPlan) -> Option<String> {
+    let super::plan::Launch::Command { argv } = &plan.launch else {
+        return None;
+    };
+    let program = argv.first()?;
+    match super::child::locate_program(program, plan.bin_dir.as_deref()) {
+        None => Some(format!(
+            "{program:?} is not found in the app's bin/ folder or on PATH"
+        )),
+        Some(p) if !plan.working_dir.join(&p).is_file() => Some(format!(
+            "{} does not exist",
+            plan.working_dir.join(&p).display()
+        )),
+        Some(_) => None,
+    }
 }
 
 async fn import_one(plan: &super::plan::AppPlan, socket: &Address) -> Result<(), ImportFailure> {

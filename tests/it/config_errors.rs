@@ -199,10 +199,15 @@ fn check_imports_apps_and_names_the_apps_own_file_and_line() {
              \x20 {tag}-fine:\n    python: {py}\n    module: legacysite.wsgi\n    working_dir: apps\n    mount: /{tag}/f\n",
         ));
     }
+    yaml.push_str("  gone:\n    command: [\"no-such-server-here\", \"--bind\", \"unix:{socket}\"]\n    mount: /gone\n");
     site.config(&yaml);
     let (status, out, err) = site.check();
     let text = format!("{out}{err}");
     assert_eq!(status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("app \"gone\", key \"command\": \"no-such-server-here\" is not found"),
+        "{text}"
+    );
     for tag in ["old", "new"] {
         let line_of = |app: &str| {
             text.lines()
