@@ -16,6 +16,16 @@ use crate::tls::{certificate, curl, free_port, tools_present};
 
 const ASGI_APP: &str = include_str!("../apps/asgi_app.py");
 
+/// Python 3.13's virtualenv with the servers these tests run (uvicorn on h11, websockets,
+/// gunicorn), made once and kept.
+fn servers_venv(py: &Path) -> Option<std::path::PathBuf> {
+    pip_venv(
+        py,
+        "asgi-3.13",
+        &["uvicorn", "h11", "websockets", "gunicorn"],
+    )
+}
+
 /// uvicorn on h11 serving the ASGI app at 127.0.0.1:`port`, killed when dropped.
 struct Uvicorn(Child);
 
@@ -129,11 +139,7 @@ fn every_child_gets_a_host_the_clients_protocol_and_joined_cookies() {
     if !tools_present() {
         return;
     }
-    let Some(venv) = pip_venv(
-        &py,
-        "asgi-3.13",
-        &["uvicorn", "h11", "websockets", "gunicorn"],
-    ) else {
+    let Some(venv) = servers_venv(&py) else {
         return;
     };
     let site = Site::new();
@@ -215,11 +221,7 @@ fn paths_are_normalised_before_routing_and_climbing_or_nul_is_refused() {
     let Some(py) = require_python("3.13") else {
         return;
     };
-    let Some(venv) = pip_venv(
-        &py,
-        "asgi-3.13",
-        &["uvicorn", "h11", "websockets", "gunicorn"],
-    ) else {
+    let Some(venv) = servers_venv(&py) else {
         return;
     };
     let site = Site::new();
@@ -320,11 +322,7 @@ fn websockets_reach_command_and_upstream_servers_and_outlive_a_reload() {
     let Some(py) = require_python("3.13") else {
         return;
     };
-    let Some(venv) = pip_venv(
-        &py,
-        "asgi-3.13",
-        &["uvicorn", "h11", "websockets", "gunicorn"],
-    ) else {
+    let Some(venv) = servers_venv(&py) else {
         return;
     };
     let site = Site::new();
@@ -450,11 +448,7 @@ fn https_upstreams_verify_against_a_private_ca_and_refuse_what_does_not_verify()
     let Some(py) = require_python("3.13") else {
         return;
     };
-    let Some(venv) = pip_venv(
-        &py,
-        "asgi-3.13",
-        &["uvicorn", "h11", "websockets", "gunicorn"],
-    ) else {
+    let Some(venv) = servers_venv(&py) else {
         return;
     };
     let site = Site::new();
