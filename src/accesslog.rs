@@ -48,7 +48,7 @@ impl AccessSink {
             },
             AccessLogTo::Stdout => Destination::Stdout,
             AccessLogTo::Off => Destination::Off,
-            AccessLogTo::File(p) => Destination::File(LogFile::open(p)?),
+            AccessLogTo::File(p) => Destination::File(LogFile::open_buffered(p)?),
         };
         Ok(AccessSink {
             to,

@@ -1,6 +1,11 @@
 //! Log files wsgimux writes itself (the access log, apps' output under `log_dir`): opened for
 //! appending, shared by path, and reopened together on SIGUSR1 so that newsyslog/logrotate can
 //! move them away and have new ones created.
+//!
+//! The access log is buffered, as nginx's `access_log … buffer=64k flush=1s`: lines collect in
+//! memory and are written when 64 KiB have gathered, at least once a second, before a reopen
+//! and at shutdown — one `write` per request cost the front more than anything else it does
+//! (BENCHMARKS.md). Apps' output is written line by line (it is read as it happens).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -10,15 +15,56 @@ use std::sync::{Arc, Mutex, Weak};
 /// Every open log file, by path, so SIGUSR1 reaches each one once.
 static OPEN: Mutex<Vec<(PathBuf, Weak<LogFile>)>> = Mutex::new(Vec::new());
 
+/// Buffered lines are written once this much has gathered.
+const BUFFER: usize = 64 * 1024;
+/// …and at least this often.
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Debug)]
 pub struct LogFile {
     path: PathBuf,
-    file: Mutex<File>,
+    file: Mutex<Output>,
+    buffered: bool,
+}
+
+#[derive(Debug)]
+struct Output {
+    file: File,
+    pending: Vec<u8>,
+}
+
+impl Output {
+    fn flush(&mut self) {
+        if !self.pending.is_empty() {
+            // A full disk must not stop serving: what cannot be written is dropped.
+            let _ = self.file.write_all(&self.pending);
+            self.pending.clear();
+        }
+    }
 }
 
 impl LogFile {
-    /// The open file for `path` (opened now, folders created, if nothing has it open yet).
+    /// The open file for `path` (opened now, folders created, if nothing has it open yet),
+    /// written line by line.
     pub fn open(path: &Path) -> std::io::Result<Arc<LogFile>> {
+        Self::open_with(path, false)
+    }
+
+    /// The same, buffered (the access log); see the module docs.
+    pub fn open_buffered(path: &Path) -> std::io::Result<Arc<LogFile>> {
+        static FLUSHER: std::sync::Once = std::sync::Once::new();
+        FLUSHER.call_once(|| {
+            let _ = std::thread::Builder::new()
+                .name("wsgimux-log-flush".into())
+                .spawn(|| loop {
+                    std::thread::sleep(FLUSH_EVERY);
+                    flush_all();
+                });
+        });
+        Self::open_with(path, true)
+    }
+
+    fn open_with(path: &Path, buffered: bool) -> std::io::Result<Arc<LogFile>> {
         let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
         open.retain(|(_, w)| w.strong_count() > 0);
         if let Some(f) = open
@@ -30,7 +76,11 @@ impl LogFile {
         }
         let file = Arc::new(LogFile {
             path: path.to_path_buf(),
-            file: Mutex::new(open_append(path)?),
+            file: Mutex::new(Output {
+                file: open_append(path)?,
+                pending: Vec::new(),
+            }),
+            buffered,
         });
         open.push((path.to_path_buf(), Arc::downgrade(&file)));
         Ok(file)
@@ -42,18 +92,45 @@ impl LogFile {
 
     /// Appends `line` and a newline in one write (lines from several threads never mix).
     pub fn write_line(&self, line: &str) {
-        let mut buf = Vec::with_capacity(line.len() + 1);
-        buf.extend_from_slice(line.as_bytes());
-        buf.push(b'\n');
-        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        // A full disk must not stop serving; the failure is reported once per reopen at most.
-        let _ = f.write_all(&buf);
+        let mut out = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        out.pending.extend_from_slice(line.as_bytes());
+        out.pending.push(b'\n');
+        if !self.buffered || out.pending.len() >= BUFFER {
+            out.flush();
+        }
     }
 
+    /// Writes what is buffered.
+    pub fn flush(&self) {
+        self.file.lock().unwrap_or_else(|e| e.into_inner()).flush();
+    }
+
+    /// What was buffered goes to the file being moved away; the next lines to a new one.
     fn reopen(&self) -> std::io::Result<()> {
-        let fresh = open_append(&self.path)?;
-        *self.file.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
+        let mut out = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        out.flush();
+        out.file = open_append(&self.path)?;
         Ok(())
+    }
+}
+
+/// Writes every open file's buffered lines (once a second, and at shutdown).
+pub fn flush_all() {
+    let files: Vec<Arc<LogFile>> = {
+        let open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
+        open.iter().filter_map(|(_, w)| w.upgrade()).collect()
+    };
+    for f in files {
+        f.flush();
+    }
+}
+
+impl Drop for LogFile {
+    fn drop(&mut self) {
+        self.file
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .flush();
     }
 }
 

@@ -337,6 +337,8 @@ impl Reloader {
         self.server.shutdown().await;
         tracing::info!("stopping children");
         self.supervisor.shutdown().await;
+        // The buffered access log's last lines.
+        crate::logfile::flush_all();
     }
 }
 

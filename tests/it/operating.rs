@@ -1184,3 +1184,41 @@ fn explain_asks_the_running_server_and_names_static_folders() {
     assert!(out.contains("source       : the running server"), "{out}");
     drop(server);
 }
+
+/// The access log to a file is buffered (nginx's `buffer=64k flush=1s`) and loses nothing:
+/// lines reach the file within a second or two, and the last ones at a clean stop.
+#[test]
+fn the_buffered_access_log_reaches_the_file_in_time_and_at_stop() {
+    let Some(py) = harness::require_python("3.13") else {
+        return;
+    };
+    let site = Site::new();
+    let config = site.one_app("web", &py, &[]);
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, format!("access_log: logs/access.log\n{text}")).expect("config");
+    let mut server = site.serve();
+    let access = site.path().join("logs/access.log");
+    let lines = || {
+        std::fs::read_to_string(&access)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("GET /ver"))
+            .count()
+    };
+    let mut c = harness::Client::connect(server.addr).expect("connect");
+    for _ in 0..50 {
+        assert_eq!(c.get("x", "/ver").expect("get").status, 200);
+    }
+    assert!(
+        harness::eventually(Duration::from_secs(3), || (lines() == 50).then_some(())).is_some(),
+        "{} of 50 lines after 3 s",
+        lines()
+    );
+    for _ in 0..5 {
+        assert_eq!(c.get("x", "/ver").expect("get").status, 200);
+    }
+    drop(c);
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(30)).is_some());
+    assert_eq!(lines(), 55, "lines lost at stop");
+}
