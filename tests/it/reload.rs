@@ -584,35 +584,7 @@ fn reload_on_changes_swaps_code_without_failed_requests() {
         .wait_log("reload_on_changes: watching", Duration::from_secs(5))
         .expect("the code watcher started");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
-    let seen = Arc::new(Mutex::new(BTreeSet::<String>::new()));
-    let clients: Vec<_> = (0..8)
-        .map(|_| {
-            let (stop, failures, seen, addr) =
-                (stop.clone(), failures.clone(), seen.clone(), server.addr);
-            std::thread::spawn(move || {
-                let mut c = Client::connect(addr).expect("connect");
-                while !stop.load(Ordering::Relaxed) {
-                    match c.get("x.test", "/") {
-                        Ok(r) if r.status == 200 => {
-                            seen.lock().unwrap().insert(r.text());
-                        }
-                        Ok(r) => {
-                            failures
-                                .lock()
-                                .unwrap()
-                                .push(format!("{} {}", r.status, r.text()))
-                        }
-                        Err(e) => {
-                            failures.lock().unwrap().push(e.to_string());
-                            c = Client::connect(addr).expect("reconnect");
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
+    let load = KeepAliveLoad::start(server.addr, 8, "x.test", "/");
     std::thread::sleep(Duration::from_millis(200));
     app("2");
     let line = server.reload_line(1);
@@ -637,13 +609,8 @@ fn reload_on_changes_swaps_code_without_failed_requests() {
     std::thread::sleep(Duration::from_millis(800));
     assert!(!server.log_text().contains("reload #4 ("));
 
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.join().expect("client");
-    }
-    let failures = failures.lock().unwrap();
+    let (failures, seen, _) = load.finish();
     assert!(failures.is_empty(), "failed requests: {failures:?}");
-    let seen = seen.lock().unwrap();
     assert!(
         seen.contains("version 1") && seen.contains("version 4"),
         "{seen:?}"
@@ -717,35 +684,7 @@ fn restart_command_and_restart_file_replace_every_process_without_failed_request
         }
         seen
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
-    let served = Arc::new(AtomicU64::new(0));
-    let clients: Vec<_> = (0..6)
-        .map(|_| {
-            let (stop, failures, served, addr) =
-                (stop.clone(), failures.clone(), served.clone(), server.addr);
-            std::thread::spawn(move || {
-                let mut c = Client::connect(addr).expect("connect");
-                while !stop.load(Ordering::Relaxed) {
-                    match c.get("x", "/pid") {
-                        Ok(r) if r.status == 200 => {
-                            served.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(r) => {
-                            failures
-                                .lock()
-                                .unwrap()
-                                .push(format!("{} {}", r.status, r.text()))
-                        }
-                        Err(e) => {
-                            failures.lock().unwrap().push(e.to_string());
-                            c = Client::connect(addr).expect("reconnect");
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
+    let load = KeepAliveLoad::start(server.addr, 6, "x", "/pid");
     std::thread::sleep(Duration::from_millis(200));
 
     let before = pids_now();
@@ -783,11 +722,70 @@ fn restart_command_and_restart_file_replace_every_process_without_failed_request
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no app is named \"nope\""));
 
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.join().expect("client");
-    }
-    let failures = failures.lock().unwrap();
+    let (failures, _, served) = load.finish();
     assert!(failures.is_empty(), "failed requests: {failures:?}");
-    assert!(served.load(Ordering::Relaxed) > 100);
+    assert!(served > 100);
+}
+
+/// Keep-alive clients asking `host` for `path` until stopped: what failed, the distinct bodies
+/// seen, how many were answered.
+struct KeepAliveLoad {
+    stop: Arc<AtomicBool>,
+    failures: Arc<Mutex<Vec<String>>>,
+    seen: Arc<Mutex<BTreeSet<String>>>,
+    served: Arc<AtomicU64>,
+    clients: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl KeepAliveLoad {
+    fn start(addr: std::net::SocketAddr, n: usize, host: &'static str, path: &'static str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::new(Mutex::new(BTreeSet::new()));
+        let served = Arc::new(AtomicU64::new(0));
+        let clients = (0..n)
+            .map(|_| {
+                let (stop, failures, seen, served) =
+                    (stop.clone(), failures.clone(), seen.clone(), served.clone());
+                std::thread::spawn(move || {
+                    let mut c = Client::connect(addr).expect("connect");
+                    while !stop.load(Ordering::Relaxed) {
+                        match c.get(host, path) {
+                            Ok(r) if r.status == 200 => {
+                                served.fetch_add(1, Ordering::Relaxed);
+                                seen.lock().unwrap().insert(r.text());
+                            }
+                            Ok(r) => {
+                                failures
+                                    .lock()
+                                    .unwrap()
+                                    .push(format!("{} {}", r.status, r.text()))
+                            }
+                            Err(e) => {
+                                failures.lock().unwrap().push(e.to_string());
+                                c = Client::connect(addr).expect("reconnect");
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        KeepAliveLoad {
+            stop,
+            failures,
+            seen,
+            served,
+            clients,
+        }
+    }
+
+    fn finish(self) -> (Vec<String>, BTreeSet<String>, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for c in self.clients {
+            c.join().expect("client");
+        }
+        let failures = self.failures.lock().unwrap().clone();
+        let seen = self.seen.lock().unwrap().clone();
+        (failures, seen, self.served.load(Ordering::Relaxed))
+    }
 }
