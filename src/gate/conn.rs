@@ -10,32 +10,60 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::Verdict;
 
+/// A client connection handed to a tunnel once its 101 has been written.
+pub trait ClientStream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> ClientStream for T {}
+
+/// The client's end of an upgraded connection, sent by the server when hyper is done with it.
+pub type ClientEnd = Box<dyn ClientStream>;
+
 /// Shared by a connection's gate and its service.
-#[derive(Debug)]
 pub struct ConnState {
     verdicts: Mutex<VecDeque<Verdict>>,
-    /// Requests whose responses are not finished, and when the last one finished.
-    busy: Mutex<(usize, Instant)>,
+    /// Requests whose responses are not finished, when the last one finished and the flush
+    /// count then (none before the first response).
+    busy: Mutex<(usize, Instant, Option<u64>)>,
     /// Flushes of the socket that hyper completed; counted where a gate wraps the socket.
     flushes: AtomicU64,
     counts_flushes: AtomicBool,
     /// The connection was upgraded (a 101 went out): from now on its bytes are a tunnel's.
     tunnel: AtomicBool,
+    /// Where the connection goes if its request is upgraded.
+    upgrade: Mutex<Option<oneshot::Sender<ClientEnd>>>,
 }
 
 impl ConnState {
     pub fn new() -> Arc<Self> {
         Arc::new(ConnState {
             verdicts: Mutex::new(VecDeque::new()),
-            busy: Mutex::new((0, Instant::now())),
+            busy: Mutex::new((0, Instant::now(), None)),
             flushes: AtomicU64::new(0),
             counts_flushes: AtomicBool::new(false),
             tunnel: AtomicBool::new(false),
+            upgrade: Mutex::new(None),
         })
+    }
+
+    /// For a request asking for an upgrade: the client's connection arrives here if the
+    /// response switches protocols ([`ConnState::become_tunnel`]).
+    pub fn on_upgrade(&self) -> oneshot::Receiver<ClientEnd> {
+        let (tx, rx) = oneshot::channel();
+        *lock(&self.upgrade) = Some(tx);
+        rx
+    }
+
+    /// hyper is done with an upgraded connection: hands it to the tunnel waiting for it
+    /// (gone if the tunnel gave up, and then the connection closes).
+    pub fn hand_over(&self, end: ClientEnd) {
+        if let Some(tx) = lock(&self.upgrade).take() {
+            let _ = tx.send(end);
+        }
     }
 
     /// The response to the last request switched protocols: the gate passes what follows
@@ -44,7 +72,7 @@ impl ConnState {
         self.tunnel.store(true, Ordering::Release);
     }
 
-    pub(super) fn is_tunnel(&self) -> bool {
+    pub fn is_tunnel(&self) -> bool {
         self.tunnel.load(Ordering::Acquire)
     }
 
@@ -94,10 +122,25 @@ impl ConnState {
         self.idle_since().map(|since| since.elapsed())
     }
 
+    /// Whether the socket was flushed since the last response ended: everything of it written.
+    pub(super) fn flushed_since_idle(&self) -> bool {
+        let mark = lock(&self.busy).2;
+        mark.is_none_or(|m| self.flushes.load(Ordering::Acquire) > m)
+    }
+
     /// When the connection became idle, or `None` while a response is under way.
     pub(super) fn idle_since(&self) -> Option<Instant> {
         let b = lock(&self.busy);
         (b.0 == 0).then_some(b.1)
+    }
+}
+
+impl std::fmt::Debug for ConnState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnState")
+            .field("idle_since", &self.idle_since())
+            .field("tunnel", &self.is_tunnel())
+            .finish_non_exhaustive()
     }
 }
 
@@ -108,6 +151,7 @@ impl Drop for BusyGuard {
         let mut b = lock(&self.0.busy);
         b.0 = b.0.saturating_sub(1);
         b.1 = Instant::now();
+        b.2 = Some(self.0.flushes.load(Ordering::Acquire));
     }
 }
 

@@ -13,6 +13,11 @@
 //!
 //! Also owns the client-side timeouts: the idle keep-alive wait, the head read and the body
 //! read. Writes pass straight through.
+//!
+//! A connection idle for [`PARK_AFTER`] is *parked*: the gate tells hyper the stream ended, so
+//! the server can drop hyper's connection (its read and write buffers, ~16 KiB) and keep only
+//! the socket and the gate until the client sends again ([`Gate::wait_for_request`]); then a
+//! new hyper connection takes over. Parking never happens with a response unwritten.
 
 use std::future::Future;
 use std::io;
@@ -21,7 +26,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -29,7 +34,7 @@ use crate::http1::{self, Chunked, Framing, HeadLimits, Parsed, Rejection};
 
 mod conn;
 
-pub use conn::{BusyBody, BusyGuard, ConnState};
+pub use conn::{BusyBody, BusyGuard, ClientEnd, ConnState};
 
 /// What the service is to do with the next request hyper hands it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +89,12 @@ const PLACEHOLDER_HEAD: &[u8] = b"GET / HTTP/1.1\r\nhost: rejected.invalid\r\n\r
 const READ_CHUNK: usize = 16 * 1024;
 /// Bytes read at a time into the stack while the buffer is empty (most requests fit).
 const IDLE_READ: usize = 8 * 1024;
+/// How long a connection waits for its next request inside hyper before it is parked. Long
+/// enough that busy keep-alive clients never pay for a new hyper connection per request (a
+/// new one costs ~2 µs); short enough that few hyper connections are alive at once when
+/// thousands of clients each make a request and then idle (their freed buffers would
+/// otherwise leave the heap fragmented).
+pub const PARK_AFTER: Duration = Duration::from_millis(250);
 
 enum State {
     Head,
@@ -96,6 +107,8 @@ enum State {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Wait {
     Idle,
+    /// Idle, and long enough to hand the connection back from hyper.
+    Park,
     Head,
     Body,
 }
@@ -115,6 +128,10 @@ pub struct Gate<S> {
     head_started: Option<Instant>,
     timer: Option<(Wait, Pin<Box<Sleep>>)>,
     eof: bool,
+    /// Idle and handed back: hyper is told the stream ended (see the module docs).
+    parked: bool,
+    /// A park that found a response not yet flushed tries again at this time.
+    park_retry: Option<Instant>,
 }
 
 impl<S> Gate<S> {
@@ -132,7 +149,38 @@ impl<S> Gate<S> {
             head_started: None,
             timer: None,
             eof: false,
+            parked: false,
+            park_retry: None,
         }
+    }
+
+    /// Parks a connection that has not sent anything yet: it costs no hyper connection until
+    /// its first bytes come ([`Gate::wait_for_request`]), as nginx allocates a connection's
+    /// buffers only then.
+    pub fn park_new(&mut self) {
+        debug_assert!(self.buf.is_empty() && matches!(self.state, State::Head));
+        self.parked = true;
+    }
+
+    /// Whether the stream ended for hyper only because the connection was idle: the socket is
+    /// still open and [`Gate::wait_for_request`] waits for the client's next request.
+    pub fn is_parked(&self) -> bool {
+        self.parked
+    }
+
+    /// Puts back bytes hyper had read from the gate but not used when its connection ended
+    /// (their verdicts are still queued): the next hyper connection reads them first.
+    pub fn unread(&mut self, bytes: Bytes) {
+        if bytes.is_empty() {
+            return;
+        }
+        let mut buf = BytesMut::with_capacity(bytes.len() + self.buf.len());
+        buf.extend_from_slice(&bytes);
+        buf.extend_from_slice(&self.buf);
+        self.buf = buf;
+        self.ready += bytes.len();
+        self.head_at = None;
+        self.parked = false;
     }
 
     /// Validates as much of the buffered, not yet validated bytes as possible.
@@ -243,7 +291,15 @@ impl<S> Gate<S> {
                 (Wait::Head, start + self.timeouts.header)
             }
             _ => match self.conn.idle_since() {
-                Some(since) => (Wait::Idle, since + self.timeouts.keepalive),
+                Some(since) => {
+                    let close = since + self.timeouts.keepalive;
+                    let park = self.park_retry.unwrap_or(since + PARK_AFTER);
+                    if self.parked || park >= close {
+                        (Wait::Idle, close)
+                    } else {
+                        (Wait::Park, park)
+                    }
+                }
                 // A response is under way; look again a keep-alive period later.
                 None => (Wait::Idle, now + self.timeouts.keepalive),
             },
@@ -262,6 +318,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Gate<S> {
             return this.poll_tunnel(cx, out);
         }
         loop {
+            if this.parked {
+                return Poll::Ready(Ok(()));
+            }
             if this.ready > 0 {
                 this.release(out);
                 return Poll::Ready(Ok(()));
@@ -280,14 +339,21 @@ impl<S: AsyncRead + Unpin> AsyncRead for Gate<S> {
             }
             let n = ready!(this.fill(cx))?;
             if n == 0 {
-                this.eof = true;
+                this.eof |= !this.parked;
                 continue;
             }
-            if matches!(this.state, State::Head) && this.head_started.is_none() {
-                this.head_started = Some(Instant::now());
-            }
-            this.timer = None;
+            this.started_reading();
         }
+    }
+}
+
+impl<S> Gate<S> {
+    fn started_reading(&mut self) {
+        if matches!(self.state, State::Head) && self.head_started.is_none() {
+            self.head_started = Some(Instant::now());
+        }
+        self.park_retry = None;
+        self.timer = None;
     }
 }
 
@@ -338,6 +404,18 @@ impl<S: AsyncRead + Unpin> Gate<S> {
         }
     }
 
+    /// A parked connection: waits for the client's next bytes (→ true: serve them with a new
+    /// hyper connection), or its end or the keep-alive timeout (→ false: close).
+    pub async fn wait_for_request(&mut self) -> io::Result<bool> {
+        std::future::poll_fn(|cx| self.fill(cx)).await.map(|n| {
+            if n > 0 {
+                self.parked = false;
+                self.started_reading();
+            }
+            n > 0
+        })
+    }
+
     /// Reads what the client sent into the gate's buffer (→ bytes read, 0 at its end); while
     /// waiting, the current deadline runs. Waiting for a new request holds no buffer: the read
     /// goes to the stack and only what came is kept.
@@ -377,7 +455,7 @@ impl<S> Gate<S> {
             let (kind, at) = self.deadline();
             match &mut self.timer {
                 Some((k, sleep)) if *k == kind => {
-                    if kind == Wait::Idle
+                    if matches!(kind, Wait::Idle | Wait::Park)
                         && sleep.deadline() != at
                         && self.conn.idle_since().is_some()
                     {
@@ -396,6 +474,17 @@ impl<S> Gate<S> {
                 // A response was under way when the timer was set: check again.
                 Wait::Idle if self.conn.idle_since().is_none() => continue,
                 Wait::Idle if self.deadline().1 > Instant::now() => continue,
+                Wait::Park if self.conn.idle_since().is_none() => continue,
+                Wait::Park => {
+                    if !self.conn.flushed_since_idle() {
+                        // The last response is still being written: look again later.
+                        self.park_retry = Some(Instant::now() + PARK_AFTER);
+                        continue;
+                    }
+                    self.parked = true;
+                    self.park_retry = None;
+                    return Poll::Ready(Ok(()));
+                }
                 // Idle or a head that never finished: close quietly, as nginx does.
                 Wait::Idle | Wait::Head => {
                     self.eof = true;

@@ -190,7 +190,8 @@ impl Proxy {
         let upgrade = upgrade.filter(|_| selected.route.upgrades);
         let on_client = upgrade
             .as_ref()
-            .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+            .and(client.gate.as_ref())
+            .map(|g| g.on_upgrade());
         let mut prepared = prepare(
             parts,
             body,

@@ -23,8 +23,10 @@ use hyper::upgrade::OnUpgrade;
 use hyper::{Response, Version};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::oneshot;
 
 use crate::accesslog::TunnelLog;
+use crate::gate::ClientEnd;
 use crate::upstream::{Endpoint, PooledBody, ProxyBody, TunnelGuard};
 
 /// The protocol an HTTP/1.1 request asks to switch to (`Upgrade`, with `upgrade` among its
@@ -53,10 +55,10 @@ pub(super) fn restore_request_headers(headers: &mut HeaderMap, protocol: HeaderV
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
 }
 
-/// A tunnel waiting for its two ends: the client's connection (handed over by hyper once the
-/// 101 has been written) and the child's.
+/// A tunnel waiting for its two ends: the client's connection (handed over by the server once
+/// hyper has written the 101) and the child's.
 pub struct Tunnel {
-    client: OnUpgrade,
+    client: oneshot::Receiver<ClientEnd>,
     child: OnUpgrade,
     _open: TunnelGuard,
     idle: Option<Duration>,
@@ -78,7 +80,7 @@ impl PendingTunnel {
 /// `Connection` kept, other hop-by-hop headers removed) carrying the tunnel to start.
 pub(super) fn accept(
     mut resp: Response<PooledBody>,
-    client: OnUpgrade,
+    client: oneshot::Receiver<ClientEnd>,
     endpoint: &Arc<Endpoint>,
     idle: Option<Duration>,
     app: Arc<str>,
@@ -116,6 +118,12 @@ pub async fn run(tunnel: Tunnel, log: TunnelLog) {
         idle,
         app,
     } = tunnel;
+    let client = async {
+        client
+            .await
+            .map_err(|_| "the client's connection ended first")
+    };
+    let child = async { child.await.map_err(|_| "the app's connection ended first") };
     let (client, child) = match tokio::try_join!(client, child) {
         Ok(ends) => ends,
         Err(e) => {
@@ -126,7 +134,7 @@ pub async fn run(tunnel: Tunnel, log: TunnelLog) {
     };
     let started = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
-    let mut client = Counted::new(TokioIo::new(client), started, last.clone());
+    let mut client = Counted::new(client, started, last.clone());
     let mut child = Counted::new(TokioIo::new(child), started, last.clone());
     let copied = tokio::io::copy_bidirectional(&mut client, &mut child);
     let complete = match idle {

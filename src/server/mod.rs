@@ -19,18 +19,17 @@ use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::accesslog::LoggedBody;
-use crate::gate::{self, BusyBody, ConnState, Gate, Verdict};
-use crate::http1::Rejection;
+use crate::gate::{self, BusyBody, ConnState, Verdict};
 use crate::proxy::{Client, Front, Proxy};
-use crate::tls::{CERT_CHECK_INTERVAL, HANDSHAKE_TIMEOUT};
+use crate::tls::{TlsListener, CERT_CHECK_INTERVAL, HANDSHAKE_TIMEOUT};
+
+mod h1;
 
 /// At shutdown, how long requests in flight may take to finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -58,7 +57,7 @@ pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<(SocketAddr, TcpListener)>
             out.push((addr, l));
             continue;
         }
-        match TcpListener::bind(addr).await {
+        match listen(addr) {
             Ok(l) => out.push((addr, l)),
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && addr.port() < 1024 => {
                 return Err(BindError::Privileged { addr })
@@ -69,13 +68,31 @@ pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<(SocketAddr, TcpListener)>
     Ok(out)
 }
 
+/// Pending connections the kernel queues for `accept` (nginx's `backlog`; the kernel caps it
+/// at `net.core.somaxconn`). tokio's default, SOMAXCONN (128), drops SYNs under a burst of new
+/// clients, and each dropped SYN costs that client a 1 s retransmit.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// The listeners being served, keyed by their configured address. Listeners come and go with
 /// reloads; connections accepted on a listener that goes away are served to their end.
 pub struct Server {
     proxy: Arc<Proxy>,
     limit: Arc<Semaphore>,
     max_connections: usize,
-    graceful: Arc<GracefulShutdown>,
+    /// Set at shutdown; every connection holds a receiver, so its count is the connections
+    /// open and `closed()` resolves when the last one ended.
+    drain: watch::Sender<bool>,
     listening: HashMap<SocketAddr, Listening>,
     cert_watch: JoinHandle<()>,
 }
@@ -93,7 +110,7 @@ impl Server {
         Server {
             limit: Arc::new(Semaphore::new(max_connections)),
             max_connections,
-            graceful: Arc::new(GracefulShutdown::new()),
+            drain: watch::channel(false).0,
             listening: HashMap::new(),
             cert_watch: tokio::spawn(watch_certificates(proxy.clone())),
             proxy,
@@ -129,7 +146,7 @@ impl Server {
             listener,
             self.proxy.clone(),
             self.limit.clone(),
-            self.graceful.clone(),
+            self.drain.subscribe(),
             stop_rx,
         ));
         self.listening
@@ -159,18 +176,16 @@ impl Server {
             let _ = l.stop.send(true);
             let _ = l.task.await;
         }
-        // The accept loops held the other references; they have all returned.
-        let Ok(graceful) = Arc::try_unwrap(self.graceful) else {
-            return;
-        };
-        let open = graceful.count();
+        // The accept loops held receivers too; they have all returned.
+        let open = self.drain.receiver_count();
         if open > 0 {
             tracing::info!(
                 "waiting up to {}s for {open} connection(s) to finish",
                 DRAIN_TIMEOUT.as_secs()
             );
         }
-        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        self.drain.send_replace(true);
+        if tokio::time::timeout(DRAIN_TIMEOUT, self.drain.closed())
             .await
             .is_err()
         {
@@ -210,7 +225,7 @@ async fn accept_loop(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     limit: Arc<Semaphore>,
-    graceful: Arc<GracefulShutdown>,
+    drain: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -234,9 +249,9 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let current = proxy.live().front.clone();
         let proxy = proxy.clone();
-        let graceful = graceful.watcher();
+        let drain = drain.clone();
         tokio::spawn(async move {
-            serve_connection(configured, stream, peer, current, proxy, graceful).await;
+            serve_connection(configured, stream, peer, current, proxy, drain).await;
             drop(permit);
         });
     }
@@ -248,22 +263,36 @@ async fn serve_connection(
     peer: SocketAddr,
     settings: Arc<Front>,
     proxy: Arc<Proxy>,
-    graceful: Watcher,
+    drain: watch::Receiver<bool>,
 ) {
     let trusted = settings.trusted.iter().any(|c| c.contains(peer.ip()));
     let local = stream.local_addr().unwrap_or(configured);
-    let Some(tls) = settings.tls.get(&configured) else {
-        let client = Client {
-            peer,
-            local,
-            scheme: "http",
-            trusted,
-            // The gate times HTTP/1.1 bodies.
-            body_timeout: None,
-            gate: None,
-        };
-        return serve_h1(stream, client, &settings, proxy, graceful).await;
+    let client = Client {
+        peer,
+        local,
+        scheme: "http",
+        trusted,
+        // The gate times HTTP/1.1 bodies.
+        body_timeout: None,
+        gate: None,
     };
+    match settings.tls.get(&configured) {
+        None => h1::serve(stream, client, &settings, proxy, drain).await,
+        // Boxed: a TLS session's state is large, and a plain connection's task (alive as long
+        // as the connection, idle or not) should be only as large as the plain path needs.
+        Some(tls) => Box::pin(serve_tls(stream, client, tls, &settings, proxy, drain)).await,
+    }
+}
+
+async fn serve_tls(
+    stream: TcpStream,
+    client: Client,
+    tls: &TlsListener,
+    settings: &Front,
+    proxy: Arc<Proxy>,
+    drain: watch::Receiver<bool>,
+) {
+    let peer = client.peer;
     let tls_stream =
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream)).await {
             Ok(Ok(s)) => s,
@@ -278,64 +307,14 @@ async fn serve_connection(
         };
     let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let client = Client {
-        peer,
-        local,
         scheme: "https",
-        trusted,
         body_timeout: h2.then_some(settings.limits.body_timeout),
-        gate: None,
-    };
-    if h2 {
-        serve_h2(tls_stream, client, &settings, proxy, graceful).await
-    } else {
-        serve_h1(tls_stream, client, &settings, proxy, graceful).await
-    }
-}
-
-async fn serve_h1<S>(
-    stream: S,
-    client: Client,
-    settings: &Front,
-    proxy: Arc<Proxy>,
-    graceful: Watcher,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let head_limits = settings.head_limits();
-    let state = ConnState::new();
-    let gate = Gate::new(stream, state.clone(), head_limits, settings.timeouts());
-    let peer = client.peer;
-    let client = Client {
-        gate: Some(state.clone()),
         ..client
     };
-    let service = service_fn(move |req: Request<Incoming>| {
-        // hyper hands over requests in the order the gate passed their heads.
-        let verdict = state
-            .next_verdict()
-            .unwrap_or(Verdict::Reject(Rejection::Malformed(
-                "request out of order",
-            )));
-        answer(proxy.clone(), state.clone(), client.clone(), req, verdict)
-    });
-    // hyper-util's `auto` builder only for its upgradeable connection that graceful shutdown
-    // can watch (hyper's own is not `GracefulConnection`): the gate has refused anything but
-    // HTTP/1.1 heads already (an h2c preface included), so it always serves HTTP/1.1 here.
-    // With upgrades: after a 101 hyper hands the connection to the tunnel (`proxy::tunnel`).
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // The gate enforces the head limits and client timeouts; hyper's own are set wider so
-    // they never decide first.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(None)
-        .max_headers(head_limits.max_headers + 1)
-        .max_buf_size((head_limits.max_header_size * 2).max(64 * 1024))
-        .half_close(true)
-        .keep_alive(true);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(gate), service);
-    if let Err(e) = graceful.watch(conn).await {
-        tracing::debug!("connection from {peer}: {e}");
+    if h2 {
+        serve_h2(tls_stream, client, settings, proxy, drain).await
+    } else {
+        h1::serve(tls_stream, client, settings, proxy, drain).await
     }
 }
 
@@ -344,7 +323,7 @@ async fn serve_h2<S>(
     client: Client,
     settings: &Front,
     proxy: Arc<Proxy>,
-    graceful: Watcher,
+    mut drain: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -369,8 +348,8 @@ async fn serve_h2<S>(
         .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(limits.keepalive_timeout))
         .keep_alive_timeout(Duration::from_secs(20));
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    let mut conn = pin!(graceful.watch(conn));
+    let mut conn = pin!(builder.serve_connection(TokioIo::new(stream), service));
+    let mut draining = false;
     // HTTP/2 has no per-request head wait to hang an idle timeout on: close connections that
     // had no stream for keepalive_timeout.
     let mut check = tokio::time::interval(limits.keepalive_timeout.min(Duration::from_secs(5)));
@@ -381,6 +360,11 @@ async fn serve_h2<S>(
                     tracing::debug!("HTTP/2 connection from {peer}: {e}");
                 }
                 return;
+            }
+            _ = stopping(&mut drain), if !draining => {
+                // GOAWAY: streams open finish, no new ones start.
+                conn.as_mut().graceful_shutdown();
+                draining = true;
             }
             _ = check.tick() => {
                 if state.idle_for().is_some_and(|d| d >= limits.keepalive_timeout) {
@@ -394,7 +378,7 @@ async fn serve_h2<S>(
 
 /// One request of a connection: marked busy until its response body ends (the idle timeouts
 /// never run during a response), answered by the proxy under the gate's `verdict`.
-async fn answer(
+pub(crate) async fn answer(
     proxy: Arc<Proxy>,
     state: Arc<ConnState>,
     client: Client,
