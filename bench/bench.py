@@ -24,9 +24,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import (W, PY3, PY27, MOD_WSGI, MW_USER, ROUNDS, SECONDS, CONNECTIONS,  # noqa: E402
-                    WSGIMUX, Server, free_port, wait_http, measure, med, venv_bin, nginx_conf,
-                    wsgimux_config, app_yaml, native_files)
+from common import (W, PY3, PY27, MOD_WSGI, ROUNDS, SECONDS, CONNECTIONS, WSGIMUX,  # noqa: E402
+                    Server, free_port, wait_http, measure, med, nginx_conf, wsgimux_config,
+                    app_yaml, granian_argv, gunicorn_argv, uwsgi_argv, mod_wsgi_argv,
+                    native_argv)
 import scenarios  # noqa: E402
 
 APP = r'''
@@ -71,53 +72,31 @@ def setups():
             return s
         return start
 
-    def native_direct(name):
-        # The native worker alone, on TCP: the launcher and library wsgimux writes out.
-        lib, launcher = native_files()
-        port = free_port()
-        s = Server(name, port)
-        s.start('backend', [PY3, '-u', launcher, '--native', lib,
-                            '--socket', 'tcp:127.0.0.1:%d' % port, '--threads', '8',
-                            '--script', os.path.join(app_dir, 'hello.py'), '--parent-pid', '0'])
-        return s
+    def direct(argv):
+        # A server clients hit without a proxy in front.
+        def start(name):
+            port = free_port()
+            s = Server(name, port)
+            s.start('backend', argv(port, name))
+            return s
+        return start
+
+    native_direct = direct(lambda port, _: native_argv('tcp:127.0.0.1:%d' % port, app_dir))
+    granian = direct(lambda port, _: granian_argv(port, app_dir))
+    uwsgi = direct(lambda port, _: uwsgi_argv(port, app_dir))
+    mod_wsgi = direct(lambda port, name: mod_wsgi_argv(port, app_dir, name))
 
     def nginx_gunicorn(name):
         port, backend = free_port(), free_port()
         s = Server(name, port)
-        s.start('backend', [venv_bin('gunicorn'), '-w', '1', '-k', 'gthread', '--threads', '8',
-                            '-b', '127.0.0.1:%d' % backend, '--chdir', app_dir, 'hello:app'])
+        s.start('backend', gunicorn_argv(backend, app_dir))
         s.start('front', nginx_conf(name, port, '127.0.0.1:%d' % backend))
-        return s
-
-    def granian(name):
-        port = free_port()
-        s = Server(name, port)
-        s.start('backend', scenarios.granian_argv(port, app_dir))
-        return s
-
-    def uwsgi(name):
-        port = free_port()
-        s = Server(name, port)
-        s.start('backend', [venv_bin('uwsgi'), '--http11-socket', '127.0.0.1:%d' % port,
-                            '--chdir', app_dir, '--wsgi-file', 'hello.py', '--master',
-                            '--processes', '1', '--threads', '8', '--die-on-term',
-                            '--disable-logging'])
-        return s
-
-    def mod_wsgi(name):
-        port = free_port()
-        s = Server(name, port)
-        s.start('backend', [MOD_WSGI, 'start-server', os.path.join(app_dir, 'hello.wsgi'),
-                            '--host', '127.0.0.1', '--port', str(port), '--processes', '1',
-                            '--threads', '8', '--max-clients', '64', '--locale', 'C.UTF-8',
-                            '--user', MW_USER, '--group', MW_USER,
-                            '--server-root', os.path.join(W, 'mw-' + name)])
         return s
 
     def wsgimux_granian(name):
         port, backend = free_port(), free_port()
         s = Server(name, port)
-        s.start('backend', scenarios.granian_argv(backend, app_dir))
+        s.start('backend', granian_argv(backend, app_dir))
         s.start('wsgimux', [WSGIMUX, 'serve', '--config', wsgimux_config(
             name, port, '  bench:\n    upstream: "http://127.0.0.1:%d"\n' % backend)])
         return s
@@ -125,7 +104,7 @@ def setups():
     def nginx_granian(name):
         port, backend = free_port(), free_port()
         s = Server(name, port)
-        s.start('backend', scenarios.granian_argv(backend, app_dir))
+        s.start('backend', granian_argv(backend, app_dir))
         s.start('front', nginx_conf(name, port, '127.0.0.1:%d' % backend))
         return s
 

@@ -132,16 +132,16 @@ def app_yaml(python, worker):
             % (python, os.path.join(W, 'app', 'hello.py'), worker))
 
 
-def nginx_conf(name, port, backend, access='access_log off;', routes=None, connections=4096):
+def nginx_conf(name, port, backend=None, access='access_log off;', routes=None,
+               connections=4096):
     """nginx proxying to `backend` ("127.0.0.1:PORT" or "unix:/path"), or with `routes`
-    {prefix: port} one upstream per prefix; keep-alive to the backends, 16 KiB buffers."""
+    {prefix: backend} one upstream per prefix; keep-alive to the backends, 16 KiB buffers."""
     d = os.path.join(W, 'nginx-' + name)
     os.makedirs(d, exist_ok=True)
     conf = os.path.join(d, 'nginx.conf')
-    routes = routes or {'/': None}
+    routes = routes or {'/': backend}
     upstreams, locations = [], []
-    for i, (prefix, p) in enumerate(sorted(routes.items())):
-        server = backend if p is None else '127.0.0.1:%d' % p
+    for i, (prefix, server) in enumerate(sorted(routes.items())):
         upstreams.append('upstream b%d { server %s; keepalive 32; }' % (i, server))
         locations.append('location %s { proxy_pass http://b%d; }' % (prefix, i))
     with open(conf, 'w') as f:
@@ -170,6 +170,41 @@ http {
 
 def venv_bin(tool):
     return os.path.join(os.path.dirname(PY3), tool)
+
+
+def granian_argv(port, app_dir, workers=1, threads=8, target='hello:app'):
+    return [venv_bin('granian'), '--interface', 'wsgi', '--host', '127.0.0.1', '--port', str(port),
+            '--workers', str(workers), '--blocking-threads', str(threads), '--http', '1',
+            '--no-access-log', '--working-dir', app_dir, target]
+
+
+def gunicorn_argv(port, app_dir, target='hello:app', workers=1, threads=8):
+    return [venv_bin('gunicorn'), '-w', str(workers), '-k', 'gthread', '--threads', str(threads),
+            '-b', '127.0.0.1:%d' % port, '--chdir', app_dir, target]
+
+
+def uwsgi_argv(port, app_dir, script='hello.py', processes=1, threads=8, router=False):
+    # `router`: uWSGI's HTTP router in front (`--http`); `--http11-socket` ties a thread to each
+    # keep-alive connection and starves more clients than threads.
+    listen = ['--http', '127.0.0.1:%d' % port, '--http-keepalive', '--lazy-apps'] if router \
+        else ['--http11-socket', '127.0.0.1:%d' % port]
+    return [venv_bin('uwsgi')] + listen + [
+        '--chdir', app_dir, '--wsgi-file', script, '--master', '--processes', str(processes),
+        '--threads', str(threads), '--die-on-term', '--disable-logging']
+
+
+def mod_wsgi_argv(port, app_dir, name, script='hello.wsgi', processes=1, threads=8):
+    return [MOD_WSGI, 'start-server', os.path.join(app_dir, script), '--host', '127.0.0.1',
+            '--port', str(port), '--processes', str(processes), '--threads', str(threads),
+            '--max-clients', '64', '--locale', 'C.UTF-8', '--user', MW_USER, '--group', MW_USER,
+            '--server-root', os.path.join(W, 'mw-' + name)]
+
+
+def native_argv(socket_arg, app_dir, script='hello.py', threads=8):
+    """The native worker alone: `socket_arg` is a Unix socket path or "tcp:HOST:PORT"."""
+    lib, launcher = native_files()
+    return [PY3, '-u', launcher, '--native', lib, '--socket', socket_arg, '--threads',
+            str(threads), '--script', os.path.join(app_dir, script), '--parent-pid', '0']
 
 
 def native_files():

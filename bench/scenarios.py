@@ -15,29 +15,15 @@ import socket
 import threading
 import time
 
-from common import (W, PY3, MOD_WSGI, MW_USER, ROUNDS, SECONDS, CONNECTIONS, WSGIMUX, Server,
-                    free_port, wait_http, wrk, measure, med, venv_bin, nginx_conf,
-                    wsgimux_config, native_files, rss_kib, tree)
+from common import (W, PY3, MOD_WSGI, ROUNDS, SECONDS, WSGIMUX, Server, free_port, wait_http,
+                    wrk, measure, med, nginx_conf, wsgimux_config, rss_kib, tree, granian_argv,
+                    gunicorn_argv, uwsgi_argv, mod_wsgi_argv, native_argv)
 
 # --- front only ------------------------------------------------------------------------------
 
 
-def native_backend(s, sock, app_dir, script='hello.py', threads=8):
-    """The native worker alone on a Unix socket: the backend both fronts proxy to."""
-    native, launcher = native_files()
-    s.start('backend', [PY3, '-u', launcher, '--native', native, '--socket', sock,
-                        '--threads', str(threads), '--script', os.path.join(app_dir, script),
-                        '--parent-pid', '0'])
-
-
-def front_setups(app_dir):
-    """(name, front, backend kind, log, start)."""
-    out = []
-    for backend in ('unix', 'tcp'):
-        for log in ('off', 'file'):
-            for front in ('wsgimux', 'nginx'):
-                out.append((front, backend, log))
-    return out
+FRONT_COMBOS = [(front, backend, log) for backend in ('unix', 'tcp') for log in ('off', 'file')
+                for front in ('wsgimux', 'nginx')]
 
 
 def start_front(front, backend, log, app_dir):
@@ -48,7 +34,7 @@ def start_front(front, backend, log, app_dir):
         sock = os.path.join(W, 'sock-%s.sock' % name)
         if os.path.exists(sock):
             os.unlink(sock)
-        native_backend(s, sock, app_dir)
+        s.start('backend', native_argv(sock, app_dir))
         target_wsgimux, target_nginx = 'unix:' + sock, 'unix:' + sock
         deadline = time.time() + 30
         while not os.path.exists(sock) and time.time() < deadline:
@@ -70,19 +56,12 @@ def start_front(front, backend, log, app_dir):
     return s
 
 
-def granian_argv(port, app_dir, workers=1, threads=8, target='hello:app'):
-    return [venv_bin('granian'), '--interface', 'wsgi', '--host', '127.0.0.1', '--port', str(port),
-            '--workers', str(workers), '--blocking-threads', str(threads), '--http', '1',
-            '--no-access-log', '--working-dir', app_dir, target]
-
-
 def run_front(app_dir):
     results = {}
-    combos = front_setups(app_dir)
     for rnd in range(ROUNDS):
-        order = combos if rnd % 2 == 0 else list(reversed(combos))
+        order = FRONT_COMBOS if rnd % 2 == 0 else list(reversed(FRONT_COMBOS))
         for combo in order:
-            s = start_front(*(combo + (app_dir,)))
+            s = start_front(*combo, app_dir=app_dir)
             try:
                 if not wait_http(s.port):
                     print('front %s: did not answer; see %s/logs' % ('-'.join(combo), W))
@@ -198,8 +177,7 @@ def django_setups(app_dir):
     def nginx_gunicorn(name):
         port, backend = free_port(), free_port()
         s = Server(name, port)
-        s.start('backend', [venv_bin('gunicorn'), '-w', '2', '-k', 'gthread', '--threads', '4',
-                            '-b', '127.0.0.1:%d' % backend, '--chdir', app_dir, 'djapp:app'])
+        s.start('backend', gunicorn_argv(backend, app_dir, 'djapp:app', workers=2, threads=4))
         s.start('front', nginx_conf(name, port, '127.0.0.1:%d' % backend))
         return s
 
@@ -212,22 +190,15 @@ def django_setups(app_dir):
     def uwsgi(name):
         port = free_port()
         s = Server(name, port)
-        # Its HTTP router in front (`--http`): `--http11-socket` ties a thread to each
-        # keep-alive connection and starves 32 clients with 8 threads.
-        s.start('backend', [venv_bin('uwsgi'), '--http', '127.0.0.1:%d' % port,
-                            '--http-keepalive', '--chdir', app_dir, '--wsgi-file', 'djapp.py',
-                            '--master', '--processes', '2', '--threads', '4', '--die-on-term',
-                            '--disable-logging', '--lazy-apps'])
+        s.start('backend', uwsgi_argv(port, app_dir, 'djapp.py', processes=2, threads=4,
+                                      router=True))
         return s
 
     def mod_wsgi(name):
         port = free_port()
         s = Server(name, port)
-        s.start('backend', [MOD_WSGI, 'start-server', os.path.join(app_dir, 'djapp.wsgi'),
-                            '--host', '127.0.0.1', '--port', str(port), '--processes', '2',
-                            '--threads', '4', '--max-clients', '64', '--locale', 'C.UTF-8',
-                            '--user', MW_USER, '--group', MW_USER,
-                            '--server-root', os.path.join(W, 'mw-' + name)])
+        s.start('backend', mod_wsgi_argv(port, app_dir, name, 'djapp.wsgi', processes=2,
+                                         threads=4))
         return s
 
     out = [('wsgimux+native', wsgimux_native), ('nginx+gunicorn', nginx_gunicorn),
@@ -342,9 +313,9 @@ def noisy_setups(app_dir):
         port, pa, pb = free_port(), free_port(), free_port()
         s = Server(name, port)
         for role, p, c in (('backend-a', pa, 'slow'), ('backend-b', pb, 'fast')):
-            s.start(role, [venv_bin('gunicorn'), '-w', '1', '-k', 'gthread', '--threads', '4',
-                           '-b', '127.0.0.1:%d' % p, '--chdir', app_dir, 'noisy:%s' % c])
-        s.start('front', nginx_conf(name, port, None, routes={'/a': pa, '/b': pb}))
+            s.start(role, gunicorn_argv(p, app_dir, 'noisy:' + c, threads=4))
+        s.start('front', nginx_conf(name, port, routes={'/a': '127.0.0.1:%d' % pa,
+                                                        '/b': '127.0.0.1:%d' % pb}))
         return s
 
     return [('wsgimux', wsgimux), ('nginx+2 gunicorns', nginx)]

@@ -121,9 +121,9 @@ pub async fn run(tunnel: Tunnel, log: TunnelLog) {
     let client = async {
         client
             .await
-            .map_err(|_| "the client's connection ended first")
+            .map_err(|_| "the client's connection ended first".to_string())
     };
-    let child = async { child.await.map_err(|_| "the app's connection ended first") };
+    let child = async { child.await.map_err(|e| e.to_string()) };
     let (client, child) = match tokio::try_join!(client, child) {
         Ok(ends) => ends,
         Err(e) => {

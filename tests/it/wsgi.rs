@@ -3,16 +3,18 @@
 
 use crate::harness::*;
 
-macro_rules! conformance {
-    ($($name:ident: $version:literal, $worker:literal;)*) => {$(
+/// One test per (interpreter, worker) pair, each running `$check(version, worker)`.
+macro_rules! per_interpreter {
+    ($check:ident; $($name:ident: $version:literal, $worker:literal;)*) => {$(
         #[test]
         fn $name() {
-            conformance($version, $worker);
+            $check($version, $worker);
         }
     )*};
 }
 
-conformance! {
+per_interpreter! {
+    conformance;
     portable_on_2_7: "2.7", "portable";
     portable_on_3_6: "3.6", "portable";
     portable_on_3_13: "3.13", "portable";
@@ -201,16 +203,8 @@ fn conformance(version: &str, worker: &str) {
     }
 }
 
-macro_rules! edges {
-    ($($name:ident: $version:literal, $worker:literal;)*) => {$(
-        #[test]
-        fn $name() {
-            edges($version, $worker);
-        }
-    )*};
-}
-
-edges! {
+per_interpreter! {
+    edges;
     edges_portable_on_2_7: "2.7", "portable";
     edges_portable_on_3_6: "3.6", "portable";
     edges_portable_on_3_13: "3.13", "portable";
