@@ -301,6 +301,19 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
+/// A family with one sample per app, labelled by app only.
+fn per_app(
+    t: &mut String,
+    apps: &Apps,
+    (name, kind, help): (&str, &str, &str),
+    value: impl Fn(&AppStatus) -> u64,
+) {
+    family(t, name, kind, help);
+    for (app, a) in apps {
+        let _ = writeln!(t, "{name}{{app=\"{app}\"}} {}", value(a));
+    }
+}
+
 /// Prometheus text exposition format 0.0.4.
 pub fn render_prometheus(s: &StatusReport) -> String {
     let mut text = String::new();
@@ -358,36 +371,36 @@ fn prometheus_requests(t: &mut String, apps: &Apps) {
             );
         }
     }
-    family(
+    per_app(
         t,
-        "wsgimux_request_errors_total",
-        "counter",
-        "5xx responses and responses that broke off.",
+        apps,
+        (
+            "wsgimux_request_errors_total",
+            "counter",
+            "5xx responses and responses that broke off.",
+        ),
+        |a| a.totals.errors(),
     );
-    for (app, a) in apps {
-        let n = a.totals.errors();
-        let _ = writeln!(t, "wsgimux_request_errors_total{{app=\"{app}\"}} {n}");
-    }
-    family(
+    per_app(
         t,
-        "wsgimux_requests_in_flight",
-        "gauge",
-        "Requests sent to the app and not finished.",
+        apps,
+        (
+            "wsgimux_requests_in_flight",
+            "gauge",
+            "Requests sent to the app and not finished.",
+        ),
+        |a| a.load.in_flight as u64,
     );
-    for (app, a) in apps {
-        let n = a.load.in_flight;
-        let _ = writeln!(t, "wsgimux_requests_in_flight{{app=\"{app}\"}} {n}");
-    }
-    family(
+    per_app(
         t,
-        "wsgimux_upgraded_connections",
-        "gauge",
-        "Upgraded connections (WebSockets) open to the app.",
+        apps,
+        (
+            "wsgimux_upgraded_connections",
+            "gauge",
+            "Upgraded connections (WebSockets) open to the app.",
+        ),
+        |a| a.load.tunnels as u64,
     );
-    for (app, a) in apps {
-        let n = a.load.tunnels;
-        let _ = writeln!(t, "wsgimux_upgraded_connections{{app=\"{app}\"}} {n}");
-    }
 }
 
 fn prometheus_processes(t: &mut String, apps: &Apps) {
@@ -407,16 +420,16 @@ fn prometheus_processes(t: &mut String, apps: &Apps) {
             );
         }
     }
-    family(
+    per_app(
         t,
-        "wsgimux_process_restarts_total",
-        "counter",
-        "Process exits and failed starts followed by a restart (current generation).",
+        apps,
+        (
+            "wsgimux_process_restarts_total",
+            "counter",
+            "Process exits and failed starts followed by a restart (current generation).",
+        ),
+        |a| a.restarts as u64,
     );
-    for (app, a) in apps {
-        let n = a.restarts;
-        let _ = writeln!(t, "wsgimux_process_restarts_total{{app=\"{app}\"}} {n}");
-    }
 }
 
 fn prometheus_durations(t: &mut String, apps: &Apps) {
