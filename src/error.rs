@@ -41,7 +41,7 @@ pub enum ProxyError {
     },
     #[error("request body for app {app} is larger than its max_body_size ({limit} bytes)")]
     BodyTooLarge { app: String, limit: u64 },
-    #[error("app {app} has {in_flight} requests in flight, its limit (processes × threads + queue_limit)")]
+    #[error("app {app} has {in_flight} requests in flight, its limit (processes × threads + queue_limit), and none ended within its overflow_wait")]
     Overloaded { app: String, in_flight: usize },
     #[error("app {app} did not answer within {}s", after.as_secs())]
     Timeout { app: String, after: Duration },

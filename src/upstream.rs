@@ -253,6 +253,9 @@ pub struct Endpoint {
     pid: u32,
     idle: Mutex<Vec<Idle>>,
     in_flight: AtomicUsize,
+    /// Told once per request that ends: wakes one request waiting for a place in the app
+    /// (`overflow_wait`).
+    freed: tokio::sync::Notify,
     /// Upgraded connections (WebSockets) open to this process: its drain waits for them too,
     /// but they are not requests (admission does not count them).
     tunnels: AtomicUsize,
@@ -276,6 +279,7 @@ impl Endpoint {
             pid,
             idle: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
+            freed: tokio::sync::Notify::new(),
             tunnels: AtomicUsize::new(0),
             stats: Default::default(),
         })
@@ -288,6 +292,12 @@ impl Endpoint {
     /// Requests sent and not yet finished (response body not fully relayed).
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once a request on this process ends after the call (or one ended unclaimed
+    /// before it). One ending wakes one waiter; a waiter that gives up passes its wake on.
+    pub fn freed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.freed.notified()
     }
 
     /// Upgraded connections open to this process.
@@ -447,6 +457,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.freed.notify_one();
     }
 }
 

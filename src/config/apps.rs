@@ -11,8 +11,8 @@ use super::values::is_dotted_identifier;
 use super::{
     parse_host_pattern, AppLocations, AppSpec, Entry, HostPattern, LifecycleSpec, Mount,
     ProcessSpec, PythonSpec, RawDuration, RequestBuffering, RouteSpec, Validator, WorkerChoice,
-    DEFAULT_CALLABLE, DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_BODY_SIZE, DEFAULT_PROCESSES,
-    DEFAULT_QUEUE_LIMIT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RESPONSE_IDLE_TIMEOUT,
+    DEFAULT_CALLABLE, DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_BODY_SIZE, DEFAULT_OVERFLOW_WAIT,
+    DEFAULT_PROCESSES, DEFAULT_QUEUE_LIMIT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RESPONSE_IDLE_TIMEOUT,
     DEFAULT_STARTUP_TIMEOUT, DEFAULT_THREADS, MAX_PROCESSES, MAX_THREADS, PORT_PLACEHOLDER,
     SOCKET_PLACEHOLDER,
 };
@@ -33,6 +33,7 @@ struct AppLimits {
     max_body_size: Option<u64>,
     request_timeout: Duration,
     queue_limit: u32,
+    overflow_wait: Duration,
     request_buffering: RequestBuffering,
     response_idle_timeout: Option<Duration>,
 }
@@ -104,6 +105,7 @@ impl Validator<'_> {
                 max_body_size: limits.max_body_size,
                 request_timeout: limits.request_timeout,
                 queue_limit: limits.queue_limit,
+                overflow_wait: limits.overflow_wait,
                 request_buffering: limits.request_buffering,
                 response_idle_timeout: limits.response_idle_timeout,
                 statics,
@@ -275,6 +277,13 @@ impl Validator<'_> {
             DEFAULT_REQUEST_TIMEOUT,
             false,
         );
+        let overflow_wait = self.duration(
+            name,
+            "overflow_wait",
+            raw.overflow_wait.take(),
+            DEFAULT_OVERFLOW_WAIT,
+            true,
+        );
         let request_buffering = match raw.request_buffering.as_deref().map(str::trim) {
             None | Some("auto") => RequestBuffering::Auto,
             Some("on") => RequestBuffering::On,
@@ -301,6 +310,7 @@ impl Validator<'_> {
             max_body_size,
             request_timeout,
             queue_limit: raw.queue_limit.unwrap_or(DEFAULT_QUEUE_LIMIT),
+            overflow_wait,
             request_buffering,
             response_idle_timeout,
         }

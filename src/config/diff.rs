@@ -292,6 +292,7 @@ fn route_keys(old: &RouteSpec, new: &RouteSpec) -> Vec<&'static str> {
         max_body_size,
         request_timeout,
         queue_limit,
+        overflow_wait,
         request_buffering,
         response_idle_timeout,
         statics,
@@ -302,6 +303,7 @@ fn route_keys(old: &RouteSpec, new: &RouteSpec) -> Vec<&'static str> {
         (old.max_body_size != *max_body_size, "max_body_size"),
         (old.request_timeout != *request_timeout, "request_timeout"),
         (old.queue_limit != *queue_limit, "queue_limit"),
+        (old.overflow_wait != *overflow_wait, "overflow_wait"),
         (
             old.request_buffering != *request_buffering,
             "request_buffering",

@@ -182,6 +182,8 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_RESPONSE_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Default `queue_limit` of an app: requests waiting beyond what its processes run at once.
 pub const DEFAULT_QUEUE_LIMIT: u32 = 100;
+/// Default `overflow_wait` of an app: how long a request beyond its queue waits for a place.
+pub const DEFAULT_OVERFLOW_WAIT: Duration = Duration::from_secs(1);
 
 /// Parses `512`, `8k`, `8KiB`, `1m`, `1MB`, `2g`; units are powers of 1024.
 pub fn parse_size(text: &str) -> Result<u64, String> {

@@ -30,8 +30,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use front::{
-    parse_size, CertSpec, Cidr, Limits, TlsSpec, DEFAULT_MAX_BODY_SIZE, DEFAULT_QUEUE_LIMIT,
-    DEFAULT_REQUEST_TIMEOUT, DEFAULT_RESPONSE_IDLE_TIMEOUT,
+    parse_size, CertSpec, Cidr, Limits, TlsSpec, DEFAULT_MAX_BODY_SIZE, DEFAULT_OVERFLOW_WAIT,
+    DEFAULT_QUEUE_LIMIT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RESPONSE_IDLE_TIMEOUT,
 };
 pub use locate::{Location, Locator};
 pub use operating::{
@@ -139,6 +139,8 @@ pub struct RouteSpec {
     pub request_timeout: Duration,
     /// Requests that may wait for a free thread beyond processes × threads before 503.
     pub queue_limit: u32,
+    /// How long a request beyond the queue waits for a place before 503 (zero: 503 at once).
+    pub overflow_wait: Duration,
     pub request_buffering: RequestBuffering,
     /// Longest silence within a response body before the front gives up on it; None: none.
     pub response_idle_timeout: Option<Duration>,

@@ -57,6 +57,7 @@ pub(super) struct RawApp {
     pub(super) max_body_size: Option<front::RawSize>,
     pub(super) request_timeout: Option<RawDuration>,
     pub(super) queue_limit: Option<u32>,
+    pub(super) overflow_wait: Option<RawDuration>,
     pub(super) request_buffering: Option<String>,
     pub(super) response_idle_timeout: Option<RawDuration>,
     #[serde(rename = "static")]

@@ -486,6 +486,7 @@ apps:
     max_body_size: 10m
     request_timeout: 2m
     queue_limit: 0
+    overflow_wait: 250ms
     request_buffering: on
     response_idle_timeout: 10min
   b:
@@ -519,6 +520,8 @@ apps:
     assert_eq!(a.route.max_body_size, Some(10 << 20));
     assert_eq!(a.route.request_timeout, Duration::from_secs(120));
     assert_eq!(a.route.queue_limit, 0);
+    assert_eq!(a.route.overflow_wait, Duration::from_millis(250));
+    assert_eq!(b.route.overflow_wait, DEFAULT_OVERFLOW_WAIT);
     assert_eq!(
         a.admission_cap(),
         a.process.processes as usize * a.process.threads as usize

@@ -338,11 +338,10 @@ fn lookup(table: &Table, target: &Target, decoded: &[u8]) -> Result<Arc<AppRoute
 /// The app's limits that need no body (queue, declared size), then a ready process — waking
 /// a dormant app and waiting for it up to its startup_timeout.
 async fn select(route: Arc<AppRoute>, parts: &Parts) -> Result<Selected, ProxyError> {
-    let in_flight = route.in_flight();
-    if in_flight >= route.max_in_flight {
+    if !route.has_place().await {
         return Err(ProxyError::Overloaded {
             app: route.name.to_string(),
-            in_flight,
+            in_flight: route.in_flight(),
         });
     }
     let endpoint = route.ready_process(None).await.ok_or_else(|| {

@@ -40,6 +40,8 @@ pub struct AppRoute {
     pub(super) response_idle_timeout: Option<Duration>,
     /// Requests in flight at which new ones get 503 ([`AppSpec::admission_cap`]).
     pub(super) max_in_flight: usize,
+    /// How long a request beyond `max_in_flight` waits for a place before 503.
+    overflow_wait: Duration,
     /// The app's counters (kept across its generations).
     pub(super) stats: Arc<AppCounters>,
     /// The app's `static:` folders, prefixes including the mount; longest first.
@@ -79,6 +81,7 @@ impl AppRoute {
             ),
             response_idle_timeout: spec.route.response_idle_timeout,
             max_in_flight: spec.admission_cap(),
+            overflow_wait: spec.route.overflow_wait,
             stats,
             statics: spec
                 .route
@@ -154,6 +157,48 @@ impl AppRoute {
             .iter()
             .map(|e| e.in_flight())
             .sum()
+    }
+
+    /// Whether the app has a place for one more request, waiting up to its `overflow_wait`
+    /// for a request to end when it is full. The wait, not an instant 503, is what keeps a
+    /// client that retries at once from turning an app's overflow into a flood of 503s that
+    /// takes the front's CPU from the other apps (HAProxy's `timeout queue` likewise).
+    pub(super) async fn has_place(&self) -> bool {
+        if self.in_flight() < self.max_in_flight {
+            return true;
+        }
+        if self.overflow_wait.is_zero() {
+            return false;
+        }
+        let until = tokio::time::Instant::now() + self.overflow_wait;
+        let mut endpoints = self.endpoints.clone();
+        loop {
+            let ready = endpoints.borrow_and_update().ready.clone();
+            let mut freed: Vec<_> = ready.iter().map(|e| Box::pin(e.freed())).collect();
+            // Registered before the count is read: a request ending in between still wakes.
+            for f in &mut freed {
+                f.as_mut().enable();
+            }
+            if self.in_flight() < self.max_in_flight {
+                return true;
+            }
+            let any_freed = async {
+                if freed.is_empty() {
+                    std::future::pending::<()>().await;
+                } else {
+                    futures_util::future::select_all(freed).await;
+                }
+            };
+            tokio::select! {
+                _ = any_freed => {}
+                changed = endpoints.changed() => {
+                    if changed.is_err() {
+                        return false;
+                    }
+                }
+                _ = tokio::time::sleep_until(until) => return false,
+            }
+        }
     }
 
     /// The ready process with the fewest requests in flight, starting the scan at a rotating

@@ -97,17 +97,91 @@ apps:
         status_of(addr, b"GET /one/slow?s=2 HTTP/1.1\r\nHost: x\r\n\r\n")
     });
     std::thread::sleep(Duration::from_millis(400));
+    let asked = Instant::now();
     let refused = eventually(Duration::from_secs(5), || {
         let r = request(addr, b"GET /one/pid HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
         (r.status == 503).then_some(r)
     })
     .unwrap_or_else(|| panic!("a 503 while the app is busy\n{}", server.log_text()));
     assert_eq!(refused.header("retry-after"), Some("2"));
+    // After the default overflow_wait (1 s) for a place that did not come.
+    assert!(
+        asked.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        asked.elapsed()
+    );
     assert_eq!(busy.join().unwrap(), 200);
     assert_eq!(
         status_of(addr, b"GET /one/pid HTTP/1.1\r\nHost: x\r\n\r\n"),
         200
     );
+}
+
+#[test]
+fn a_full_app_holds_a_request_for_its_overflow_wait() {
+    let Some(py) = require_python("3.12") else {
+        return;
+    };
+    let site = Site::new();
+    site.probe("app");
+    site.config(&format!(
+        "apps:\n  patient:\n    python: {py}\n    script: app/probe.py\n    mount: /patient\n    threads: 1\n    queue_limit: 0\n    overflow_wait: 5s\n\
+         \x20 hasty:\n    python: {py}\n    script: app/probe.py\n    mount: /hasty\n    threads: 1\n    queue_limit: 0\n    overflow_wait: 0\n",
+        py = py.display()
+    ));
+    let server = site.serve();
+    let addr = server.addr;
+    for app in ["patient", "hasty"] {
+        let pid = format!("GET /{app}/pid HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(
+            status_of(addr, pid.as_bytes()),
+            200,
+            "{}",
+            server.log_text()
+        );
+    }
+
+    // The one thread is busy for 1.5 s: the next request waits for it, then is served.
+    let busy = std::thread::spawn(move || {
+        status_of(addr, b"GET /patient/slow?s=1.5 HTTP/1.1\r\nHost: x\r\n\r\n")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let asked = Instant::now();
+    assert_eq!(
+        status_of(addr, b"GET /patient/pid HTTP/1.1\r\nHost: x\r\n\r\n"),
+        200,
+        "{}",
+        server.log_text()
+    );
+    let waited = asked.elapsed();
+    assert!(
+        waited >= Duration::from_millis(600),
+        "served after {waited:?}, while busy"
+    );
+    assert_eq!(busy.join().unwrap(), 200);
+
+    // overflow_wait: 0 answers 503 at once.
+    let busy = std::thread::spawn(move || {
+        status_of(addr, b"GET /hasty/slow?s=2 HTTP/1.1\r\nHost: x\r\n\r\n")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let asked = Instant::now();
+    assert_eq!(
+        status_of(addr, b"GET /hasty/pid HTTP/1.1\r\nHost: x\r\n\r\n"),
+        503
+    );
+    assert!(
+        asked.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(busy.join().unwrap(), 200);
+    server
+        .wait_log(
+            "none ended within its overflow_wait",
+            Duration::from_secs(5),
+        )
+        .expect("the 503 logged with its reason");
 }
 
 fn raise_fd_limit() -> u64 {
