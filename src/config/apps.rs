@@ -52,14 +52,7 @@ impl Validator<'_> {
         }
         let python = self.python(&name, raw.python.as_deref(), entry.as_ref());
         let hosts = self.hosts(&name, raw.hosts.take());
-        let mount = match raw.mount.as_deref().map(Mount::parse) {
-            None => Some(Mount::root()),
-            Some(Ok(m)) => Some(m),
-            Some(Err(msg)) => {
-                self.app_problem(&name, "mount", msg);
-                None
-            }
-        };
+        let mount = self.mount(&name, raw.mount.as_deref());
         let working_dir = self.working_dir(&name, raw.working_dir.as_deref(), entry.as_ref());
         let python_path: Vec<PathBuf> = (raw.python_path.take().unwrap_or_default().iter())
             .map(|p| self.resolve(p.trim()))
@@ -119,6 +112,18 @@ impl Validator<'_> {
             locations,
             name,
         })
+    }
+
+    /// The app's mount: `/` when none is given.
+    fn mount(&mut self, name: &str, raw: Option<&str>) -> Option<Mount> {
+        match raw.map(Mount::parse) {
+            None => Some(Mount::root()),
+            Some(Ok(m)) => Some(m),
+            Some(Err(msg)) => {
+                self.app_problem(name, "mount", msg);
+                None
+            }
+        }
     }
 
     fn app_name(&mut self, name: &str) {
