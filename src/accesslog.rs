@@ -12,8 +12,8 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::header::{HOST, REFERER, USER_AGENT};
-use hyper::{Request, Response, StatusCode};
+use hyper::header::{HeaderValue, HOST, REFERER, USER_AGENT};
+use hyper::{Method, Request, Response, StatusCode, Uri};
 
 use crate::config::{AccessLogFormat, AccessLogSpec, AccessLogTo, LogFormat};
 use crate::logfile::LogFile;
@@ -97,39 +97,76 @@ pub struct AccessLog {
     started: Instant,
     time: SystemTime,
     peer: SocketAddr,
+    /// None: a request the gate refused before it was parsed.
+    head: Option<Head>,
+}
+
+/// The request's fields the line shows, as they came (cheap clones of the parsed head):
+/// escaped only when a line is written, so a request costs nothing here with the log off.
+struct Head {
+    method: Method,
+    uri: Uri,
+    version: hyper::Version,
+    referer: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
+    /// The Host (or HTTP/2 authority) the request named, for the `vhost` field.
+    host: Option<HeaderValue>,
+}
+
+/// The request's fields, escaped for a line.
+struct Fields {
     method: String,
     target: String,
     version: &'static str,
     referer: String,
     user_agent: String,
-    /// The Host (or HTTP/2 authority) the request named, for the `vhost` field.
     host: String,
+}
+
+impl Fields {
+    fn of(head: Option<&Head>) -> Self {
+        let text =
+            |v: Option<&HeaderValue>| v.map_or_else(|| "-".to_string(), |v| escape(v.as_bytes()));
+        match head {
+            None => Fields {
+                method: "-".to_string(),
+                target: String::new(),
+                version: "",
+                referer: "-".to_string(),
+                user_agent: "-".to_string(),
+                host: "-".to_string(),
+            },
+            Some(h) => Fields {
+                method: escape(h.method.as_str().as_bytes()),
+                target: escape(h.uri.to_string().as_bytes()),
+                version: version_text(h.version),
+                referer: text(h.referer.as_ref()),
+                user_agent: text(h.user_agent.as_ref()),
+                host: text(h.host.as_ref()),
+            },
+        }
+    }
 }
 
 impl AccessLog {
     pub fn begin<B>(req: &Request<B>, peer: SocketAddr) -> Self {
-        let header = |name| {
-            req.headers()
-                .get(name)
-                .map(|v| escape(v.as_bytes()))
-                .unwrap_or_else(|| "-".to_string())
+        let headers = req.headers();
+        let host = match headers.get(HOST) {
+            Some(h) => Some(h.clone()),
+            None => (req.uri().authority()).and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
         };
         AccessLog {
             started: Instant::now(),
             time: SystemTime::now(),
             peer,
-            method: escape(req.method().as_str().as_bytes()),
-            target: escape(req.uri().to_string().as_bytes()),
-            version: version_text(req.version()),
-            referer: header(REFERER),
-            user_agent: header(USER_AGENT),
-            host: match req.headers().get(HOST) {
-                Some(h) => escape(h.as_bytes()),
-                None => req
-                    .uri()
-                    .authority()
-                    .map_or_else(|| "-".to_string(), |a| escape(a.as_str().as_bytes())),
-            },
+            head: Some(Head {
+                method: req.method().clone(),
+                uri: req.uri().clone(),
+                version: req.version(),
+                referer: headers.get(REFERER).cloned(),
+                user_agent: headers.get(USER_AGENT).cloned(),
+                host,
+            }),
         }
     }
 
@@ -139,12 +176,7 @@ impl AccessLog {
             started: Instant::now(),
             time: SystemTime::now(),
             peer,
-            method: "-".to_string(),
-            target: String::new(),
-            version: "",
-            referer: "-".to_string(),
-            user_agent: "-".to_string(),
-            host: "-".to_string(),
+            head: None,
         }
     }
 
@@ -239,7 +271,11 @@ impl Entry {
                 None => s.stats.front.record(status, complete, elapsed),
             }
         }
+        if matches!(self.sink.to, Destination::Off) {
+            return;
+        }
         let app = self.served.as_ref().map_or("-", |s| &s.app);
+        let f = Fields::of(l.head.as_ref());
         let line = match self.sink.format {
             AccessLogFormat::Combined => {
                 let size = if bytes == 0 {
@@ -247,10 +283,10 @@ impl Entry {
                 } else {
                     bytes.to_string()
                 };
-                let request = if l.target.is_empty() {
-                    l.method.clone()
+                let request = if f.target.is_empty() {
+                    f.method
                 } else {
-                    format!("{} {} {}", l.method, l.target, l.version)
+                    format!("{} {} {}", f.method, f.target, f.version)
                 };
                 // Combined, then wsgimux's fields: the app, the Host (Apache's vhost_combined
                 // puts it first, which combined parsers do not read), the request time.
@@ -258,9 +294,9 @@ impl Entry {
                     "{} - - [{}] \"{request}\" {status} {size} \"{}\" \"{}\" app={app} vhost={} rt={:.3}",
                     l.peer.ip(),
                     crate::dates::clf_time(l.time),
-                    l.referer,
-                    l.user_agent,
-                    l.host,
+                    f.referer,
+                    f.user_agent,
+                    f.host,
                     elapsed.as_secs_f64(),
                 );
                 if let Some(n) = self.tunnel_in {
@@ -276,14 +312,14 @@ impl Entry {
                 let mut v = serde_json::json!({
                     "time": crate::dates::iso_time(l.time),
                     "remote_addr": l.peer.ip().to_string(),
-                    "method": dash(&l.method),
-                    "host": dash(&l.host),
-                    "uri": (!l.target.is_empty()).then(|| l.target.clone()),
-                    "protocol": (!l.version.is_empty()).then_some(l.version),
+                    "method": dash(&f.method),
+                    "host": dash(&f.host),
+                    "uri": (!f.target.is_empty()).then_some(&f.target),
+                    "protocol": (!f.version.is_empty()).then_some(f.version),
                     "status": status,
                     "bytes": bytes,
-                    "referer": dash(&l.referer),
-                    "user_agent": dash(&l.user_agent),
+                    "referer": dash(&f.referer),
+                    "user_agent": dash(&f.user_agent),
                     "app": dash(app),
                     "pid": self.served.as_ref().and_then(|s| s.process.as_ref()).map(|p| p.pid()),
                     "request_time": (elapsed.as_secs_f64() * 1e6).round() / 1e6,
