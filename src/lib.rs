@@ -20,6 +20,7 @@ pub mod dates;
 pub mod error;
 pub mod explain;
 pub mod express;
+pub mod front_thread;
 pub mod gate;
 pub mod http1;
 pub mod interpreter;

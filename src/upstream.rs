@@ -251,7 +251,10 @@ pub struct Endpoint {
     address: Address,
     /// The child's pid; 0 for an upstream server wsgimux did not start.
     pid: u32,
-    idle: Mutex<Vec<Idle>>,
+    /// Idle connections, one pool per front thread (and one for the rest, the last): a
+    /// connection's hyper task runs on the thread that opened it, so a request taking it
+    /// from another thread would cross threads twice.
+    idle: Box<[Mutex<Vec<Idle>>]>,
     in_flight: AtomicUsize,
     /// Told once per request that ends: wakes one request waiting for a place in the app
     /// (`overflow_wait`).
@@ -277,7 +280,9 @@ impl Endpoint {
         Arc::new(Endpoint {
             address,
             pid,
-            idle: Mutex::new(Vec::new()),
+            idle: (0..=crate::front_thread::count())
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
             in_flight: AtomicUsize::new(0),
             freed: tokio::sync::Notify::new(),
             tunnels: AtomicUsize::new(0),
@@ -313,8 +318,10 @@ impl Endpoint {
 
     /// Closes the idle connections (the child is going away).
     pub fn close_idle(&self) {
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.clear();
+        for pool in self.idle.iter() {
+            if let Ok(mut idle) = pool.lock() {
+                idle.clear();
+            }
         }
     }
 
@@ -374,8 +381,12 @@ impl Endpoint {
         }
     }
 
+    fn pool(&self) -> &Mutex<Vec<Idle>> {
+        &self.idle[crate::front_thread::slot().min(self.idle.len() - 1)]
+    }
+
     fn take_idle(&self) -> Option<SendRequest<ProxyBody>> {
-        let mut idle = self.idle.lock().ok()?;
+        let mut idle = self.pool().lock().ok()?;
         while let Some(c) = idle.pop() {
             if !c.sender.is_closed() && c.since.elapsed() < IDLE_TIMEOUT {
                 return Some(c.sender);
@@ -388,7 +399,7 @@ impl Endpoint {
         if sender.is_closed() {
             return;
         }
-        if let Ok(mut idle) = self.idle.lock() {
+        if let Ok(mut idle) = self.pool().lock() {
             if idle.len() < MAX_IDLE {
                 idle.push(Idle {
                     sender,

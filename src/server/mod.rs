@@ -30,6 +30,9 @@ use crate::proxy::{Client, Front, Proxy};
 use crate::tls::{TlsListener, CERT_CHECK_INTERVAL, HANDSHAKE_TIMEOUT};
 
 mod h1;
+mod threads;
+
+use threads::FrontThreads;
 
 /// At shutdown, how long requests in flight may take to finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -95,12 +98,14 @@ pub struct Server {
     drain: watch::Sender<bool>,
     listening: HashMap<SocketAddr, Listening>,
     cert_watch: JoinHandle<()>,
+    threads: FrontThreads,
 }
 
 struct Listening {
     local: SocketAddr,
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    /// One accept loop per front thread, each on its own handle on the socket.
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Server {
@@ -113,6 +118,7 @@ impl Server {
             drain: watch::channel(false).0,
             listening: HashMap::new(),
             cert_watch: tokio::spawn(watch_certificates(proxy.clone())),
+            threads: FrontThreads::start(),
             proxy,
         }
     }
@@ -137,27 +143,52 @@ impl Server {
         self.max_connections = max;
     }
 
-    /// Starts accepting on a bound listener.
+    /// Starts accepting on a bound listener, on every front thread: each waits on its own
+    /// duplicate of the socket, and whichever is free first takes a new connection.
     pub fn add(&mut self, configured: SocketAddr, listener: TcpListener) {
         let local = listener.local_addr().unwrap_or(configured);
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(
-            configured,
-            listener,
-            self.proxy.clone(),
-            self.limit.clone(),
-            self.drain.subscribe(),
-            stop_rx,
-        ));
+        let mut sockets = Vec::new();
+        match listener.into_std() {
+            Ok(socket) => {
+                for _ in 1..self.threads.handles().len() {
+                    match socket.try_clone() {
+                        Ok(s) => sockets.push(s),
+                        Err(e) => tracing::warn!(
+                            "listener {configured}: accepting on fewer front threads: {e}"
+                        ),
+                    }
+                }
+                sockets.push(socket);
+            }
+            Err(e) => tracing::error!("listener {configured}: cannot accept on it: {e}"),
+        }
+        let tasks = sockets
+            .into_iter()
+            .zip(self.threads.handles())
+            .map(|(socket, thread)| {
+                let (proxy, limit) = (self.proxy.clone(), self.limit.clone());
+                let (drain, stop_rx) = (self.drain.subscribe(), stop_rx.clone());
+                thread.spawn(async move {
+                    // Registered with the front thread's own reactor.
+                    match TcpListener::from_std(socket) {
+                        Ok(l) => accept_loop(configured, l, proxy, limit, drain, stop_rx).await,
+                        Err(e) => tracing::error!("listener {configured}: {e}"),
+                    }
+                })
+            })
+            .collect();
         self.listening
-            .insert(configured, Listening { local, stop, task });
+            .insert(configured, Listening { local, stop, tasks });
     }
 
     /// Stops accepting on a listener and closes its socket; its open connections carry on.
     pub async fn remove(&mut self, configured: &SocketAddr) {
         if let Some(l) = self.listening.remove(configured) {
             let _ = l.stop.send(true);
-            let _ = l.task.await;
+            for task in l.tasks {
+                let _ = task.await;
+            }
         }
     }
 
@@ -174,7 +205,9 @@ impl Server {
         self.cert_watch.abort();
         for (_, l) in self.listening.drain() {
             let _ = l.stop.send(true);
-            let _ = l.task.await;
+            for task in l.tasks {
+                let _ = task.await;
+            }
         }
         // The accept loops held receivers too; they have all returned.
         let open = self.drain.receiver_count();
@@ -194,6 +227,7 @@ impl Server {
                 DRAIN_TIMEOUT.as_secs()
             );
         }
+        self.threads.stop().await;
     }
 }
 

@@ -1,5 +1,6 @@
 //! The front door's own rules seen from outside: forwarded headers believed only from
-//! `trusted_proxies`, and listeners taken from systemd socket activation.
+//! `trusted_proxies`, listeners taken from systemd socket activation, and the front's threads
+//! each accepting and serving connections.
 
 use std::io::{BufRead, BufReader};
 use std::os::fd::AsRawFd;
@@ -214,4 +215,85 @@ fn a_passed_socket_no_listen_entry_names_is_a_start_error() {
         "{said}"
     );
     assert!(said.contains("listen: 127.0.0.1:0"), "{said}");
+}
+
+/// Each front thread's CPU ticks (utime + stime), by its name (`front-N`).
+fn front_thread_ticks(pid: u32) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        if name.trim().starts_with("front-") {
+            out.push((name.trim().to_string(), ticks(11) + ticks(12)));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn every_front_thread_accepts_and_serves() {
+    let Some(py) = require_python("3.12") else {
+        return;
+    };
+    if !std::path::Path::new("/proc/self/task").exists() {
+        return skip("no /proc: cannot see the front's threads");
+    }
+    let site = Site::new();
+    site.probe("app");
+    site.config(&format!(
+        "apps:\n  probe:\n    python: {py}\n    script: app/probe.py\n    worker: native\n    threads: 4\n",
+        py = py.display()
+    ));
+    let server = Server::start_with(
+        std::path::Path::new(BIN),
+        site.path().join("wsgimux.yaml"),
+        site.path().join("wsgimux.log"),
+        &[("WSGIMUX_FRONT_THREADS", "3")],
+    );
+    let names: Vec<String> = front_thread_ticks(server.pid())
+        .into_iter()
+        .map(|t| t.0)
+        .collect();
+    assert_eq!(names, ["front-0", "front-1", "front-2"]);
+
+    // Waves of clients connecting at once, each with keep-alive requests: all answered, and
+    // the connections spread over more than one thread (whichever is free takes the next).
+    let addr = server.addr;
+    for _ in 0..6 {
+        let clients: Vec<_> = (0..12)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let mut c = Client::connect(addr).ok()?;
+                    c.reader_timeout(std::time::Duration::from_secs(10));
+                    (0..200)
+                        .all(|_| c.get("x", "/pid").is_ok_and(|r| r.status == 200))
+                        .then_some(())
+                })
+            })
+            .collect();
+        for c in clients {
+            assert!(c.join().unwrap().is_some(), "{}", server.log_text());
+        }
+    }
+    let busy = front_thread_ticks(server.pid())
+        .iter()
+        .filter(|t| t.1 > 0)
+        .count();
+    assert!(busy >= 2, "{:?}", front_thread_ticks(server.pid()));
 }

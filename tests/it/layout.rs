@@ -12,6 +12,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "vocabulary: pure data and leaf helpers",
         &[
             "dates",
+            "front_thread",
             "http1",
             "metrics",
             "logfile",
