@@ -326,6 +326,16 @@ fn edges(version: &str, worker: &str) {
             .expect("long body");
         assert_eq!(r.text(), "0123456789", "{}", ctx(how));
         assert_eq!(c.get("x", "/v/ver").expect("next").status, 200);
+        // The same with bodies large enough to be sent from the app's own bytes (no copy).
+        let r = c
+            .get(
+                "x",
+                &format!("/v/badlength?as={how}&sent=200000&declared=150000"),
+            )
+            .expect("long large body");
+        let want = "0123456789".repeat(15_000);
+        assert!(r.text() == want, "{}: {} bytes", ctx(how), r.body.len());
+        assert_eq!(c.get("x", "/v/ver").expect("next").status, 200);
     }
     assert!(
         server

@@ -238,7 +238,7 @@ impl StartResponse {
 
     /// Streams one chunk, starting the streamed response if it has not started. Waits, with
     /// the GIL released, while the channel is full.
-    pub fn send_chunk(&self, py: Python<'_>, data: &[u8], app: &str) -> Result<(), SendError> {
+    pub fn send_chunk(&self, py: Python<'_>, data: Bytes, app: &str) -> Result<(), SendError> {
         let (tx, chunk) = {
             let mut s = self.lock();
             if s.head.is_none() && s.reply.is_some() {
@@ -251,7 +251,7 @@ impl StartResponse {
                         s.overrun_logged = true;
                         log_overrun(app);
                     }
-                    &data[..room as usize]
+                    data.slice(..room as usize)
                 }
                 _ => data,
             };
@@ -270,7 +270,7 @@ impl StartResponse {
                 s.stream = Some(tx);
             }
             match &s.stream {
-                Some(tx) => (tx.clone(), Bytes::copy_from_slice(data)),
+                Some(tx) => (tx.clone(), data),
                 None => return Err(SendError::Gone),
             }
         };
@@ -285,7 +285,7 @@ impl StartResponse {
         if !self.head_sent() {
             return self.lock().reply_full(body, app);
         }
-        self.send_chunk(py, &body, app)?;
+        self.send_chunk(py, body, app)?;
         self.finish(py, app)
     }
 
@@ -366,12 +366,25 @@ impl StartResponse {
         let data = data.cast::<PyBytes>().map_err(|_| {
             PyTypeError::new_err(format!("write() takes bytes, not {}", type_name(data)))
         })?;
-        match self.send_chunk(py, data.as_bytes(), "app") {
+        match self.send_chunk(py, body_bytes(data), "app") {
             Ok(()) => Ok(()),
             Err(SendError::Gone) => Err(PyOSError::new_err("the client closed the connection")),
             Err(SendError::App(e)) => Err(e),
         }
     }
+}
+
+/// Bodies from this size on are sent from the app's own bytes object, kept alive until written
+/// (its reference dropped after, without the GIL, goes through pyo3's deferred decref); smaller
+/// ones are copied, which costs less than the bookkeeping.
+const BORROW_FROM: usize = 4096;
+
+/// A chunk of the app's body as hyper sends it: large ones without a copy.
+pub fn body_bytes(data: &Bound<'_, PyBytes>) -> Bytes {
+    if data.as_bytes().len() < BORROW_FROM {
+        return Bytes::copy_from_slice(data.as_bytes());
+    }
+    Bytes::from_owner(pyo3::pybacked::PyBackedBytes::from(data.clone()))
 }
 
 pub fn type_name(obj: &Bound<'_, PyAny>) -> String {

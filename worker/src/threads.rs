@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 
 use crate::environ::{self, EnvironCache};
 use crate::input::Input;
-use crate::response::{type_name, InvalidResponse, Reply, SendError, StartResponse};
+use crate::response::{body_bytes, type_name, InvalidResponse, Reply, SendError, StartResponse};
 
 /// One request, as the hyper task hands it over.
 pub struct Job {
@@ -267,12 +267,19 @@ fn send_result(
         });
     if let Some(items) = items {
         if !start_response.head_sent() {
-            // One copy out of Python, whether there is one item or several.
-            let mut joined = Vec::new();
-            for item in &items {
-                joined.extend_from_slice(chunk(item)?.as_bytes());
-            }
-            start_response.send_whole(py, Bytes::from(joined), name)?;
+            // One item (the common case) is sent from the app's own bytes; several are joined
+            // in one copy.
+            let body = match items.as_slice() {
+                [one] => body_bytes(chunk(one)?),
+                _ => {
+                    let mut joined = Vec::new();
+                    for item in &items {
+                        joined.extend_from_slice(chunk(item)?.as_bytes());
+                    }
+                    Bytes::from(joined)
+                }
+            };
+            start_response.send_whole(py, body, name)?;
             return Ok(());
         }
     }
@@ -286,21 +293,20 @@ fn send_result(
             let first = chunk(&first)?;
             match iter.next() {
                 None => {
-                    let body = Bytes::copy_from_slice(first.as_bytes());
-                    start_response.send_whole(py, body, name)?;
+                    start_response.send_whole(py, body_bytes(first), name)?;
                     return Ok(());
                 }
                 Some(second) => {
-                    start_response.send_chunk(py, first.as_bytes(), name)?;
+                    start_response.send_chunk(py, body_bytes(first), name)?;
                     let second = second?;
-                    start_response.send_chunk(py, chunk(&second)?.as_bytes(), name)?;
+                    start_response.send_chunk(py, body_bytes(chunk(&second)?), name)?;
                 }
             }
         }
     }
     for item in iter {
         let item = item?;
-        start_response.send_chunk(py, chunk(&item)?.as_bytes(), name)?;
+        start_response.send_chunk(py, body_bytes(chunk(&item)?), name)?;
     }
     start_response.finish(py, name)?;
     Ok(())
