@@ -133,9 +133,10 @@ def app_yaml(python, worker):
 
 
 def nginx_conf(name, port, backend=None, access='access_log off;', routes=None,
-               connections=4096):
+               connections=4096, workers='auto'):
     """nginx proxying to `backend` ("127.0.0.1:PORT" or "unix:/path"), or with `routes`
-    {prefix: backend} one upstream per prefix; keep-alive to the backends, 16 KiB buffers."""
+    {prefix: backend} one upstream per prefix; keep-alive to the backends, 16 KiB buffers;
+    `workers` processes (auto, Debian's default: one per core, as wsgimux's front threads)."""
     d = os.path.join(W, 'nginx-' + name)
     os.makedirs(d, exist_ok=True)
     conf = os.path.join(d, 'nginx.conf')
@@ -165,7 +166,7 @@ http {
 ''' % {'d': d, 'port': port, 'access': access, 'conns': connections,
             'files': connections * 2 + 100, 'upstreams': '\n  '.join(upstreams),
             'locations': ' '.join(locations)})
-    return ['nginx', '-c', conf, '-p', d + '/', '-g', 'daemon off; worker_processes 1;']
+    return ['nginx', '-c', conf, '-p', d + '/', '-g', 'daemon off; worker_processes %s;' % workers]
 
 
 def venv_bin(tool):

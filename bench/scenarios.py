@@ -1,7 +1,8 @@
 """The deployment-shaped benchmarks of bench/run, besides the full-stack table of bench.py:
 
 - front: wsgimux -> X and nginx -> X for the same backend X (the native worker on a Unix
-  socket; granian on TCP), access logs off on both and on (to a file) on both;
+  socket; granian on TCP), access logs off on both and on (to a file) on both; each front with
+  one thread / worker process per core (both defaults), and with logs off also with one;
 - django: a Django view rendering a template from a sqlite query, 2 processes everywhere;
 - noisy: app A flooded with 200 ms requests beyond its capacity while app B gets light traffic;
 - idle: resident memory per idle keep-alive connection.
@@ -22,12 +23,15 @@ from common import (W, PY3, MOD_WSGI, ROUNDS, SECONDS, WSGIMUX, Server, free_por
 # --- front only ------------------------------------------------------------------------------
 
 
-FRONT_COMBOS = [(front, backend, log) for backend in ('unix', 'tcp') for log in ('off', 'file')
+# (front, backend, access log, threads): 'cores' is one wsgimux front thread / nginx worker
+# process per core, the default of both; '1' is one each.
+FRONT_COMBOS = [(front, backend, log, threads) for backend in ('unix', 'tcp')
+                for log, threads in (('off', 'cores'), ('file', 'cores'), ('off', '1'))
                 for front in ('wsgimux', 'nginx')]
 
 
-def start_front(front, backend, log, app_dir):
-    name = '%s-%s-%s' % (front, backend, log)
+def start_front(front, backend, log, threads, app_dir):
+    name = '%s-%s-%s-%s' % (front, backend, log, threads)
     port = free_port()
     s = Server(name, port)
     if backend == 'unix':
@@ -47,12 +51,14 @@ def start_front(front, backend, log, app_dir):
     logfile = os.path.join(W, 'access-%s.log' % name)
     if front == 'wsgimux':
         access = 'access_log: %s\n' % (logfile if log == 'file' else 'off')
+        env = dict(os.environ, WSGIMUX_FRONT_THREADS='1') if threads == '1' else None
         s.start('wsgimux', [WSGIMUX, 'serve', '--config', wsgimux_config(
-            name, port, '  bench:\n    upstream: "%s"\n' % target_wsgimux, access)])
+            name, port, '  bench:\n    upstream: "%s"\n' % target_wsgimux, access)], env=env)
     else:
         access = ('access_log %s combined buffer=64k flush=1s;' % logfile if log == 'file'
                   else 'access_log off;')
-        s.start('front', nginx_conf(name, port, target_nginx, access=access))
+        s.start('front', nginx_conf(name, port, target_nginx, access=access,
+                                    workers='auto' if threads == 'cores' else threads))
     return s
 
 
@@ -76,22 +82,22 @@ def run_front(app_dir):
             finally:
                 s.stop()
     rows, figures = [], {}
-    for backend in ('unix', 'tcp'):
-        for log in ('off', 'file'):
-            for label in ('hello', '64KiB'):
-                w = results.get(('wsgimux', backend, log, label), [])
-                n = results.get(('nginx', backend, log, label), [])
-                if not w or not n:
-                    continue
-                wc, nc = med(w, 'cpu_front'), med(n, 'cpu_front')
-                wr, nr = med(w, 'rps'), med(n, 'rps')
-                figures[(backend, log, label)] = (wc / nc, wr / nr)
-                rows.append('| %s | %s | %s | %.1f | %.1f | **%.2f×** | %.0f | %.0f | %.2f× |' % (
-                    'native, Unix socket' if backend == 'unix' else 'granian, TCP',
-                    log, label, wc, nc, wc / nc, wr, nr, wr / nr))
-    head = ['| backend | access log | response | wsgimux CPU µs/req | nginx CPU µs/req | '
-            'CPU ratio | wsgimux req/s | nginx req/s | req/s ratio |',
-            '|---|---|---|---:|---:|---:|---:|---:|---:|']
+    for (_, backend, log, threads) in FRONT_COMBOS[::2]:
+        for label in ('hello', '64KiB'):
+            w = results.get(('wsgimux', backend, log, threads, label), [])
+            n = results.get(('nginx', backend, log, threads, label), [])
+            if not w or not n:
+                continue
+            wc, nc = med(w, 'cpu_front'), med(n, 'cpu_front')
+            wr, nr = med(w, 'rps'), med(n, 'rps')
+            figures[(backend, log, threads, label)] = (wc / nc, wr / nr)
+            rows.append('| %s | %s | %s | %s | %.1f | %.1f | **%.2f×** | %.0f | %.0f | %.2f× |' % (
+                'native, Unix socket' if backend == 'unix' else 'granian, TCP', log,
+                'one per core' if threads == 'cores' else threads, label, wc, nc, wc / nc,
+                wr, nr, wr / nr))
+    head = ['| backend | access log | threads / workers | response | wsgimux CPU µs/req | '
+            'nginx CPU µs/req | CPU ratio | wsgimux req/s | nginx req/s | req/s ratio |',
+            '|---|---|---|---|---:|---:|---:|---:|---:|---:|']
     return head + rows, figures
 
 
