@@ -477,9 +477,37 @@ pub struct PooledBody {
     body: Incoming,
     conn: Option<SendRequest<ProxyBody>>,
     in_flight: Option<InFlight>,
-    /// The app's `response_idle_timeout` and its timer, reset on every frame: bounds how long
-    /// a stalled child can hold the client.
-    stall: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
+    /// The app's `response_idle_timeout`: bounds how long a stalled child can hold the client.
+    stall: Option<Stall>,
+}
+
+/// A body's silence limit. A frame only notes its time; the timer, made when the body first
+/// has to wait, is moved on only when it fires before the limit after the last frame — not
+/// reset per frame, and never made for a body that is there at once.
+struct Stall {
+    limit: Duration,
+    last: tokio::time::Instant,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Stall {
+    /// Ready once the body has been silent for the limit.
+    fn poll_silence(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let due = self.last + self.limit;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let due = self.last + self.limit;
+            if tokio::time::Instant::now() >= due {
+                return Poll::Ready(());
+            }
+            timer.as_mut().reset(due);
+        }
+    }
 }
 
 impl PooledBody {
@@ -494,7 +522,11 @@ impl PooledBody {
                 body,
                 conn: Some(sender),
                 in_flight: Some(guard),
-                stall: idle.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
+                stall: idle.map(|limit| Stall {
+                    limit,
+                    last: tokio::time::Instant::now(),
+                    timer: None,
+                }),
             };
             if pooled.body.is_end_stream() {
                 pooled.release();
@@ -523,8 +555,8 @@ impl Body for PooledBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if this.body.is_end_stream() {
                     this.release();
-                } else if let Some((limit, sleep)) = &mut this.stall {
-                    sleep.as_mut().reset(tokio::time::Instant::now() + *limit);
+                } else if let Some(stall) = &mut this.stall {
+                    stall.last = tokio::time::Instant::now();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -537,13 +569,13 @@ impl Body for PooledBody {
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Pending => {
-                let Some((limit, sleep)) = &mut this.stall else {
+                let Some(stall) = &mut this.stall else {
                     return Poll::Pending;
                 };
-                if sleep.as_mut().poll(cx).is_pending() {
+                if stall.poll_silence(cx).is_pending() {
                     return Poll::Pending;
                 }
-                let limit = humantime::format_duration(*limit);
+                let limit = humantime::format_duration(stall.limit);
                 this.conn = None;
                 Poll::Ready(Some(Err(format!(
                     "the app sent nothing for {limit} (its response_idle_timeout)"
