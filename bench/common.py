@@ -208,13 +208,18 @@ def native_argv(socket_arg, app_dir, script='hello.py', threads=8):
             str(threads), '--script', os.path.join(app_dir, script), '--parent-pid', '0']
 
 
+_NATIVE_FILES = []
+
+
 def native_files():
-    """The native worker's launcher and library, as wsgimux writes them out (once per run)."""
+    """The native worker's launcher and library, as this run's wsgimux writes them out (once
+    per run: files left by an earlier run may be another build's)."""
     launcher = os.path.join(W, 'wsgimux_worker.py')
     lib = os.path.join(W, 'native-lib')
-    if os.path.isdir(lib) and os.path.exists(launcher):
+    if _NATIVE_FILES:
         return lib, launcher
     run = os.path.join(W, 'run-native-files')
+    shutil.rmtree(run, ignore_errors=True)
     probe = subprocess.Popen([WSGIMUX, 'serve', '--config', wsgimux_config(
         'native-files', free_port(), app_yaml(PY3, 'native'))],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -227,6 +232,7 @@ def native_files():
     shutil.copytree(native, lib)
     probe.terminate()
     probe.wait()
+    _NATIVE_FILES.append(lib)
     return lib, launcher
 
 
