@@ -2,7 +2,7 @@
 
 - front: wsgimux -> X and nginx -> X for the same backend X (the native worker on a Unix
   socket; granian on TCP), access logs off on both and on (to a file) on both; each front with
-  one thread / worker process per core (both defaults), and with logs off also with one;
+  one thread / worker process per core, and with logs off also with one;
 - django: a Django view rendering a template from a sqlite query, 2 processes everywhere;
 - noisy: app A flooded with 200 ms requests beyond its capacity while app B gets light traffic;
 - idle: resident memory per idle keep-alive connection.
@@ -24,7 +24,8 @@ from common import (W, PY3, MOD_WSGI, ROUNDS, SECONDS, WSGIMUX, Server, free_por
 
 
 # (front, backend, access log, threads): 'cores' is one wsgimux front thread / nginx worker
-# process per core, the default of both; '1' is one each.
+# process per core (nginx's default `auto`; wsgimux's default is one per two cores); '1' is one
+# each.
 FRONT_COMBOS = [(front, backend, log, threads) for backend in ('unix', 'tcp')
                 for log, threads in (('off', 'cores'), ('file', 'cores'), ('off', '1'))
                 for front in ('wsgimux', 'nginx')]
@@ -51,7 +52,8 @@ def start_front(front, backend, log, threads, app_dir):
     logfile = os.path.join(W, 'access-%s.log' % name)
     if front == 'wsgimux':
         access = 'access_log: %s\n' % (logfile if log == 'file' else 'off')
-        env = dict(os.environ, WSGIMUX_FRONT_THREADS='1') if threads == '1' else None
+        n = str(os.cpu_count() or 1) if threads == 'cores' else threads
+        env = dict(os.environ, WSGIMUX_FRONT_THREADS=n)
         s.start('wsgimux', [WSGIMUX, 'serve', '--config', wsgimux_config(
             name, port, '  bench:\n    upstream: "%s"\n' % target_wsgimux, access)], env=env)
     else:

@@ -1,5 +1,5 @@
-//! The front's threads: one single-threaded tokio runtime per core, each accepting and serving
-//! its own connections (nginx's worker model). A connection stays on the thread that accepted
+//! The front's threads: single-threaded tokio runtimes ([`crate::front_thread::count`] of
+//! them), each accepting and serving its own connections (nginx's worker model). A connection stays on the thread that accepted
 //! it, and so do the connections to the apps its requests take (`upstream` pools them per
 //! thread), so a request and its response cross no thread: on one multi-thread runtime each
 //! crossed two (client connection task → app connection task → back), a quarter of the front's
