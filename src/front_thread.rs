@@ -1,6 +1,6 @@
-//! Which of the front's threads the caller is on, and how many there are: the front runs one
-//! single-threaded runtime per core (`server`), and what is kept per thread (`upstream`'s idle
-//! connections) is indexed by this. Owns no thread and knows nothing of HTTP.
+//! Which of the front's threads the caller is on, and how many there are: the front runs
+//! [`count`] single-threaded runtimes (`server`), and what is kept per thread (`upstream`'s
+//! idle connections) is indexed by this. Owns no thread and knows nothing of HTTP.
 
 use std::cell::Cell;
 use std::sync::OnceLock;
