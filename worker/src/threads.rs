@@ -101,8 +101,17 @@ fn serve_jobs(
 ) -> PyResult<()> {
     let mut cache = EnvironCache::new(py, shared.multithread, shared.multiprocess)?;
     let app = shared.app.bind(py);
-    // Detached only while waiting: the thread state (and threading.local) lives on.
-    while let Ok(job) = py.detach(|| jobs.recv()) {
+    // Detached only while waiting: the thread state (and threading.local) lives on. A job
+    // already queued is taken without giving the GIL up and taking it back.
+    loop {
+        let job = match jobs.try_recv() {
+            Ok(job) => job,
+            Err(crossbeam_channel::TryRecvError::Disconnected) => break,
+            Err(crossbeam_channel::TryRecvError::Empty) => match py.detach(|| jobs.recv()) {
+                Ok(job) => job,
+                Err(_) => break,
+            },
+        };
         run(py, shared, &mut cache, app, job);
     }
     Ok(())
