@@ -5,45 +5,17 @@
         before=/tmp/old/wsgimux after=target/release/wsgimux \
         one-thread=target/release/wsgimux,WSGIMUX_FRONT_THREADS=1
 
-Each NAME=BINARY[,VAR=VALUE...] serves the same app (native worker, 1 process x 8 threads,
-access log off) on its own loopback port, all started at once; wrk -t1 -c32 then hits each in
-turn, in alternating order, and the utime+stime of the wsgimux process alone (not its
-children) is read from /proc before and after each run. Medians (and the best run) per
-variant. On a shared machine whose speed moves 20-30 % between identical runs, only variants
-measured in one such interleaved session compare.
+Each NAME=BINARY[,VAR=VALUE...] serves bench.py's app (native worker, 1 process x 8 threads,
+access log off) on its own loopback port, all started at once; wrk then hits each in turn, in
+alternating order, measured as bench.py measures (common.measure: the wsgimux process alone is
+the front). Medians (and the best run) per variant. On a shared machine whose speed moves
+20-30 % between identical runs, only variants measured in one such interleaved session compare.
 """
 import argparse
 import os
 import shutil
 import statistics
-import subprocess
-import tempfile
-import time
-
-APP = b'''BIG = b"x" * 65536
-
-
-def application(environ, start_response):
-    body = BIG if environ.get("PATH_INFO") == "/big" else b"Hello, world!\\n"
-    start_response("200 OK", [("Content-Type", "text/plain"),
-                              ("Content-Length", str(len(body)))])
-    return [body]
-'''
-
-
-def cpu_ticks(pid):
-    with open('/proc/%d/stat' % pid) as f:
-        fields = f.read().rsplit(')', 1)[1].split()
-    return int(fields[11]) + int(fields[12])
-
-
-def wrk(port, path, seconds):
-    out = subprocess.run(['wrk', '-t1', '-c32', '-d%ds' % seconds,
-                          'http://127.0.0.1:%d%s' % (port, path)],
-                         capture_output=True, text=True, timeout=seconds + 30).stdout
-    total = [line for line in out.splitlines() if 'requests in' in line]
-    rps = [line for line in out.splitlines() if line.startswith('Requests/sec')]
-    return int(total[0].split()[0]), float(rps[0].split()[1])
+import sys
 
 
 def main():
@@ -54,47 +26,44 @@ def main():
     ap.add_argument('--seconds', type=int, default=3)
     ap.add_argument('variants', nargs='+', help='NAME=BINARY[,VAR=VALUE...]')
     args = ap.parse_args()
-    work = tempfile.mkdtemp(prefix='wsgimux-ab-')
-    with open(os.path.join(work, 'hello.py'), 'wb') as f:
+    # common reads its settings when imported.
+    os.environ['BENCH_PY3'] = args.python
+    os.environ['BENCH_SECONDS'] = str(args.seconds)
+    os.environ.setdefault('WSGIMUX', os.path.abspath(args.variants[0].split('=', 1)[1]))
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from common import W, PY3, Server, free_port, wait_http, wrk, measure, wsgimux_config, app_yaml
+    from bench import APP
+
+    app_dir = os.path.join(W, 'app')
+    os.makedirs(os.path.join(W, 'logs'), exist_ok=True)
+    os.makedirs(app_dir, exist_ok=True)
+    with open(os.path.join(app_dir, 'hello.py'), 'w') as f:
         f.write(APP)
     servers = []
     try:
-        for i, spec in enumerate(args.variants):
+        for spec in args.variants:
             name, rest = spec.split('=', 1)
             binary, *env = rest.split(',')
-            port = 18700 + i
-            config = os.path.join(work, name + '.yaml')
-            with open(config, 'w') as f:
-                f.write('listen: "127.0.0.1:%d"\nruntime_dir: %s\naccess_log: off\napps:\n'
-                        '  hello:\n    python: %s\n    script: %s\n    worker: native\n'
-                        '    threads: 8\n' % (port, os.path.join(work, 'run-' + name),
-                                              args.python, os.path.join(work, 'hello.py')))
-            environ = dict(os.environ, **dict(e.split('=', 1) for e in env))
-            p = subprocess.Popen([os.path.abspath(binary), 'serve', '--config', config],
-                                 env=environ, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL)
-            servers.append((name, p, port))
-        time.sleep(5)
-        for _, _, port in servers:
-            wrk(port, args.path, 1)
-        results = dict((name, []) for name, _, _ in servers)
-        tick = os.sysconf('SC_CLK_TCK')
+            s = Server('ab-' + name, free_port())
+            config = wsgimux_config('ab-' + name, s.port, app_yaml(PY3, 'native'))
+            s.start('wsgimux', [os.path.abspath(binary), 'serve', '--config', config],
+                    env=dict(os.environ, **dict(e.split('=', 1) for e in env)))
+            servers.append((name, s))
+        for name, s in servers:
+            if not wait_http(s.port, args.path):
+                sys.exit('%s did not answer; see %s/logs' % (name, W))
+            wrk(s.port, args.path, seconds=1)
+        results = dict((name, []) for name, _ in servers)
         for r in range(args.rounds):
-            for name, p, port in (servers if r % 2 == 0 else servers[::-1]):
-                before = cpu_ticks(p.pid)
-                total, rps = wrk(port, args.path, args.seconds)
-                cpu = (cpu_ticks(p.pid) - before) * 1e6 / tick / max(total, 1)
-                results[name].append((cpu, rps))
+            for name, s in (servers if r % 2 == 0 else servers[::-1]):
+                results[name].append(measure(s, args.path))
         for name, runs in results.items():
-            print('%-12s front CPU µs/req median %5.1f (best %5.1f)  req/s median %6.0f' % (
-                name, statistics.median(c for c, _ in runs), min(c for c, _ in runs),
-                statistics.median(r for _, r in runs)))
+            cpu = [x['cpu_front'] for x in runs]
+            print('%-14s front CPU µs/req median %5.1f (best %5.1f)  req/s median %6.0f' % (
+                name, statistics.median(cpu), min(cpu), statistics.median(x['rps'] for x in runs)))
     finally:
-        for _, p, _ in servers:
-            p.terminate()
-        for _, p, _ in servers:
-            p.wait(timeout=15)
-        shutil.rmtree(work, ignore_errors=True)
+        for _, s in servers:
+            s.stop()
 
 
 if __name__ == '__main__':
