@@ -66,17 +66,20 @@ def tree(pid):
     return out
 
 
-def cpu_seconds(pids):
-    total = 0
+def cpu_times(pids):
+    """(user, system) CPU seconds of `pids`, with their reaped children's (for processes that
+    came and went)."""
+    user = system = 0
     for p in pids:
         try:
             with open('/proc/%d/stat' % p) as f:
                 fields = f.read().rsplit(')', 1)[1].split()
-            # utime, stime (and the reaped children's, for processes that came and went)
-            total += sum(int(x) for x in fields[11:15])
+            # utime, stime, cutime, cstime
+            user += int(fields[11]) + int(fields[13])
+            system += int(fields[12]) + int(fields[14])
         except (OSError, IndexError):
             pass
-    return total / float(TICK)
+    return user / float(TICK), system / float(TICK)
 
 
 class Server(object):
@@ -273,13 +276,18 @@ def wrk(port, path, seconds=None, connections=None):
 
 
 def measure(server, path):
+    """One wrk run; CPU µs per request of each role's processes (`cpu_ROLE`), and the part of it
+    spent in the kernel (`cpu_ROLE_sys`)."""
     pids = server.pids()
-    before = dict((role, cpu_seconds(p)) for role, p in pids.items())
+    before = dict((role, cpu_times(p)) for role, p in pids.items())
     r = wrk(server.port, path)
     pids = server.pids()
     n = max(r['requests'], 1)
     for role, p in pids.items():
-        r['cpu_' + role] = (cpu_seconds(p) - before.get(role, 0.0)) * 1e6 / n
+        user, system = cpu_times(p)
+        user0, system0 = before.get(role, (0.0, 0.0))
+        r['cpu_' + role] = (user + system - user0 - system0) * 1e6 / n
+        r['cpu_%s_sys' % role] = (system - system0) * 1e6 / n
     return r
 
 
