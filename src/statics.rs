@@ -4,7 +4,9 @@
 //! path (symlinks followed) must stay inside the folder's real path. Files are streamed in
 //! 64 KiB reads, never held whole.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::time::UNIX_EPOCH;
 
 use bytes::Bytes;
@@ -21,22 +23,27 @@ use crate::upstream::{BoxError, ProxyBody};
 
 const CHUNK: usize = 64 * 1024;
 
+/// A static answer under way.
+pub type Answer<'a> =
+    Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send + 'a>>;
+
 /// The answer when the request's path (`decoded`: percent-decoded) lies under one of
-/// `aliases`; None otherwise (the request goes on to the app).
-pub async fn answer(
-    aliases: &[StaticAlias],
-    decoded: &[u8],
-    parts: &Parts,
-) -> Option<Result<Response<ProxyBody>, ProxyError>> {
+/// `aliases`; None otherwise (the request goes on to the app). Boxed, so that a request
+/// that is not for a static folder carries none of its state.
+pub fn answer<'a>(
+    aliases: &'a [StaticAlias],
+    decoded: &'a [u8],
+    parts: &'a Parts,
+) -> Option<Answer<'a>> {
     let alias = aliases
         .iter()
         .find(|a| is_under(a.prefix.as_bytes(), decoded))?;
     let rest = &decoded[alias.prefix.len()..];
-    Some(
+    Some(Box::pin(async move {
         serve(alias, rest, parts.uri.path(), parts)
             .await
-            .map_err(ProxyError::Static),
-    )
+            .map_err(ProxyError::Static)
+    }))
 }
 
 async fn serve(

@@ -346,7 +346,9 @@ impl Endpoint {
                 },
             }
         }
-        let mut sender = match self.connect().await {
+        // Boxed: a new connection is the rare case, and its state would otherwise make every
+        // request's future larger (moved, not just polled).
+        let mut sender = match Box::pin(self.connect()).await {
             Ok(s) => s,
             Err(error) => {
                 return Err(SendError {

@@ -17,6 +17,12 @@ pub const MOUNT_HEADER: &str = "script_name";
 /// an underscore, so no client's copy ever reaches a child.
 pub const PROTOCOL_HEADER: &str = "server_protocol";
 
+// Names made once: a `&str` name is parsed and classified again at every use.
+const PROTOCOL: HeaderName = HeaderName::from_static(PROTOCOL_HEADER);
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 /// The client's protocol, as the child learns it.
 pub(super) fn set_protocol(headers: &mut HeaderMap, version: hyper::Version) {
     let v = match version {
@@ -24,7 +30,7 @@ pub(super) fn set_protocol(headers: &mut HeaderMap, version: hyper::Version) {
         hyper::Version::HTTP_2 => "HTTP/2.0",
         _ => "HTTP/1.1",
     };
-    headers.insert(PROTOCOL_HEADER, HeaderValue::from_static(v));
+    headers.insert(PROTOCOL, HeaderValue::from_static(v));
 }
 
 /// HTTP/2 may split `cookie` into several fields; an HTTP/1.1 hop gets them as one, joined
@@ -166,7 +172,7 @@ pub(super) fn forwarded_headers(
     }
     if let Some(s) = secure {
         let scheme = if s { "https" } else { "http" };
-        headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
     }
     // Kept as sent (a path prefix, percent-encoded): it goes in front of the request path.
     let outer = headers
@@ -194,20 +200,22 @@ fn clean_request_headers(headers: &mut HeaderMap) {
 /// X-Forwarded-For gains the peer; the scheme and host are the front's own unless a trusted
 /// proxy already said them.
 pub(super) fn add_forwarded(headers: &mut HeaderMap, client: &Client, host: Option<&str>) {
-    let ip = client.peer.ip().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => {
+            HeaderValue::from_str(&format!("{prev}, {}", client.peer.ip())).ok()
+        }
+        // Made once per connection (`Client::forwarded_for`); a clone shares its bytes.
+        _ => Some(client.forwarded_for.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+    if let Some(v) = xff {
+        headers.insert(X_FORWARDED_FOR, v);
     }
-    if !headers.contains_key("x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static(client.scheme));
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.scheme));
     }
-    if !headers.contains_key("x-forwarded-host") {
+    if !headers.contains_key(&X_FORWARDED_HOST) {
         if let Some(h) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
-            headers.insert("x-forwarded-host", h);
+            headers.insert(X_FORWARDED_HOST, h);
         }
     }
 }
@@ -217,8 +225,10 @@ mod tests {
     use super::*;
 
     fn client(trusted: bool) -> Client {
+        let peer: std::net::SocketAddr = "127.0.0.1:5555".parse().unwrap();
         Client {
-            peer: "127.0.0.1:5555".parse().unwrap(),
+            peer,
+            forwarded_for: Client::forwarded_for(peer),
             local: "127.0.0.1:8080".parse().unwrap(),
             scheme: "http",
             trusted,

@@ -54,6 +54,8 @@ const MAX_ATTEMPTS: u32 = 2;
 #[derive(Debug, Clone)]
 pub struct Client {
     pub peer: SocketAddr,
+    /// The peer's address as X-Forwarded-For carries it, made once per connection.
+    pub forwarded_for: HeaderValue,
     /// The address the connection came in on (the Host of an HTTP/1.0 request that named
     /// none, as nginx gives it).
     pub local: SocketAddr,
@@ -65,6 +67,15 @@ pub struct Client {
     pub body_timeout: Option<Duration>,
     /// The HTTP/1.1 connection's gate, told when the connection becomes a tunnel.
     pub gate: Option<Arc<ConnState>>,
+}
+
+impl Client {
+    /// `peer`'s address as a header value (its IP, without the port).
+    pub fn forwarded_for(peer: SocketAddr) -> HeaderValue {
+        // An IP address is always a valid header value; the fallback is never taken.
+        HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    }
 }
 
 pub struct Proxy {
@@ -177,13 +188,13 @@ impl Proxy {
                 }
             }
         }
-        if let Some(resp) = crate::statics::answer(&live.front.statics, &decoded, &parts).await {
-            return resp;
+        if let Some(served) = crate::statics::answer(&live.front.statics, &decoded, &parts) {
+            return served.await;
         }
         let route = lookup(&live.routes, &target, &decoded)?;
         *app = Some(route.served());
-        if let Some(resp) = crate::statics::answer(&route.statics, &decoded, &parts).await {
-            return resp;
+        if let Some(served) = crate::statics::answer(&route.statics, &decoded, &parts) {
+            return served.await;
         }
         let selected = select(route, &parts).await?;
         // Only servers that speak it get an upgrade; WSGI apps get a plain request.

@@ -222,6 +222,8 @@ fn encode_mount(mount: &str) -> HeaderValue {
     HeaderValue::from_str(&encoded).expect("percent-encoded mount is a valid header")
 }
 
+const MOUNT: HeaderName = HeaderName::from_static(MOUNT_HEADER);
+
 /// The mount header: the app's mount, after the prefix a trusted proxy in front already
 /// mounted wsgimux under.
 pub(super) fn set_mount(headers: &mut HeaderMap, route: &AppRoute, outer: Option<&str>) {
@@ -230,12 +232,12 @@ pub(super) fn set_mount(headers: &mut HeaderMap, route: &AppRoute, outer: Option
             let outer = percent_decode(outer.as_bytes()).decode_utf8_lossy();
             let full = format!("{}{}", outer.trim_end_matches('/'), route.mount);
             if !full.is_empty() {
-                headers.insert(HeaderName::from_static(MOUNT_HEADER), encode_mount(&full));
+                headers.insert(MOUNT, encode_mount(&full));
             }
         }
         None => {
             if let Some(m) = &route.mount_header {
-                headers.insert(HeaderName::from_static(MOUNT_HEADER), m.clone());
+                headers.insert(MOUNT, m.clone());
             }
         }
     }
