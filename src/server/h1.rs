@@ -66,13 +66,15 @@ pub(super) async fn serve<S>(
             verdict,
         ))
     });
-    // The gate enforces the head limits and client timeouts; hyper's own are set wider so they
-    // never decide first.
+    // The gate enforces the head limits and client timeouts; hyper's own are set no narrower
+    // so they never decide first. Its header count is the gate's own (a head it passes has no
+    // more; the placeholder has one): up to 100 hyper parses in arrays on the stack, any more
+    // costs two 3 KiB heap arrays per request.
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(None)
-        .max_headers(head_limits.max_headers + 1)
+        .max_headers(head_limits.max_headers.max(1))
         .max_buf_size((head_limits.max_header_size * 2).max(64 * 1024))
         .half_close(true)
         .keep_alive(true);

@@ -52,6 +52,12 @@ apps:
         "X-A: 1\r\n".repeat(11)
     );
     assert_eq!(status_of(addr, many.as_bytes()), 431);
+    // Exactly the limit passes (the gate's count and hyper's are the same).
+    let at_limit = format!(
+        "GET /small/ HTTP/1.1\r\nHost: x\r\n{}\r\n",
+        "X-A: 1\r\n".repeat(9)
+    );
+    assert_eq!(status_of(addr, at_limit.as_bytes()), 200);
     let big_field = format!(
         "GET /small/ HTTP/1.1\r\nHost: x\r\nX-A: {}\r\n\r\n",
         "a".repeat(1100)
