@@ -199,7 +199,7 @@ fn clean_request_headers(headers: &mut HeaderMap) {
 
 /// X-Forwarded-For gains the peer; the scheme and host are the front's own unless a trusted
 /// proxy already said them.
-pub(super) fn add_forwarded(headers: &mut HeaderMap, client: &Client, host: Option<&str>) {
+pub(super) fn add_forwarded(headers: &mut HeaderMap, client: &Client, host: Option<&HeaderValue>) {
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => {
             HeaderValue::from_str(&format!("{prev}, {}", client.peer.ip())).ok()
@@ -214,8 +214,8 @@ pub(super) fn add_forwarded(headers: &mut HeaderMap, client: &Client, host: Opti
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.scheme));
     }
     if !headers.contains_key(&X_FORWARDED_HOST) {
-        if let Some(h) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
-            headers.insert(X_FORWARDED_HOST, h);
+        if let Some(h) = host {
+            headers.insert(X_FORWARDED_HOST, h.clone());
         }
     }
 }
@@ -288,7 +288,11 @@ mod tests {
             vec!["x-kept"],
             "identity headers from an untrusted client"
         );
-        add_forwarded(&mut h, &client(false), Some("Example.com:8080"));
+        add_forwarded(
+            &mut h,
+            &client(false),
+            Some(&HeaderValue::from_static("Example.com:8080")),
+        );
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "Example.com:8080");
@@ -305,7 +309,11 @@ mod tests {
         ]);
         let outer = forwarded_headers(&mut h, &client(true)).unwrap();
         assert_eq!(outer.as_deref(), Some("/outer"));
-        add_forwarded(&mut h, &client(true), Some("example.com"));
+        add_forwarded(
+            &mut h,
+            &client(true),
+            Some(&HeaderValue::from_static("example.com")),
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["forwarded"], "for=10.0.0.1;proto=https");

@@ -86,8 +86,9 @@ pub struct Proxy {
 struct Target {
     /// Normalized host (no port), empty when the request named none.
     host: String,
-    /// As the client sent it, for `Host` and `X-Forwarded-Host`.
-    host_raw: Option<String>,
+    /// As the client sent it, for `Host` and `X-Forwarded-Host` (a Host header's value shares
+    /// its bytes).
+    host_raw: Option<HeaderValue>,
     /// Kept for a resend's fresh lookup; cloning a parsed `Uri` shares its bytes.
     uri: Uri,
 }
@@ -317,16 +318,26 @@ fn normalized(uri: &Uri) -> Result<Uri, ProxyError> {
 fn target(parts: &Parts) -> Result<Target, ProxyError> {
     // The gate made sure an absolute-form target agrees with Host; HTTP/2 has only the
     // authority (without userinfo, which never reaches an app).
-    let host_raw: Option<String> = match parts.headers.get(header::HOST) {
-        Some(h) => Some(String::from_utf8_lossy(h.as_bytes()).into_owned()),
-        None => parts.uri.authority().map(|a| match a.port() {
-            Some(p) => format!("{}:{}", a.host(), p),
-            None => a.host().to_string(),
-        }),
+    let host_raw: Option<HeaderValue> = match parts.headers.get(header::HOST) {
+        Some(h) => Some(h.clone()),
+        None => match parts.uri.authority() {
+            Some(a) => {
+                let h = match a.port() {
+                    Some(p) => format!("{}:{}", a.host(), p),
+                    None => a.host().to_string(),
+                };
+                Some(HeaderValue::from_str(&h).map_err(|_| ProxyError::BadHost(h))?)
+            }
+            None => None,
+        },
     };
     let host = match &host_raw {
         None => String::new(),
-        Some(h) => normalize_host(h).ok_or_else(|| ProxyError::BadHost(h.clone()))?,
+        Some(h) => {
+            // Borrowed unless the bytes are not UTF-8.
+            let h = String::from_utf8_lossy(h.as_bytes());
+            normalize_host(&h).ok_or_else(|| ProxyError::BadHost(h.into_owned()))?
+        }
     };
     Ok(Target {
         host,
@@ -392,6 +403,9 @@ async fn prepare(
 ) -> Result<Prepared, ProxyError> {
     let length_known = parts.headers.contains_key(header::CONTENT_LENGTH);
     let outer_mount = headers::forwarded_headers(&mut parts.headers, client)?;
+    // Room for the headers added below (X-Forwarded-*, the protocol, the mount, Host): one
+    // growth of the map instead of one per insert.
+    parts.headers.reserve(6);
     // Origin form towards the child; `PathAndQuery` is shared bytes, so no re-parsing.
     // Behind a trusted proxy that mounted wsgimux under a prefix, the child sees the full
     // path, so the prefix becomes part of its SCRIPT_NAME.
@@ -407,8 +421,8 @@ async fn prepare(
     if parts.headers.get(header::HOST).is_none() {
         // HTTP/2's authority; or for an HTTP/1.0 request that named no host, the address it
         // came in on (as nginx does): every child gets a Host, strict ones included.
-        let host = match target.host_raw.as_deref() {
-            Some(h) => HeaderValue::from_str(h).ok(),
+        let host = match &target.host_raw {
+            Some(h) => Some(h.clone()),
             None => HeaderValue::from_str(&client.local.to_string()).ok(),
         };
         if let Some(h) = host {
@@ -419,7 +433,7 @@ async fn prepare(
     if parts.version == Version::HTTP_2 {
         headers::join_cookies(&mut parts.headers);
     }
-    headers::add_forwarded(&mut parts.headers, client, target.host_raw.as_deref());
+    headers::add_forwarded(&mut parts.headers, client, target.host_raw.as_ref());
     parts.version = Version::HTTP_11;
     route::set_mount(&mut parts.headers, route, outer_mount.as_deref());
     let fault = Arc::new(BodyFault::default());
