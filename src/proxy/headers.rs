@@ -19,6 +19,7 @@ pub const PROTOCOL_HEADER: &str = "server_protocol";
 
 // Names made once: a `&str` name is parsed and classified again at every use.
 const PROTOCOL: HeaderName = HeaderName::from_static(PROTOCOL_HEADER);
+pub(super) const MOUNT: HeaderName = HeaderName::from_static(MOUNT_HEADER);
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -51,46 +52,38 @@ pub(super) fn join_cookies(headers: &mut HeaderMap) {
     }
 }
 
-/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus `Expect`, which the
-/// front answers itself.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "http2-settings",
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1). Names, not strings: a
+/// standard header compares to another by its index, and to a custom one not at all.
+static HOP_BY_HOP: [HeaderName; 10] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// Removes hop-by-hop headers, including those the Connection header names.
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+    remove_where(headers, |k| HOP_BY_HOP.contains(k));
+}
+
+/// Removes the headers the Connection header names and those `remove` picks, in one pass over
+/// the few headers a message carries (a hashed lookup per listed name showed in the profile).
+fn remove_where(headers: &mut HeaderMap, remove: impl Fn(&HeaderName) -> bool) {
+    let mut names: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    remove_listed(headers, HOP_BY_HOP);
-}
-
-/// Removes the headers whose names are in `names`. One pass over the request's few headers
-/// instead of a hashed lookup per listed name (the lists are long, requests carry few headers:
-/// the lookups showed in the profile).
-fn remove_listed(headers: &mut HeaderMap, names: &[&str]) {
-    let present: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| names.contains(&k.as_str()))
-        .cloned()
-        .collect();
-    for name in present {
+    names.extend(headers.keys().filter(|k| remove(k)).cloned());
+    for name in names {
         headers.remove(name);
     }
 }
@@ -104,37 +97,37 @@ fn remove_listed(headers: &mut HeaderMap, names: &[&str]) {
 /// `Client-IP` (Rails' `RemoteIp`, libraries such as django-ipware), Microsoft's
 /// `Front-End-Https`, and the URL overrides of IIS URL Rewrite (`X-Original-URL`,
 /// `X-Rewrite-URL`) that some frameworks honour over the request line.
-const FORWARDED: &[&str] = &[
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-protocol",
-    "x-forwarded-scheme",
-    "x-forwarded-ssl",
-    "x-forwarded-host",
-    "x-forwarded-server",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
-    "x-forwarded-by",
-    "x-forwarded",
-    "forwarded-for",
-    "x-real-ip",
-    "x-scheme",
-    "x-url-scheme",
-    "front-end-https",
-    "x-client-ip",
-    "x-cluster-client-ip",
-    "client-ip",
-    "true-client-ip",
-    "cf-connecting-ip",
-    "fastly-client-ip",
-    "x-originating-ip",
-    "x-remote-ip",
-    "x-remote-addr",
-    "x-original-url",
-    "x-rewrite-url",
-    "x-original-host",
-    MOUNT_HEADER,
+static FORWARDED: [HeaderName; 30] = [
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-protocol"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-by"),
+    HeaderName::from_static("x-forwarded"),
+    HeaderName::from_static("forwarded-for"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-scheme"),
+    HeaderName::from_static("x-url-scheme"),
+    HeaderName::from_static("front-end-https"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
+    HeaderName::from_static("client-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("cf-connecting-ip"),
+    HeaderName::from_static("fastly-client-ip"),
+    HeaderName::from_static("x-originating-ip"),
+    HeaderName::from_static("x-remote-ip"),
+    HeaderName::from_static("x-remote-addr"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-original-host"),
+    MOUNT,
 ];
 
 /// gunicorn's `secure_scheme_headers`: each names the scheme as https with one value.
@@ -153,9 +146,8 @@ pub(super) fn forwarded_headers(
     headers: &mut HeaderMap,
     client: &Client,
 ) -> Result<Option<String>, ProxyError> {
-    clean_request_headers(headers);
+    clean_request_headers(headers, client.trusted);
     if !client.trusted {
-        remove_listed(headers, FORWARDED);
         return Ok(None);
     }
     let mut secure = None;
@@ -176,7 +168,7 @@ pub(super) fn forwarded_headers(
     }
     // Kept as sent (a path prefix, percent-encoded): it goes in front of the request path.
     let outer = headers
-        .remove(MOUNT_HEADER)
+        .remove(MOUNT)
         .and_then(|v| v.to_str().ok().map(str::to_string))
         .filter(|v| {
             v.starts_with('/') && v.len() > 1 && !v.bytes().any(|b| matches!(b, b'?' | b'#' | b' '))
@@ -184,17 +176,15 @@ pub(super) fn forwarded_headers(
     Ok(outer)
 }
 
-fn clean_request_headers(headers: &mut HeaderMap) {
-    strip_hop_by_hop(headers);
-    headers.remove(header::EXPECT);
-    let underscored: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().contains('_') && k.as_str() != MOUNT_HEADER)
-        .cloned()
-        .collect();
-    for name in underscored {
-        headers.remove(name);
-    }
+/// Removes what no child gets: hop-by-hop headers, `Expect` (answered here), names with
+/// underscores but the mount header, and unless `trusted`, every forwarded header.
+fn clean_request_headers(headers: &mut HeaderMap, trusted: bool) {
+    remove_where(headers, |k| {
+        HOP_BY_HOP.contains(k)
+            || k == header::EXPECT
+            || (k.as_str().contains('_') && k != MOUNT)
+            || (!trusted && FORWARDED.contains(k))
+    });
 }
 
 /// X-Forwarded-For gains the peer; the scheme and host are the front's own unless a trusted
@@ -258,7 +248,7 @@ mod tests {
             ("content_length", "5"),
             ("expect", "100-continue"),
         ]);
-        clean_request_headers(&mut h);
+        clean_request_headers(&mut h, true);
         let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, vec!["x-kept"]);
     }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{HeaderMap, HeaderValue};
 use percent_encoding::{percent_decode, utf8_percent_encode, AsciiSet, CONTROLS};
 use tokio::sync::watch;
 
@@ -16,7 +16,7 @@ use crate::config::{AppSpec, Entry, RequestBuffering, StaticAlias};
 use crate::metrics::AppCounters;
 use crate::upstream::{Demand, Endpoint, Endpoints};
 
-use super::headers::MOUNT_HEADER;
+use super::headers::MOUNT;
 
 /// Characters of a mount escaped in the mount header (it must stay visible ASCII).
 const MOUNT_ESCAPES: &AsciiSet = &CONTROLS.add(b' ').add(b'%').add(b'"').add(b'\\');
@@ -222,8 +222,6 @@ fn encode_mount(mount: &str) -> HeaderValue {
     HeaderValue::from_str(&encoded).expect("percent-encoded mount is a valid header")
 }
 
-const MOUNT: HeaderName = HeaderName::from_static(MOUNT_HEADER);
-
 /// The mount header: the app's mount, after the prefix a trusted proxy in front already
 /// mounted wsgimux under.
 pub(super) fn set_mount(headers: &mut HeaderMap, route: &AppRoute, outer: Option<&str>) {
@@ -261,11 +259,11 @@ mod tests {
         assert_eq!(r.mount_header.clone().unwrap(), "/caf%C3%A9");
         let mut h = HeaderMap::new();
         set_mount(&mut h, &r, Some("/outer/"));
-        assert_eq!(h[MOUNT_HEADER], "/outer/caf%C3%A9");
+        assert_eq!(h[&MOUNT], "/outer/caf%C3%A9");
         let root = AppRoute::new(&spec("/"), 1, rx, Default::default(), None);
         assert!(root.mount_header.is_none());
         let mut h = HeaderMap::new();
         set_mount(&mut h, &root, Some("/outer"));
-        assert_eq!(h[MOUNT_HEADER], "/outer");
+        assert_eq!(h[&MOUNT], "/outer");
     }
 }
