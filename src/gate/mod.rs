@@ -126,7 +126,11 @@ pub struct Gate<S> {
     limits: HeadLimits,
     timeouts: Timeouts,
     head_started: Option<Instant>,
+    /// Made at the first wait and kept for the connection's life: a new wait resets it (a
+    /// later deadline costs tokio an atomic store, no new timer, no allocation).
     timer: Option<(Wait, Pin<Box<Sleep>>)>,
+    /// The timer's deadline is the current wait's; false after progress or once it fired.
+    timer_set: bool,
     eof: bool,
     /// Idle and handed back: hyper is told the stream ended (see the module docs).
     parked: bool,
@@ -148,6 +152,7 @@ impl<S> Gate<S> {
             timeouts,
             head_started: None,
             timer: None,
+            timer_set: false,
             eof: false,
             parked: false,
             park_retry: None,
@@ -353,7 +358,7 @@ impl<S> Gate<S> {
             self.head_started = Some(Instant::now());
         }
         self.park_retry = None;
-        self.timer = None;
+        self.timer_set = false;
     }
 }
 
@@ -396,7 +401,7 @@ impl<S: AsyncRead + Unpin> Gate<S> {
                 } else {
                     State::Length(left - n as u64)
                 };
-                self.timer = None;
+                self.timer_set = false;
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -454,22 +459,26 @@ impl<S> Gate<S> {
         loop {
             let (kind, at) = self.deadline();
             match &mut self.timer {
-                Some((k, sleep)) if *k == kind => {
-                    if matches!(kind, Wait::Idle | Wait::Park)
+                Some((k, sleep)) => {
+                    // A head's and a body's deadline stay as set until progress; an idle
+                    // connection's follows the end of its last response.
+                    let moved = matches!(kind, Wait::Idle | Wait::Park)
                         && sleep.deadline() != at
-                        && self.conn.idle_since().is_some()
-                    {
+                        && self.conn.idle_since().is_some();
+                    if !self.timer_set || *k != kind || moved {
+                        *k = kind;
                         sleep.as_mut().reset(at);
                     }
                 }
-                _ => self.timer = Some((kind, Box::pin(tokio::time::sleep_until(at)))),
+                None => self.timer = Some((kind, Box::pin(tokio::time::sleep_until(at)))),
             }
+            self.timer_set = true;
             let Some((kind, sleep)) = &mut self.timer else {
                 unreachable!("set above")
             };
             ready!(sleep.as_mut().poll(cx));
             let kind = *kind;
-            self.timer = None;
+            self.timer_set = false;
             match kind {
                 // A response was under way when the timer was set: check again.
                 Wait::Idle if self.conn.idle_since().is_none() => continue,

@@ -127,6 +127,34 @@ async fn a_body_that_stalls_fails_after_body_timeout() {
     assert_eq!(failed.unwrap_err().kind(), io::ErrorKind::TimedOut);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_slow_body_that_keeps_coming_never_times_out() {
+    let (mut client, mut gate, _conn) = gate();
+    client
+        .write_all(b"POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read(&mut gate, Duration::from_secs(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(head.starts_with(b"POST /u HTTP/1.1\r\n"));
+    // Each byte comes 15 s after the last: past the 20 s body timeout in all, never between
+    // two reads, so the deadline moves with every read.
+    let mut body = Vec::new();
+    for b in b"wxyz" {
+        assert!(read(&mut gate, Duration::from_secs(15)).await.is_none());
+        client.write_all(&[*b]).await.unwrap();
+        body.extend(
+            read(&mut gate, Duration::from_secs(1))
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert_eq!(body, b"wxyz");
+}
+
 #[tokio::test]
 async fn an_invalid_request_is_replaced_by_the_placeholder_and_rejected() {
     let (mut client, mut gate, conn) = gate();
