@@ -127,7 +127,7 @@ pub struct Gate<S> {
     timeouts: Timeouts,
     head_started: Option<Instant>,
     /// Made at the first wait and kept for the connection's life: a new wait resets it (a
-    /// later deadline costs tokio an atomic store, no new timer, no allocation).
+    /// later deadline costs tokio one compare-and-swap, no timer-wheel work, no allocation).
     timer: Option<(Wait, Pin<Box<Sleep>>)>,
     /// The timer's deadline is the current wait's; false after progress or once it fired.
     timer_set: bool,
