@@ -4,11 +4,10 @@
 //! request in the app's and the process's metrics.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -96,7 +95,8 @@ pub struct Served {
 pub struct AccessLog {
     started: Instant,
     time: SystemTime,
-    peer: SocketAddr,
+    /// The client's IP address as text (made once per connection).
+    peer: HeaderValue,
     /// None: a request the gate refused before it was parsed.
     head: Option<Head>,
 }
@@ -149,7 +149,8 @@ impl Fields {
 }
 
 impl AccessLog {
-    pub fn begin<B>(req: &Request<B>, peer: SocketAddr) -> Self {
+    /// `peer`: the client's IP address as text.
+    pub fn begin<B>(req: &Request<B>, peer: HeaderValue) -> Self {
         let headers = req.headers();
         let host = match headers.get(HOST) {
             Some(h) => Some(h.clone()),
@@ -171,7 +172,7 @@ impl AccessLog {
     }
 
     /// A request the gate refused: its head was never parsed into a request.
-    pub fn refused(peer: SocketAddr) -> Self {
+    pub fn refused(peer: HeaderValue) -> Self {
         AccessLog {
             started: Instant::now(),
             time: SystemTime::now(),
@@ -275,43 +276,14 @@ impl Entry {
             return;
         }
         let app = self.served.as_ref().map_or("-", |s| &s.app);
-        let f = Fields::of(l.head.as_ref());
         let line = match self.sink.format {
-            AccessLogFormat::Combined => {
-                let size = if bytes == 0 {
-                    "-".to_string()
-                } else {
-                    bytes.to_string()
-                };
-                let request = if f.target.is_empty() {
-                    f.method
-                } else {
-                    format!("{} {} {}", f.method, f.target, f.version)
-                };
-                // Combined, then wsgimux's fields: the app, the Host (Apache's vhost_combined
-                // puts it first, which combined parsers do not read), the request time.
-                let mut line = format!(
-                    "{} - - [{}] \"{request}\" {status} {size} \"{}\" \"{}\" app={app} vhost={} rt={:.3}",
-                    l.peer.ip(),
-                    crate::dates::clf_time(l.time),
-                    f.referer,
-                    f.user_agent,
-                    f.host,
-                    elapsed.as_secs_f64(),
-                );
-                if let Some(n) = self.tunnel_in {
-                    let _ = write!(line, " upgraded in={n} out={bytes}");
-                }
-                if !complete {
-                    line.push_str(" aborted");
-                }
-                line
-            }
+            AccessLogFormat::Combined => self.combined(bytes, complete, elapsed, app),
             AccessLogFormat::Json => {
+                let f = Fields::of(l.head.as_ref());
                 let dash = |s: &str| (s != "-").then(|| s.to_string());
                 let mut v = serde_json::json!({
                     "time": crate::dates::iso_time(l.time),
-                    "remote_addr": l.peer.ip().to_string(),
+                    "remote_addr": String::from_utf8_lossy(l.peer.as_bytes()),
                     "method": dash(&f.method),
                     "host": dash(&f.host),
                     "uri": (!f.target.is_empty()).then_some(&f.target),
@@ -332,6 +304,91 @@ impl Entry {
             }
         };
         self.sink.write(&line);
+    }
+
+    /// Combined, then wsgimux's fields: the app, the Host (Apache's vhost_combined puts it
+    /// first, which combined parsers do not read), the request time. Written into one buffer,
+    /// the fields escaped straight into it and the time's text made once a second: formatting
+    /// the line through `format!` cost a quarter of a proxied request.
+    fn combined(&self, bytes: u64, complete: bool, elapsed: Duration, app: &str) -> String {
+        let l = &self.log;
+        let mut line = String::with_capacity(256);
+        escape_into(&mut line, l.peer.as_bytes());
+        line.push_str(" - - [");
+        clf_time_into(&mut line, l.time);
+        line.push_str("] \"");
+        match &l.head {
+            None => line.push('-'),
+            Some(h) => {
+                escape_into(&mut line, h.method.as_str().as_bytes());
+                line.push(' ');
+                target_into(&mut line, &h.uri);
+                line.push(' ');
+                line.push_str(version_text(h.version));
+            }
+        }
+        let _ = write!(line, "\" {} ", self.status.as_u16());
+        match bytes {
+            0 => line.push('-'),
+            n => {
+                let _ = write!(line, "{n}");
+            }
+        }
+        let head = l.head.as_ref();
+        line.push_str(" \"");
+        text_into(&mut line, head.and_then(|h| h.referer.as_ref()));
+        line.push_str("\" \"");
+        text_into(&mut line, head.and_then(|h| h.user_agent.as_ref()));
+        line.push_str("\" app=");
+        line.push_str(app);
+        line.push_str(" vhost=");
+        text_into(&mut line, head.and_then(|h| h.host.as_ref()));
+        let _ = write!(line, " rt={:.3}", elapsed.as_secs_f64());
+        if let Some(n) = self.tunnel_in {
+            let _ = write!(line, " upgraded in={n} out={bytes}");
+        }
+        if !complete {
+            line.push_str(" aborted");
+        }
+        line
+    }
+}
+
+thread_local! {
+    /// The last second's time as the combined format writes it (nginx caches it the same way).
+    static CLF_TIME: std::cell::RefCell<(u64, String)> = const {
+        std::cell::RefCell::new((0, String::new()))
+    };
+}
+
+fn clf_time_into(line: &mut String, t: SystemTime) {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CLF_TIME.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != secs || cached.1.is_empty() {
+            *cached = (secs, crate::dates::clf_time(t));
+        }
+        line.push_str(&cached.1);
+    });
+}
+
+/// The request target as it came: origin form without making a string of the whole URI.
+fn target_into(line: &mut String, uri: &Uri) {
+    if uri.scheme().is_some() || uri.authority().is_some() {
+        return escape_into(line, uri.to_string().as_bytes());
+    }
+    escape_into(line, uri.path().as_bytes());
+    if let Some(q) = uri.query() {
+        line.push('?');
+        escape_into(line, q.as_bytes());
+    }
+}
+
+/// A header's value escaped, or `-` when the request had none.
+fn text_into(line: &mut String, v: Option<&HeaderValue>) {
+    match v {
+        Some(v) => escape_into(line, v.as_bytes()),
+        None => line.push('-'),
     }
 }
 
@@ -398,6 +455,11 @@ impl Drop for LoggedBody {
 /// Escapes a value for a quoted log field: `"` and `\` and anything not printable ASCII.
 fn escape(raw: &[u8]) -> String {
     let mut out = String::with_capacity(raw.len());
+    escape_into(&mut out, raw);
+    out
+}
+
+fn escape_into(out: &mut String, raw: &[u8]) {
     for &b in raw {
         match b {
             b'"' | b'\\' => {
@@ -410,7 +472,6 @@ fn escape(raw: &[u8]) -> String {
             }
         }
     }
-    out
 }
 
 #[cfg(test)]
@@ -420,5 +481,46 @@ mod tests {
     #[test]
     fn escapes() {
         assert_eq!(escape(b"a\"b\\c\x01\xff"), "a\\\"b\\\\c\\x01\\xFF");
+    }
+
+    fn entry(head: bool) -> Entry {
+        let req = Request::get("/p%20x?q=1")
+            .header(USER_AGENT, "curl \"7\"")
+            .header(HOST, "Example.com:8080")
+            .body(())
+            .unwrap();
+        let peer = HeaderValue::from_static("127.0.0.1");
+        let mut log = if head {
+            AccessLog::begin(&req, peer)
+        } else {
+            AccessLog::refused(peer)
+        };
+        log.time = UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        Entry {
+            log,
+            status: if head { "200" } else { "400" }.parse().unwrap(),
+            served: None,
+            sink: Arc::new(AccessSink::default()),
+            tunnel_in: None,
+        }
+    }
+
+    #[test]
+    fn combined_lines() {
+        let rt = Duration::from_micros(7_400);
+        assert_eq!(
+            entry(true).combined(14, true, rt, "web"),
+            "127.0.0.1 - - [09/Sep/2001:01:46:40 +0000] \"GET /p%20x?q=1 HTTP/1.1\" 200 14 \"-\" \
+             \"curl \\\"7\\\"\" app=web vhost=Example.com:8080 rt=0.007"
+        );
+        // Twice in the same second: the time's cached text is the same.
+        assert!(entry(true)
+            .combined(0, false, rt, "web")
+            .starts_with("127.0.0.1 - - [09/Sep/2001:01:46:40 +0000] \"GET"));
+        assert_eq!(
+            entry(false).combined(0, false, Duration::ZERO, "-"),
+            "127.0.0.1 - - [09/Sep/2001:01:46:40 +0000] \"-\" 400 - \"-\" \"-\" app=- vhost=- \
+             rt=0.000 aborted"
+        );
     }
 }

@@ -194,8 +194,8 @@ pub(super) fn add_forwarded(headers: &mut HeaderMap, client: &Client, host: Opti
         Some(prev) if !prev.trim().is_empty() => {
             HeaderValue::from_str(&format!("{prev}, {}", client.peer.ip())).ok()
         }
-        // Made once per connection (`Client::forwarded_for`); a clone shares its bytes.
-        _ => Some(client.forwarded_for.clone()),
+        // Made once per connection (`Client::peer_ip`); a clone shares its bytes.
+        _ => Some(client.peer_ip.clone()),
     };
     if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
@@ -218,7 +218,7 @@ mod tests {
         let peer: std::net::SocketAddr = "127.0.0.1:5555".parse().unwrap();
         Client {
             peer,
-            forwarded_for: Client::forwarded_for(peer),
+            peer_ip: Client::ip_text(peer),
             local: "127.0.0.1:8080".parse().unwrap(),
             scheme: "http",
             trusted,

@@ -54,8 +54,9 @@ const MAX_ATTEMPTS: u32 = 2;
 #[derive(Debug, Clone)]
 pub struct Client {
     pub peer: SocketAddr,
-    /// The peer's address as X-Forwarded-For carries it, made once per connection.
-    pub forwarded_for: HeaderValue,
+    /// The peer's IP address as text, made once per connection: X-Forwarded-For's value and
+    /// the access log's.
+    pub peer_ip: HeaderValue,
     /// The address the connection came in on (the Host of an HTTP/1.0 request that named
     /// none, as nginx gives it).
     pub local: SocketAddr,
@@ -71,7 +72,7 @@ pub struct Client {
 
 impl Client {
     /// `peer`'s address as a header value (its IP, without the port).
-    pub fn forwarded_for(peer: SocketAddr) -> HeaderValue {
+    pub fn ip_text(peer: SocketAddr) -> HeaderValue {
         // An IP address is always a valid header value; the fallback is never taken.
         HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
@@ -128,15 +129,15 @@ impl Proxy {
         let mut app = None;
         let (log, result) = match verdict {
             Verdict::Reject(r) => (
-                AccessLog::refused(client.peer),
+                AccessLog::refused(client.peer_ip.clone()),
                 Err(ProxyError::Rejected(r)),
             ),
             Verdict::Forward { asterisk: true, .. } => (
-                AccessLog::begin(&req, client.peer),
+                AccessLog::begin(&req, client.peer_ip.clone()),
                 Ok(crate::error::server_options()),
             ),
             Verdict::Forward { .. } => {
-                let log = AccessLog::begin(&req, client.peer);
+                let log = AccessLog::begin(&req, client.peer_ip.clone());
                 let gate = client.gate.clone();
                 let mut result = self.forward(req, client, &live, &mut app).await;
                 let pending = result.as_mut().ok().and_then(|r| {

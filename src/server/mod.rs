@@ -303,7 +303,7 @@ async fn serve_connection(
     let local = stream.local_addr().unwrap_or(configured);
     let client = Client {
         peer,
-        forwarded_for: Client::forwarded_for(peer),
+        peer_ip: Client::ip_text(peer),
         local,
         scheme: "http",
         trusted,
