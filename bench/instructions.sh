@@ -3,10 +3,10 @@
 # 1 % between runs where wall-clock CPU on this shared machine moves ±25 %, so it is the
 # figure to compare user-space changes by (BENCHMARKS.md). Kernel time is not in it.
 #
-#   bench/instructions.sh BINARY [PATH] [PYTHON]
+#   [ACCESS_LOG=FILE] bench/instructions.sh BINARY [PATH] [PYTHON]
 #
-# Serves bench.py's app with BINARY (native worker, 8 threads, access log off, one front
-# thread) under valgrind, warms up with 3 s of wrk, zeroes the counters, runs wrk -t1 -c8 for
+# Serves bench.py's app with BINARY (native worker, 8 threads, access log off or to FILE, one
+# front thread) under valgrind, warms up with 3 s of wrk, zeroes the counters, runs wrk -t1 -c8 for
 # 8 s against PATH (default /), dumps the counters and prints instructions ÷ requests. The
 # Python child runs natively (valgrind does not follow it). Needs valgrind and wrk
 # (apt-get install valgrind wrk); loopback only, about half a minute.
@@ -23,7 +23,7 @@ WSGIMUX=unused BENCH_PY3=unused python3 -c "import sys; sys.path.insert(0, '$her
 cat >"$work/wsgimux.yaml" <<EOF
 listen: "127.0.0.1:$port"
 runtime_dir: $work/run
-access_log: off
+access_log: ${ACCESS_LOG:-off}
 apps:
   bench:
     python: $python
