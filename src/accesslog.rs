@@ -309,7 +309,7 @@ impl Entry {
     /// Combined, then wsgimux's fields: the app, the Host (Apache's vhost_combined puts it
     /// first, which combined parsers do not read), the request time. Written into one buffer,
     /// the fields escaped straight into it and the time's text made once a second: formatting
-    /// the line through `format!` cost a quarter of a proxied request.
+    /// the line through `format!` cost a fifth of a proxied request.
     fn combined(&self, bytes: u64, complete: bool, elapsed: Duration, app: &str) -> String {
         let l = &self.log;
         let mut line = String::with_capacity(256);
