@@ -124,9 +124,13 @@ struct Fields {
 }
 
 impl Fields {
+    /// Each field as the combined line writes it (`target_into`, `text_into`).
     fn of(head: Option<&Head>) -> Self {
-        let text =
-            |v: Option<&HeaderValue>| v.map_or_else(|| "-".to_string(), |v| escape(v.as_bytes()));
+        let text = |v: Option<&HeaderValue>| {
+            let mut out = String::new();
+            text_into(&mut out, v);
+            out
+        };
         match head {
             None => Fields {
                 method: "-".to_string(),
@@ -138,7 +142,11 @@ impl Fields {
             },
             Some(h) => Fields {
                 method: escape(h.method.as_str().as_bytes()),
-                target: escape(h.uri.to_string().as_bytes()),
+                target: {
+                    let mut out = String::new();
+                    target_into(&mut out, &h.uri);
+                    out
+                },
                 version: version_text(h.version),
                 referer: text(h.referer.as_ref()),
                 user_agent: text(h.user_agent.as_ref()),

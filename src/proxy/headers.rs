@@ -192,7 +192,8 @@ fn clean_request_headers(headers: &mut HeaderMap, trusted: bool) {
 pub(super) fn add_forwarded(headers: &mut HeaderMap, client: &Client, host: Option<&HeaderValue>) {
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => {
-            HeaderValue::from_str(&format!("{prev}, {}", client.peer.ip())).ok()
+            let ip = client.peer_ip.to_str().unwrap_or_default();
+            HeaderValue::from_str(&format!("{prev}, {ip}")).ok()
         }
         // Made once per connection (`Client::peer_ip`); a clone shares its bytes.
         _ => Some(client.peer_ip.clone()),

@@ -286,7 +286,7 @@ impl Proxy {
                     app: route.name.to_string(),
                 }
             })?;
-            unsent.headers_mut().remove(MOUNT_HEADER);
+            unsent.headers_mut().remove(headers::MOUNT);
             route::set_mount(unsent.headers_mut(), &route, outer_mount.as_deref());
             *app = Some(route.served());
             request = unsent;
