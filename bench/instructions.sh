@@ -15,24 +15,25 @@ binary="$(realpath "${1:?usage: bench/instructions.sh BINARY [PATH] [PYTHON]}")"
 path="${2:-/}"
 python="${3:-$(ls -d "$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")"/versions/3.11*/bin/python 2>/dev/null | tail -1)}"
 python="${python:-$(command -v python3)}"
-here="$(cd "$(dirname "$0")" && pwd)"
+export BENCH_HERE="$(cd "$(dirname "$0")" && pwd)"
 work="$(mktemp -d)"
 trap 'kill -INT "$vg" 2>/dev/null; wait "$vg" 2>/dev/null; rm -rf "$work"' EXIT
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-WSGIMUX=unused BENCH_PY3=unused python3 -c "import sys; sys.path.insert(0, '$here'); from bench import APP; open('$work/hello.py', 'w').write(APP)"
-cat >"$work/wsgimux.yaml" <<EOF
-listen: "127.0.0.1:$port"
-runtime_dir: $work/run
-access_log: ${ACCESS_LOG:-off}
-apps:
-  bench:
-    python: $python
-    script: $work/hello.py
-    threads: 8
-    worker: native
-EOF
+# The app and the config as bench.py and ab.py make them (common.py writes under BENCH_DIR).
+config="$(BENCH_DIR="$work" WSGIMUX=unused BENCH_PY3="$python" python3 - "$port" <<'PY'
+import os, sys
+sys.path.insert(0, os.environ['BENCH_HERE'])
+from common import W, PY3, wsgimux_config, app_yaml
+from bench import APP
+os.makedirs(os.path.join(W, 'app'))
+with open(os.path.join(W, 'app', 'hello.py'), 'w') as f:
+    f.write(APP)
+print(wsgimux_config('instructions', int(sys.argv[1]), app_yaml(PY3, 'native'),
+                     'access_log: %s\n' % os.environ.get('ACCESS_LOG', 'off')))
+PY
+)"
 WSGIMUX_FRONT_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
-  "$binary" serve --config "$work/wsgimux.yaml" >"$work/log" 2>&1 &
+  "$binary" serve --config "$config" >"$work/log" 2>&1 &
 vg=$!
 for _ in $(seq 120); do
   curl -s -m 2 -o /dev/null "http://127.0.0.1:$port$path" && break
