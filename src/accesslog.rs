@@ -121,6 +121,8 @@ struct Fields {
     referer: String,
     user_agent: String,
     host: String,
+    /// The port the Host named, if any (the vhost is the name alone).
+    port: Option<u16>,
 }
 
 impl Fields {
@@ -139,6 +141,7 @@ impl Fields {
                 referer: "-".to_string(),
                 user_agent: "-".to_string(),
                 host: "-".to_string(),
+                port: None,
             },
             Some(h) => Fields {
                 method: escape(h.method.as_str().as_bytes()),
@@ -150,7 +153,12 @@ impl Fields {
                 version: version_text(h.version),
                 referer: text(h.referer.as_ref()),
                 user_agent: text(h.user_agent.as_ref()),
-                host: text(h.host.as_ref()),
+                host: {
+                    let mut out = String::new();
+                    host_into(&mut out, h.host.as_ref());
+                    out
+                },
+                port: h.host.as_ref().and_then(host_port),
             },
         }
     }
@@ -294,6 +302,7 @@ impl Entry {
                     "remote_addr": String::from_utf8_lossy(l.peer.as_bytes()),
                     "method": dash(&f.method),
                     "host": dash(&f.host),
+                    "port": f.port,
                     "uri": (!f.target.is_empty()).then_some(&f.target),
                     "protocol": (!f.version.is_empty()).then_some(f.version),
                     "status": status,
@@ -350,7 +359,7 @@ impl Entry {
         line.push_str("\" app=");
         line.push_str(app);
         line.push_str(" vhost=");
-        text_into(&mut line, head.and_then(|h| h.host.as_ref()));
+        host_into(&mut line, head.and_then(|h| h.host.as_ref()));
         let _ = write!(line, " rt={:.3}", elapsed.as_secs_f64());
         if let Some(n) = self.tunnel_in {
             let _ = write!(line, " upgraded in={n} out={bytes}");
@@ -398,6 +407,29 @@ fn text_into(line: &mut String, v: Option<&HeaderValue>) {
         Some(v) => escape_into(line, v.as_bytes()),
         None => line.push('-'),
     }
+}
+
+/// The vhost: the Host's name as routing reads it (lowercase, no port, no trailing dot), so
+/// that per-site reports (goaccess, nginx's `$host`) count one site once; a Host routing could
+/// not read is written as it came.
+fn host_into(line: &mut String, v: Option<&HeaderValue>) {
+    let Some(v) = v else {
+        return line.push('-');
+    };
+    match v.to_str().ok().and_then(crate::routes::normalize_host) {
+        Some(name) => escape_into(line, name.as_bytes()),
+        None => escape_into(line, v.as_bytes()),
+    }
+}
+
+/// The port a Host value names (`example.com:8080`, `[::1]:8443`), for the JSON `port` field.
+fn host_port(v: &HeaderValue) -> Option<u16> {
+    let text = v.to_str().ok()?;
+    let (name, port) = text.rsplit_once(':')?;
+    if name.contains(':') && !name.ends_with(']') {
+        return None; // a bare IPv6 address, not a port
+    }
+    port.parse().ok()
 }
 
 /// A response body that counts what it relays and logs the request at its end.
@@ -487,6 +519,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn vhost_is_the_host_name_without_its_port() {
+        let cases: &[(&str, &str, Option<u16>)] = &[
+            ("Example.com:8080", "example.com", Some(8080)),
+            ("shop.test", "shop.test", None),
+            ("shop.test.", "shop.test", None),
+            ("[::1]:8443", "[::1]", Some(8443)),
+            ("[::1]", "[::1]", None),
+            ("bad host:x", "bad host:x", None),
+        ];
+        for (raw, vhost, port) in cases {
+            let v = HeaderValue::from_str(raw).unwrap();
+            let mut line = String::new();
+            host_into(&mut line, Some(&v));
+            assert_eq!(line, *vhost, "{raw}");
+            assert_eq!(host_port(&v), *port, "{raw}");
+        }
+    }
+
+    #[test]
     fn escapes() {
         assert_eq!(escape(b"a\"b\\c\x01\xff"), "a\\\"b\\\\c\\x01\\xFF");
     }
@@ -519,7 +570,7 @@ mod tests {
         assert_eq!(
             entry(true).combined(14, true, rt, "web"),
             "127.0.0.1 - - [09/Sep/2001:01:46:40 +0000] \"GET /p%20x?q=1 HTTP/1.1\" 200 14 \"-\" \
-             \"curl \\\"7\\\"\" app=web vhost=Example.com:8080 rt=0.007"
+             \"curl \\\"7\\\"\" app=web vhost=example.com rt=0.007"
         );
         // Twice in the same second: the time's cached text is the same.
         assert!(entry(true)

@@ -382,6 +382,79 @@ fn access_log_json_log_dir_and_reopen() {
     assert!(!read(&logs.join("access.log.1")).contains("/second"));
 }
 
+/// A `static:` entry may name one file (`"/robots.txt": static/robots.txt`, as the example
+/// config shows), host-wide or in an app: its URL serves it with the folder's headers and
+/// conditional answers, nothing below it does, and `explain` names the file as it is.
+#[test]
+fn static_single_files() {
+    let Some(python) = harness::require_python("3.12") else {
+        return;
+    };
+    let site = Site::new();
+    site.probe("app");
+    site.write("static/robots.txt", "User-agent: *\nDisallow:\n");
+    site.write("public/favicon.ico", "icon");
+    let config = site.config(&format!(
+        "static: {{\"/robots.txt\": static/robots.txt}}\napps:\n  web:\n    python: {}\n    script: app/probe.py\n    mount: /web\n    static: {{\"/favicon.ico\": public/favicon.ico}}\n",
+        python.display()
+    ));
+    let (status, out, err) = site.check();
+    assert!(status.success(), "{out}{err}");
+    let server = site.serve();
+    let get = |path: &str, extra: &str| {
+        get_raw(
+            server.addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: a.test\r\n{extra}Connection: close\r\n\r\n"),
+        )
+    };
+    let robots = get("/robots.txt", "");
+    assert_eq!(robots.status, 200);
+    assert_eq!(robots.text(), "User-agent: *\nDisallow:\n");
+    assert_eq!(
+        robots.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    let etag = robots.header("etag").expect("ETag").to_string();
+    assert_eq!(
+        get("/robots.txt", &format!("If-None-Match: {etag}\r\n")).status,
+        304
+    );
+    let icon = get("/web/favicon.ico", "");
+    assert_eq!((icon.status, icon.text().as_str()), (200, "icon"));
+    let mut c = harness::Client::connect(server.addr).expect("connect");
+    c.send(b"HEAD /robots.txt HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .expect("send");
+    let head = c.read_head_response().expect("HEAD response");
+    assert_eq!(
+        (head.status, head.header("content-length")),
+        (200, Some("24"))
+    );
+    // Nothing below a file: the app gets no such URL either (the alias owns its prefix).
+    assert_eq!(get("/robots.txt/", "").status, 404);
+    assert_eq!(get("/robots.txt/x", "").status, 404);
+    assert_eq!(get("/web/favicon.ico/x", "").status, 404);
+    for (url, file) in [
+        (
+            "http://a.test/robots.txt",
+            site.path().join("static/robots.txt"),
+        ),
+        (
+            "http://a.test/web/favicon.ico",
+            site.path().join("public/favicon.ico"),
+        ),
+    ] {
+        let out = Command::new(harness::BIN)
+            .args(["explain", "--config"])
+            .arg(&config)
+            .arg(url)
+            .output()
+            .expect("explain");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let want = format!("(the front serves {}, no app involved)", file.display());
+        assert!(text.contains(&want), "{url}: {text}");
+    }
+}
+
 /// `static:` folders: served by the front (the app's processes see none of it), with the
 /// headers and conditional/range answers browsers and caches rely on, and no way out of the
 /// folder.
@@ -1011,7 +1084,7 @@ fn parse_combined(line: &str) -> Option<Combined<'_>> {
 }
 
 /// The access log in wsgimux's log stream is exactly combined from the first byte of each
-/// line, with the Host in a `vhost=` field; with `log_format: json` every line of the log is
+/// line, with the Host's name (no port: one site is one vhost) in a `vhost=` field; with `log_format: json` every line of the log is
 /// one JSON object, the access records among them, and the JSON access format carries `host`.
 #[test]
 fn access_lines_parse_as_combined_with_the_vhost_and_the_json_log_is_json() {
@@ -1040,10 +1113,7 @@ fn access_lines_parse_as_combined_with_the_vhost_and_the_json_log_is_json() {
         (client, request, status, agent),
         ("127.0.0.1", "GET /ver?x=1 HTTP/1.1", "200", "probe/1")
     );
-    assert!(
-        rest.contains(" app=web vhost=Shop.Example:8080 rt="),
-        "{rest}"
-    );
+    assert!(rest.contains(" app=web vhost=shop.example rt="), "{rest}");
     drop(server);
 
     let site = Site::new();
@@ -1057,7 +1127,7 @@ fn access_lines_parse_as_combined_with_the_vhost_and_the_json_log_is_json() {
     let server = site.serve();
     let r = get_raw(
         server.addr,
-        "GET /w/ver HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n",
+        "GET /w/ver HTTP/1.1\r\nHost: Shop.Example:8080\r\nConnection: close\r\n\r\n",
     );
     assert_eq!(r.status, 200);
     let log = harness::eventually(Duration::from_secs(5), || {
@@ -1075,6 +1145,7 @@ fn access_lines_parse_as_combined_with_the_vhost_and_the_json_log_is_json() {
     let record: serde_json::Value =
         serde_json::from_str(v["fields"]["message"].as_str().expect("message")).expect("json");
     assert_eq!(record["host"], "shop.example", "{record}");
+    assert_eq!(record["port"], 8080, "{record}");
 }
 
 /// `status` adds up: an app's requests are its listed processes' plus `retired` (processes no
