@@ -108,7 +108,13 @@ fn static_line(statics: &[StaticAlias], mount: &str, decoded: &[u8]) -> Option<S
         if !(rest.is_empty() || rest.starts_with('/')) {
             return None;
         }
-        let file = a.dir.join(rest.trim_start_matches('/'));
+        let rest = rest.trim_start_matches('/');
+        // `join("")` would add a slash: a single-file alias names its file as it is.
+        let file = if rest.is_empty() {
+            a.dir.clone()
+        } else {
+            a.dir.join(rest)
+        };
         Some(format!(
             "  static       : {prefix} -> {} (the front serves {}, no app involved)",
             a.dir.display(),

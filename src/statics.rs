@@ -69,6 +69,8 @@ async fn serve(
         .flatten()
         .ok_or_else(not_found)?;
     let path = match found {
+        // A file asked for as a folder (`/robots.txt/`) is not there, as on a file system.
+        Found::File(_) if trailing_slash => return Err(not_found()),
         Found::File(p) => p,
         Found::Dir(p) if trailing_slash => p.join("index.html"),
         Found::Dir(_) => return Ok(add_slash(raw_path, parts)),
@@ -285,6 +287,14 @@ enum Found {
 /// inside `root`'s own real path.
 fn locate(root: &Path, relative: &Path) -> Option<Found> {
     let real_root = std::fs::canonicalize(root).ok()?;
+    if real_root.is_file() {
+        // A single-file alias (`"/robots.txt": static/robots.txt`): its own URL only, never a
+        // path below it.
+        return relative
+            .as_os_str()
+            .is_empty()
+            .then_some(Found::File(real_root));
+    }
     let real = std::fs::canonicalize(root.join(relative)).ok()?;
     if !real.starts_with(&real_root) {
         return None;
