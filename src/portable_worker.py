@@ -516,6 +516,8 @@ class Worker(object):
             'wsgi.file_wrapper': FileWrapper,
             'wsgi.input_terminated': True,
             'SERVER_SOFTWARE': 'wsgimux-portable',
+            # CGI's name for the interface; mod_wsgi and every CGI-derived server set it.
+            'GATEWAY_INTERFACE': 'CGI/1.1',
         }
 
     # -- app threads --

@@ -34,6 +34,25 @@ pub(super) fn set_protocol(headers: &mut HeaderMap, version: hyper::Version) {
     headers.insert(PROTOCOL, HeaderValue::from_static(v));
 }
 
+/// An HTTP/1.0 response without a length ends when its connection closes, so the connection
+/// cannot be kept whatever the client asked: it says `Connection: close` and is marked HTTP/1.0
+/// (for a 1.1 head hyper would add `keep-alive` to a keep-alive request's answer, then close).
+/// A body of known length goes as Content-Length and keeps the connection; so does a response
+/// that ends with its head (to HEAD, 1xx, 204, 304).
+pub(super) fn close_unframed_http10<B: http_body::Body>(resp: &mut hyper::Response<B>, head: bool) {
+    let status = resp.status();
+    let bodiless = head || status.is_informational() || status == 204 || status == 304;
+    if bodiless
+        || resp.body().size_hint().exact().is_some()
+        || resp.headers().contains_key(header::CONTENT_LENGTH)
+    {
+        return;
+    }
+    *resp.version_mut() = hyper::Version::HTTP_10;
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+}
+
 /// HTTP/2 may split `cookie` into several fields; an HTTP/1.1 hop gets them as one, joined
 /// with `; ` (RFC 9113 §8.2.3) — a comma would make Python's cookie parser lose the rest.
 pub(super) fn join_cookies(headers: &mut HeaderMap) {
@@ -234,6 +253,37 @@ mod tests {
             h.append(*k, HeaderValue::from_static(v));
         }
         h
+    }
+
+    #[test]
+    fn http10_responses_without_a_length_close() {
+        use http_body_util::{BodyExt, Full, StreamBody};
+        type Boxed = http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>;
+        let framed = || Full::new(bytes::Bytes::from_static(b"hello")).boxed();
+        let streamed = || {
+            let chunks = futures_util::stream::iter(Vec::<
+                Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>,
+            >::new());
+            StreamBody::new(chunks).boxed()
+        };
+        let cases: [(&str, Boxed, u16, bool, bool); 5] = [
+            ("streamed", streamed(), 200, false, true),
+            ("framed", framed(), 200, false, false),
+            ("to HEAD", streamed(), 200, true, false),
+            ("304", streamed(), 304, false, false),
+            ("streamed 500", streamed(), 500, false, true),
+        ];
+        for (what, body, status, head, closes) in cases {
+            let mut resp = hyper::Response::new(body);
+            *resp.status_mut() = status.try_into().unwrap();
+            close_unframed_http10(&mut resp, head);
+            let closed = resp
+                .headers()
+                .get("connection")
+                .is_some_and(|v| v == "close");
+            assert_eq!(closed, closes, "{what}");
+            assert_eq!(resp.version() == hyper::Version::HTTP_10, closes, "{what}");
+        }
     }
 
     #[test]

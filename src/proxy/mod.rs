@@ -127,6 +127,8 @@ impl Proxy {
     ) -> Response<LoggedBody> {
         let live = self.live();
         let mut app = None;
+        let http10 =
+            (req.version() == Version::HTTP_10).then(|| req.method() == hyper::Method::HEAD);
         let (log, result) = match verdict {
             Verdict::Reject(r) => (
                 AccessLog::refused(client.peer_ip.clone()),
@@ -159,13 +161,16 @@ impl Proxy {
                 }
             }
         };
-        let resp = result.unwrap_or_else(|e| {
+        let mut resp = result.unwrap_or_else(|e| {
             // A failing app's reason is logged by its supervisor, not once per request.
             if e.status().is_server_error() && !matches!(e, ProxyError::AppFailed { .. }) {
                 tracing::warn!("{e}");
             }
             e.into_response()
         });
+        if let Some(head) = http10 {
+            headers::close_unframed_http10(&mut resp, head);
+        }
         log.finish(resp, app, live.front.access.clone())
     }
 

@@ -297,3 +297,34 @@ fn every_front_thread_accepts_and_serves() {
         .count();
     assert!(busy >= 2, "{:?}", front_thread_ticks(server.pid()));
 }
+
+/// HTTP/1.0 keep-alive is kept only when the response says its length: a streamed body (the
+/// connection's close is its end) is answered `Connection: close`, never `keep-alive` and
+/// then a close; a framed one keeps the connection for the next request.
+#[test]
+fn http10_keep_alive_is_kept_only_for_responses_with_a_length() {
+    let Some(py) = require_python("3.12") else {
+        return;
+    };
+    let site = Site::new();
+    site.one_app("a", &py, &[]);
+    let server = site.serve();
+    let keep = "Connection: keep-alive\r\n\r\n";
+    let mut c = Client::connect(server.addr).expect("connect");
+    c.send(format!("GET /ver HTTP/1.0\r\nHost: x\r\n{keep}").as_bytes())
+        .expect("send");
+    let framed = c.read_response(false).expect("framed response");
+    assert_eq!(framed.header("connection"), Some("keep-alive"));
+    c.send(format!("GET /download?n=100000 HTTP/1.0\r\nHost: x\r\n{keep}").as_bytes())
+        .expect("send on the kept connection");
+    // Read to the close: the body is all there, and the head said the close was coming.
+    let streamed = c.read_response(false).expect("streamed response");
+    assert_eq!(streamed.status, 200);
+    assert_eq!(
+        streamed.header("connection"),
+        Some("close"),
+        "{:?}",
+        streamed.headers
+    );
+    assert_eq!(streamed.body.len(), 100_000);
+}

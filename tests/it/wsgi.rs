@@ -69,6 +69,7 @@ fn conformance(version: &str, worker: &str) {
         // The client is no trusted proxy: its X-Forwarded-For is replaced, not extended.
         assert_eq!(env("HTTP_X_FORWARDED_FOR"), "127.0.0.1");
         assert_eq!(env("wsgi.url_scheme"), "http");
+        assert_eq!(env("GATEWAY_INTERFACE"), "CGI/1.1");
         assert_eq!(
             r.env("HTTP_X_CUSTOM").unwrap(),
             "café".as_bytes(),

@@ -40,6 +40,8 @@ impl<'py> EnvironCache<'py> {
         base.set_item("wsgi.input_terminated", true)?;
         base.set_item("wsgi.file_wrapper", py.get_type::<FileWrapper>())?;
         base.set_item("SERVER_SOFTWARE", "wsgimux-native")?;
+        // CGI's name for the interface; mod_wsgi and every CGI-derived server set it.
+        base.set_item("GATEWAY_INTERFACE", "CGI/1.1")?;
         Ok(EnvironCache {
             base,
             keys: HashMap::new(),
