@@ -45,6 +45,7 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
+    announce("building the native worker, a Python extension module (a second cargo build; the first time, about 2 minutes on 2 cores)");
     let status = cmd
         .status()
         .unwrap_or_else(|e| panic!("cannot run cargo to build the native worker: {e}"));
@@ -82,5 +83,18 @@ fn main() {
         "Cargo.lock",
     ] {
         println!("cargo:rerun-if-changed={path}");
+    }
+}
+
+/// Says what the long, otherwise silent nested build is doing. Cargo captures a build script's
+/// output and shows its warnings only once the script is done, so on a terminal the line goes
+/// straight to it (clearing cargo's progress bar, which cargo redraws); elsewhere (CI, a
+/// formula's build log) it is a cargo warning.
+fn announce(what: &str) {
+    use std::io::Write;
+    let tty = std::fs::OpenOptions::new().write(true).open("/dev/tty");
+    match tty.and_then(|mut t| write!(t, "\r\x1b[K   wsgimux: {what}\n")) {
+        Ok(()) => {}
+        Err(_) => println!("cargo:warning={what}"),
     }
 }
