@@ -3,16 +3,19 @@
 //! native worker needs (`cargo install`, Homebrew, a copied binary).
 //!
 //! The worker is built by a nested cargo into its own target dir under OUT_DIR (a cdylib cannot
-//! be an ordinary dependency), as an extension module that does not link libpython.
+//! be an ordinary dependency), as an extension module that does not link libpython. It builds
+//! from a standalone copy of `worker/worker.toml` made in OUT_DIR, the same in a checkout and in
+//! the packaged crate (which has no `worker/manifest/Cargo.toml`: cargo leaves a folder holding
+//! a Cargo.toml out of a package).
 
 use std::env;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let root = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
-    let manifest = root.join("worker").join("Cargo.toml");
+    let manifest = standalone_manifest(&root, &out.join("worker-build"));
     let target_dir = out.join("worker-target");
     let release = env::var("PROFILE").as_deref() == Ok("release");
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -78,7 +81,7 @@ fn main() {
     println!("cargo:rustc-env=WSGIMUX_NATIVE_HASH={hash:016x}");
     for path in [
         "worker/src",
-        "worker/Cargo.toml",
+        "worker/worker.toml",
         "worker/build.rs",
         "Cargo.lock",
     ] {
@@ -97,4 +100,32 @@ fn announce(what: &str) {
         Ok(()) => {}
         Err(_) => println!("cargo:warning={what}"),
     }
+}
+
+/// A copy of the worker's manifest that is a workspace of its own, in `dir/manifest/` beside
+/// links to the worker's sources (its paths are relative to `worker/manifest/`), with this
+/// crate's Cargo.lock, so that it builds the versions this crate was tested with.
+fn standalone_manifest(root: &Path, dir: &Path) -> PathBuf {
+    let worker = root.join("worker");
+    let manifest_dir = dir.join("manifest");
+    std::fs::create_dir_all(&manifest_dir)
+        .unwrap_or_else(|e| panic!("creating {}: {e}", manifest_dir.display()));
+    for name in ["src", "build.rs"] {
+        let link = dir.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(worker.join(name), &link)
+            .unwrap_or_else(|e| panic!("linking {}: {e}", link.display()));
+    }
+    let text = std::fs::read_to_string(worker.join("worker.toml"))
+        .unwrap_or_else(|e| panic!("reading worker/worker.toml: {e}"));
+    let manifest = manifest_dir.join("Cargo.toml");
+    std::fs::write(
+        &manifest,
+        format!("{text}\n# Standalone: not a member of the crate's workspace.\n[workspace]\n"),
+    )
+    .unwrap_or_else(|e| panic!("writing {}: {e}", manifest.display()));
+    if let Ok(lock) = std::fs::read(root.join("Cargo.lock")) {
+        let _ = std::fs::write(manifest_dir.join("Cargo.lock"), lock);
+    }
+    manifest
 }

@@ -12,6 +12,11 @@ class Wsgimux < Formula
   license any_of: ["MIT", "Apache-2.0"]
   head "https://github.com/wsgimux/wsgimux.git", branch: "main"
 
+  livecheck do
+    url :stable
+    strategy :github_latest
+  end
+
   depends_on "rust" => :build
   depends_on "python@3.13" => :test
   # The apps' interpreters are the user's own (Homebrew's python@3.x, pyenv, a virtualenv);
@@ -27,6 +32,9 @@ class Wsgimux < Formula
     inreplace "config.example.yaml" do |s|
       s.gsub! "examples/", "#{opt_pkgshare}/examples/"
       s.gsub! "# runtime_dir: ./run", "runtime_dir: #{var}/run/wsgimux"
+      # A service's PATH finds Apple's /usr/bin/python3 (a stub without the Command Line
+      # Tools) before Homebrew's: name Homebrew's by its full path.
+      s.gsub! "python: python3", "python: #{HOMEBREW_PREFIX}/bin/python3"
     end
     cp "config.example.yaml", "wsgimux.yaml"
     pkgshare.install "config.example.yaml"
@@ -79,7 +87,11 @@ class Wsgimux < Formula
           mount: /hello
     YAML
     assert_match "ok", shell_output("#{bin}/wsgimux check --config #{testpath}/wsgimux.yaml")
-    assert_match "ok", shell_output("#{bin}/wsgimux check --config #{pkgshare}/config.example.yaml")
+    # The installed example, with Homebrew's Python 3.13 (the only Python this test may use).
+    example = (pkgshare/"config.example.yaml").read.gsub(/^(\s*python:) .*$/,
+                                                        "\\1 #{Formula["python@3.13"].opt_bin}/python3.13")
+    (testpath/"example.yaml").write example
+    assert_match "ok", shell_output("#{bin}/wsgimux check --config #{testpath}/example.yaml")
     assert_match version.to_s, shell_output("#{bin}/wsgimux --version")
     pid = spawn "#{bin}/wsgimux", "serve", "--config", "#{testpath}/wsgimux.yaml"
     begin

@@ -25,6 +25,7 @@ class Formula
   def self.depends_on(spec) = ((@@decl["depends_on"] ||= []) << spec.to_s)
   def self.service(&blk) = (@@service = blk)
   def self.test(&blk) = (@@test = !blk.nil?)
+  def self.livecheck(&blk) = (@@decl["livecheck"] = [blk.nil? ? "" : "block"])
   def self.report(instance)
     rec = Recorder.new
     # Paths the service block reads come from the formula instance (opt_bin, etc, var).

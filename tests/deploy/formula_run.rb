@@ -104,6 +104,8 @@ module Utils
 end
 
 PYTHON_BIN_DIR = python_bin_dir
+# Homebrew's prefix (/opt/homebrew, /usr/local): nothing under it is run by the test.
+HOMEBREW_PREFIX = Pathname.new("/opt/homebrew")
 load formula_file
 klass = Object.const_get(File.basename(formula_file, ".rb").capitalize)
 formula = klass.allocate

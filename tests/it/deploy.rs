@@ -36,7 +36,7 @@ fn homebrew_formula() {
     assert!(ok, "loading the formula: {out}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).expect("probe output is JSON");
     assert_eq!(v["decl"]["depends_on"][0], "{\"rust\"=>:build}", "{v}");
-    for key in ["desc", "homepage", "url", "sha256", "license"] {
+    for key in ["desc", "homepage", "url", "sha256", "license", "livecheck"] {
         assert!(v["decl"].get(key).is_some(), "formula lacks {key}: {v}");
     }
     let service = &v["service"];
@@ -398,4 +398,99 @@ fn homebrew_formula_installs_and_its_test_passes() {
         .arg(python_dir)
         .arg(version));
     assert!(ok && out.contains("installed and tested"), "{out}");
+}
+
+/// `cargo install wsgimux` works: the crate `cargo package` makes holds everything its build
+/// needs (the native worker's sources and manifest among them), and a copy installed from the
+/// unpacked `.crate` with `cargo install --path --offline` serves an app with both workers.
+#[test]
+fn the_packaged_crate_installs_offline_and_serves() {
+    let Some(py) = harness::require_python("3.13") else {
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // Outside the checkout, as cargo unpacks a downloaded crate (inside it the crate would be
+    // taken for a member of this workspace), and at the same path each run so that the next
+    // build is incremental; the build's target dir under target/.
+    let hash = root
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0u32, |h, &b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let work = std::env::temp_dir().join(format!("wsgimux-package-test-{uid}-{hash:08x}"));
+    std::fs::create_dir_all(&work).expect("the unpacking folder");
+    let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("package");
+    let (ok, out) = run(Command::new(&cargo)
+        .current_dir(root)
+        .args([
+            "package",
+            "--offline",
+            "--allow-dirty",
+            "--no-verify",
+            "--target-dir",
+        ])
+        .arg(&target_dir));
+    assert!(ok, "cargo package: {out}");
+    let version = env!("CARGO_PKG_VERSION");
+    let crate_file = target_dir.join(format!("package/wsgimux-{version}.crate"));
+    let unpacked = work.join(format!("wsgimux-{version}"));
+    let _ = std::fs::remove_dir_all(&unpacked);
+    let (ok, out) = run(Command::new("tar")
+        .arg("-xzf")
+        .arg(&crate_file)
+        .arg("-C")
+        .arg(&work));
+    assert!(ok, "unpacking {}: {out}", crate_file.display());
+    for needed in [
+        "worker/worker.toml",
+        "worker/src/lib.rs",
+        "worker/build.rs",
+        "Cargo.lock",
+    ] {
+        assert!(unpacked.join(needed).is_file(), "the crate has no {needed}");
+    }
+    let install_root = target_dir.join("root");
+    // One job: the rest of the suite runs meanwhile.
+    let (ok, out) = run(Command::new(&cargo)
+        .args([
+            "install",
+            "--offline",
+            "--debug",
+            "--jobs",
+            "1",
+            "--force",
+            "--path",
+        ])
+        .arg(&unpacked)
+        .arg("--root")
+        .arg(&install_root)
+        .arg("--target-dir")
+        .arg(target_dir.join("install"))
+        .env_remove("CARGO_TARGET_DIR"));
+    assert!(ok, "cargo install --path the unpacked crate: {out}");
+    let installed = install_root.join("bin/wsgimux");
+    let site = Site::new();
+    site.probe("app");
+    site.config(&format!(
+        "apps:\n  native:\n    python: {py}\n    script: app/probe.py\n    worker: native\n    mount: /n\n  portable:\n    python: {py}\n    script: app/probe.py\n    worker: portable\n    mount: /p\n",
+        py = py.display()
+    ));
+    let server = harness::Server::start_binary(
+        &installed,
+        site.path().join("wsgimux.yaml"),
+        site.path().join("wsgimux.log"),
+    );
+    for (mount, worker) in [("/n", "native"), ("/p", "portable")] {
+        let r = server.get("x", &format!("{mount}/env"));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(
+            r.text()
+                .contains(&format!("SERVER_SOFTWARE=wsgimux-{worker}")),
+            "{}",
+            r.text()
+        );
+    }
 }
