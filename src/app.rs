@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
@@ -101,12 +102,7 @@ pub fn describe_routes(config: &Config, apps: &[ReadyApp]) -> String {
 
 /// Started as root with `user:` set: hand the runtime dir to that user and become it (keeping
 /// only the capabilities to start apps as their own accounts). Listeners are bound already.
-fn become_configured_user(
-    config: &Config,
-    apps: &[ReadyApp],
-    dir: &Path,
-) -> Result<(), StartError> {
-    use std::os::unix::fs::PermissionsExt;
+fn become_configured_user(config: &Config, dir: &Path) -> Result<(), StartError> {
     let Some(user) = &config.user else {
         return Ok(());
     };
@@ -121,11 +117,8 @@ fn become_configured_user(
         path: dir.to_path_buf(),
         source,
     };
+    // (`runtime_dir::prepare` let the accounts pass through to it.)
     std::os::unix::fs::chown(dir, Some(front.uid), Some(front.gid)).map_err(err)?;
-    if apps.iter().any(|a| a.account.is_some()) {
-        // App accounts pass through to their own socket folders and read the worker files.
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).map_err(err)?;
-    }
     crate::account::drop_privileges(&front)?;
     tracing::info!("running as {front}");
     Ok(())
@@ -180,17 +173,12 @@ pub async fn serve_with(path: &Path, banner: Option<Banner>) -> Result<(), Start
     // Everything that can refuse the config is done before anything is written or bound.
     // (preflight already refused a runtime dir too long for the sockets, at its position.)
     let front = Front::build(&config, None)?;
-    let listeners = server::bind(&config.listen).await?;
-    let admin_listener = match config.admin {
-        Some(addr) => server::bind(&[addr]).await?.pop().map(|(_, l)| l),
-        None => None,
-    };
-    refuse_unclaimed_sockets(&config)?;
-    let files = runtime_dir::prepare(&dir)?;
-    link_control_socket(&file, &dir);
-    become_configured_user(&config, &apps, &dir)?;
+    let (listeners, admin_listener) = bind_all(&config).await?;
+    let runtime = runtime_dir::prepare(&dir, &config)?;
+    become_configured_user(&config, &dir)?;
 
-    let mut supervisor = Supervisor::new(dir.clone(), files, config.log_dir.clone());
+    let mut supervisor =
+        Supervisor::new(dir.clone(), runtime.files.clone(), config.log_dir.clone());
     let running = start_apps(&mut supervisor, &apps);
     let first: Vec<(ReadyApp, Generation)> = running
         .iter()
@@ -219,7 +207,7 @@ pub async fn serve_with(path: &Path, banner: Option<Banner>) -> Result<(), Start
         dir.display(),
         control::socket_path(&dir).display()
     );
-    let doors = Doors::open(
+    let mut doors = Doors::open(
         &dir,
         file,
         baseline,
@@ -229,7 +217,7 @@ pub async fn serve_with(path: &Path, banner: Option<Banner>) -> Result<(), Start
     )?;
     let reporter = tokio::spawn(report_readiness(first, reloader.listener_urls(), banner));
     let watchdog = crate::sdnotify::start_watchdog();
-    let reloader = run(reloader, triggers, triggers_tx, signals).await;
+    let reloader = run(reloader, triggers, triggers_tx, signals, &mut doors).await;
     crate::sdnotify::stopping();
     reporter.abort();
     if let Some(w) = watchdog {
@@ -237,6 +225,8 @@ pub async fn serve_with(path: &Path, banner: Option<Banner>) -> Result<(), Start
     }
     drop(doors);
     reloader.shutdown().await;
+    // Every child is reaped: what this server made in the runtime area goes with it.
+    runtime.close();
     tracing::info!("stopped");
     Ok(())
 }
@@ -254,11 +244,17 @@ fn warn_inherited_python_vars() {
     }
 }
 
-/// A configured runtime dir's control socket, linked from the default place for the file.
-fn link_control_socket(file: &Path, dir: &Path) {
-    if let Err(e) = control::link_default(file, dir) {
-        tracing::warn!("`wsgimux reload` and `status` will need --control: cannot link the control socket from the default runtime dir: {e}");
-    }
+/// The listeners and the admin listener, bound; and no passed socket left over.
+async fn bind_all(
+    config: &Config,
+) -> Result<(Vec<(SocketAddr, TcpListener)>, Option<TcpListener>), StartError> {
+    let listeners = server::bind(&config.listen).await?;
+    let admin_listener = match config.admin {
+        Some(addr) => server::bind(&[addr]).await?.pop().map(|(_, l)| l),
+        None => None,
+    };
+    refuse_unclaimed_sockets(config)?;
+    Ok((listeners, admin_listener))
 }
 
 /// Every app's first generation, started at once.
@@ -288,7 +284,11 @@ fn refuse_unclaimed_sockets(config: &Config) -> Result<(), StartError> {
 /// The ways in besides the listeners: the control socket, the admin listener, the config
 /// watcher. Dropped (closed) at shutdown before the reloader stops.
 struct Doors {
-    _control: control::ControlSocket,
+    control: control::ControlSocket,
+    /// The config file, as given (made absolute), and the runtime dir: what the control
+    /// socket's links are made from.
+    file: PathBuf,
+    dir: PathBuf,
     admin: Option<tokio::task::JoinHandle<()>>,
     _config_watch: Option<ConfigWatcher>,
 }
@@ -300,7 +300,7 @@ impl Doors {
         baseline: filewatch::Fingerprint,
         triggers: &mpsc::Sender<Trigger>,
         overview: watch::Receiver<Arc<Overview>>,
-        admin_listener: Option<tokio::net::TcpListener>,
+        admin_listener: Option<TcpListener>,
     ) -> Result<Self, StartError> {
         let control =
             control::serve(dir, triggers.clone(), overview.clone()).map_err(|source| {
@@ -315,18 +315,35 @@ impl Doors {
             }
             crate::admin::serve(l, overview)
         });
-        let config_watch = match ConfigWatcher::start(file, baseline, triggers.clone()) {
+        let config_watch = match ConfigWatcher::start(file.clone(), baseline, triggers.clone()) {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!("{e}; config changes need SIGHUP or `wsgimux reload`");
                 None
             }
         };
-        Ok(Doors {
-            _control: control,
+        let mut doors = Doors {
+            control,
+            file,
+            dir: dir.to_path_buf(),
             admin,
             _config_watch: config_watch,
-        })
+        };
+        doors.relink();
+        Ok(doors)
+    }
+
+    /// Makes the default places for the config file (as given, and by its real path now: a
+    /// swapped link changes it) lead to the control socket, so that `wsgimux reload` and
+    /// `status` find this server from any spelling of the file.
+    fn relink(&mut self) {
+        let dirs = runtime_dir::link_dirs(&self.file, &self.dir);
+        for (dir, e) in self.control.link_from(&dirs) {
+            tracing::warn!(
+                "`wsgimux reload` and `status` with --config may need --control: cannot link the control socket from {}: {e}",
+                dir.display()
+            );
+        }
     }
 }
 
@@ -345,6 +362,7 @@ async fn run(
     mut triggers: mpsc::Receiver<Trigger>,
     again: mpsc::Sender<Trigger>,
     mut signals: Signals,
+    doors: &mut Doors,
 ) -> Reloader {
     loop {
         let mut batch = tokio::select! {
@@ -385,6 +403,8 @@ async fn run(
         if stop {
             break;
         }
+        // A reload is how a swapped link is noticed: the file's real path may be new.
+        doors.relink();
         if announced {
             let status = match reloader.last_report() {
                 Some(r) => format!("serving; {}", r.summary),

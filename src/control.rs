@@ -96,19 +96,72 @@ pub fn serve(
             }
         }
     });
-    Ok(ControlSocket { path, task })
+    Ok(ControlSocket {
+        path,
+        task,
+        links: Vec::new(),
+    })
 }
 
-/// The served socket; dropping it stops serving and removes the file.
+/// The served socket; dropping it stops serving and removes the file and its links.
 pub struct ControlSocket {
     path: PathBuf,
     task: JoinHandle<()>,
+    links: Vec<Link>,
+}
+
+/// A folder in the runtime area that leads to the control socket (see [`socket_for_config`]),
+/// locked while it is this server's.
+struct Link {
+    dir: PathBuf,
+    _lock: crate::runtime_dir::area::DirLock,
+}
+
+impl ControlSocket {
+    /// Makes exactly `dirs` lead here: each a folder holding a `control.sock` link to this
+    /// socket (made, or kept), and removes the links it made before that are not in `dirs`.
+    /// Returns what could not be linked.
+    pub fn link_from(&mut self, dirs: &[PathBuf]) -> Vec<(PathBuf, String)> {
+        let mut failed = Vec::new();
+        let (keep, drop): (Vec<Link>, Vec<Link>) = std::mem::take(&mut self.links)
+            .into_iter()
+            .partition(|l| dirs.contains(&l.dir));
+        for old in drop {
+            let _ = std::fs::remove_dir_all(&old.dir);
+        }
+        self.links = keep;
+        for dir in dirs {
+            if self.links.iter().any(|l| &l.dir == dir) {
+                continue;
+            }
+            let made = crate::runtime_dir::area::lock(dir, true)
+                .map_err(|e| e.to_string())
+                .and_then(|lock| {
+                    let link = socket_path(dir);
+                    let _ = std::fs::remove_file(&link);
+                    std::os::unix::fs::symlink(&self.path, &link)
+                        .map(|()| lock)
+                        .map_err(|e| e.to_string())
+                });
+            match made {
+                Ok(lock) => self.links.push(Link {
+                    dir: dir.clone(),
+                    _lock: lock,
+                }),
+                Err(e) => failed.push((dir.clone(), e)),
+            }
+        }
+        failed
+    }
 }
 
 impl Drop for ControlSocket {
     fn drop(&mut self) {
         self.task.abort();
         let _ = std::fs::remove_file(&self.path);
+        for l in &self.links {
+            let _ = std::fs::remove_dir_all(&l.dir);
+        }
     }
 }
 
@@ -197,31 +250,19 @@ pub fn socket_path(runtime_dir: &Path) -> PathBuf {
 
 /// The control socket `reload` and `status` ask for config `file` (any spelling): found
 /// without parsing the file, since a file with a mistake must still reach its server to be
-/// reported. First the default runtime dir's socket (or the link a server with a configured
-/// `runtime_dir` leaves there, [`link_default`]), then the `runtime_dir` the file names.
+/// reported. First the default runtime dir for the file as given (made absolute, not resolved
+/// through links: what names a server however its links are swapped later), then the one for
+/// its real path (a server links both, and a configured `runtime_dir`'s socket, from there:
+/// [`ControlSocket::link_from`]), then the `runtime_dir` the file names.
 pub fn socket_for_config(file: &Path) -> PathBuf {
-    let by_default = socket_path(&crate::runtime_dir::default_for(file));
-    if by_default.exists() {
-        return by_default;
+    let real = std::fs::canonicalize(file).ok();
+    for f in std::iter::once(file.to_path_buf()).chain(real) {
+        let by_default = socket_path(&crate::runtime_dir::default_for(&f));
+        if by_default.exists() {
+            return by_default;
+        }
     }
     socket_path(&crate::runtime_dir::of_file(file))
-}
-
-/// For a server whose runtime dir is not the default one for `file`: a link from the default
-/// place to its control socket, so [`socket_for_config`] finds it however the file reads.
-pub fn link_default(file: &Path, runtime_dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    let default = crate::runtime_dir::default_for(file);
-    if default == runtime_dir {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&default)?;
-    let link = socket_path(&default);
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(socket_path(runtime_dir), link)
 }
 
 /// `wsgimux restart`: the server's report on the restart it ran.

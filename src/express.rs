@@ -13,6 +13,8 @@ pub enum ExpressError {
     BadStatic(String),
     #[error("--mount {0:?} must start with /")]
     BadMount(String),
+    #[error("--runtime-dir {} is too long for the app's sockets ({len} bytes at the most, the limit is {}); give a shorter folder, or leave --runtime-dir out", path.display(), crate::runtime_dir::MAX_SOCKET_PATH)]
+    RuntimeDirTooLong { path: PathBuf, len: usize },
     #[error("cannot write {}: {source}", path.display())]
     Write {
         path: PathBuf,
@@ -53,6 +55,17 @@ pub struct Express {
     /// Access log: stdout, off or a file (default: with wsgimux's log on stderr).
     #[arg(long)]
     pub access_log: Option<String>,
+    /// Started as root (for a port below 1024): bind, then run wsgimux and the app as this
+    /// account.
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// The group for --user (default: the account's own).
+    #[arg(long, value_name = "NAME", requires = "user")]
+    pub group: Option<String>,
+    /// Where the app's sockets go (default: a short per-user folder, `$XDG_RUNTIME_DIR/wsgimux`
+    /// or `/tmp/wsgimux-UID`, removed when wsgimux stops).
+    #[arg(long, value_name = "DIR")]
+    pub runtime_dir: Option<PathBuf>,
 }
 
 /// YAML for a string (JSON strings are valid YAML flow scalars).
@@ -62,7 +75,7 @@ fn quoted(s: &str) -> String {
 
 impl Express {
     /// The config file's text, with paths made absolute against `cwd`.
-    pub fn config_text(&self, cwd: &Path, runtime: &Path) -> Result<String, ExpressError> {
+    pub fn config_text(&self, cwd: &Path) -> Result<String, ExpressError> {
         let abs = |p: &str| {
             let p = Path::new(p);
             if p.is_absolute() {
@@ -78,11 +91,7 @@ impl Express {
             return Err(ExpressError::BadMount(self.mount.clone()));
         }
         let mut y = String::from("# Written by `wsgimux run`; edits are lost at its next start.\n");
-        y += &format!(
-            "listen: {}\nruntime_dir: {}\n",
-            quoted(&format!("{}:{}", self.host, self.port)),
-            quoted(&runtime.display().to_string())
-        );
+        y += &self.top_level(cwd)?;
         if let Some(a) = &self.access_log {
             y += &format!("access_log: {}\n", quoted(a));
         }
@@ -134,6 +143,33 @@ impl Express {
         Ok(y)
     }
 
+    /// The keys for wsgimux itself: listen, runtime_dir (checked to leave room for the
+    /// sockets), user, group.
+    fn top_level(&self, cwd: &Path) -> Result<String, ExpressError> {
+        let mut y = format!(
+            "listen: {}\n",
+            quoted(&format!("{}:{}", self.host, self.port))
+        );
+        if let Some(dir) = &self.runtime_dir {
+            let dir = cwd.join(dir);
+            let room = crate::runtime_dir::SocketRoom {
+                own_folders: false,
+                processes: self.processes,
+            };
+            let len = crate::runtime_dir::longest_socket_path(&dir, room);
+            if len > crate::runtime_dir::MAX_SOCKET_PATH {
+                return Err(ExpressError::RuntimeDirTooLong { path: dir, len });
+            }
+            y += &format!("runtime_dir: {}\n", quoted(&dir.display().to_string()));
+        }
+        for (key, value) in [("user", &self.user), ("group", &self.group)] {
+            if let Some(v) = value {
+                y += &format!("{key}: {}\n", quoted(v));
+            }
+        }
+        Ok(y)
+    }
+
     /// What the folders of runs of this port and target are named by (as mod_wsgi-express's
     /// `/tmp/mod_wsgi-localhost:8000:0`), before the pid.
     fn root_prefix(&self, cwd: &Path) -> String {
@@ -179,7 +215,11 @@ impl Express {
             if pid as u32 == std::process::id() || alive {
                 continue;
             }
-            crate::leftover::stop_leftovers(&e.path().join("run"));
+            let runtime = crate::runtime_dir::of_file(&e.path().join("wsgimux.yaml"));
+            crate::leftover::stop_leftovers(&runtime);
+            if runtime.starts_with(crate::runtime_dir::area()) {
+                let _ = std::fs::remove_dir_all(&runtime);
+            }
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
@@ -194,7 +234,7 @@ impl Express {
         };
         std::fs::create_dir_all(&root).map_err(err(&root))?;
         let config = root.join("wsgimux.yaml");
-        let text = self.config_text(cwd, &root.join("run"))?;
+        let text = self.config_text(cwd)?;
         std::fs::write(&config, text).map_err(err(&config))?;
         Ok(config)
     }

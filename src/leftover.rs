@@ -50,6 +50,23 @@ impl Drop for ChildRecord {
     }
 }
 
+/// Whether a record under `runtime_dir` names a process that still runs as the same process
+/// (a killed wsgimux's child): that folder's records are still needed.
+pub fn any_alive(runtime_dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(runtime_dir.join(RECORDS)) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        let mut words = text.split_whitespace().map(str::parse::<u64>);
+        match (words.next(), words.next()) {
+            (Some(Ok(pid)), Some(Ok(started))) => u32::try_from(pid)
+                .is_ok_and(|pid| start_time(pid) == Some(started) && !is_zombie(pid)),
+            _ => false,
+        }
+    })
+}
+
 /// Stops every recorded process of a previous wsgimux on `runtime_dir` that still runs as
 /// the same process, and removes the records; returns the pids it stopped. Call only once no
 /// other wsgimux serves this runtime dir.

@@ -15,6 +15,11 @@ const HASH: &str = env!("WSGIMUX_NATIVE_HASH");
 const FILE: &str = "wsgimux_native.abi3.so";
 const DIR_PREFIX: &str = "native-";
 
+/// The library's content hash: what names its folder.
+pub fn hash() -> u64 {
+    u64::from_str_radix(HASH, 16).unwrap_or(0)
+}
+
 /// Writes the library under `dir` (once per build) and returns the folder to put on the
 /// child's `sys.path`. Folders of other builds are removed.
 pub fn install(dir: &Path) -> io::Result<PathBuf> {

@@ -227,7 +227,7 @@ async fn check_app(
 /// A runtime dir too long for the sockets, at the `runtime_dir` key when the file sets it.
 fn runtime_dir_problem(config: &Config) -> Option<Problem> {
     let dir = crate::runtime_dir::of_config(config);
-    let e = crate::runtime_dir::check_socket_paths(&dir).err()?;
+    let e = crate::runtime_dir::check_socket_paths(&dir, config).err()?;
     Some(Problem {
         file: config.file.clone(),
         location: config.runtime_dir_location,

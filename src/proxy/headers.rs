@@ -274,8 +274,10 @@ mod tests {
             ("streamed 500", streamed(), 500, false, true),
         ];
         for (what, body, status, head, closes) in cases {
-            let mut resp = hyper::Response::new(body);
-            *resp.status_mut() = status.try_into().unwrap();
+            let mut resp = hyper::Response::builder()
+                .status(status)
+                .body(body)
+                .unwrap();
             close_unframed_http10(&mut resp, head);
             let closed = resp
                 .headers()

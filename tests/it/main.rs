@@ -16,6 +16,7 @@ mod protocol;
 mod python_layouts;
 mod reload;
 mod routing;
+mod runtime_area;
 mod servers;
 mod streaming;
 mod supervision;

@@ -90,14 +90,17 @@ fn django_reads_chunked_uploads_whole_on_both_workers_and_the_limit_is_a_413() {
 }
 
 /// wsgimux's open files in `dir` (a spooled body shows as `dir/#NNN (deleted)`).
+/// The files under `dir` that process `pid` holds open, but the runtime dir's lock (held for
+/// the server's life, by design).
 fn open_files_in(pid: u32, dir: &Path) -> Vec<String> {
     let dir = std::fs::canonicalize(dir).expect("runtime dir");
+    let lock = dir.join("lock");
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|entries| {
             entries
                 .flatten()
                 .filter_map(|e| std::fs::read_link(e.path()).ok())
-                .filter(|l| l.starts_with(&dir))
+                .filter(|l| l.starts_with(&dir) && *l != lock)
                 .map(|l| l.display().to_string())
                 .collect()
         })
