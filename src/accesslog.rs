@@ -16,14 +16,18 @@ use hyper::{Method, Request, Response, StatusCode, Uri};
 
 use crate::config::{AccessLogFormat, AccessLogSpec, AccessLogTo, LogFormat};
 use crate::logfile::LogFile;
-use crate::metrics::AppCounters;
+use crate::metrics::{AppCounters, Counters};
 use crate::upstream::{BoxError, Endpoint, ProxyBody};
 
-/// Where access-log lines go and how they look; replaced as a whole by a reload.
+/// Where access-log lines go and how they look, and where the requests no app was chosen
+/// for are counted; replaced as a whole by a reload (the count carried over).
 #[derive(Debug)]
 pub struct AccessSink {
     to: Destination,
     format: AccessLogFormat,
+    /// Requests that reached no app: refused heads, no route, host-wide static files,
+    /// redirects, `OPTIONS *`.
+    pub unrouted: Arc<Counters>,
 }
 
 #[derive(Debug)]
@@ -40,7 +44,11 @@ enum Destination {
 }
 
 impl AccessSink {
-    pub fn open(spec: &AccessLogSpec, log_format: LogFormat) -> std::io::Result<Self> {
+    pub fn open(
+        spec: &AccessLogSpec,
+        log_format: LogFormat,
+        unrouted: Arc<Counters>,
+    ) -> std::io::Result<Self> {
         let to = match &spec.to {
             AccessLogTo::MainLog => Destination::MainLog {
                 json_log: log_format == LogFormat::Json,
@@ -52,6 +60,7 @@ impl AccessSink {
         Ok(AccessSink {
             to,
             format: spec.format,
+            unrouted,
         })
     }
 
@@ -79,6 +88,7 @@ impl Default for AccessSink {
         AccessSink {
             to: Destination::MainLog { json_log: false },
             format: AccessLogFormat::Combined,
+            unrouted: Arc::default(),
         }
     }
 }
@@ -281,12 +291,15 @@ impl Entry {
         let l = &self.log;
         let elapsed = l.started.elapsed();
         let status = self.status.as_u16();
-        if let Some(s) = &self.served {
-            s.stats.total.record(status, complete, elapsed);
-            match &s.process {
-                Some(p) => p.stats.record(status, complete, elapsed),
-                None => s.stats.front.record(status, complete, elapsed),
+        match &self.served {
+            Some(s) => {
+                s.stats.total.record(status, complete, elapsed);
+                match &s.process {
+                    Some(p) => p.stats.record(status, complete, elapsed),
+                    None => s.stats.front.record(status, complete, elapsed),
+                }
             }
+            None => self.sink.unrouted.record(status, complete, elapsed),
         }
         if matches!(self.sink.to, Destination::Off) {
             return;

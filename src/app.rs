@@ -177,9 +177,8 @@ pub async fn serve_with(path: &Path, banner: Option<Banner>) -> Result<(), Start
     let runtime = runtime_dir::prepare(&dir, &config)?;
     become_configured_user(&config, &dir)?;
 
-    let mut supervisor =
-        Supervisor::new(dir.clone(), runtime.files.clone(), config.log_dir.clone());
-    let running = start_apps(&mut supervisor, &apps);
+    let metrics = Arc::new(Registry::default());
+    let (supervisor, running) = start_apps(&dir, &runtime, &config, &apps, &metrics);
     let first: Vec<(ReadyApp, Generation)> = running
         .iter()
         .map(|r| (r.app.clone(), r.generation.clone()))
@@ -199,7 +198,7 @@ pub async fn serve_with(path: &Path, banner: Option<Banner>) -> Result<(), Start
         front,
         listeners,
         triggers_tx.clone(),
-        Arc::new(Registry::default()),
+        metrics,
         overview_tx,
     );
     tracing::info!(
@@ -258,13 +257,27 @@ async fn bind_all(
 }
 
 /// Every app's first generation, started at once.
-fn start_apps(supervisor: &mut Supervisor, apps: &[ReadyApp]) -> Vec<RunningApp> {
-    apps.iter()
+fn start_apps(
+    dir: &Path,
+    runtime: &runtime_dir::RuntimeDir,
+    config: &Config,
+    apps: &[ReadyApp],
+    metrics: &Arc<Registry>,
+) -> (Supervisor, Vec<RunningApp>) {
+    let mut supervisor = Supervisor::new(
+        dir.to_path_buf(),
+        runtime.files.clone(),
+        config.log_dir.clone(),
+        metrics.clone(),
+    );
+    let running = apps
+        .iter()
         .map(|a| RunningApp {
             app: a.clone(),
             generation: supervisor.start(a),
         })
-        .collect()
+        .collect();
+    (supervisor, running)
 }
 
 /// A socket the service manager passed that no `listen` entry takes would accept connections

@@ -43,7 +43,7 @@ pub enum Request {
 pub enum Response {
     Reload(Report),
     Status(Box<StatusReport>),
-    Explain(String),
+    Explain(crate::explain::Explanation),
     Error(String),
 }
 
@@ -213,13 +213,17 @@ fn explain_now(overview: &Overview, url: &str) -> Response {
         .collect();
     let certified = |host: &str| stores.iter().any(|s| s.covers(host));
     match crate::explain::explain(config, &apps, url, certified) {
-        Ok(text) => Response::Explain(text),
+        Ok(e) => Response::Explain(e),
         Err(e) => Response::Error(e.to_string()),
     }
 }
 
 /// `wsgimux explain`, asked of the running server: what serves `url` now.
-pub async fn explain(socket: &Path, url: String, limit: Duration) -> Result<String, ControlError> {
+pub async fn explain(
+    socket: &Path,
+    url: String,
+    limit: Duration,
+) -> Result<crate::explain::Explanation, ControlError> {
     match request(socket, &Request::Explain { url }, limit).await? {
         Response::Explain(text) => Ok(text),
         other => Err(ControlError::Protocol(format!(

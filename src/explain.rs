@@ -17,14 +17,34 @@ pub enum ExplainError {
     BadUrl { url: String, reason: String },
 }
 
-/// What serves `url`, as lines of text. `certified(host)`: whether a TLS certificate covers
-/// the host (for `redirect_https`; reading certificates is the caller's IO).
+/// What serves a URL: the lines `explain` prints, and whether anything does (an app, a static
+/// folder or the https redirect answers it, whatever the listener line says) — `wsgimux
+/// explain`'s exit code.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Explanation {
+    pub text: String,
+    pub served: bool,
+}
+
+/// What serves `url`. `certified(host)`: whether a TLS certificate covers the host (for
+/// `redirect_https`; reading certificates is the caller's IO).
 pub fn explain(
     config: &Config,
     apps: &[ReadyApp],
     url: &str,
     certified: impl Fn(&str) -> bool,
-) -> Result<String, ExplainError> {
+) -> Result<Explanation, ExplainError> {
+    let (text, served) = lines(config, apps, url, certified)?;
+    Ok(Explanation { text, served })
+}
+
+/// The lines, and whether something answers the request.
+fn lines(
+    config: &Config,
+    apps: &[ReadyApp],
+    url: &str,
+    certified: impl Fn(&str) -> bool,
+) -> Result<(String, bool), ExplainError> {
     let bad = |reason: &str| ExplainError::BadUrl {
         url: url.to_string(),
         reason: reason.to_string(),
@@ -44,8 +64,11 @@ pub fn explain(
     let path = match crate::http1::normalize_path(uri.path()) {
         Ok(p) => p.into_owned(),
         Err(r) => {
-            return Ok(format!(
-                "{url}\n  refused      : 400 ({r:?}): the path climbs above / or holds a NUL\n"
+            return Ok((
+                format!(
+                    "{url}\n  refused      : 400 ({r:?}): the path climbs above / or holds a NUL\n"
+                ),
+                false,
             ))
         }
     };
@@ -64,12 +87,12 @@ pub fn explain(
             out,
             "  redirect     : 308 to https (redirect_https, {host} has a certificate)"
         );
-        return Ok(out);
+        return Ok((out, true));
     }
     // Host-wide static folders come before any app, as the front serves them.
     if let Some(line) = static_line(&config.statics, "", &decoded) {
         let _ = writeln!(out, "{line}");
-        return Ok(out);
+        return Ok((out, true));
     }
     let table = RouteTable::for_apps(apps.iter().enumerate().map(|(i, a)| (&a.spec, i)));
     let Some(route) = table.lookup(&host, &decoded) else {
@@ -77,25 +100,28 @@ pub fn explain(
             out,
             "  route        : none: 404 (no app answers host {host:?} at this path)"
         );
-        return Ok(out);
+        return Ok((out, false));
     };
     let app = &apps[route.target];
     describe_app(&mut out, app, route.mount.as_str());
-    let mount = if route.mount.is_root() {
-        ""
-    } else {
-        route.mount.as_str()
-    };
-    if let Some(line) = static_line(&app.spec.route.statics, mount, &decoded) {
+    request_lines(&mut out, app, route.mount.as_str(), &decoded, &uri);
+    Ok((out, true))
+}
+
+/// What the app's part of the answer is: a file of its static folders, or the request its
+/// process sees.
+fn request_lines(out: &mut String, app: &ReadyApp, mount: &str, decoded: &[u8], uri: &http::Uri) {
+    let prefix = if mount == "/" { "" } else { mount };
+    if let Some(line) = static_line(&app.spec.route.statics, prefix, decoded) {
         let _ = writeln!(out, "{line}");
-        return Ok(out);
+        return;
     }
-    let (script_name, path_info) = split_mount(route.mount.as_str(), &decoded);
+    let (script_name, path_info) = split_mount(mount, decoded);
     let _ = writeln!(out, "  SCRIPT_NAME  : {script_name:?}");
     let _ = writeln!(out, "  PATH_INFO    : {path_info:?}");
     let _ = writeln!(out, "  QUERY_STRING : {:?}", uri.query().unwrap_or(""));
-    let _ = writeln!(out, "  HTTP_HOST    : {:?}", authority.as_str());
-    Ok(out)
+    let host = uri.authority().map_or("", |a| a.as_str());
+    let _ = writeln!(out, "  HTTP_HOST    : {host:?}");
 }
 
 /// The `static:` folder (longest prefix first; app folders' prefixes follow the app's

@@ -209,27 +209,32 @@ async fn explain(
     // The running server says what serves the URL now; without one, the file does.
     let socket = control_socket(config, control);
     let limit = std::time::Duration::from_secs(5);
-    match wsgimux::control::explain(&socket, url.clone(), limit).await {
-        Ok(text) => {
-            print!("{text}");
+    let served = match wsgimux::control::explain(&socket, url.clone(), limit).await {
+        Ok(e) => {
+            print!("{}", e.text);
             println!("  source       : the running server ({})", socket.display());
-            return Ok(ExitCode::SUCCESS);
+            e.served
         }
-        Err(wsgimux::control::ControlError::NotRunning { .. }) => {}
+        Err(wsgimux::control::ControlError::NotRunning { .. }) => {
+            let (config, apps) = wsgimux::preflight::load(config).await?;
+            let stores: Vec<wsgimux::tls::CertStore> = config
+                .tls
+                .values()
+                .map(wsgimux::tls::CertStore::load)
+                .collect::<Result<_, _>>()?;
+            let certified = |host: &str| stores.iter().any(|s| s.covers(host));
+            let e = wsgimux::explain::explain(&config, &apps, &url, certified)?;
+            print!("{}", e.text);
+            e.served
+        }
         Err(e) => return Err(e.into()),
-    }
-    let (config, apps) = wsgimux::preflight::load(config).await?;
-    let stores: Vec<wsgimux::tls::CertStore> = config
-        .tls
-        .values()
-        .map(wsgimux::tls::CertStore::load)
-        .collect::<Result<_, _>>()?;
-    let certified = |host: &str| stores.iter().any(|s| s.covers(host));
-    print!(
-        "{}",
-        wsgimux::explain::explain(&config, &apps, &url, certified)?
-    );
-    Ok(ExitCode::SUCCESS)
+    };
+    // Like a failed lookup: nothing would answer this URL.
+    Ok(if served {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// wsgimux's own log on stderr: text, or JSON lines when the served config says
@@ -283,7 +288,9 @@ fn print_report(
         }
         Ok(report) => {
             eprintln!("{}", report.summary);
-            for e in &report.errors {
+            // A rejection's summary names its first problem already.
+            let shown = usize::from(report.outcome == wsgimux::trigger::Outcome::Rejected);
+            for e in report.errors.iter().skip(shown) {
                 eprintln!("  {e}");
             }
             ExitCode::from(1)

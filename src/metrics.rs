@@ -130,6 +130,9 @@ impl Snapshot {
 pub struct AppCounters {
     pub total: Counters,
     pub front: Counters,
+    /// Process exits and failed starts followed by a restart, in any generation (written by
+    /// the supervisor's slots).
+    pub restarts: AtomicU64,
 }
 
 /// Each app's counters by name, kept for the life of the server: a reload that restarts an

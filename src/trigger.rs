@@ -45,6 +45,35 @@ pub enum Cause {
     },
 }
 
+/// What one run of the reload loop is: a config reload, or a restart of some apps' processes
+/// with their specs unchanged (their code changed, `wsgimux restart`). Each has its own
+/// numbering, log lines, counters and last outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Reload,
+    Restart,
+}
+
+impl Kind {
+    /// As the log lines name it: `reload #3 (…)`, `restart #1 (…)`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Reload => "reload",
+            Kind::Restart => "restart",
+        }
+    }
+}
+
+impl Cause {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Cause::Code { .. } | Cause::Restart { .. } => Kind::Restart,
+            Cause::Command | Cause::Hangup | Cause::ConfigFile => Kind::Reload,
+        }
+    }
+}
+
 impl fmt::Display for Cause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -60,6 +89,8 @@ impl fmt::Display for Cause {
 /// The outcome of one reload, as logged and as `wsgimux reload` prints it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
+    /// A config reload or a restart; `number` counts each kind apart.
+    pub kind: Kind,
     pub number: u64,
     /// The [`Cause`] as text: this crosses the control socket.
     pub cause: String,
@@ -77,6 +108,8 @@ pub enum Outcome {
     Unchanged,
     /// Applied, except for apps whose new processes did not start (they keep their old ones).
     PartlyApplied,
+    /// A restart none of whose apps' new processes started.
+    NotApplied,
     /// Nothing changed: the file is invalid, or a listener could not be bound.
     Rejected,
 }
@@ -88,6 +121,18 @@ impl Outcome {
             Outcome::Applied => "applied",
             Outcome::Unchanged => "unchanged",
             Outcome::PartlyApplied => "partly_applied",
+            Outcome::NotApplied => "not_applied",
+            Outcome::Rejected => "rejected",
+        }
+    }
+
+    /// As the summary line says it (and `status` shows it).
+    pub fn words(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Unchanged => "nothing to change",
+            Outcome::PartlyApplied => "partly applied",
+            Outcome::NotApplied => "not applied",
             Outcome::Rejected => "rejected",
         }
     }

@@ -75,7 +75,8 @@ pub struct TlsSpec {
 }
 
 /// One certificate chain and its key; `hosts` empty: the names the certificate carries.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Compared without its positions (below): moving it in the file changes nothing.
+#[derive(Debug, Clone, Eq)]
 pub struct CertSpec {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -83,6 +84,12 @@ pub struct CertSpec {
     /// Where `cert` and `key` are in the file, for errors found when reading them.
     pub cert_at: Option<Location>,
     pub key_at: Option<Location>,
+}
+
+impl PartialEq for CertSpec {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.cert, &self.key, &self.hosts) == (&other.cert, &other.key, &other.hosts)
+    }
 }
 
 /// A network in CIDR notation (`10.0.0.0/8`, `::1/128`; a bare address is a /32 or /128).

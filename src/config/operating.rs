@@ -59,14 +59,21 @@ pub struct AccessLogSpec {
     pub format: AccessLogFormat,
 }
 
-/// One `static:` entry: requests under `prefix` are files under `dir`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One `static:` entry: requests under `prefix` are files under `dir`. Compared without its
+/// position: a comment or a key moved above it changes nothing that is served.
+#[derive(Debug, Clone, Eq)]
 pub struct StaticAlias {
     /// Starts with `/`, no trailing `/`; for an app, relative to its mount.
     pub prefix: String,
     pub dir: PathBuf,
     /// Where the entry is in the file, for preflight's "folder does not exist".
     pub at: Option<Location>,
+}
+
+impl PartialEq for StaticAlias {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.prefix, &self.dir) == (&other.prefix, &other.dir)
+    }
 }
 
 /// `start:`: when an app's processes start.

@@ -91,16 +91,19 @@ impl Front {
                 })
             })
             .flatten();
-        let access =
-            AccessSink::open(&config.access_log, config.log_format).map_err(
-                |source| match &config.access_log.to {
-                    AccessLogTo::File(p) => FrontError::AccessLogFile {
-                        path: p.clone(),
-                        source,
-                    },
-                    _ => FrontError::AccessLog(source),
+        // Counted for the server's life: a reload's new sink counts on where the last stopped.
+        let unrouted = previous
+            .map(|p| p.access.unrouted.clone())
+            .unwrap_or_default();
+        let access = AccessSink::open(&config.access_log, config.log_format, unrouted).map_err(
+            |source| match &config.access_log.to {
+                AccessLogTo::File(p) => FrontError::AccessLogFile {
+                    path: p.clone(),
+                    source,
                 },
-            )?;
+                _ => FrontError::AccessLog(source),
+            },
+        )?;
         Ok(Front {
             limits: config.limits,
             trusted: config.trusted_proxies.clone(),

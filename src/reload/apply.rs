@@ -13,8 +13,9 @@ use crate::config::Config;
 use crate::preflight::ReadyApp;
 use crate::proxy::Front;
 use crate::server;
+use crate::status::Tally;
 use crate::supervisor::{Generation, StartFailure};
-use crate::trigger::{Cause, Outcome, Report};
+use crate::trigger::{Cause, Kind, Outcome, Report};
 
 use super::report;
 use super::{Reloader, RunningApp};
@@ -49,7 +50,7 @@ struct Started {
 impl Reloader {
     /// Reloads the config file; returns the report and the apps that got new processes.
     pub(super) async fn reload_config(&mut self, cause: &Cause) -> (Report, BTreeSet<String>) {
-        let number = self.begin();
+        let number = self.begin(cause);
         let clock = Instant::now();
         let prepared = match self.plan().await {
             Ok(plan) => self.prepare_front(&plan).await.map(|front| (plan, front)),
@@ -257,7 +258,7 @@ impl Reloader {
     /// answer is switched to them and its old ones drain; one whose new processes do not start
     /// keeps its old ones. Unknown names reject the whole request.
     pub(super) async fn restart_apps(&mut self, names: &[String], cause: &Cause) -> Report {
-        let number = self.begin();
+        let number = self.begin(cause);
         let clock = Instant::now();
         let unknown: Vec<&String> = names
             .iter()
@@ -276,18 +277,20 @@ impl Reloader {
         }
         let mut starting = Vec::new();
         for name in names {
-            if let Some(app) = self.apps.get(name).map(|a| a.app.clone()) {
+            if let Some(running) = self.apps.get(name) {
+                let app = running.app.clone();
+                let serving = !running.generation.pids().is_empty();
                 let g = self.supervisor.start(&app);
                 self.wake_if_running(name, &g);
-                starting.push((app, g));
+                starting.push((app, g, serving));
             }
         }
         let waits = starting
             .iter()
-            .map(|(app, g)| g.wait_ready(app.spec.lifecycle.startup_timeout + READY_MARGIN));
+            .map(|(app, g, _)| g.wait_ready(app.spec.lifecycle.startup_timeout + READY_MARGIN));
         let results = futures_util::future::join_all(waits).await;
         let mut outcomes = Vec::new();
-        for ((app, g), result) in starting.into_iter().zip(results) {
+        for ((app, g, serving), result) in starting.into_iter().zip(results) {
             let name = app.spec.name.clone();
             match result {
                 Ok(pids) => {
@@ -296,12 +299,16 @@ impl Reloader {
                     if let Some(old) = self.apps.insert(name.clone(), running) {
                         self.supervisor.retire(old.generation.id, drain);
                     }
-                    outcomes.push((name, Ok(pids)));
+                    outcomes.push((name, report::Restarted::Done(pids)));
                 }
                 Err(f) => {
                     self.supervisor.stop(g.id);
                     report::log_failure(&name, &f);
-                    outcomes.push((name, Err(f)));
+                    let r = match serving {
+                        true => report::Restarted::Kept(f),
+                        false => report::Restarted::NeverStarted(f),
+                    };
+                    outcomes.push((name, r));
                 }
             }
         }
@@ -324,19 +331,28 @@ impl Reloader {
         }
     }
 
-    fn begin(&mut self) -> u64 {
-        self.count += 1;
-        self.count
+    /// The number of this reload or restart (each kind counts its own).
+    fn begin(&mut self, cause: &Cause) -> u64 {
+        let tally = self.tally(cause.kind());
+        tally.count += 1;
+        tally.count
     }
 
-    /// Logs the report, keeps it as the last one, and shows it in `status`.
+    fn tally(&mut self, kind: Kind) -> &mut Tally {
+        match kind {
+            Kind::Reload => &mut self.reloads,
+            Kind::Restart => &mut self.restarts,
+        }
+    }
+
+    /// Logs the report, keeps it as the last one of its kind, and shows it in `status`.
     fn finish(&mut self, report: Report) -> Report {
         match report.outcome {
             Outcome::Applied | Outcome::Unchanged => tracing::info!("{}", report.summary),
-            Outcome::PartlyApplied | Outcome::Rejected => tracing::error!("{}", report.summary),
+            _ => tracing::error!("{}", report.summary),
         }
+        self.tally(report.kind).last = Some((std::time::SystemTime::now(), report.clone()));
         self.last = Some(report.clone());
-        self.last_at = Some(std::time::SystemTime::now());
         self.publish_overview();
         report
     }

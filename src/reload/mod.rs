@@ -26,7 +26,7 @@ use crate::preflight::ReadyApp;
 use crate::proxy::{AppRoute, Front, Live, Proxy, Table};
 use crate::routes::RouteTable;
 use crate::server::Server;
-use crate::status::{AppOverview, Overview};
+use crate::status::{AppOverview, Overview, Tally};
 use crate::supervisor::{Generation, Supervisor};
 use crate::trigger::{Cause, Report, Trigger};
 use crate::watch::{self as filewatch, CodeWatcher, Fingerprint, RestartFileWatcher};
@@ -53,9 +53,11 @@ pub struct Reloader {
     /// The apps' `restart_file` pollers.
     restart_files: HashMap<String, RestartFileWatcher>,
     triggers: mpsc::Sender<Trigger>,
-    count: u64,
+    /// Config reloads and restarts so far, each with its last report.
+    reloads: Tally,
+    restarts: Tally,
+    /// The last report of either kind (what the service manager's status line shows).
     last: Option<Report>,
-    last_at: Option<std::time::SystemTime>,
     /// The version of the file the last config reload read.
     loaded: Option<Fingerprint>,
     /// Each app's counters, kept across reloads.
@@ -103,9 +105,9 @@ impl Reloader {
             code_watchers: HashMap::new(),
             restart_files: HashMap::new(),
             triggers,
-            count: 0,
+            reloads: Tally::default(),
+            restarts: Tally::default(),
             last: None,
-            last_at: None,
             loaded: None,
             metrics,
             overview,
@@ -241,11 +243,9 @@ impl Reloader {
             admin: previous.admin.clone(),
             apps,
             effective: Some(Arc::new(self.config.clone())),
-            reloads: self.count,
-            last_reload: self
-                .last
-                .clone()
-                .map(|r| (self.last_at.unwrap_or(self.started), r)),
+            reloads: self.reloads.clone(),
+            restarts: self.restarts.clone(),
+            unrouted: Some(self.live.borrow().front.access.unrouted.clone()),
         }));
     }
 

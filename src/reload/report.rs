@@ -7,13 +7,14 @@ use std::time::Instant;
 
 use crate::config::diff::{AppChange, ConfigDiff};
 use crate::supervisor::StartFailure;
-use crate::trigger::{Cause, Outcome, Report};
+use crate::trigger::{Cause, Kind, Outcome, Report};
 
 /// Lines of a failed child's stderr repeated in the log.
 const LOGGED_STDERR_LINES: usize = 10;
 
+/// `reload #3 (config file changed)`, `restart #1 (wsgimux restart web)`.
 fn head(number: u64, cause: &Cause) -> String {
-    format!("reload #{number} ({cause})")
+    format!("{} #{number} ({cause})", cause.kind().as_str())
 }
 
 /// Nothing changed: the file is invalid, a listener could not be bound, or a key cannot
@@ -25,12 +26,17 @@ pub(super) fn rejected(number: u64, cause: &Cause, errors: Vec<String>) -> Repor
         n => format!(" (and {} more)", n - 1),
     };
     Report {
+        kind: cause.kind(),
         number,
         cause: cause.to_string(),
         outcome: Outcome::Rejected,
         summary: format!(
-            "{}: rejected, still serving the previous config: {first}{more}",
-            head(number, cause)
+            "{}: rejected, {}: {first}{more}",
+            head(number, cause),
+            match cause.kind() {
+                Kind::Reload => "still serving the previous config",
+                Kind::Restart => "nothing restarted",
+            }
         ),
         errors,
     }
@@ -38,6 +44,7 @@ pub(super) fn rejected(number: u64, cause: &Cause, errors: Vec<String>) -> Repor
 
 pub(super) fn unchanged(number: u64, cause: &Cause, clock: Instant) -> Report {
     Report {
+        kind: cause.kind(),
         number,
         cause: cause.to_string(),
         outcome: Outcome::Unchanged,
@@ -64,6 +71,7 @@ pub(super) fn applied(
         (Outcome::PartlyApplied, "partly applied")
     };
     Report {
+        kind: cause.kind(),
         number,
         cause: cause.to_string(),
         outcome,
@@ -84,58 +92,75 @@ pub(super) fn applied(
     }
 }
 
+/// How one app's restart went.
+pub(super) enum Restarted {
+    /// Its new processes answer (their pids); the old ones drain.
+    Done(Vec<u32>),
+    /// Its new processes did not start; the old ones keep serving.
+    Kept(StartFailure),
+    /// Its new processes did not start, and it had none serving before either.
+    NeverStarted(StartFailure),
+}
+
 /// A restart of some apps (their code changed, or `wsgimux restart`).
 pub(super) fn restarted(
     number: u64,
     cause: &Cause,
     clock: Instant,
-    outcomes: &[(String, Result<Vec<u32>, StartFailure>)],
+    outcomes: &[(String, Restarted)],
 ) -> Report {
     let why = match cause {
         Cause::Code { .. } => "code, ",
         _ => "",
     };
-    let done: Vec<String> = outcomes
-        .iter()
-        .filter_map(|(app, r)| {
-            let pids = join_pids(r.as_ref().ok()?);
-            Some(format!("{app} ({why}pid {pids})"))
-        })
-        .collect();
-    let failed: Vec<String> = outcomes
-        .iter()
-        .filter_map(|(app, r)| r.as_ref().err().map(|f| failure_text(app, f)))
-        .collect();
-    let (outcome, verb) = match (done.is_empty(), failed.is_empty()) {
-        (_, true) => (Outcome::Applied, "applied"),
-        (true, false) => (Outcome::PartlyApplied, "not applied"),
-        (false, false) => (Outcome::PartlyApplied, "partly applied"),
+    let mut done = Vec::new();
+    let mut kept = Vec::new();
+    let mut never = Vec::new();
+    let mut errors = Vec::new();
+    for (app, r) in outcomes {
+        match r {
+            Restarted::Done(pids) => done.push(format!("{app} ({why}pid {})", join_pids(pids))),
+            Restarted::Kept(f) => {
+                kept.push(format!("{app} ({})", f.reason));
+                errors.push(failure_text(app, f));
+            }
+            Restarted::NeverStarted(f) => {
+                never.push(format!("{app} ({})", f.reason));
+                errors.push(never_started_text(app, f));
+            }
+        }
+    }
+    let outcome = match (done.is_empty(), errors.is_empty()) {
+        (_, true) => Outcome::Applied,
+        (true, false) => Outcome::NotApplied,
+        (false, false) => Outcome::PartlyApplied,
     };
     let mut parts = Vec::new();
     if !done.is_empty() {
         parts.push(format!("restarted {}", done.join(", ")));
     }
-    let kept: Vec<String> = outcomes
-        .iter()
-        .filter_map(|(app, r)| Some(format!("{app} ({})", r.as_ref().err()?.reason)))
-        .collect();
     if !kept.is_empty() {
         parts.push(format!(
             "kept the previous processes of {}",
             kept.join(", ")
         ));
     }
+    if !never.is_empty() {
+        parts.push(format!("failed to start {}", never.join(", ")));
+    }
     Report {
+        kind: cause.kind(),
         number,
         cause: cause.to_string(),
         outcome,
         summary: format!(
-            "{}: {verb} in {}: {}",
+            "{}: {} in {}: {}",
             head(number, cause),
+            outcome.words(),
             elapsed(clock),
             parts.join("; ")
         ),
-        errors: failed,
+        errors,
     }
 }
 
@@ -202,6 +227,14 @@ pub(super) fn summarize(
 pub(super) fn failure_text(app: &str, f: &StartFailure) -> String {
     format!(
         "app {app}: new processes did not start, the previous ones keep serving: {}",
+        f.reason
+    )
+}
+
+/// An app with no process serving whose new processes did not start either.
+pub(super) fn never_started_text(app: &str, f: &StartFailure) -> String {
+    format!(
+        "app {app}: failed to start: {}; its routes answer 503 \"failed to start\" while wsgimux retries it",
         f.reason
     )
 }

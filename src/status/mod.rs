@@ -28,8 +28,18 @@ pub struct Overview {
     pub apps: Vec<AppOverview>,
     /// The config in force (for `explain` asked of the running server).
     pub effective: Option<Arc<crate::config::Config>>,
-    pub reloads: u64,
-    pub last_reload: Option<(SystemTime, Report)>,
+    /// Config reloads, and restarts of apps' processes, apart.
+    pub reloads: Tally,
+    pub restarts: Tally,
+    /// Requests no app was chosen for (refused, no route, host-wide static files, redirects).
+    pub unrouted: Option<Arc<crate::metrics::Counters>>,
+}
+
+/// How many reloads (or restarts) there were, and the last one's report.
+#[derive(Debug, Clone, Default)]
+pub struct Tally {
+    pub count: u64,
+    pub last: Option<(SystemTime, Report)>,
 }
 
 impl Overview {
@@ -42,8 +52,9 @@ impl Overview {
             admin,
             apps: Vec::new(),
             effective: None,
-            reloads: 0,
-            last_reload: None,
+            reloads: Tally::default(),
+            restarts: Tally::default(),
+            unrouted: None,
         }
     }
 }
@@ -65,8 +76,15 @@ pub struct StatusReport {
     pub listeners: Vec<String>,
     pub admin: Option<String>,
     pub apps: Vec<AppStatus>,
+    /// Config reloads since start, and the last one.
     pub reloads: u64,
     pub last_reload: Option<ReloadStatus>,
+    /// Restarts of apps' processes (`wsgimux restart`, code changes) since start, and the
+    /// last one.
+    pub restarts: u64,
+    pub last_restart: Option<ReloadStatus>,
+    /// Requests no app was chosen for, by status class (1xx … 5xx).
+    pub unrouted: [u64; 5],
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -84,7 +102,11 @@ pub struct AppStatus {
     /// Requests since wsgimux started; in flight over the current processes.
     #[serde(flatten)]
     pub load: Load,
+    /// Restarts of the listed processes (this generation).
     pub restarts: u32,
+    /// Restarts of any of the app's processes since wsgimux started (a counter that only
+    /// grows: `wsgimux restart`, recycling and reloads keep it).
+    pub restarts_total: u64,
     /// The app's counters since wsgimux started (for Prometheus).
     pub totals: Snapshot,
     /// Requests answered by processes no longer listed (gone, or draining after a restart or
@@ -185,12 +207,23 @@ pub fn collect(o: &Overview) -> StatusReport {
         listeners: o.listeners.clone(),
         admin: o.admin.clone(),
         apps,
-        reloads: o.reloads,
-        last_reload: o.last_reload.as_ref().map(|(at, r)| ReloadStatus {
-            at: unix(*at),
-            report: r.clone(),
-        }),
+        reloads: o.reloads.count,
+        last_reload: last_of(&o.reloads),
+        restarts: o.restarts.count,
+        last_restart: last_of(&o.restarts),
+        unrouted: o
+            .unrouted
+            .as_ref()
+            .map(|c| c.snapshot().by_class)
+            .unwrap_or_default(),
     }
+}
+
+fn last_of(t: &Tally) -> Option<ReloadStatus> {
+    t.last.as_ref().map(|(at, r)| ReloadStatus {
+        at: unix(*at),
+        report: r.clone(),
+    })
 }
 
 /// One process slot as `status` shows it.
@@ -260,6 +293,7 @@ fn app_status(a: &AppOverview, now: SystemTime) -> AppStatus {
             processes.iter().map(|p| p.load.tunnels).sum(),
         ),
         restarts: processes.iter().map(|p| p.restarts).sum(),
+        restarts_total: a.stats.restarts.load(std::sync::atomic::Ordering::Relaxed),
         processes,
         totals,
         retired,

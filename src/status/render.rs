@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use crate::metrics::BUCKETS;
 use crate::supervisor::ProcessState;
+use crate::trigger::Outcome;
 
 use super::{unix, AppStatus, ReloadStatus, StatusReport};
 
@@ -28,8 +29,26 @@ fn reload_text(r: &ReloadStatus, now: u64) -> String {
         r.report.number,
         duration_text(now.saturating_sub(r.at)),
         r.report.cause,
-        r.report.outcome.as_str()
+        r.report.outcome.words()
     )
+}
+
+/// The `last reload:` / `last restart:` lines of the text report.
+fn text_last(out: &mut String, what: &str, last: Option<&ReloadStatus>, now: u64) {
+    match last {
+        Some(r) => {
+            let _ = writeln!(out, "last {what}: {}", reload_text(r, now));
+            let _ = writeln!(out, "  {}", r.report.summary);
+            // The summary names the first error already.
+            let shown = usize::from(r.report.outcome == Outcome::Rejected);
+            for e in r.report.errors.iter().skip(shown) {
+                let _ = writeln!(out, "  {e}");
+            }
+        }
+        None => {
+            let _ = writeln!(out, "last {what}: none since start");
+        }
+    }
 }
 
 /// `wsgimux status`: a passenger-status-like report.
@@ -48,17 +67,9 @@ pub fn render_text(s: &StatusReport) -> String {
     if let Some(a) = &s.admin {
         let _ = writeln!(out, "admin:     http://{a}/");
     }
-    match &s.last_reload {
-        Some(r) => {
-            let _ = writeln!(out, "last reload: {}", reload_text(r, now));
-            let _ = writeln!(out, "  {}", r.report.summary);
-            for e in &r.report.errors {
-                let _ = writeln!(out, "  {e}");
-            }
-        }
-        None => {
-            let _ = writeln!(out, "last reload: none since start");
-        }
+    text_last(&mut out, "reload", s.last_reload.as_ref(), now);
+    if s.last_restart.is_some() {
+        text_last(&mut out, "restart", s.last_restart.as_ref(), now);
     }
     for a in &s.apps {
         let _ = writeln!(out);
@@ -208,29 +219,9 @@ th,td{{text-align:right;padding:4px 8px;border-bottom:1px solid #eee;white-space
         r#"<div class="card"><div class="kv"><span><b>Listening</b> {}</span></div>"#,
         e(&s.listeners.join(", "))
     );
-    match &s.last_reload {
-        Some(r) => {
-            let class = if r.report.outcome.succeeded() {
-                "ok"
-            } else {
-                "bad"
-            };
-            let _ = write!(
-                out,
-                r#"<div class="kv"><span><b>Last reload</b> <span id="last-reload" class="{class}">{}</span></span></div><div>{}</div>"#,
-                e(&reload_text(r, now)),
-                e(&r.report.summary)
-            );
-            for err in &r.report.errors {
-                let _ = write!(out, r#"<div class="bad">{}</div>"#, e(err));
-            }
-        }
-        None => {
-            let _ = write!(
-                out,
-                r#"<div class="kv"><span><b>Last reload</b> <span id="last-reload">none since start</span></span></div>"#
-            );
-        }
+    html_last(&mut out, "reload", s.last_reload.as_ref(), now);
+    if s.last_restart.is_some() {
+        html_last(&mut out, "restart", s.last_restart.as_ref(), now);
     }
     out.push_str("</div>\n");
     for a in &s.apps {
@@ -238,6 +229,33 @@ th,td{{text-align:right;padding:4px 8px;border-bottom:1px solid #eee;white-space
     }
     out.push_str("<div class=\"meta\">Refreshes every 5 s · <a href=\"/metrics\">/metrics</a> · <a href=\"/status.json\">/status.json</a></div>\n</body></html>\n");
     out
+}
+
+/// The page's "Last reload" / "Last restart" line, its summary and errors.
+fn html_last(out: &mut String, what: &str, last: Option<&ReloadStatus>, now: u64) {
+    let e = html_escape;
+    let Some(r) = last else {
+        let _ = write!(
+            out,
+            r#"<div class="kv"><span><b>Last {what}</b> <span id="last-{what}">none since start</span></span></div>"#
+        );
+        return;
+    };
+    let class = if r.report.outcome.succeeded() {
+        "ok"
+    } else {
+        "bad"
+    };
+    let _ = write!(
+        out,
+        r#"<div class="kv"><span><b>Last {what}</b> <span id="last-{what}" class="{class}">{}</span></span></div><div>{}</div>"#,
+        e(&reload_text(r, now)),
+        e(&r.report.summary)
+    );
+    let shown = usize::from(r.report.outcome == Outcome::Rejected);
+    for err in r.report.errors.iter().skip(shown) {
+        let _ = write!(out, r#"<div class="bad">{}</div>"#, e(err));
+    }
 }
 
 /// One app's card: its keys, its totals, a table of its processes.
@@ -325,24 +343,42 @@ pub fn render_prometheus(s: &StatusReport) -> String {
         "When wsgimux started (unix time).",
     );
     let _ = writeln!(t, "wsgimux_start_time_seconds {}", s.started);
+    let tallies = [
+        ("reload", "Config reloads", s.reloads, &s.last_reload),
+        (
+            "restart",
+            "Restarts of apps' processes (wsgimux restart, restart_file, code changes)",
+            s.restarts,
+            &s.last_restart,
+        ),
+    ];
+    for (what, help, count, last) in tallies {
+        let total = format!("wsgimux_{what}s_total");
+        family(t, &total, "counter", &format!("{help} since start."));
+        let _ = writeln!(t, "{total} {count}");
+        let success = format!("wsgimux_last_{what}_success");
+        family(
+            t,
+            &success,
+            "gauge",
+            &format!("1 when the last {what} was applied (or there was none), else 0."),
+        );
+        let ok = last.as_ref().is_none_or(|r| r.report.outcome.succeeded());
+        let _ = writeln!(t, "{success} {}", u8::from(ok));
+    }
     family(
         t,
-        "wsgimux_reloads_total",
+        "wsgimux_unrouted_requests_total",
         "counter",
-        "Config reloads since start.",
+        "Finished requests no app was chosen for (refused, no route, host-wide static files, redirects), by status class.",
     );
-    let _ = writeln!(t, "wsgimux_reloads_total {}", s.reloads);
-    family(
-        t,
-        "wsgimux_last_reload_success",
-        "gauge",
-        "1 when the last reload was applied (or there was none), else 0.",
-    );
-    let ok = s
-        .last_reload
-        .as_ref()
-        .is_none_or(|r| r.report.outcome.succeeded());
-    let _ = writeln!(t, "wsgimux_last_reload_success {}", u8::from(ok));
+    for (i, n) in s.unrouted.iter().enumerate() {
+        let class = i + 1;
+        let _ = writeln!(
+            t,
+            "wsgimux_unrouted_requests_total{{code=\"{class}xx\"}} {n}"
+        );
+    }
     let apps: Vec<(String, &AppStatus)> = s.apps.iter().map(|a| (label(&a.name), a)).collect();
     let t = &mut text;
 
@@ -426,9 +462,9 @@ fn prometheus_processes(t: &mut String, apps: &Apps) {
         (
             "wsgimux_process_restarts_total",
             "counter",
-            "Process exits and failed starts followed by a restart (current generation).",
+            "Process exits and failed starts followed by a restart, in any generation.",
         ),
-        |a| a.restarts as u64,
+        |a| a.restarts_total,
     );
 }
 

@@ -40,7 +40,7 @@ pub async fn check_imports(
         launcher,
         native_dir: scratch.to_path_buf(),
     };
-    let supervisor = Supervisor::new(scratch.to_path_buf(), files, None);
+    let supervisor = Supervisor::new(scratch.to_path_buf(), files, None, Default::default());
     let mut missing = Vec::new();
     for a in apps {
         if let Some(why) = command_missing(&supervisor.plan(a, 0)) {

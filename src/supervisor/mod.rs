@@ -31,6 +31,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::StartMode;
+use crate::metrics::Registry;
 use crate::preflight::ReadyApp;
 use crate::runtime_dir::WorkerFiles;
 use crate::upstream::{Demand, Endpoints};
@@ -60,6 +61,8 @@ pub struct Supervisor {
     runtime_dir: PathBuf,
     files: WorkerFiles,
     log_dir: Option<PathBuf>,
+    /// Each app's counters (restarts are counted there, across generations).
+    metrics: Arc<Registry>,
     next_generation: u64,
     /// Each app's generations so far (by name; kept when an app is removed and added again).
     numbers: HashMap<Arc<str>, u64>,
@@ -71,11 +74,17 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(runtime_dir: PathBuf, files: WorkerFiles, log_dir: Option<PathBuf>) -> Self {
+    pub fn new(
+        runtime_dir: PathBuf,
+        files: WorkerFiles,
+        log_dir: Option<PathBuf>,
+        metrics: Arc<Registry>,
+    ) -> Self {
         Supervisor {
             runtime_dir,
             files,
             log_dir,
+            metrics,
             next_generation: 1,
             numbers: HashMap::new(),
             live: HashMap::new(),

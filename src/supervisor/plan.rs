@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::account::Account;
 use crate::config::{Address, Entry, ProcessPolicy};
 use crate::logfile::LogFile;
+use crate::metrics::AppCounters;
 use crate::preflight::{ReadyApp, WorkerKind};
 use crate::runtime_dir::app_socket_dir;
 
@@ -42,6 +43,8 @@ pub(super) struct AppPlan {
     pub(super) policy: ProcessPolicy,
     /// `<log_dir>/<app>.log`, when set: the children's output goes there.
     pub(super) log: Option<Arc<LogFile>>,
+    /// The app's counters, kept by name for the server's life: restarts are counted there.
+    pub(super) counters: Arc<AppCounters>,
 }
 
 #[derive(Debug)]
@@ -106,6 +109,7 @@ impl Supervisor {
             None => self.runtime_dir.clone(),
         };
         AppPlan {
+            counters: self.metrics.app(&spec.name),
             name: spec.name.as_str().into(),
             generation,
             launch,

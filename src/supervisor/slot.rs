@@ -170,6 +170,10 @@ impl Slot {
                 v.pid = None;
                 v.restarts += 1;
             });
+            self.plan
+                .counters
+                .restarts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let (name, slot, secs) = (&self.plan.name, self.slot, backoff.as_secs_f64());
             if failing {
                 tracing::debug!("[{name}] failing: trying process {slot} again in {secs:.1}s");

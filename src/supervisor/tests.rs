@@ -27,7 +27,7 @@ fn supervisor(dir: &Path) -> Supervisor {
         launcher: dir.join("unused.py"),
         native_dir: dir.join("unused"),
     };
-    Supervisor::new(dir.to_path_buf(), files, None)
+    Supervisor::new(dir.to_path_buf(), files, None, Default::default())
 }
 
 /// Polls `f` every 20 ms until it gives a value or `limit` passes.

@@ -325,9 +325,19 @@ impl Server {
         })
     }
 
-    /// The summary line of reload number `n` (each reload logs one), waiting for it.
+    /// The summary line of config reload number `n` (each reload logs one), waiting for it.
     pub fn reload_line(&self, n: u64) -> String {
-        let needle = format!("reload #{n} (");
+        self.numbered_line("reload", n)
+    }
+
+    /// The summary line of restart number `n` (`wsgimux restart`, a restart_file, a code
+    /// change: numbered apart from config reloads), waiting for it.
+    pub fn restart_line(&self, n: u64) -> String {
+        self.numbered_line("restart", n)
+    }
+
+    fn numbered_line(&self, kind: &str, n: u64) -> String {
+        let needle = format!("{kind} #{n} (");
         self.wait_log(&needle, Duration::from_secs(60))
             .unwrap_or_else(|| panic!("no {needle:?} in the log:\n{}", self.log_text()))
     }

@@ -86,6 +86,8 @@ fn explain_matches_what_the_app_sees() {
         text.contains("listener     : none: no plain listener on port 80"),
         "{text}"
     );
+    // Routed all the same (the app would answer on the right port): exit 0.
+    assert!(out.status.success(), "{text}");
     // Not a URL: a clear error and a failing exit.
     let out = Command::new(harness::BIN)
         .args(["explain", "--config"])
@@ -452,7 +454,18 @@ fn static_single_files() {
         let text = String::from_utf8_lossy(&out.stdout);
         let want = format!("(the front serves {}, no app involved)", file.display());
         assert!(text.contains(&want), "{url}: {text}");
+        assert!(out.status.success(), "{url}: {text}");
     }
+    // Nothing routes it: a 404, and exit 1.
+    let out = Command::new(harness::BIN)
+        .args(["explain", "--config"])
+        .arg(&config)
+        .arg("http://a.test/elsewhere")
+        .output()
+        .expect("explain");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("route        : none: 404"), "{text}");
+    assert_eq!(out.status.code(), Some(1), "{text}");
 }
 
 /// `static:` folders: served by the front (the app's processes see none of it), with the
@@ -1292,4 +1305,113 @@ fn the_buffered_access_log_reaches_the_file_in_time_and_at_stop() {
     server.signal(libc::SIGTERM);
     assert!(server.wait_exit(Duration::from_secs(30)).is_some());
     assert_eq!(lines(), 55, "lines lost at stop");
+}
+
+/// Prometheus series (name and labels) → value, from `/metrics` text.
+fn scrape(admin: std::net::SocketAddr) -> std::collections::BTreeMap<String, f64> {
+    let r = get_raw(
+        admin,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    r.text()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Prometheus's rule for counters: a `_total` (and a histogram's `_count`, `_sum`, buckets)
+/// never goes down for the same labels while the server runs — not after a crash, nor a
+/// `wsgimux restart`, nor a reload; restarts have their own outcome, apart from config
+/// reloads; requests no app was chosen for are counted.
+#[test]
+fn prometheus_counters_never_go_down_and_restarts_are_not_reloads() {
+    let Some(py) = harness::require_python("3.12") else {
+        return;
+    };
+    let site = Site::new();
+    site.probe("app");
+    let config = site.config(&format!(
+        "admin: {{listen: \"127.0.0.1:0\"}}\napps:\n  web:\n    python: {}\n    script: app/probe.py\n    processes: 2\n    mount: /w\n",
+        py.display()
+    ));
+    let server = site.serve();
+    let admin: std::net::SocketAddr = status_json(&config)["admin"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .expect("admin address");
+    for _ in 0..10 {
+        assert_eq!(server.get("a.test", "/w/pid").status, 200);
+    }
+    assert_eq!(server.get("a.test", "/nowhere").status, 404);
+    let counters = |m: &std::collections::BTreeMap<String, f64>| {
+        m.iter()
+            .filter(|(k, _)| {
+                let name = k.split('{').next().unwrap_or("");
+                name.ends_with("_total")
+                    || name.ends_with("_count")
+                    || name.ends_with("_sum")
+                    || name.ends_with("_bucket")
+            })
+            .map(|(k, v)| (k.clone(), *v))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let mut before = counters(&scrape(admin));
+    assert_eq!(
+        before["wsgimux_unrouted_requests_total{code=\"4xx\"}"], 1.0,
+        "{before:?}"
+    );
+
+    // A crash: counted as a restart.
+    let victim = server.app_pids("web")[0];
+    // SAFETY: kill(2) on a child of the server under test.
+    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+    let seen = harness::eventually(Duration::from_secs(20), || {
+        let m = scrape(admin);
+        (m.get("wsgimux_process_restarts_total{app=\"web\"}") == Some(&1.0)
+            && m.get("wsgimux_processes{app=\"web\",state=\"ready\"}") == Some(&2.0))
+        .then_some(m)
+    });
+    let mut checks = vec![("a crash", seen.expect("the crash is counted"))];
+    // A restart of the app (a new generation): its restarts total stays.
+    let (ok, _, err) = wsgimux(&["restart", "web"], &config);
+    assert!(ok, "{err}");
+    checks.push(("wsgimux restart", scrape(admin)));
+    // A reload that changes nothing but a comment.
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, format!("# deployed again\n{text}")).expect("config");
+    let (ok, out, err) = wsgimux(&["reload"], &config);
+    assert!(ok, "{err}");
+    assert!(out.contains("nothing to change"), "{out}");
+    checks.push(("a reload", scrape(admin)));
+    for (after_what, now) in checks {
+        let now = counters(&now);
+        for (series, was) in &before {
+            let is = now.get(series).copied().unwrap_or(0.0);
+            assert!(
+                is >= *was,
+                "{series} went down after {after_what}: {was} → {is}"
+            );
+        }
+        before = now;
+    }
+    let m = scrape(admin);
+    assert_eq!(m["wsgimux_process_restarts_total{app=\"web\"}"], 1.0);
+    assert_eq!(m["wsgimux_restarts_total"], 1.0);
+    assert_eq!(m["wsgimux_reloads_total"], 1.0);
+    assert_eq!(m["wsgimux_last_restart_success"], 1.0);
+    // A failed restart (an unknown app) is a restart's failure, not a config reload's.
+    let (ok, _, _) = wsgimux(&["restart", "nope"], &config);
+    assert!(!ok);
+    let m = scrape(admin);
+    assert_eq!(m["wsgimux_last_restart_success"], 0.0);
+    assert_eq!(m["wsgimux_last_reload_success"], 1.0);
+    assert_eq!(m["wsgimux_reloads_total"], 1.0);
+    let s = status_json(&config);
+    assert_eq!(s["last_restart"]["outcome"], "rejected", "{s}");
+    assert_eq!(s["last_reload"]["outcome"], "unchanged", "{s}");
 }

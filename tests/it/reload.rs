@@ -587,27 +587,27 @@ fn reload_on_changes_swaps_code_without_failed_requests() {
     let load = KeepAliveLoad::start(server.addr, 8, "x.test", "/");
     std::thread::sleep(Duration::from_millis(200));
     app("2");
-    let line = server.reload_line(1);
+    let line = server.restart_line(1);
     assert!(line.contains("restarted dev (code"), "{line}");
     assert_eq!(server.get("x.test", "/").text(), "version 2");
 
     // A syntax error keeps the running code; fixing it applies.
     app("3 +");
-    let line = server.reload_line(2);
+    let line = server.restart_line(2);
     assert!(
         line.contains("not applied") && line.contains("SyntaxError"),
         "{line}"
     );
     assert_eq!(server.get("x.test", "/").text(), "version 2");
     app("4");
-    let line = server.reload_line(3);
+    let line = server.restart_line(3);
     assert!(line.contains("restarted dev (code"), "{line}");
     assert_eq!(server.get("x.test", "/").text(), "version 4");
     // Files that are not code change nothing.
     site.write("code/notes.txt", "hello");
     site.write("code/__pycache__/app.cpython-313.pyc", "x");
     std::thread::sleep(Duration::from_millis(800));
-    assert!(!server.log_text().contains("reload #4 ("));
+    assert!(!server.log_text().contains("restart #4 ("));
 
     let (failures, seen, _) = load.finish();
     assert!(failures.is_empty(), "failed requests: {failures:?}");
@@ -706,7 +706,7 @@ fn restart_command_and_restart_file_replace_every_process_without_failed_request
 
     // Touching the restart file does the same.
     std::fs::write(site.path().join("app/tmp/restart.txt"), "").expect("touch");
-    let line = server.reload_line(2);
+    let line = server.restart_line(2);
     assert!(
         line.contains("restart.txt changed") && line.contains("restarted web"),
         "{line}"
@@ -720,11 +720,73 @@ fn restart_command_and_restart_file_replace_every_process_without_failed_request
         .output()
         .expect("wsgimux restart");
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no app is named \"nope\""));
+    let said = String::from_utf8_lossy(&out.stderr);
+    // Said once, in a restart's own words: never a "config reload".
+    assert_eq!(
+        said.matches("no app is named \"nope\"").count(),
+        1,
+        "{said}"
+    );
+    let line = server.restart_line(3);
+    assert!(
+        line.contains("restart #3 (wsgimux restart nope): rejected, nothing restarted"),
+        "{line}"
+    );
+    assert!(!line.contains("config"), "{line}");
+    assert!(
+        !server.log_text().contains("reload #"),
+        "{}",
+        server.log_text()
+    );
 
     let (failures, _, served) = load.finish();
     assert!(failures.is_empty(), "failed requests: {failures:?}");
     assert!(served > 100);
+}
+
+/// `wsgimux restart` of an app that never started (its import fails) says so — "failed to
+/// start", never that previous processes keep serving — and `status` shows the outcome in the
+/// summary's words, the error once.
+#[test]
+fn restarting_an_app_that_never_started_says_it_failed_to_start() {
+    let Some(py) = require_python("3.12") else {
+        return;
+    };
+    let site = Site::new();
+    site.write("app/broken.py", "raise RuntimeError('no database')\n");
+    site.config(&format!(
+        "apps:\n  broken:\n    python: {}\n    script: app/broken.py\n    startup_timeout: 5s\n",
+        py.display()
+    ));
+    let server = site.serve();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsgimux"))
+        .args(["restart", "broken", "--config"])
+        .arg(site.path().join("wsgimux.yaml"))
+        .output()
+        .expect("wsgimux restart");
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("not applied") && said.contains("failed to start broken"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("keep serving") && !said.contains("kept the previous"),
+        "{said}"
+    );
+    let line = server.restart_line(1);
+    assert!(line.contains("failed to start broken"), "{line}");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_wsgimux"))
+        .args(["status", "--config"])
+        .arg(site.path().join("wsgimux.yaml"))
+        .output()
+        .expect("wsgimux status");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("last restart: #1 ") && text.contains("): not applied"),
+        "{text}"
+    );
+    assert!(!text.contains("partly_applied"), "{text}");
 }
 
 /// Keep-alive clients asking `host` for `path` until stopped: what failed, the distinct bodies

@@ -99,6 +99,22 @@ fn table_of_edits() {
     }
 }
 
+/// Comments and blank lines above static folders and certificates move their positions, not
+/// what is served: the whole diff is empty (a comment-only edit says "nothing to change").
+#[test]
+fn a_comment_only_edit_changes_nothing() {
+    let text = "listen:\n  - address: \"127.0.0.1:8443\"\n    tls: {certificates: [{cert: c.pem, key: c.key}]}\nstatic: {\"/robots.txt\": r.txt}\napps:\n  a:\n    python: python3\n    script: a.wsgi\n    static: {\"/s\": public}\n";
+    let before = from_yaml(text, Path::new(FILE)).expect("valid");
+    let commented = format!(
+        "# deploy 2\n\n{}",
+        text.replace("apps:", "# the apps\napps:")
+    );
+    let after = from_yaml(&commented, Path::new(FILE)).expect("valid");
+    let d = diff(&before, &after);
+    assert!(d.is_empty(), "{:?}", summary(&d));
+    assert_eq!(summary(&d), vec![("a".to_string(), "unchanged", vec![])]);
+}
+
 #[test]
 fn added_removed_and_untouched_apps() {
     let d = diff(&config(A), &config(B));
