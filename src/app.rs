@@ -460,10 +460,13 @@ async fn report_readiness(
         .collect();
     let mut failed = Vec::new();
     while let Some((a, g, result)) = pending.next().await {
+        let pids = result.as_ref().map_or_else(|_| Vec::new(), Vec::clone);
         if result.is_err() {
             failed.push(a.spec.name.clone());
         }
-        println!("{}", readiness_line(a, g, result));
+        let fields =
+            serde_json::json!({ "app": a.spec.name, "pids": pids, "ready": result.is_ok() });
+        announce(&readiness_line(a, g, result), fields);
     }
     let status = if failed.is_empty() {
         format!("serving {} app(s)", apps.len())
@@ -476,7 +479,10 @@ async fn report_readiness(
         )
     };
     // One line that says it all, before the listeners' `ready:` lines.
-    println!("{status}");
+    announce(
+        &status,
+        serde_json::json!({ "apps": apps.len(), "failed": failed }),
+    );
     crate::sdnotify::ready(&status);
     if let Some(banner) = banner {
         let urls: Vec<String> = addrs.iter().map(|(s, a)| format!("{s}://{a}")).collect();
@@ -484,9 +490,20 @@ async fn report_readiness(
         print!("{}", banner(&ready, &urls));
     }
     for (scheme, a) in &addrs {
-        println!("ready: {scheme}://{a}");
+        let url = format!("{scheme}://{a}");
+        announce(&format!("ready: {url}"), serde_json::json!({ "url": url }));
     }
     let _ = std::io::stdout().flush();
+}
+
+/// A start-up line on stdout: as it reads, or with `log_format: json` a record of the JSON
+/// log's shape with its fields (`app`, `pids`, `url`), so every line wsgimux writes parses.
+fn announce(line: &str, fields: serde_json::Value) {
+    if crate::logfile::json_log() {
+        println!("{}", crate::logfile::json_record("INFO", line, fields));
+    } else {
+        println!("{line}");
+    }
 }
 
 /// One app's start-up line: ready (with pids), on demand, answering (upstream), or failed.

@@ -12,6 +12,35 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
+/// Whether wsgimux's own log is JSON lines (`log_format: json`): set once, by `main` as it sets
+/// up logging, before anything is written; read by whatever writes a line of its own (the
+/// start-up lines on stdout, the copy of the apps' output).
+static JSON_LOG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_json_log(on: bool) {
+    JSON_LOG.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn json_log() -> bool {
+    JSON_LOG.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// One record shaped as the JSON log's (tracing's): `timestamp`, `level`, `fields` (the
+/// `message` and `fields`' own keys), `target` — for a line wsgimux prints itself.
+pub fn json_record(level: &str, message: &str, fields: serde_json::Value) -> String {
+    let mut all = serde_json::json!({ "message": message });
+    if let (Some(all), serde_json::Value::Object(more)) = (all.as_object_mut(), fields) {
+        all.extend(more);
+    }
+    serde_json::json!({
+        "timestamp": crate::dates::iso_time(std::time::SystemTime::now()),
+        "level": level,
+        "fields": all,
+        "target": "wsgimux",
+    })
+    .to_string()
+}
+
 /// Every open log file, by path, so SIGUSR1 reaches each one once.
 static OPEN: Mutex<Vec<(PathBuf, Weak<LogFile>)>> = Mutex::new(Vec::new());
 

@@ -124,7 +124,11 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             // Every error's message already names its cause; `{:#}` would repeat it.
-            eprintln!("error: {e}");
+            if wsgimux::logfile::json_log() {
+                tracing::error!("{e}");
+            } else {
+                eprintln!("error: {e}");
+            }
             ExitCode::FAILURE
         }
     }
@@ -248,6 +252,7 @@ fn init_log(command: &Command) {
             .unwrap_or(false),
         _ => false,
     };
+    wsgimux::logfile::set_json_log(json);
     let log = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -466,10 +466,20 @@ def report_app_error(env, resp):
     what = '%s: %s' % (tp.__name__, value)
     if resp.sent:
         log('%s: app raised after the response started (%s): %s\n%s'
-            % (APP_NAME, request, what, traceback.format_exc().rstrip()))
+            % (APP_NAME, request, what, app_traceback()))
     else:
-        log('%s: error in %s: %s\n%s' % (APP_NAME, request, what,
-                                         traceback.format_exc().rstrip()))
+        log('%s: error in %s: %s\n%s' % (APP_NAME, request, what, app_traceback()))
+
+
+def app_traceback():
+    """The exception being handled, as Python prints it, from the app's first frame: the
+    worker's own frames that called into the app are none of the app author's business (the
+    native worker calls the app from Rust, so its tracebacks start there too)."""
+    etype, value, tb = sys.exc_info()
+    here = os.path.abspath(__file__)
+    while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename) == here:
+        tb = tb.tb_next
+    return ''.join(traceback.format_exception(etype, value, tb)).rstrip()
 
 
 def error_response(conn, status, reason):
@@ -604,7 +614,7 @@ class Worker(object):
                 try:
                     close()
                 except Exception:
-                    log('%s: error in close()\n%s' % (APP_NAME, traceback.format_exc()))
+                    log('%s: error in close()\n%s' % (APP_NAME, app_traceback()))
         if resp.close_after:
             return False
         try:

@@ -19,6 +19,7 @@ use crate::leftover::ChildRecord;
 use crate::logfile::LogFile;
 
 use super::plan::{AppPlan, Launch};
+use super::traceback::{Fed, Gathering};
 
 /// After SIGTERM, how long a child may take to finish its requests before SIGKILL.
 pub(super) const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -373,6 +374,9 @@ pub(super) fn last_line(tail: &Mutex<VecDeque<String>>) -> String {
     }
 }
 
+/// How long a traceback waits for its next line before it is logged as it stands.
+const TRACEBACK_SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Where one stream of a child's output goes.
 #[derive(Clone)]
 struct Output {
@@ -386,57 +390,121 @@ struct Output {
 
 /// Copies a child's output to the log (or the app's own file under `log_dir`), one line per
 /// record, prefixed with the app name and pid. A worker's report of an app error (`APP: error
-/// in GET /x: …` and its traceback) is logged at ERROR; the rest at INFO.
+/// in GET /x: …` and its traceback) is logged at ERROR; the rest at INFO. With the JSON log,
+/// records carry `app` and `pid`, and a Python traceback is one record (`exception`: its whole
+/// text), complete at the line after it or when no line came for [`TRACEBACK_SETTLE`].
 async fn pump(stream: impl AsyncRead + Unpin, out: Output) {
-    let Output {
-        app,
-        pid,
-        tail,
-        held,
-        file,
-    } = out;
+    let json = crate::logfile::json_log() && out.file.is_none();
     let mut reader = BufReader::new(stream);
     let mut buf = Vec::new();
     let mut in_report = false;
+    let mut gathering: Option<Gathering> = None;
+    // A read cut short by the settle timeout keeps its bytes in `buf` for the next one.
+    let mut partial = false;
     loop {
-        buf.clear();
-        match (&mut reader)
-            .take(MAX_LOG_LINE as u64)
-            .read_until(b'\n', &mut buf)
-            .await
-        {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+        if !partial {
+            buf.clear();
+        }
+        partial = false;
+        let mut limited = (&mut reader).take(MAX_LOG_LINE as u64);
+        let read = limited.read_until(b'\n', &mut buf);
+        let got = match &gathering {
+            Some(_) => match tokio::time::timeout(TRACEBACK_SETTLE, read).await {
+                Ok(got) => got,
+                Err(_) => {
+                    if let Some(g) = gathering.take() {
+                        log_traceback(&out, &g.text());
+                    }
+                    partial = true;
+                    continue;
+                }
+            },
+            None => read.await,
+        };
+        if matches!(got, Ok(0) | Err(_)) {
+            if let Some(g) = gathering.take() {
+                log_traceback(&out, &g.text());
+            }
+            return;
         }
         let line = String::from_utf8_lossy(&buf);
         let line = line.trim_end_matches(['\n', '\r']);
         let error = app_error_line(line, &mut in_report);
-        let held_back = match held.lock() {
-            Ok(mut h) if h.holding => {
-                if h.lines.len() == HELD_LINES {
-                    h.lines.pop_front();
-                }
-                h.lines.push_back(format!("[{app}:{pid}] {line}"));
-                true
-            }
-            _ => false,
-        };
-        match &file {
-            _ if held_back => {}
-            Some(f) => f.write_line(&format!(
-                "{} [{app}:{pid}] {line}",
-                crate::dates::iso_time(SystemTime::now())
-            )),
-            None if error => tracing::error!(target: "wsgimux::app", "[{app}:{pid}] {line}"),
-            None => tracing::info!(target: "wsgimux::app", "[{app}:{pid}] {line}"),
+        remember(&out, line);
+        if held_back(&out, line) {
+            continue;
         }
-        if let Some(tail) = &tail {
-            if let Ok(mut t) = tail.lock() {
-                if t.len() == STDERR_TAIL_LINES {
-                    t.pop_front();
+        if json {
+            if let Some(g) = &mut gathering {
+                match g.feed(line) {
+                    Fed::Taken => continue,
+                    Fed::Done(text) => {
+                        log_traceback(&out, &text);
+                        gathering = None;
+                    }
                 }
-                t.push_back(line.to_string());
             }
+            if Gathering::starts(line) {
+                gathering = Some(Gathering::new(line));
+                continue;
+            }
+        }
+        log_line(&out, line, error, json);
+    }
+}
+
+/// While a starting process's output is held (`HeldOutput`): keeps the line there.
+fn held_back(out: &Output, line: &str) -> bool {
+    match out.held.lock() {
+        Ok(mut h) if h.holding => {
+            if h.lines.len() == HELD_LINES {
+                h.lines.pop_front();
+            }
+            h.lines
+                .push_back(format!("[{}:{}] {line}", out.app, out.pid));
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The last stderr lines, for a failed start's report.
+fn remember(out: &Output, line: &str) {
+    if let Some(tail) = &out.tail {
+        if let Ok(mut t) = tail.lock() {
+            if t.len() == STDERR_TAIL_LINES {
+                t.pop_front();
+            }
+            t.push_back(line.to_string());
         }
     }
+}
+
+fn log_line(out: &Output, line: &str, error: bool, json: bool) {
+    let (app, pid) = (&*out.app, out.pid);
+    match &out.file {
+        Some(f) => f.write_line(&format!(
+            "{} [{app}:{pid}] {line}",
+            crate::dates::iso_time(SystemTime::now())
+        )),
+        None if json && error => {
+            tracing::error!(target: "wsgimux::app", app, pid, "[{app}:{pid}] {line}")
+        }
+        None if json => tracing::info!(target: "wsgimux::app", app, pid, "[{app}:{pid}] {line}"),
+        None if error => tracing::error!(target: "wsgimux::app", "[{app}:{pid}] {line}"),
+        None => tracing::info!(target: "wsgimux::app", "[{app}:{pid}] {line}"),
+    }
+}
+
+/// One record for a whole traceback: the exception's line as the message, the text whole.
+fn log_traceback(out: &Output, text: &str) {
+    let (app, pid) = (&*out.app, out.pid);
+    let summary = Gathering::summary(text);
+    tracing::error!(
+        target: "wsgimux::app",
+        app,
+        pid,
+        exception = text,
+        "[{app}:{pid}] {summary}"
+    );
 }

@@ -21,6 +21,7 @@ mod imports;
 mod plan;
 mod slot;
 mod start;
+mod traceback;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

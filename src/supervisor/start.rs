@@ -272,6 +272,14 @@ impl Slot {
         if self.last_failure.as_deref() != Some(said.as_str()) {
             if output.is_empty() {
                 tracing::error!("[{name}] process {slot} failed to start: {reason}");
+            } else if crate::logfile::json_log() {
+                // One record; the output (a traceback, mostly) as its `exception`.
+                let app = &**name;
+                tracing::error!(
+                    app,
+                    exception = unprefixed.join("\n"),
+                    "[{name}] process {slot} failed to start: {reason}"
+                );
             } else {
                 tracing::error!(
                     "[{name}] process {slot} failed to start: {reason}\n{}",

@@ -192,8 +192,10 @@ impl Site {
 pub struct Server {
     child: Option<Child>,
     pub addr: SocketAddr,
-    /// The lines printed on stdout before `ready:`.
+    /// The lines printed on stdout before `ready:` (a JSON record's message).
     pub ready_lines: Vec<String>,
+    /// Everything printed on stdout up to the first `ready:`, as printed.
+    pub stdout: Vec<String>,
     pub log: PathBuf,
     tail: std::sync::Mutex<LogTail>,
 }
@@ -267,16 +269,24 @@ impl Server {
         });
         let deadline = Instant::now() + Duration::from_secs(90);
         let mut ready_lines = Vec::new();
+        let mut stdout = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok(line) => {
+                Ok(raw) => {
+                    // With `log_format: json` each line is a record: its message is the line.
+                    let line = serde_json::from_str::<serde_json::Value>(&raw)
+                        .ok()
+                        .and_then(|v| v["fields"]["message"].as_str().map(str::to_string))
+                        .unwrap_or_else(|| raw.clone());
+                    stdout.push(raw);
                     if let Some(addr) = line.strip_prefix("ready: http://") {
                         let addr = addr.parse().expect("ready address");
                         return Server {
                             child: Some(child),
                             addr,
                             ready_lines,
+                            stdout,
                             log,
                             tail: Default::default(),
                         };

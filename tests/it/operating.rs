@@ -1415,3 +1415,113 @@ fn prometheus_counters_never_go_down_and_restarts_are_not_reloads() {
     assert_eq!(s["last_restart"]["outcome"], "rejected", "{s}");
     assert_eq!(s["last_reload"]["outcome"], "unchanged", "{s}");
 }
+
+/// With `log_format: json` every line wsgimux writes parses as JSON, on stdout (the start-up
+/// lines, with `app`, `pids`, `url`) and on stderr (its log, the apps' output, access records);
+/// a traceback, from either worker, is one record whose `exception` holds all of it and none
+/// of the worker's own frames.
+#[test]
+fn every_line_of_a_json_log_parses_and_a_traceback_is_one_record() {
+    let (Some(py3), Some(py2)) = (
+        harness::require_python("3.12"),
+        harness::require_python("2.7"),
+    ) else {
+        return;
+    };
+    let site = Site::new();
+    site.probe("app");
+    site.write(
+        "app/broken.py",
+        "import os\nraise ImportError('no module named shop')\n",
+    );
+    site.config(&format!(
+        "log_format: json\napps:\n  native:\n    python: {}\n    script: app/probe.py\n    mount: /n\n  portable:\n    python: {}\n    script: app/probe.py\n    mount: /p\n  broken:\n    python: {}\n    script: app/broken.py\n    mount: /b\n",
+        py3.display(),
+        py2.display(),
+        py3.display()
+    ));
+    let server = site.serve();
+    for line in &server.stdout {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("stdout {e}: {line:?}"));
+        assert!(v["fields"]["message"].is_string(), "{v}");
+    }
+    let record = |needle: &str| {
+        server
+            .stdout
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| {
+                v["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with(needle))
+            })
+            .unwrap_or_else(|| panic!("no {needle:?} on stdout: {:?}", server.stdout))
+    };
+    assert_eq!(record("app native: ready")["fields"]["app"], "native");
+    assert!(record("app native: ready")["fields"]["pids"][0].is_u64());
+    assert_eq!(record("app broken: failed")["fields"]["ready"], false);
+    let url = format!("http://{}", server.addr);
+    assert_eq!(record("ready: ")["fields"]["url"], url);
+    for mount in ["/n", "/p"] {
+        assert_eq!(server.get("x", &format!("{mount}/boom")).status, 500);
+    }
+    let tracebacks = harness::eventually(Duration::from_secs(10), || {
+        let records: Vec<serde_json::Value> = server
+            .log_text()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("stderr {e}: {l:?}")))
+            .collect();
+        let tb: Vec<serde_json::Value> = records
+            .into_iter()
+            .filter(|v| v["fields"]["exception"].is_string())
+            .collect();
+        // Both /boom tracebacks, and the broken app's import error (each start of it).
+        let boom = tb
+            .iter()
+            .filter(|v| {
+                v["fields"]["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("RuntimeError: boom")
+            })
+            .count();
+        (boom == 2).then_some(tb)
+    })
+    .unwrap_or_else(|| panic!("two traceback records:\n{}", server.log_text()));
+    for v in &tracebacks {
+        let text = v["fields"]["exception"].as_str().unwrap_or("");
+        assert!(
+            text.starts_with("Traceback (most recent call last):"),
+            "{v}"
+        );
+        assert!(
+            !text.contains("wsgimux_worker.py"),
+            "a worker frame: {text}"
+        );
+        assert!(v["fields"]["app"].is_string(), "{v}");
+        if v["target"] == "wsgimux::app" {
+            assert!(
+                v["fields"]["pid"].is_u64(),
+                "the app's output names its pid: {v}"
+            );
+        }
+    }
+    let boom = tracebacks
+        .iter()
+        .find(|v| v["fields"]["app"] == "portable")
+        .expect("the portable worker's traceback");
+    let text = boom["fields"]["exception"].as_str().unwrap_or("");
+    assert!(
+        text.contains("probe.py") && text.contains("raise RuntimeError"),
+        "{text}"
+    );
+    // No line of a traceback is a record of its own.
+    let frame_alone = server.log_text().lines().any(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+        let message = v["fields"]["message"].as_str().unwrap_or("");
+        v["fields"]["exception"].is_null() && message.contains("]   File \"")
+    });
+    assert!(!frame_alone, "{}", server.log_text());
+}
