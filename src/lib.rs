@@ -16,7 +16,6 @@ pub mod check;
 pub mod config;
 pub mod control;
 pub mod dates;
-
 pub mod error;
 pub mod explain;
 pub mod express;
@@ -26,6 +25,7 @@ pub mod http1;
 pub mod interpreter;
 pub mod leftover;
 pub mod logfile;
+pub mod manpage;
 pub mod metrics;
 pub mod native;
 pub mod preflight;

@@ -22,14 +22,14 @@ enum Command {
     /// Serve the apps of a config file until SIGTERM or SIGINT.
     Serve {
         /// The config file.
-        #[arg(long, short, default_value = "wsgimux.yaml")]
+        #[arg(long, short, value_name = "FILE", default_value = "wsgimux.yaml")]
         config: PathBuf,
     },
     /// Validate a config file, probe every interpreter, import every app (as its processes
     /// will) and print the route table.
     Check {
         /// The config file.
-        #[arg(long, short, default_value = "wsgimux.yaml")]
+        #[arg(long, short, value_name = "FILE", default_value = "wsgimux.yaml")]
         config: PathBuf,
         /// Do not import the apps (for apps whose import has side effects).
         #[arg(long)]
@@ -40,13 +40,13 @@ enum Command {
     /// answers.
     Reload {
         /// The config file the server was started with.
-        #[arg(long, short, default_value = "wsgimux.yaml")]
+        #[arg(long, short, value_name = "FILE", default_value = "wsgimux.yaml")]
         config: PathBuf,
         /// The server's control socket (default: found from the config file).
-        #[arg(long, env = "WSGIMUX_CONTROL")]
+        #[arg(long, value_name = "SOCKET", env = "WSGIMUX_CONTROL")]
         control: Option<PathBuf>,
         /// How long to wait for the outcome (e.g. 90s, 5min).
-        #[arg(long, default_value = "10m", value_parser = wsgimux::config::parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = wsgimux::config::parse_duration)]
         timeout: std::time::Duration,
     },
     /// Restart these apps' processes without downtime (new ones start and answer before the
@@ -57,13 +57,13 @@ enum Command {
         #[arg(required = true)]
         apps: Vec<String>,
         /// The config file the server was started with.
-        #[arg(long, short, default_value = "wsgimux.yaml")]
+        #[arg(long, short, value_name = "FILE", default_value = "wsgimux.yaml")]
         config: PathBuf,
         /// The server's control socket (default: found from the config file).
-        #[arg(long, env = "WSGIMUX_CONTROL")]
+        #[arg(long, value_name = "SOCKET", env = "WSGIMUX_CONTROL")]
         control: Option<PathBuf>,
         /// How long to wait for the outcome (e.g. 90s, 5min).
-        #[arg(long, default_value = "10m", value_parser = wsgimux::config::parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = wsgimux::config::parse_duration)]
         timeout: std::time::Duration,
     },
     /// Show every app of the running server: routes, interpreter, worker, generation, and per
@@ -71,10 +71,10 @@ enum Command {
     /// last reload. Exits 2 when no server answers.
     Status {
         /// The config file the server was started with.
-        #[arg(long, short, default_value = "wsgimux.yaml")]
+        #[arg(long, short, value_name = "FILE", default_value = "wsgimux.yaml")]
         config: PathBuf,
         /// The server's control socket (default: found from the config file).
-        #[arg(long, env = "WSGIMUX_CONTROL")]
+        #[arg(long, value_name = "SOCKET", env = "WSGIMUX_CONTROL")]
         control: Option<PathBuf>,
         /// Print JSON (for scripts) instead of text.
         #[arg(long)]
@@ -87,10 +87,10 @@ enum Command {
     /// now), else read from the config file.
     Explain {
         /// The config file.
-        #[arg(long, short, default_value = "wsgimux.yaml")]
+        #[arg(long, short, value_name = "FILE", default_value = "wsgimux.yaml")]
         config: PathBuf,
         /// The server's control socket (default: found from the config file).
-        #[arg(long, env = "WSGIMUX_CONTROL")]
+        #[arg(long, value_name = "SOCKET", env = "WSGIMUX_CONTROL")]
         control: Option<PathBuf>,
         /// The URL, e.g. http://example.com/blog/post?id=1
         url: String,
@@ -100,7 +100,8 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
-    /// Print the wsgimux(1) manual page (roff), made from these commands' help.
+    /// Print the wsgimux(1) manual page (roff): every command and option, files, signals,
+    /// environment, exit status, examples.
     Manpage,
 }
 
@@ -195,8 +196,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(())
         }
         Command::Manpage => {
-            let man = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
-            man.render(&mut std::io::stdout())?;
+            let cli = <Cli as clap::CommandFactory>::command();
+            print!("{}", wsgimux::manpage::render(&cli));
             Ok(())
         }
     }

@@ -121,7 +121,7 @@ Dir.mktmpdir do |root|
     path = formula.prefix / f
     raise "install made no #{f}" unless path.file? && path.size.positive?
   end
-  raise "the man page is not roff" unless (formula.man1 / "wsgimux.1").read.include?(".TH wsgimux 1")
+  raise "the man page is not roff" unless (formula.man1 / "wsgimux.1").read.include?(".TH WSGIMUX 1")
   formula.post_install if formula.respond_to?(:post_install)
   formula.testpath = Pathname.new(root) / "test"
   formula.testpath.mkpath

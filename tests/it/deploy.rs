@@ -494,3 +494,102 @@ fn the_packaged_crate_installs_offline_and_serves() {
         );
     }
 }
+
+/// `wsgimux manpage` is one real page: every command `--help` lists, with its options, and the
+/// sections a man page owes (FILES, SIGNALS, ENVIRONMENT, EXIT STATUS, EXAMPLES); it names no
+/// page that does not exist, and `man` renders it without a warning.
+#[test]
+fn the_man_page_has_every_command_and_renders_without_warnings() {
+    if !harness::have_tool("man", "man-db") {
+        return;
+    }
+    let help = Command::new(harness::BIN)
+        .arg("--help")
+        .output()
+        .expect("help");
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let commands: Vec<&str> = help
+        .split("Commands:")
+        .nth(1)
+        .expect("a Commands section")
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(commands.len() >= 9, "{commands:?}");
+    let page = tempfile::NamedTempFile::new().expect("temp file");
+    let out = Command::new(harness::BIN)
+        .arg("manpage")
+        .output()
+        .expect("manpage");
+    assert!(out.status.success());
+    std::fs::write(page.path(), &out.stdout).expect("write the page");
+    let roff = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !roff.contains("wsgimux\\-serve(1)") && !roff.contains("(1)\n"),
+        "{roff}"
+    );
+    let rendered = Command::new("man")
+        .args(["--warnings", "-l"])
+        .arg(page.path())
+        .env("MANWIDTH", "100")
+        .env("MAN_KEEP_FORMATTING", "0")
+        .output()
+        .expect("man -l");
+    let warnings = String::from_utf8_lossy(&rendered.stderr);
+    assert!(
+        rendered.status.success() && warnings.trim().is_empty(),
+        "{warnings}"
+    );
+    // Without the overstrike that marks bold on a terminal.
+    let text =
+        without_overstrike(&String::from_utf8_lossy(&rendered.stdout).replace('\u{2010}', "-"));
+    for section in [
+        "NAME",
+        "SYNOPSIS",
+        "COMMANDS",
+        "FILES",
+        "SIGNALS",
+        "ENVIRONMENT",
+        "EXIT STATUS",
+        "EXAMPLES",
+    ] {
+        assert!(
+            text.lines().any(|l| l == section),
+            "no {section} section:\n{text}"
+        );
+    }
+    for c in &commands {
+        assert!(
+            text.contains(&format!("wsgimux {c}")),
+            "{c} is missing:\n{text}"
+        );
+    }
+    for needle in [
+        "--config",
+        "--control",
+        "--no-import",
+        "--runtime-dir",
+        "SIGHUP",
+        "SIGUSR1",
+        "WSGIMUX_CONTROL",
+    ] {
+        assert!(text.contains(needle), "{needle} is missing:\n{text}");
+    }
+    assert!(text.matches("--config").count() >= 6, "{text}");
+}
+
+/// `man`'s output on a pipe may still carry backspace overstrikes (bold, underline): removed.
+fn without_overstrike(s: &str) -> String {
+    let mut out: Vec<char> = Vec::new();
+    for c in s.chars() {
+        if c == '\u{8}' {
+            out.pop();
+        } else {
+            out.push(c);
+        }
+    }
+    out.into_iter().collect()
+}

@@ -16,6 +16,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "http1",
             "metrics",
             "logfile",
+            "manpage",
             "account",
             "activation",
             "native",
