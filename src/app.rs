@@ -63,6 +63,11 @@ pub fn describe_routes(config: &Config, apps: &[ReadyApp]) -> String {
         };
         out.push_str(&format!("listen {scheme}://{a}\n"));
     }
+    if let Some(a) = config.admin {
+        out.push_str(&format!(
+            "admin  http://{a}/ (status page, /status.json, /metrics; no authentication)\n"
+        ));
+    }
     let table = RouteTable::for_apps(apps.iter().enumerate().map(|(i, a)| (&a.spec, i)));
     let rows: Vec<[String; 5]> = table
         .entries()
@@ -164,6 +169,9 @@ pub async fn serve_with(path: &Path, banner: Option<Banner>) -> Result<(), Start
     let baseline = filewatch::fingerprint(&file);
     let (config, apps) = preflight::load(&file).await?;
     warn_inherited_python_vars();
+    for w in preflight::exposures(&config, &apps, crate::account::is_root()) {
+        tracing::warn!("{w}");
+    }
     let dir = runtime_dir::of_config(&config);
     if control::is_served(&dir) {
         return Err(StartError::AlreadyRunning { dir });

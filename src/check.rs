@@ -7,10 +7,17 @@ use std::path::Path;
 use crate::config::Config;
 use crate::preflight::{self, LoadError};
 
+/// What `check` found in a valid config: the report, and what it leaves exposed
+/// (`preflight::exposures`), for stderr.
+pub struct Checked {
+    pub report: String,
+    pub warnings: Vec<String>,
+}
+
 /// `wsgimux check`: everything `serve` would check before starting, then (unless `import` is
 /// off) every `script:`/`module:` app imported as its processes will import it. The report for
 /// a valid config; every problem otherwise.
-pub async fn check(path: &Path, import: bool) -> Result<String, LoadError> {
+pub async fn check(path: &Path, import: bool) -> Result<Checked, LoadError> {
     let (config, apps) = preflight::load(path).await?;
     if import {
         let scratch = tempfile::Builder::new()
@@ -37,7 +44,10 @@ pub async fn check(path: &Path, import: bool) -> Result<String, LoadError> {
             return Err(LoadError::Config(crate::config::ConfigError { problems }));
         }
     }
-    Ok(crate::app::describe_routes(&config, &apps))
+    Ok(Checked {
+        report: crate::app::describe_routes(&config, &apps),
+        warnings: preflight::exposures(&config, &apps, crate::account::is_root()),
+    })
 }
 
 /// An import failure at the app's `script`/`module` key: the error, and where in the app's

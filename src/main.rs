@@ -139,7 +139,11 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Check { config, no_import } => {
-            print!("{}", wsgimux::check::check(&config, !no_import).await?);
+            let checked = wsgimux::check::check(&config, !no_import).await?;
+            for w in &checked.warnings {
+                eprintln!("warning: {w}");
+            }
+            print!("{}", checked.report);
             Ok(())
         }
         Command::Serve { config } => {

@@ -1525,3 +1525,50 @@ fn every_line_of_a_json_log_parses_and_a_traceback_is_one_record() {
     });
     assert!(!frame_alone, "{}", server.log_text());
 }
+
+/// What a config leaves exposed is said, one warning line each, by `check` (which still passes
+/// and lists the admin listener) and by `serve`: an app that would run as root, an admin
+/// listener that is not on loopback.
+#[test]
+fn check_and_serve_warn_of_root_apps_and_an_admin_listener_off_loopback() {
+    let Some(py) = harness::require_python("3.12") else {
+        return;
+    };
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let site = Site::new();
+    site.probe("app");
+    site.config(&format!(
+        "admin: {{listen: \"0.0.0.0:0\"}}\napps:\n  web:\n    python: {}\n    script: app/probe.py\n",
+        py.display()
+    ));
+    let (status, out, err) = site.check();
+    assert!(status.success(), "{out}{err}");
+    assert!(out.contains("admin  http://0.0.0.0:0/"), "{out}");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning: ")).collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("admin.listen 0.0.0.0:0 is not loopback")),
+        "{err}"
+    );
+    let as_root = warnings
+        .iter()
+        .any(|w| w.contains("app web would run as root"));
+    assert_eq!(as_root, root, "{err}");
+    let server = site.serve();
+    let said = server
+        .wait_log("is not loopback", Duration::from_secs(5))
+        .expect("serve warns too");
+    assert!(said.contains("WARN"), "{said}");
+    drop(server);
+
+    // On loopback: nothing to say of it (an app's account is `exposures`' unit test).
+    site.config(&format!(
+        "admin: {{listen: \"127.0.0.1:0\"}}\napps:\n  web:\n    python: {}\n    script: app/probe.py\n",
+        py.display()
+    ));
+    let (status, out, err) = site.check();
+    assert!(status.success(), "{out}{err}");
+    assert!(!err.contains("not loopback"), "{err}");
+}
