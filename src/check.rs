@@ -18,7 +18,13 @@ pub struct Checked {
 /// off) every `script:`/`module:` app imported as its processes will import it. The report for
 /// a valid config; every problem otherwise.
 pub async fn check(path: &Path, import: bool) -> Result<Checked, LoadError> {
-    let (config, apps) = preflight::load(path).await?;
+    // Every app whose entry is sound is checked and imported, whatever else is wrong: all the
+    // problems in one run.
+    let preflight::Inspected {
+        config,
+        apps,
+        mut problems,
+    } = preflight::inspect(path).await?;
     if import {
         let scratch = tempfile::Builder::new()
             .prefix("wsgimux-check-")
@@ -33,16 +39,14 @@ pub async fn check(path: &Path, import: bool) -> Result<Checked, LoadError> {
                 path: scratch.path().to_path_buf(),
                 source,
             })?;
-        if !failures.is_empty() {
-            let problems = failures
-                .into_iter()
-                .filter_map(|(name, f)| {
-                    let app = apps.iter().find(|a| a.spec.name == name)?;
-                    Some(import_problem(&config, &app.spec, f))
-                })
-                .collect();
-            return Err(LoadError::Config(crate::config::ConfigError { problems }));
-        }
+        problems.extend(failures.into_iter().filter_map(|(name, f)| {
+            let app = apps.iter().find(|a| a.spec.name == name)?;
+            Some(import_problem(&config, &app.spec, f))
+        }));
+    }
+    if !problems.is_empty() {
+        problems.sort_by_key(|p| p.location.map(|l| (l.line, l.column)));
+        return Err(LoadError::Config(crate::config::ConfigError { problems }));
     }
     Ok(Checked {
         report: crate::app::describe_routes(&config, &apps),

@@ -58,6 +58,8 @@ pub enum InterpreterError {
     },
     #[error("{path} did not answer within {}s", PROBE_TIMEOUT.as_secs())]
     Timeout { path: PathBuf },
+    #[error("{path} is a pyenv shim that runs no Python: {advice}")]
+    Pyenv { path: PathBuf, advice: String },
     #[error("{path} does not run: {detail}")]
     Failed { path: PathBuf, detail: String },
 }
@@ -153,6 +155,12 @@ pub async fn probe(spec: &PythonSpec) -> Result<Interpreter, InterpreterError> {
         }),
         None => {
             let stderr = String::from_utf8_lossy(&out.stderr);
+            if let Some(advice) = pyenv_advice(&stderr) {
+                return Err(InterpreterError::Pyenv {
+                    path: executable,
+                    advice,
+                });
+            }
             let last = stderr
                 .lines()
                 .rev()
@@ -164,6 +172,43 @@ pub async fn probe(spec: &PythonSpec) -> Result<Interpreter, InterpreterError> {
             })
         }
     }
+}
+
+/// What a pyenv shim that runs no Python said, made into what to do: the version it wants is
+/// not installed (`pyenv: version `3.10.4' is not installed (set by …)`), or the command is not
+/// in the version in use (`pyenv: python3.8: command not found`, then the versions that have
+/// it). None for any other failure.
+fn pyenv_advice(stderr: &str) -> Option<String> {
+    let first = stderr.lines().find(|l| l.starts_with("pyenv: "))?;
+    let rest = first.strip_prefix("pyenv: ")?;
+    if let Some(v) = rest.strip_prefix("version `") {
+        let (version, after) = v.split_once('\'')?;
+        let set_by = after
+            .split_once("(set by ")
+            .and_then(|(_, s)| s.strip_suffix(')'))
+            .map(|s| format!(" (set by {s})"))
+            .unwrap_or_default();
+        return Some(format!(
+            "pyenv's version {version}{set_by} is not installed: run `pyenv install {version}`, or give python: the path of an installed one ($(pyenv root)/versions/VERSION/bin/python)"
+        ));
+    }
+    let command = rest.strip_suffix(": command not found")?;
+    let versions: Vec<&str> = stderr
+        .lines()
+        .skip_while(|l| !l.contains("exists in these Python versions"))
+        .skip(1)
+        .map(str::trim)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    Some(match versions.first() {
+        Some(v) => format!(
+            "{command} is not in the pyenv version in use, but pyenv has it in {}: give python: its path ($(pyenv root)/versions/{v}/bin/{command}), or run `pyenv global {v}`",
+            versions.join(", ")
+        ),
+        None => format!(
+            "no installed pyenv version has {command}: run `pyenv install` for it (`pyenv install --list`), or give python: the path of another interpreter"
+        ),
+    })
 }
 
 fn parse_probe(out: &str) -> Option<(String, (u32, u32, u32), bool)> {
@@ -190,6 +235,30 @@ mod tests {
             Some(("PyPy".into(), (3, 9, 16), false))
         );
         assert_eq!(parse_probe("garbage"), None);
+    }
+
+    #[test]
+    fn a_pyenv_shim_that_runs_nothing_says_what_to_install() {
+        let missing =
+            "pyenv: version `3.10.99' is not installed (set by /srv/app/.python-version)\n";
+        let advice = pyenv_advice(missing).unwrap();
+        assert!(advice.starts_with("pyenv's version 3.10.99 (set by /srv/app/.python-version) is not installed: run `pyenv install 3.10.99`"), "{advice}");
+        let elsewhere = "pyenv: python3.8: command not found\n\nThe `python3.8' command exists in these Python versions:\n  3.8.18\n\nNote: See 'pyenv help global' for tips on allowing multiple\n      Python versions to be found at the same time.\n";
+        let advice = pyenv_advice(elsewhere).unwrap();
+        assert!(
+            advice.contains("pyenv has it in 3.8.18")
+                && advice.contains("versions/3.8.18/bin/python3.8")
+                && advice.contains("pyenv global 3.8.18"),
+            "{advice}"
+        );
+        let nowhere = "pyenv: python3.4: command not found\n";
+        assert!(pyenv_advice(nowhere)
+            .unwrap()
+            .contains("no installed pyenv version has python3.4"));
+        assert_eq!(
+            pyenv_advice("Traceback (most recent call last):\nImportError: x\n"),
+            None
+        );
     }
 
     #[test]

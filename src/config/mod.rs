@@ -366,37 +366,47 @@ impl fmt::Display for HostPattern {
 /// Parses and validates config text read from `file`. Relative paths resolve against `file`'s
 /// folder, which should be absolute for the result to be.
 pub fn from_yaml(text: &str, file: &Path) -> Result<Config, ConfigError> {
-    // A YAML syntax error stops the reading: it is the one problem there is to report.
+    match from_yaml_partial(text, file)? {
+        (config, problems) if problems.is_empty() => Ok(config),
+        (_, problems) => Err(ConfigError { problems }),
+    }
+}
+
+/// Every problem of config text, with the config of what is sound in it: the file's other
+/// keys, and every app without a problem of its own — so that the checks that need the
+/// machine (interpreters, folders, imports) still run for those apps and a file's mistakes are
+/// all found in one run. Err only when there is nothing to read: a YAML syntax error, which is
+/// then the one problem there is to report.
+pub fn from_yaml_partial(text: &str, file: &Path) -> Result<(Config, Vec<Problem>), ConfigError> {
     let value: serde_yaml::Value =
         serde_yaml::from_str(text).map_err(|e| syntax_problem(file, &e))?;
     let locator = Locator::new(text);
     let (raw, mut problems) = shape::read(value, file, &locator);
     let base = file.parent().unwrap_or(Path::new("")).to_path_buf();
-    let validated = Validator {
+    let (mut config, rules) = Validator {
         file,
         base: &base,
         locator: &locator,
         problems: Vec::new(),
     }
     .validate(raw);
-    match validated {
-        Ok(config) if problems.is_empty() => Ok(config),
-        Ok(_) => Err(ConfigError { problems }),
-        Err(e) => {
-            // A key left out for its shape would also be reported as missing: once is enough.
-            let reported: Vec<(Option<String>, Option<String>)> = problems
-                .iter()
-                .map(|p| (p.app.clone(), p.key.clone()))
-                .collect();
-            problems.extend(
-                e.problems
-                    .into_iter()
-                    .filter(|p| !reported.contains(&(p.app.clone(), p.key.clone()))),
-            );
-            problems.sort_by_key(|p| p.location.map(|l| (l.line, l.column)));
-            Err(ConfigError { problems })
-        }
-    }
+    // A key left out for its shape would also be reported as missing: once is enough.
+    let reported: Vec<(Option<String>, Option<String>)> = problems
+        .iter()
+        .map(|p| (p.app.clone(), p.key.clone()))
+        .collect();
+    problems.extend(
+        rules
+            .into_iter()
+            .filter(|p| !reported.contains(&(p.app.clone(), p.key.clone()))),
+    );
+    problems.sort_by_key(|p| p.location.map(|l| (l.line, l.column)));
+    config.apps.retain(|a| {
+        !problems
+            .iter()
+            .any(|p| p.app.as_deref() == Some(a.name.as_str()))
+    });
+    Ok((config, problems))
 }
 
 /// The `runtime_dir` a file names, read leniently (the rest of the file may be invalid):

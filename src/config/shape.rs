@@ -147,6 +147,9 @@ fn plain(e: &serde_yaml::Error, key: &str) -> String {
             ),
         };
     }
+    if let Some(shape) = msg.strip_prefix("data did not match any variant of untagged enum ") {
+        return format!("must be {}", shape_words(shape.trim()));
+    }
     if let Some(rest) = msg
         .strip_prefix("invalid type: ")
         .or_else(|| msg.strip_prefix("invalid value: "))
@@ -196,8 +199,35 @@ fn expected_words(key: &str, expected: &str) -> String {
         "a string" => "text".into(),
         "a sequence" => "a list".into(),
         "a map" => "a mapping".into(),
-        other => other.trim_start_matches("struct ").to_string(),
+        other => match other.strip_prefix("struct ") {
+            Some(name) => shape_words(name),
+            // Never a Rust type's name.
+            None if other.starts_with("Raw") || other.contains("::") => {
+                "a value of another shape (the README's config reference shows each key's)".into()
+            }
+            None => other.to_string(),
+        },
     }
+}
+
+/// What a value of one of the raw types may be, in the file's words (these names are serde's,
+/// never to be shown).
+fn shape_words(type_name: &str) -> String {
+    match type_name {
+        "RawListen" => "an address (\"127.0.0.1:8080\"), a list of addresses, or a list of entries like {address: \"0.0.0.0:443\", tls: {certificates: [{cert: FILE, key: FILE}]}}",
+        "RawListener" | "RawFullListener" => "an address (\"127.0.0.1:8080\") or an entry like {address: \"0.0.0.0:443\", tls: {certificates: [{cert: FILE, key: FILE}]}}",
+        "RawTls" => "a mapping like {certificates: [{cert: FILE, key: FILE, hosts: [NAME]}]}",
+        "RawCertificate" => "a mapping like {cert: FILE, key: FILE, hosts: [NAME]}",
+        "RawLimits" => "a mapping of limits (max_uri_length:, max_header_size:, header_timeout:, body_timeout:, …)",
+        "RawSize" => "a size: a number of bytes, or text like 512, 8k, 1m, 2g",
+        "RawDuration" => "a duration: a number of seconds, or text like 250ms, 30s, 5min, 1h 30m",
+        "EnvValue" => "text, a number or true/false (each variable's value)",
+        "RawAccessLog" | "RawAccessLogFull" => "stdout, off, a file, or a mapping like {path: FILE, format: combined or json}",
+        "RawAdmin" => "a mapping like {listen: \"127.0.0.1:9180\"}",
+        "RawApp" => "a mapping of the app's keys (python:, script:, …)",
+        _ => "a value of another shape (the README's config reference shows each key's)",
+    }
+    .to_string()
 }
 
 fn got_words(got: &str) -> String {
@@ -244,5 +274,42 @@ mod tests {
         );
         assert_eq!(got_words("string \"two\""), "the text \"two\"");
         assert_eq!(got_words("integer `3`"), "the number 3");
+    }
+
+    /// No message names a Rust or serde type: every raw type of the file, as serde names it
+    /// in a mismatch, has words of its own.
+    #[test]
+    fn no_rust_type_reaches_a_message() {
+        let source: String = ["raw.rs", "front.rs", "operating.rs"]
+            .iter()
+            .map(|f| {
+                std::fs::read_to_string(format!("{}/src/config/{f}", env!("CARGO_MANIFEST_DIR")))
+                    .unwrap()
+            })
+            .collect();
+        let mut names = Vec::new();
+        for line in source.lines() {
+            let line = line.trim_start();
+            for kind in ["pub(super) struct ", "pub(super) enum "] {
+                if let Some(rest) = line.strip_prefix(kind) {
+                    let name: String = rest.chars().take_while(|c| c.is_alphanumeric()).collect();
+                    if name.starts_with("Raw") || name == "EnvValue" {
+                        names.push(name);
+                    }
+                }
+            }
+        }
+        assert!(names.len() >= 10, "{names:?}");
+        for name in names.iter().filter(|n| *n != "RawConfig") {
+            let words = shape_words(name);
+            assert!(
+                !words.contains("Raw") && !words.contains("another shape"),
+                "{name}: {words}"
+            );
+            assert!(
+                !expected_words("x", &format!("struct {name}")).contains("Raw"),
+                "{name}"
+            );
+        }
     }
 }

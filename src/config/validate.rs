@@ -6,9 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::{
-    AppSpec, Config, ConfigError, HostPattern, Location, Locator, Mount, Problem, RawConfig,
-};
+use super::{AppSpec, Config, HostPattern, Location, Locator, Mount, Problem, RawConfig};
 
 pub(super) struct Validator<'a> {
     pub(super) file: &'a Path,
@@ -48,7 +46,9 @@ impl Validator<'_> {
         }
     }
 
-    pub(super) fn validate(mut self, raw: RawConfig) -> Result<Config, ConfigError> {
+    /// The config of everything that validated (an app with a problem of its own left out),
+    /// and every problem found.
+    pub(super) fn validate(mut self, raw: RawConfig) -> (Config, Vec<Problem>) {
         let (listen, tls) = self.listeners(raw.listen);
         let trusted_proxies = self.trusted_proxies(raw.trusted_proxies);
         let limits = self.limits(raw.limits);
@@ -102,30 +102,25 @@ impl Validator<'_> {
                 .map(|l| (l.line, l.column))
         });
         self.claims(&apps);
-        if self.problems.is_empty() {
-            Ok(Config {
-                file: self.file.to_path_buf(),
-                listen,
-                tls,
-                redirect_https,
-                trusted_proxies,
-                limits,
-                user,
-                group,
-                runtime_dir,
-                runtime_dir_location: self.locator.key("runtime_dir"),
-                access_log,
-                log_dir,
-                log_format,
-                admin,
-                statics,
-                apps,
-            })
-        } else {
-            Err(ConfigError {
-                problems: self.problems,
-            })
-        }
+        let config = Config {
+            file: self.file.to_path_buf(),
+            listen,
+            tls,
+            redirect_https,
+            trusted_proxies,
+            limits,
+            user,
+            group,
+            runtime_dir,
+            runtime_dir_location: self.locator.key("runtime_dir"),
+            access_log,
+            log_dir,
+            log_format,
+            admin,
+            statics,
+            apps,
+        };
+        (config, self.problems)
     }
 
     /// Two apps may not claim the same host (or "any host") at the same mount.

@@ -46,16 +46,51 @@ pub fn config_path(path: &Path) -> PathBuf {
     out
 }
 
-/// Reads, validates and preflights a config file: what `check`, `serve` and every reload do.
+/// Reads, validates and preflights a config file: what `serve` and every reload do.
 pub async fn load(path: &Path) -> Result<(Config, Vec<ReadyApp>), LoadError> {
+    let inspected = inspect(path).await?;
+    if inspected.problems.is_empty() {
+        Ok((inspected.config, inspected.apps))
+    } else {
+        Err(LoadError::Config(ConfigError {
+            problems: inspected.problems,
+        }))
+    }
+}
+
+/// A config file read and checked as far as it goes.
+pub struct Inspected {
+    /// What is sound in it (an app with a problem left out).
+    pub config: Config,
+    /// Its apps that passed every check.
+    pub apps: Vec<ReadyApp>,
+    /// Every problem: the file's, then the machine's, in the file's order.
+    pub problems: Vec<Problem>,
+}
+
+/// Reads a config file and runs the machine's checks (interpreters, files, accounts) for every
+/// app whose own entry is sound, even when other parts of the file are not: every problem in
+/// one run. Err only when the file cannot be read or parsed at all.
+pub async fn inspect(path: &Path) -> Result<Inspected, LoadError> {
     let file = config_path(path);
     let text = std::fs::read_to_string(&file).map_err(|source| LoadError::Read {
         path: file.clone(),
         source,
     })?;
-    let config = crate::config::from_yaml(&text, &file)?;
-    let apps = check(&config).await?;
-    Ok((config, apps))
+    let (config, mut problems) = crate::config::from_yaml_partial(&text, &file)?;
+    let apps = match check(&config).await {
+        Ok(apps) => apps,
+        Err((apps, e)) => {
+            problems.extend(e.problems);
+            apps
+        }
+    };
+    problems.sort_by_key(|p| p.location.map(|l| (l.line, l.column)));
+    Ok(Inspected {
+        config,
+        apps,
+        problems,
+    })
 }
 
 /// An app whose interpreter has been found and probed, and the worker chosen for it.
@@ -134,8 +169,9 @@ pub fn choose_worker(choice: WorkerChoice, i: &Interpreter) -> Result<WorkerKind
     }
 }
 
-/// Probes every app's interpreter (concurrently) and checks its files.
-pub async fn check(config: &Config) -> Result<Vec<ReadyApp>, ConfigError> {
+/// Probes every app's interpreter (concurrently) and checks its files: the apps that passed,
+/// or those and every problem.
+pub async fn check(config: &Config) -> Result<Vec<ReadyApp>, (Vec<ReadyApp>, ConfigError)> {
     let front = front_account(config);
     let front_ref = front.as_ref().ok().and_then(Option::as_ref);
     let probes = config
@@ -159,7 +195,7 @@ pub async fn check(config: &Config) -> Result<Vec<ReadyApp>, ConfigError> {
     if problems.is_empty() {
         Ok(ready)
     } else {
-        Err(ConfigError { problems })
+        Err((ready, ConfigError { problems }))
     }
 }
 

@@ -293,3 +293,52 @@ fn five_mistakes_are_reported_in_one_run() {
         "{text}"
     );
 }
+
+/// Mistakes of the file and of the machine together, all in one `check`: an odd `listen` entry
+/// and a near-miss key (the file), then for the apps whose own entries are sound a missing
+/// interpreter, a missing script and an import that fails (the machine) — five problems, five
+/// lines, no Rust or serde words.
+#[test]
+fn mistakes_of_the_file_and_of_the_machine_are_reported_in_one_run() {
+    let Some(py) = require_python("3.13") else {
+        return;
+    };
+    let site = Site::new();
+    site.probe("app");
+    site.write(
+        "lib/shop.py",
+        "import no_such_module_here\napplication = None\n",
+    );
+    let path = site.write(
+        "wsgimux.yaml",
+        &format!(
+            "listen: {{port: 80}}\napps:\n  web:\n    python: {py}\n    script: app/probe.py\n    workdir: app\n  old:\n    python: /nonexistent/bin/python3\n    script: app/probe.py\n    mount: /old\n  gone:\n    python: {py}\n    script: app/missing.py\n    mount: /gone\n  shop:\n    python: {py}\n    module: shop\n    working_dir: lib\n    mount: /shop\n",
+            py = py.display()
+        ),
+    );
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("check");
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for want in [
+        "wsgimux.yaml:1:9: key \"listen\": must be an address (\"127.0.0.1:8080\"), a list of addresses, or a list of entries like {address:",
+        "wsgimux.yaml:6:5: app \"web\", key \"workdir\": `workdir` is not a key wsgimux knows; did you mean `working_dir`?",
+        "wsgimux.yaml:8:5: app \"old\", key \"python\": /nonexistent/bin/python3 does not exist",
+        "wsgimux.yaml:13:5: app \"gone\", key \"script\":",
+        "wsgimux.yaml:17:5: app \"shop\", key \"module\":",
+    ] {
+        assert!(text.contains(want), "{want}\nnot in:\n{text}");
+    }
+    assert!(text.contains("no_such_module_here"), "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.contains("wsgimux.yaml:")).count(),
+        5,
+        "{text}"
+    );
+    for rust in ["untagged", "Raw", "enum", "struct", "u32"] {
+        assert!(!text.contains(rust), "{rust}: {text}");
+    }
+}
