@@ -46,7 +46,7 @@ impl fmt::Display for Interpreter {
 pub enum InterpreterError {
     #[error("{0} does not exist")]
     Missing(PathBuf),
-    #[error("{dir} is a folder but not a virtualenv: it has no bin/python")]
+    #[error("{dir} is a folder with no Python in it (no bin/python, bin/python3 or bin/python3.X, as a virtualenv or an installation's folder has)")]
     NotAVenv { dir: PathBuf },
     #[error("{0:?} was not found on PATH")]
     NotOnPath(String),
@@ -58,6 +58,8 @@ pub enum InterpreterError {
     },
     #[error("{path} did not answer within {}s", PROBE_TIMEOUT.as_secs())]
     Timeout { path: PathBuf },
+    #[error("{} is Apple's python3, which needs the Command Line Tools (`xcode-select --install`), or point `python:` at Homebrew's `python@3.x` (e.g. /opt/homebrew/opt/python@3.13/bin/python3.13)", path.display())]
+    AppleStub { path: PathBuf },
     #[error("{path} is a pyenv shim that runs no Python: {advice}")]
     Pyenv { path: PathBuf, advice: String },
     #[error("{path} does not run: {detail}")]
@@ -69,12 +71,12 @@ pub fn resolve(spec: &PythonSpec) -> Result<(PathBuf, Option<PathBuf>), Interpre
     match spec {
         PythonSpec::Path(p) => {
             if p.is_dir() {
-                let exe = ["bin/python", "bin/python3", "Scripts/python.exe"]
-                    .iter()
-                    .map(|c| p.join(c))
-                    .find(|c| c.is_file())
-                    .ok_or_else(|| InterpreterError::NotAVenv { dir: p.clone() })?;
-                Ok((exe, Some(p.clone())))
+                let exe =
+                    in_folder(p).ok_or_else(|| InterpreterError::NotAVenv { dir: p.clone() })?;
+                // A virtualenv, or an installation's own folder (a Homebrew keg, a framework's
+                // `Versions/3.x`, a pyenv version): only the first sets VIRTUAL_ENV.
+                let venv = p.join("pyvenv.cfg").is_file().then(|| p.clone());
+                Ok((exe, venv))
             } else if p.exists() {
                 Ok((p.clone(), venv_of(p)))
             } else {
@@ -93,6 +95,67 @@ pub fn resolve(spec: &PythonSpec) -> Result<(PathBuf, Option<PathBuf>), Interpre
                 .ok_or_else(|| InterpreterError::NotOnPath(name.clone()))
         }
     }
+}
+
+/// The interpreter in a folder given as `python:`: a virtualenv's `bin/python`, an
+/// installation's `bin/python3` (Homebrew's kegs and python.org's framework versions have no
+/// `bin/python`), or its one `bin/python3.X`.
+fn in_folder(dir: &Path) -> Option<PathBuf> {
+    let named = ["bin/python", "bin/python3"]
+        .iter()
+        .map(|c| dir.join(c))
+        .find(|c| is_executable(c));
+    named.or_else(|| {
+        let mut versioned: Vec<PathBuf> = std::fs::read_dir(dir.join("bin"))
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+                name.is_some_and(|n| {
+                    n.strip_prefix("python3.")
+                        .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                })
+            })
+            .filter(|p| is_executable(p))
+            .collect();
+        versioned.sort();
+        versioned.pop()
+    })
+}
+
+/// Apple's `/usr/bin/python3` (or a virtualenv made from it): a stub that runs the Command Line
+/// Tools' Python, and without them opens a dialog to install them and fails — under launchd,
+/// a bare probe failure. `venv_home`: the `home` of the virtualenv the executable is in.
+pub fn is_apple_stub(executable: &Path, venv_home: Option<&Path>) -> bool {
+    let stub = Path::new("/usr/bin/python3");
+    let real = std::fs::canonicalize(executable).unwrap_or_else(|_| executable.to_path_buf());
+    executable == stub || real == stub || venv_home == Some(Path::new("/usr/bin"))
+}
+
+/// The `home` a virtualenv's `pyvenv.cfg` names.
+fn venv_home(venv: &Path) -> Option<PathBuf> {
+    let cfg = std::fs::read_to_string(venv.join("pyvenv.cfg")).ok()?;
+    cfg.lines().find_map(|l| {
+        let (k, v) = l.split_once('=')?;
+        (k.trim() == "home").then(|| PathBuf::from(v.trim()))
+    })
+}
+
+/// Whether Apple's Command Line Tools are installed (`xcode-select -p` succeeds): what
+/// `/usr/bin/python3` needs to be a Python.
+async fn command_line_tools() -> bool {
+    let run = tokio::process::Command::new("xcode-select")
+        .arg("-p")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .status();
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, run).await,
+        Ok(Ok(status)) if status.success()
+    )
 }
 
 /// `<venv>/bin/python` → `<venv>`, recognised by its `pyvenv.cfg`.
@@ -117,6 +180,14 @@ sys.stdout.write('%s %d.%d.%d %d\\n%s\\n' % (platform.python_implementation(), v
 /// Resolves and runs the interpreter once to learn what it is.
 pub async fn probe(spec: &PythonSpec) -> Result<Interpreter, InterpreterError> {
     let (executable, venv) = resolve(spec)?;
+    // Recognised before it is run: run, it would ask for the tools with a dialog, and fail.
+    let home = venv.as_deref().and_then(venv_home);
+    if cfg!(target_os = "macos")
+        && is_apple_stub(&executable, home.as_deref())
+        && !command_line_tools().await
+    {
+        return Err(InterpreterError::AppleStub { path: executable });
+    }
     let child = tokio::process::Command::new(&executable)
         .args(["-E", "-s", "-c", PROBE])
         // `-E` ignores PYTHON*; a framework build's launcher variable would name another venv.
@@ -258,6 +329,98 @@ mod tests {
         assert_eq!(
             pyenv_advice("Traceback (most recent call last):\nImportError: x\n"),
             None
+        );
+    }
+
+    /// An executable file at `dir/rel` (a stand-in: only its place is read).
+    fn exe(dir: &Path, rel: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    /// The Pythons a Mac has, laid out as each installs itself (no Mac needed: this reads the
+    /// trees): `python:` as each one's executable, as its folder, and as a virtualenv of it.
+    #[test]
+    fn mac_python_layouts_resolve_to_their_interpreter() {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        let t = t.path();
+        let path = |p: &Path| resolve(&PythonSpec::Path(p.to_path_buf())).unwrap();
+        // Homebrew: opt/python@3.13 → Cellar/python@3.13/3.13.1, whose bin/python3.13 links
+        // into its framework; no bin/python.
+        let keg = t.join("opt/homebrew/Cellar/python@3.13/3.13.1");
+        let real = exe(
+            &keg,
+            "Frameworks/Python.framework/Versions/3.13/bin/python3.13",
+        );
+        std::fs::create_dir_all(keg.join("bin")).unwrap();
+        symlink(&real, keg.join("bin/python3.13")).unwrap();
+        std::fs::create_dir_all(t.join("opt/homebrew/opt")).unwrap();
+        symlink(&keg, t.join("opt/homebrew/opt/python@3.13")).unwrap();
+        let opt = t.join("opt/homebrew/opt/python@3.13");
+        let given = opt.join("bin/python3.13");
+        assert_eq!(
+            path(&given),
+            (given.clone(), None),
+            "run as given, not resolved"
+        );
+        assert_eq!(
+            path(&opt),
+            (opt.join("bin/python3.13"), None),
+            "a keg is no venv"
+        );
+        // python.org's framework build: Versions/3.12/bin/python3 (and python3.12).
+        let version = t.join("Library/Frameworks/Python.framework/Versions/3.12");
+        exe(&version, "bin/python3.12");
+        let python3 = exe(&version, "bin/python3");
+        assert_eq!(path(&version), (python3.clone(), None));
+        assert_eq!(path(&python3), (python3, None));
+        // pyenv: versions/X/bin/python.
+        let pyenv = t.join(".pyenv/versions/3.11.7");
+        let py = exe(&pyenv, "bin/python");
+        assert_eq!(path(&pyenv), (py, None));
+        // A virtualenv of Homebrew's Python: pyvenv.cfg's home is the keg's bin.
+        let venv = t.join("venvs/shop");
+        std::fs::create_dir_all(venv.join("bin")).unwrap();
+        symlink(&given, venv.join("bin/python")).unwrap();
+        std::fs::write(
+            venv.join("pyvenv.cfg"),
+            format!("home = {}\n", opt.join("bin").display()),
+        )
+        .unwrap();
+        let in_venv = venv.join("bin/python");
+        assert_eq!(path(&venv), (in_venv.clone(), Some(venv.clone())));
+        assert_eq!(path(&in_venv), (in_venv.clone(), Some(venv.clone())));
+        assert_eq!(venv_home(&venv), Some(opt.join("bin")));
+        assert!(!is_apple_stub(&in_venv, venv_home(&venv).as_deref()));
+        // Apple's stub, and a venv made from it.
+        assert!(is_apple_stub(Path::new("/usr/bin/python3"), None));
+        let apple_venv = t.join("venvs/apple");
+        std::fs::create_dir_all(&apple_venv).unwrap();
+        std::fs::write(apple_venv.join("pyvenv.cfg"), "home = /usr/bin\n").unwrap();
+        assert!(is_apple_stub(
+            &exe(&apple_venv, "bin/python"),
+            venv_home(&apple_venv).as_deref()
+        ));
+        let err = InterpreterError::AppleStub {
+            path: "/usr/bin/python3".into(),
+        }
+        .to_string();
+        assert!(
+            err.contains("xcode-select --install") && err.contains("python@3."),
+            "{err}"
+        );
+        // A folder with no Python in it says what it looked for.
+        let empty = t.join("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        let err = resolve(&PythonSpec::Path(empty)).unwrap_err().to_string();
+        assert!(
+            err.contains("no bin/python, bin/python3 or bin/python3.X"),
+            "{err}"
         );
     }
 
