@@ -130,6 +130,14 @@ fn get_raw(addr: std::net::SocketAddr, raw: &str) -> harness::Response {
     harness::request(addr, raw.as_bytes()).expect("request")
 }
 
+/// `GET path` for host a.test with `extra` header lines, on a connection closed after it.
+fn get_on_close(addr: std::net::SocketAddr, path: &str, extra: &str) -> harness::Response {
+    get_raw(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: a.test\r\n{extra}Connection: close\r\n\r\n"),
+    )
+}
+
 /// `wsgimux status` (text and JSON) shows each app's processes with the numbers the test
 /// caused; the admin listener serves the same as a page a headless Chromium renders, and as
 /// Prometheus text.
@@ -403,12 +411,7 @@ fn static_single_files() {
     let (status, out, err) = site.check();
     assert!(status.success(), "{out}{err}");
     let server = site.serve();
-    let get = |path: &str, extra: &str| {
-        get_raw(
-            server.addr,
-            &format!("GET {path} HTTP/1.1\r\nHost: a.test\r\n{extra}Connection: close\r\n\r\n"),
-        )
-    };
+    let get = |path: &str, extra: &str| get_on_close(server.addr, path, extra);
     let robots = get("/robots.txt", "");
     assert_eq!(robots.status, 200);
     assert_eq!(robots.text(), "User-agent: *\nDisallow:\n");
@@ -494,12 +497,7 @@ fn static_files() {
         python.display()
     ));
     let server = site.serve();
-    let get = |path: &str, extra: &str| {
-        get_raw(
-            server.addr,
-            &format!("GET {path} HTTP/1.1\r\nHost: a.test\r\n{extra}Connection: close\r\n\r\n"),
-        )
-    };
+    let get = |path: &str, extra: &str| get_on_close(server.addr, path, extra);
     let css = get("/web/static/site.css", "");
     assert_eq!(css.status, 200);
     assert_eq!(css.text(), "body { color: red }\n");
