@@ -1,13 +1,17 @@
 //! Finding and probing a Python: a path, a command on PATH, or a virtualenv folder → the
 //! executable to run, and what it is (implementation, version, free-threaded or not).
 //!
-//! Owns nothing long-lived; each probe runs the interpreter once, bounded by a timeout.
+//! Owns the probe cache (`probe`): each interpreter file is run once per identity (path,
+//! inode, size, mtime) for the process's life, bounded by a timeout and a limit on probes at
+//! once.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::PythonSpec;
+
+mod probe;
 
 /// How long an interpreter may take to answer the probe (a cold start on a busy machine).
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -64,6 +68,9 @@ pub enum InterpreterError {
     Pyenv { path: PathBuf, advice: String },
     #[error("{path} does not run: {detail}")]
     Failed { path: PathBuf, detail: String },
+    /// The same failure, shared by the probes of one interpreter that waited for it.
+    #[error(transparent)]
+    Shared(std::sync::Arc<InterpreterError>),
 }
 
 /// Resolves `python:` to an executable (and its virtualenv, if any). Touches the file system.
@@ -171,13 +178,8 @@ fn is_executable(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Runs on every Python from 2.7 on; one line: implementation, version, free-threaded flag.
-const PROBE: &str = "import sys, platform, sysconfig\n\
-v = sys.version_info\n\
-ft = sysconfig.get_config_var('Py_GIL_DISABLED') or 0\n\
-sys.stdout.write('%s %d.%d.%d %d\\n%s\\n' % (platform.python_implementation(), v[0], v[1], v[2], int(ft), sys.executable))\n";
-
-/// Resolves and runs the interpreter once to learn what it is.
+/// Resolves the interpreter and learns what it is: from the probe cache when the same file
+/// was probed before (`probe::run`), else by running it once.
 pub async fn probe(spec: &PythonSpec) -> Result<Interpreter, InterpreterError> {
     let (executable, venv) = resolve(spec)?;
     // Recognised before it is run: run, it would ask for the tools with a dialog, and fail.
@@ -188,149 +190,26 @@ pub async fn probe(spec: &PythonSpec) -> Result<Interpreter, InterpreterError> {
     {
         return Err(InterpreterError::AppleStub { path: executable });
     }
-    let child = tokio::process::Command::new(&executable)
-        .args(["-E", "-s", "-c", PROBE])
-        // `-E` ignores PYTHON*; a framework build's launcher variable would name another venv.
-        .env_remove("__PYVENV_LAUNCHER__")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let out = match tokio::time::timeout(PROBE_TIMEOUT, child).await {
-        Err(_) => return Err(InterpreterError::Timeout { path: executable }),
-        Ok(Err(source)) => {
-            return Err(InterpreterError::Spawn {
-                path: executable,
-                source,
-            })
-        }
-        Ok(Ok(out)) => out,
-    };
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let parsed = out.status.success().then(|| parse_probe(&stdout)).flatten();
+    let probed = probe::run(&executable).await?;
     // A command found on PATH may be a wrapper (pyenv's shims): run what it runs.
-    let executable = match (spec, stdout.lines().nth(1).map(str::trim)) {
-        (PythonSpec::Command(_), Some(real))
-            if Path::new(real).is_absolute() && Path::new(real).is_file() =>
-        {
-            PathBuf::from(real)
+    let executable = match (spec, &probed.real) {
+        (PythonSpec::Command(_), Some(real)) if real.is_absolute() && real.is_file() => {
+            real.clone()
         }
         _ => executable,
     };
-    match parsed {
-        Some((implementation, version, free_threaded)) => Ok(Interpreter {
-            executable,
-            venv,
-            implementation,
-            version,
-            free_threaded,
-        }),
-        None => {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            if let Some(advice) = pyenv_advice(&stderr) {
-                return Err(InterpreterError::Pyenv {
-                    path: executable,
-                    advice,
-                });
-            }
-            let last = stderr
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("no output");
-            Err(InterpreterError::Failed {
-                path: executable,
-                detail: format!("{} ({})", out.status, last.trim()),
-            })
-        }
-    }
-}
-
-/// What a pyenv shim that runs no Python said, made into what to do: the version it wants is
-/// not installed (`pyenv: version `3.10.4' is not installed (set by …)`), or the command is not
-/// in the version in use (`pyenv: python3.8: command not found`, then the versions that have
-/// it). None for any other failure.
-fn pyenv_advice(stderr: &str) -> Option<String> {
-    let first = stderr.lines().find(|l| l.starts_with("pyenv: "))?;
-    let rest = first.strip_prefix("pyenv: ")?;
-    if let Some(v) = rest.strip_prefix("version `") {
-        let (version, after) = v.split_once('\'')?;
-        let set_by = after
-            .split_once("(set by ")
-            .and_then(|(_, s)| s.strip_suffix(')'))
-            .map(|s| format!(" (set by {s})"))
-            .unwrap_or_default();
-        return Some(format!(
-            "pyenv's version {version}{set_by} is not installed: run `pyenv install {version}`, or give python: the path of an installed one ($(pyenv root)/versions/VERSION/bin/python)"
-        ));
-    }
-    let command = rest.strip_suffix(": command not found")?;
-    let versions: Vec<&str> = stderr
-        .lines()
-        .skip_while(|l| !l.contains("exists in these Python versions"))
-        .skip(1)
-        .map(str::trim)
-        .take_while(|l| !l.is_empty())
-        .collect();
-    Some(match versions.first() {
-        Some(v) => format!(
-            "{command} is not in the pyenv version in use, but pyenv has it in {}: give python: its path ($(pyenv root)/versions/{v}/bin/{command}), or run `pyenv global {v}`",
-            versions.join(", ")
-        ),
-        None => format!(
-            "no installed pyenv version has {command}: run `pyenv install` for it (`pyenv install --list`), or give python: the path of another interpreter"
-        ),
+    Ok(Interpreter {
+        executable,
+        venv,
+        implementation: probed.implementation,
+        version: probed.version,
+        free_threaded: probed.free_threaded,
     })
-}
-
-fn parse_probe(out: &str) -> Option<(String, (u32, u32, u32), bool)> {
-    let mut it = out.lines().next()?.split_whitespace();
-    let implementation = it.next()?.to_string();
-    let mut v = it.next()?.split('.').map(|n| n.parse::<u32>());
-    let version = (v.next()?.ok()?, v.next()?.ok()?, v.next()?.ok()?);
-    let free_threaded = it.next()? == "1";
-    Some((implementation, version, free_threaded))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn probe_output() {
-        assert_eq!(
-            parse_probe("CPython 3.13.0 0\n"),
-            Some(("CPython".into(), (3, 13, 0), false))
-        );
-        assert_eq!(
-            parse_probe("PyPy 3.9.16 0"),
-            Some(("PyPy".into(), (3, 9, 16), false))
-        );
-        assert_eq!(parse_probe("garbage"), None);
-    }
-
-    #[test]
-    fn a_pyenv_shim_that_runs_nothing_says_what_to_install() {
-        let missing =
-            "pyenv: version `3.10.99' is not installed (set by /srv/app/.python-version)\n";
-        let advice = pyenv_advice(missing).unwrap();
-        assert!(advice.starts_with("pyenv's version 3.10.99 (set by /srv/app/.python-version) is not installed: run `pyenv install 3.10.99`"), "{advice}");
-        let elsewhere = "pyenv: python3.8: command not found\n\nThe `python3.8' command exists in these Python versions:\n  3.8.18\n\nNote: See 'pyenv help global' for tips on allowing multiple\n      Python versions to be found at the same time.\n";
-        let advice = pyenv_advice(elsewhere).unwrap();
-        assert!(
-            advice.contains("pyenv has it in 3.8.18")
-                && advice.contains("versions/3.8.18/bin/python3.8")
-                && advice.contains("pyenv global 3.8.18"),
-            "{advice}"
-        );
-        let nowhere = "pyenv: python3.4: command not found\n";
-        assert!(pyenv_advice(nowhere)
-            .unwrap()
-            .contains("no installed pyenv version has python3.4"));
-        assert_eq!(
-            pyenv_advice("Traceback (most recent call last):\nImportError: x\n"),
-            None
-        );
-    }
 
     /// An executable file at `dir/rel` (a stand-in: only its place is read).
     fn exe(dir: &Path, rel: &str) -> PathBuf {
