@@ -84,16 +84,19 @@ def scenario(n):
     time.sleep(0.5)
     rss = rss_kib(server.pid)
     route, restart, status = [], [], []
+    threads = 2
     try:
         for r in range(ROUNDS):
             # Route-only: a host added to (then removed from) one app.
-            config(n, folder, extra_host=(r % 2 == 0))
+            extra_host = r % 2 == 0
+            config(n, folder, busy_threads=threads, extra_host=extra_host)
             took, out = timed(['reload', '--timeout', '5m'], folder)
             if 're-routed busy' not in out:
                 raise RuntimeError('not a route-only reload: ' + out)
             route.append(took)
             # One app's threads: a restart of that app alone.
-            config(n, folder, busy_threads=2 + (r + 1) % 2 + 1, extra_host=(r % 2 == 0))
+            threads = 3 if threads == 2 else 2
+            config(n, folder, busy_threads=threads, extra_host=extra_host)
             took, out = timed(['reload', '--timeout', '5m'], folder)
             if 'restarted busy' not in out:
                 raise RuntimeError('not a restart: ' + out)

@@ -189,7 +189,7 @@ pub async fn serve_with(path: &Path, banner: Option<Banner>) -> Result<(), Start
     let (supervisor, running) = start_apps(&dir, &runtime, &config, &apps, &metrics);
     let first: Vec<(ReadyApp, Generation)> = running
         .iter()
-        .map(|r| (r.app.clone(), r.generation.clone()))
+        .map(|r| ((*r.app).clone(), r.generation.clone()))
         .collect();
     let admin_addr = admin_listener
         .as_ref()
@@ -271,7 +271,7 @@ fn start_apps(
     config: &Config,
     apps: &[ReadyApp],
     metrics: &Arc<Registry>,
-) -> (Supervisor, Vec<RunningApp>) {
+) -> (Supervisor, Vec<RunningApp<Generation>>) {
     let mut supervisor = Supervisor::new(
         dir.to_path_buf(),
         runtime.files.clone(),
@@ -281,7 +281,7 @@ fn start_apps(
     let running = apps
         .iter()
         .map(|a| RunningApp {
-            app: a.clone(),
+            app: Arc::new(a.clone()),
             generation: supervisor.start(a),
         })
         .collect();

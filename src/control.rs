@@ -205,7 +205,7 @@ fn explain_now(overview: &Overview, url: &str) -> Response {
     let Some(config) = &overview.effective else {
         return Response::Error("wsgimux is still starting".into());
     };
-    let apps: Vec<_> = overview.apps.iter().map(|a| a.app.clone()).collect();
+    let apps: Vec<_> = overview.apps.iter().map(|a| (*a.app).clone()).collect();
     let stores: Vec<crate::tls::CertStore> = config
         .tls
         .values()

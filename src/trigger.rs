@@ -99,6 +99,16 @@ pub struct Report {
     pub summary: String,
     /// Why it was rejected, or why apps kept their previous processes.
     pub errors: Vec<String>,
+    /// Changed keys that only a restart of wsgimux applies (`admin.listen`, `log_dir`, …):
+    /// they keep their running values until then.
+    #[serde(default)]
+    pub pending: Vec<String>,
+}
+
+/// The words every report and `status` use for keys that wait for a restart of wsgimux.
+pub fn pending_words(pending: &[impl AsRef<str>]) -> String {
+    let keys: Vec<&str> = pending.iter().map(AsRef::as_ref).collect();
+    format!("needs a restart to take effect: {}", keys.join(", "))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,7 +21,8 @@ pub struct ConfigDiff {
     /// access log changed: the front takes the new settings for new connections and requests.
     pub front_changed: bool,
     /// Top-level keys that changed and that only a restart of wsgimux applies (its own
-    /// `user`/`group`, `admin`, `log_dir`).
+    /// `user`/`group`, `admin.listen`, `log_dir`, `log_format`): the effective config keeps
+    /// their running values, and every reload says they wait for a restart.
     pub restart_only: Vec<&'static str>,
     /// The new config's apps in file order, then the removed ones.
     pub apps: Vec<AppChange>,
@@ -72,7 +73,8 @@ impl AppChange {
 }
 
 impl ConfigDiff {
-    /// True when applying it would change nothing that runs or routes.
+    /// True when applying it would change nothing that runs or routes (restart-only keys
+    /// change nothing until wsgimux restarts).
     pub fn is_empty(&self) -> bool {
         self.listen_added.is_empty()
             && self.listen_removed.is_empty()
@@ -103,9 +105,51 @@ impl ConfigDiff {
             .collect()
     }
 
+    /// The diff of a restart: `names` get new processes with the specs they run, nothing
+    /// else changes.
+    pub fn restart(config: &Config, names: &BTreeSet<String>) -> ConfigDiff {
+        let apps = config
+            .apps
+            .iter()
+            .map(|spec| match names.contains(&spec.name) {
+                true => AppChange::Restart {
+                    spec: spec.clone(),
+                    keys: Vec::new(),
+                },
+                false => AppChange::Unchanged(spec.clone()),
+            })
+            .collect();
+        ConfigDiff {
+            listen_added: Vec::new(),
+            listen_removed: Vec::new(),
+            runtime_dir_changed: false,
+            front_changed: false,
+            restart_only: Vec::new(),
+            apps,
+        }
+    }
+
+    /// The config in force once the diff is applied to `running`: the file's, except for the
+    /// keys only a restart applies (and `runtime_dir`, which a reload refuses to change), which
+    /// keep their running values, and the apps as `apply` leaves them.
+    pub fn effective(&self, running: &Config, file: &Config) -> Config {
+        Config {
+            user: running.user.clone(),
+            group: running.group.clone(),
+            admin: running.admin,
+            log_dir: running.log_dir.clone(),
+            log_format: running.log_format,
+            runtime_dir: running.runtime_dir.clone(),
+            runtime_dir_location: running.runtime_dir_location,
+            apps: self.apply(&running.apps),
+            ..file.clone()
+        }
+    }
+
     /// The diff as far as it could be carried out: the changes of the apps in `failed` (whose
-    /// new processes did not start) are dropped — an added one stays out, a changed one keeps
-    /// its spec in `old`.
+    /// new processes did not start) are dropped and they keep their spec in `old`. An added
+    /// app has no previous spec to keep: it stays (its routes answer 503 while its processes
+    /// are retried), so an added app's URLs are never handed to another app.
     pub fn without(&self, failed: &BTreeSet<String>, old: &[AppSpec]) -> ConfigDiff {
         let old: HashMap<&str, &AppSpec> = old.iter().map(|a| (a.name.as_str(), a)).collect();
         let apps = self
@@ -115,8 +159,10 @@ impl ConfigDiff {
                 if !failed.contains(c.name()) {
                     return Some(c.clone());
                 }
-                let kept = old.get(c.name()).map(|spec| (*spec).clone());
-                kept.map(AppChange::Unchanged)
+                match old.get(c.name()) {
+                    Some(spec) => Some(AppChange::Unchanged((*spec).clone())),
+                    None => matches!(c, AppChange::Added(_)).then(|| c.clone()),
+                }
             })
             .collect();
         ConfigDiff {
@@ -189,7 +235,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         restart_only: changed(&[
             (old.user != *user, "user"),
             (old.group != *group, "group"),
-            (old.admin != *admin, "admin"),
+            (old.admin != *admin, "admin.listen"),
             (old.log_dir != *log_dir, "log_dir"),
             (old.log_format != *log_format, "log_format"),
         ]),

@@ -17,8 +17,9 @@ use crate::status::Tally;
 use crate::supervisor::{Generation, StartFailure};
 use crate::trigger::{Cause, Kind, Outcome, Report};
 
+use super::model;
 use super::report;
-use super::{Reloader, RunningApp};
+use super::Reloader;
 
 /// Beyond an app's `startup_timeout`, how long a reload waits for its new generation (the
 /// processes time out by themselves first and say why).
@@ -63,10 +64,13 @@ impl Reloader {
                 return (self.finish(report), BTreeSet::new());
             }
         };
+        self.pending = plan.diff.restart_only.clone();
         if plan.diff.is_empty() {
-            self.config = plan.new;
-            self.refresh_specs();
-            let report = report::unchanged(number, cause, clock);
+            // Through the model all the same: positions and comments follow the file.
+            let started = model::Started::default();
+            self.running
+                .next(&plan.new, &plan.diff, &plan.ready, started);
+            let report = report::unchanged(number, cause, clock, &self.pending);
             return (self.finish(report), BTreeSet::new());
         }
         let started = self.start_generations(&plan).await;
@@ -76,7 +80,8 @@ impl Reloader {
             .iter()
             .map(|(name, (_, f))| (name.clone(), f.clone()))
             .collect();
-        let report = report::applied(number, cause, clock, restarted.1, &started.failed, &failing);
+        let report = report::applied(number, cause, clock, restarted.1, &started.failed, &failing)
+            .with_pending(&self.pending);
         (self.finish(report), restarted.0)
     }
 
@@ -90,11 +95,11 @@ impl Reloader {
                 .map(str::to_string)
                 .collect::<Vec<_>>()
         })?;
-        let refused = diff::reload_problems(&self.config, &new);
+        let refused = diff::reload_problems(&self.running.config, &new);
         if !refused.is_empty() {
             return Err(refused.iter().map(ToString::to_string).collect());
         }
-        let mut d = diff::diff(&self.config, &new);
+        let mut d = diff::diff(&self.running.config, &new);
         let ready: HashMap<String, ReadyApp> = ready
             .into_iter()
             .map(|a| (a.spec.name.clone(), a))
@@ -106,7 +111,11 @@ impl Reloader {
                 _ => continue,
             };
             let now = ready.get(&spec.name).map(|a| &a.interpreter);
-            let before = self.apps.get(&spec.name).map(|a| &a.app.interpreter);
+            let before = self
+                .running
+                .apps
+                .get(&spec.name)
+                .map(|a| &a.app.interpreter);
             if now.is_some() && now != before {
                 keys.insert(0, "python");
                 *change = AppChange::Restart { spec, keys };
@@ -129,12 +138,6 @@ impl Reloader {
         } else {
             None
         };
-        if !plan.diff.restart_only.is_empty() {
-            tracing::warn!(
-                "changed top-level {} applies when wsgimux is restarted",
-                plan.diff.restart_only.join(", ")
-            );
-        }
         let bound = server::bind(&plan.diff.listen_added)
             .await
             .map_err(|e| vec![e.to_string()])?;
@@ -183,69 +186,46 @@ impl Reloader {
         started
     }
 
-    /// Step 4: the effective config is the diff applied as far as it could be
-    /// (`ConfigDiff::without` the failed apps, then `apply`); new and re-routed apps in,
-    /// removed ones out, in one snapshot swap; then listeners and retirements. Returns the apps
-    /// that got new processes, and the summary of what changed.
+    /// Step 4: what runs next, from the model (`Running::next`: the diff as far as it could
+    /// be carried out); new and re-routed apps in, removed ones out, in one snapshot swap; then
+    /// listeners and retirements. Returns the apps that got new processes, and the summary of
+    /// what changed.
     async fn switch(
         &mut self,
         plan: Plan,
         front: PreparedFront,
         started: &Started,
     ) -> (BTreeSet<String>, String) {
-        let failed: BTreeSet<String> = started.failed.keys().cloned().collect();
-        let done = plan.diff.without(&failed, &self.config.apps);
-        let mut effective = plan.new;
-        effective.apps = done.apply(&self.config.apps);
-        let mut retire: Vec<(Generation, Duration)> = Vec::new();
-        for change in &done.apps {
-            let name = change.name();
-            match change {
-                AppChange::Removed(_) => {
-                    if let Some(old) = self.apps.remove(name) {
-                        retire.push((old.generation, old.app.spec.lifecycle.drain_timeout));
-                    }
-                }
-                AppChange::Added(_) | AppChange::Restart { .. } => {
-                    let g = started
-                        .ready
-                        .get(name)
-                        .or_else(|| started.added_failing.get(name).map(|(g, _)| g));
-                    let (Some(g), Some(app)) = (g, plan.ready.get(name)) else {
-                        continue;
-                    };
-                    let running = RunningApp {
-                        app: app.clone(),
-                        generation: g.clone(),
-                    };
-                    if let Some(old) = self.apps.insert(name.to_string(), running) {
-                        retire.push((old.generation, app.spec.lifecycle.drain_timeout));
-                    }
-                }
-                AppChange::Update { .. } | AppChange::Unchanged(_) => {}
-            }
+        let mut generations = started.ready.clone();
+        for (name, (g, _)) in &started.added_failing {
+            generations.insert(name.clone(), g.clone());
         }
-        self.config = effective;
-        self.refresh_specs();
+        let outcome = model::Started {
+            generations,
+            failed: started.failed.keys().cloned().collect(),
+        };
+        let changed = self
+            .running
+            .next(&plan.new, &plan.diff, &plan.ready, outcome);
         self.publish(front.front);
         for (addr, listener) in front.bound {
             self.server.add(addr, listener);
         }
-        for addr in &done.listen_removed {
+        for addr in &changed.done.listen_removed {
             self.server.remove(addr).await;
         }
-        for (g, drain) in retire {
+        for (g, drain) in changed.retired {
             self.supervisor.retire(g.id, drain);
         }
         self.update_code_watchers();
-        self.check_invariants();
-        let restarted = done
+        let restarted = changed
+            .done
             .apps
             .iter()
             .filter(|c| matches!(c, AppChange::Restart { .. }))
             .map(|c| c.name().to_string())
             .collect();
-        let pids = |name: &str| self.apps.get(name).map(|a| a.generation.pids());
+        let pids = |name: &str| self.running.apps.get(name).map(|a| a.generation.pids());
         let added_failing = started.added_failing.keys().cloned().collect();
         (
             restarted,
@@ -262,10 +242,10 @@ impl Reloader {
         let clock = Instant::now();
         let unknown: Vec<&String> = names
             .iter()
-            .filter(|n| !self.apps.contains_key(*n))
+            .filter(|n| !self.running.apps.contains_key(*n))
             .collect();
         if !unknown.is_empty() || names.is_empty() {
-            let known: Vec<&str> = self.apps.keys().map(String::as_str).collect();
+            let known: Vec<&str> = self.running.apps.keys().map(String::as_str).collect();
             let errors = match unknown.is_empty() {
                 true => vec!["name the apps to restart".to_string()],
                 false => unknown
@@ -277,8 +257,8 @@ impl Reloader {
         }
         let mut starting = Vec::new();
         for name in names {
-            if let Some(running) = self.apps.get(name) {
-                let app = running.app.clone();
+            if let Some(running) = self.running.apps.get(name) {
+                let app = (*running.app).clone();
                 let serving = !running.generation.pids().is_empty();
                 let g = self.supervisor.start(&app);
                 self.wake_if_running(name, &g);
@@ -290,30 +270,36 @@ impl Reloader {
             .map(|(app, g, _)| g.wait_ready(app.spec.lifecycle.startup_timeout + READY_MARGIN));
         let results = futures_util::future::join_all(waits).await;
         let mut outcomes = Vec::new();
+        let mut outcome = model::Started::default();
+        let mut ready = HashMap::new();
         for ((app, g, serving), result) in starting.into_iter().zip(results) {
             let name = app.spec.name.clone();
             match result {
                 Ok(pids) => {
-                    let drain = app.spec.lifecycle.drain_timeout;
-                    let running = RunningApp { app, generation: g };
-                    if let Some(old) = self.apps.insert(name.clone(), running) {
-                        self.supervisor.retire(old.generation.id, drain);
-                    }
-                    outcomes.push((name, report::Restarted::Done(pids)));
+                    outcome.generations.insert(name.clone(), g);
+                    outcomes.push((name.clone(), report::Restarted::Done(pids)));
                 }
                 Err(f) => {
                     self.supervisor.stop(g.id);
                     report::log_failure(&name, &f);
+                    outcome.failed.insert(name.clone());
                     let r = match serving {
                         true => report::Restarted::Kept(f),
                         false => report::Restarted::NeverStarted(f),
                     };
-                    outcomes.push((name, r));
+                    outcomes.push((name.clone(), r));
                 }
             }
+            ready.insert(name, app);
+        }
+        // A restart is the diff that restarts these apps with the specs they run.
+        let config = self.running.config.clone();
+        let restart = ConfigDiff::restart(&config, &outcome.generations.keys().cloned().collect());
+        let changed = self.running.next(&config, &restart, &ready, outcome);
+        for (g, drain) in changed.retired {
+            self.supervisor.retire(g.id, drain);
         }
         self.publish(None);
-        self.check_invariants();
         let report = report::restarted(number, cause, clock, &outcomes);
         self.finish(report)
     }
@@ -323,6 +309,7 @@ impl Reloader {
     /// request.
     fn wake_if_running(&self, name: &str, new: &Generation) {
         let running = self
+            .running
             .apps
             .get(name)
             .is_some_and(|r| !r.generation.pids().is_empty());
@@ -354,6 +341,8 @@ impl Reloader {
         self.tally(report.kind).last = Some((std::time::SystemTime::now(), report.clone()));
         self.last = Some(report.clone());
         self.publish_overview();
+        // The one exit of every reload and restart, whatever it did.
+        self.check_invariants();
         report
     }
 }

@@ -8,9 +8,11 @@
 //! leaves its app as it was (rollback). Does not parse YAML, watch files or speak HTTP:
 //! triggers come from `watch`, `control` and signals.
 //!
-//! Rooms: `apply` (the steps), `report` (the summary line and failures, pure).
+//! Rooms: `model` (what runs, and the one function that changes it, pure), `apply` (the
+//! steps), `report` (the summary line and failures, pure).
 
 mod apply;
+mod model;
 mod report;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -22,7 +24,6 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{AppSpec, Config};
 use crate::metrics::Registry;
-use crate::preflight::ReadyApp;
 use crate::proxy::{AppRoute, Front, Live, Proxy, Table};
 use crate::routes::RouteTable;
 use crate::server::Server;
@@ -30,21 +31,18 @@ use crate::status::{AppOverview, Overview, Tally};
 use crate::supervisor::{Generation, Supervisor};
 use crate::trigger::{Cause, Report, Trigger};
 use crate::watch::{self as filewatch, CodeWatcher, Fingerprint, RestartFileWatcher};
-
-/// One app as it runs: its spec, its interpreter and its current generation.
-pub struct RunningApp {
-    pub app: ReadyApp,
-    pub generation: Generation,
-}
+pub use model::{Running, RunningApp};
 
 /// Everything a reload reads and changes.
 pub struct Reloader {
     /// The config file as given to `serve` (absolute, symlinks not resolved).
     path: PathBuf,
-    /// What runs: the last config applied, with the previous spec of apps whose new
-    /// generation failed.
-    config: Config,
-    apps: BTreeMap<String, RunningApp>,
+    /// What runs (the effective config, each app's generation): changed only through
+    /// `Running::next`.
+    running: Running<Generation>,
+    /// The restart-only keys the file changed (they wait for a restart of wsgimux), as of the
+    /// last reload that read it.
+    pending: Vec<&'static str>,
     supervisor: Supervisor,
     server: Server,
     /// What every connection and request reads; written only here, the first value included.
@@ -74,7 +72,7 @@ impl Reloader {
     pub fn new(
         path: PathBuf,
         config: Config,
-        apps: Vec<RunningApp>,
+        apps: Vec<RunningApp<Generation>>,
         supervisor: Supervisor,
         front: Front,
         listeners: Vec<(SocketAddr, tokio::net::TcpListener)>,
@@ -82,11 +80,15 @@ impl Reloader {
         metrics: Arc<Registry>,
         overview: watch::Sender<Arc<Overview>>,
     ) -> Self {
-        let apps: BTreeMap<String, RunningApp> = apps
+        let apps: BTreeMap<String, RunningApp<Generation>> = apps
             .into_iter()
             .map(|a| (a.app.spec.name.clone(), a))
             .collect();
         let routes = table(&config.apps, &apps, &metrics);
+        let running = Running {
+            config: Arc::new(config),
+            apps,
+        };
         let (live, live_rx) = watch::channel(Arc::new(Live {
             routes: Arc::new(routes),
             front: Arc::new(front),
@@ -97,8 +99,8 @@ impl Reloader {
         }
         let mut r = Reloader {
             path,
-            config,
-            apps,
+            running,
+            pending: Vec::new(),
             supervisor,
             server,
             live,
@@ -200,7 +202,7 @@ impl Reloader {
     /// Replaces the live snapshot in one step: a table that leads to the current generations,
     /// with the new front settings if given (else the current ones).
     fn publish(&mut self, front: Option<Front>) {
-        let routes = table(&self.config.apps, &self.apps, &self.metrics);
+        let routes = table(&self.running.config.apps, &self.running.apps, &self.metrics);
         let front = match front {
             Some(f) => {
                 self.server.set_max_connections(f.limits.max_connections);
@@ -223,11 +225,12 @@ impl Reloader {
             .map(|(scheme, local)| format!("{scheme}://{local}"))
             .collect();
         let apps = self
+            .running
             .config
             .apps
             .iter()
             .filter_map(|spec| {
-                let r = self.apps.get(&spec.name)?;
+                let r = self.running.apps.get(&spec.name)?;
                 Some(AppOverview {
                     app: r.app.clone(),
                     generation: r.generation.clone(),
@@ -242,31 +245,31 @@ impl Reloader {
             listeners,
             admin: previous.admin.clone(),
             apps,
-            effective: Some(Arc::new(self.config.clone())),
+            effective: Some(self.running.config.clone()),
+            pending_restart: self.pending.iter().map(|k| k.to_string()).collect(),
             reloads: self.reloads.clone(),
             restarts: self.restarts.clone(),
             unrouted: Some(self.live.borrow().front.access.unrouted.clone()),
         }));
     }
 
-    /// What every reload leaves true, checked in debug builds (so every test checks it): each
-    /// app of the effective config runs a generation and nothing else runs, and the live table
-    /// leads to exactly those apps, each to its current generation.
+    /// What every reload and restart leaves true, checked at their one exit (`finish`) in
+    /// debug builds, so every test checks it: the model's own rules (`Running::problems`), and
+    /// the live table leads to exactly the running apps, each to its current generation.
     fn check_invariants(&self) {
         if !cfg!(debug_assertions) {
             return;
         }
-        let configured: BTreeSet<&str> = self.config.apps.iter().map(|a| a.name.as_str()).collect();
-        let running: BTreeSet<&str> = self.apps.keys().map(String::as_str).collect();
-        assert_eq!(
-            configured, running,
-            "the config's apps are the running apps"
+        let problems = self.running.problems();
+        assert!(
+            problems.is_empty(),
+            "the reload model is broken: {problems:?}"
         );
         let live = self.live.borrow().clone();
         let mut routed = BTreeSet::new();
         for (_, route) in live.routes.entries() {
             let name = &*route.target.name;
-            let current = self.apps.get(name).map(|a| a.generation.id);
+            let current = self.running.apps.get(name).map(|a| a.generation.id);
             assert_eq!(
                 current,
                 Some(route.target.generation),
@@ -274,27 +277,17 @@ impl Reloader {
             );
             routed.insert(name.to_string());
         }
-        let routed: BTreeSet<&str> = routed.iter().map(String::as_str).collect();
+        let running: BTreeSet<String> = self.running.apps.keys().cloned().collect();
         assert_eq!(
-            routed, configured,
-            "the table leads to exactly the config's apps"
+            routed, running,
+            "the table leads to exactly the running apps"
         );
-    }
-
-    /// Gives apps whose processes stayed their new spec (routes and settings may differ; a
-    /// process setting cannot, or the app would have a new generation).
-    fn refresh_specs(&mut self) {
-        for spec in &self.config.apps {
-            if let Some(running) = self.apps.get_mut(&spec.name) {
-                running.app.spec = spec.clone();
-            }
-        }
     }
 
     /// Starts a code watcher for each app with `reload_on_changes`, stops the others'.
     fn update_code_watchers(&mut self) {
-        let wanted: HashMap<&str, Vec<PathBuf>> = self
-            .config
+        let config = self.running.config.clone();
+        let wanted: HashMap<&str, Vec<PathBuf>> = config
             .apps
             .iter()
             .filter(|a| a.lifecycle.reload_on_changes)
@@ -313,8 +306,7 @@ impl Reloader {
                 Err(e) => tracing::error!("[{name}] reload_on_changes: {e}"),
             }
         }
-        let wanted: HashMap<&str, &PathBuf> = self
-            .config
+        let wanted: HashMap<&str, &PathBuf> = config
             .apps
             .iter()
             .filter_map(|a| Some((a.name.as_str(), a.lifecycle.restart_file.as_ref()?)))
@@ -343,7 +335,11 @@ impl Reloader {
 }
 
 /// The route table for the running apps, in config order.
-fn table(order: &[AppSpec], apps: &BTreeMap<String, RunningApp>, metrics: &Registry) -> Table {
+fn table(
+    order: &[AppSpec],
+    apps: &BTreeMap<String, RunningApp<Generation>>,
+    metrics: &Registry,
+) -> Table {
     RouteTable::for_apps(order.iter().filter_map(|spec| {
         let g = &apps.get(&spec.name)?.generation;
         let route = AppRoute::new(

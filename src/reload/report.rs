@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use crate::config::diff::{AppChange, ConfigDiff};
 use crate::supervisor::StartFailure;
-use crate::trigger::{Cause, Kind, Outcome, Report};
+use crate::trigger::{pending_words, Cause, Kind, Outcome, Report};
 
 /// Lines of a failed child's stderr repeated in the log.
 const LOGGED_STDERR_LINES: usize = 10;
@@ -39,10 +39,18 @@ pub(super) fn rejected(number: u64, cause: &Cause, errors: Vec<String>) -> Repor
             }
         ),
         errors,
+        pending: Vec::new(),
     }
 }
 
-pub(super) fn unchanged(number: u64, cause: &Cause, clock: Instant) -> Report {
+/// Nothing that runs or routes changed; `pending` are the changed keys only a restart of
+/// wsgimux applies.
+pub(super) fn unchanged(
+    number: u64,
+    cause: &Cause,
+    clock: Instant,
+    pending: &[&'static str],
+) -> Report {
     Report {
         kind: cause.kind(),
         number,
@@ -54,6 +62,20 @@ pub(super) fn unchanged(number: u64, cause: &Cause, clock: Instant) -> Report {
             elapsed(clock)
         ),
         errors: Vec::new(),
+        pending: Vec::new(),
+    }
+    .with_pending(pending)
+}
+
+impl Report {
+    /// The report, saying which changed keys wait for a restart of wsgimux (if any).
+    pub(super) fn with_pending(mut self, pending: &[&'static str]) -> Report {
+        if !pending.is_empty() {
+            self.summary
+                .push_str(&format!("; {}", pending_words(pending)));
+            self.pending = pending.iter().map(|k| k.to_string()).collect();
+        }
+        self
     }
 }
 
@@ -89,6 +111,7 @@ pub(super) fn applied(
                     .map(|(app, f)| added_failing_text(app, f)),
             )
             .collect(),
+        pending: Vec::new(),
     }
 }
 
@@ -161,6 +184,7 @@ pub(super) fn restarted(
             parts.join("; ")
         ),
         errors,
+        pending: Vec::new(),
     }
 }
 
@@ -336,12 +360,14 @@ mod tests {
         let d = diff::diff(&old, &new);
         // Everything started: the new file's apps.
         assert_eq!(d.apply(&old.apps), new.apps);
-        // b's and c's new processes failed: b keeps its old spec, c stays out, a still goes.
+        // b's and c's new processes failed: b keeps its old spec, c (added) stays with its
+        // routes, a still goes.
         let failed = ["b".to_string(), "c".to_string()].into();
         let effective = d.without(&failed, &old.apps).apply(&old.apps);
         let names: Vec<&str> = effective.iter().map(|a| a.name.as_str()).collect();
-        assert_eq!(names, ["b"]);
+        assert_eq!(names, ["b", "c"]);
         assert_eq!(effective[0], old.apps[1], "b as it ran before");
+        assert_eq!(effective[1], new.apps[1], "c as the file says");
     }
 
     #[test]

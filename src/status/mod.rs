@@ -28,6 +28,8 @@ pub struct Overview {
     pub apps: Vec<AppOverview>,
     /// The config in force (for `explain` asked of the running server).
     pub effective: Option<Arc<crate::config::Config>>,
+    /// Keys the file changed that only a restart of wsgimux applies (`admin.listen`, …).
+    pub pending_restart: Vec<String>,
     /// Config reloads, and restarts of apps' processes, apart.
     pub reloads: Tally,
     pub restarts: Tally,
@@ -52,6 +54,7 @@ impl Overview {
             admin,
             apps: Vec::new(),
             effective: None,
+            pending_restart: Vec::new(),
             reloads: Tally::default(),
             restarts: Tally::default(),
             unrouted: None,
@@ -60,7 +63,7 @@ impl Overview {
 }
 
 pub struct AppOverview {
-    pub app: ReadyApp,
+    pub app: Arc<ReadyApp>,
     pub generation: Generation,
     pub stats: Arc<AppCounters>,
 }
@@ -85,6 +88,10 @@ pub struct StatusReport {
     pub last_restart: Option<ReloadStatus>,
     /// Requests no app was chosen for, by status class (1xx … 5xx).
     pub unrouted: [u64; 5],
+    /// Keys the file changed that only a restart of wsgimux applies: what runs keeps their
+    /// previous values.
+    #[serde(default)]
+    pub pending_restart: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -216,6 +223,7 @@ pub fn collect(o: &Overview) -> StatusReport {
             .as_ref()
             .map(|c| c.snapshot().by_class)
             .unwrap_or_default(),
+        pending_restart: o.pending_restart.clone(),
     }
 }
 

@@ -67,6 +67,9 @@ pub fn render_text(s: &StatusReport) -> String {
     if let Some(a) = &s.admin {
         let _ = writeln!(out, "admin:     http://{a}/");
     }
+    if !s.pending_restart.is_empty() {
+        let _ = writeln!(out, "{}", crate::trigger::pending_words(&s.pending_restart));
+    }
     text_last(&mut out, "reload", s.last_reload.as_ref(), now);
     if s.last_restart.is_some() {
         text_last(&mut out, "restart", s.last_restart.as_ref(), now);

@@ -146,7 +146,9 @@ impl Slot {
                 dormant = false;
             }
             let started = Instant::now();
-            let ended = self.serve(&mut attempt).await;
+            // Boxed: a serving process's state is large, and a host of dormant apps keeps
+            // thousands of these tasks waiting for demand with only the small state above.
+            let ended = Box::pin(self.serve(&mut attempt)).await;
             if *self.stop.borrow() {
                 return;
             }

@@ -17,6 +17,7 @@ mod python_layouts;
 mod reload;
 mod routing;
 mod runtime_area;
+mod scale;
 mod servers;
 mod streaming;
 mod supervision;
