@@ -187,9 +187,9 @@ pub async fn serve_with(path: &Path, banner: Option<Banner>) -> Result<(), Start
 
     let metrics = Arc::new(Registry::default());
     let (supervisor, running) = start_apps(&dir, &runtime, &config, &apps, &metrics);
-    let first: Vec<(ReadyApp, Generation)> = running
+    let first: Vec<(Arc<ReadyApp>, Generation)> = running
         .iter()
-        .map(|r| ((*r.app).clone(), r.generation.clone()))
+        .map(|r| (r.app.clone(), r.generation.clone()))
         .collect();
     let admin_addr = admin_listener
         .as_ref()
@@ -454,7 +454,7 @@ fn reopen_logs() {
 pub type Banner = Box<dyn FnOnce(&[ReadyApp], &[String]) -> String + Send>;
 
 async fn report_readiness(
-    apps: Vec<(ReadyApp, Generation)>,
+    apps: Vec<(Arc<ReadyApp>, Generation)>,
     addrs: Vec<(&'static str, SocketAddr)>,
     banner: Option<Banner>,
 ) {
@@ -494,7 +494,7 @@ async fn report_readiness(
     crate::sdnotify::ready(&status);
     if let Some(banner) = banner {
         let urls: Vec<String> = addrs.iter().map(|(s, a)| format!("{s}://{a}")).collect();
-        let ready: Vec<ReadyApp> = apps.iter().map(|(a, _)| a.clone()).collect();
+        let ready: Vec<ReadyApp> = apps.iter().map(|(a, _)| (**a).clone()).collect();
         print!("{}", banner(&ready, &urls));
     }
     for (scheme, a) in &addrs {
