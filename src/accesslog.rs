@@ -55,7 +55,7 @@ impl AccessSink {
             },
             AccessLogTo::Stdout => Destination::Stdout,
             AccessLogTo::Off => Destination::Off,
-            AccessLogTo::File(p) => Destination::File(LogFile::open_buffered(p)?),
+            AccessLogTo::File(p) => Destination::File(LogFile::open_queued(p)?),
         };
         Ok(AccessSink {
             to,
@@ -69,12 +69,14 @@ impl AccessSink {
             Destination::MainLog { json_log: true } => {
                 tracing::info!(target: "wsgimux::access", "{line}")
             }
+            // Through the streams' queues: a reader that does not keep up costs lines (counted),
+            // never a front thread's time (`logfile`).
             Destination::MainLog { json_log: false } => {
-                let mut err = std::io::stderr().lock();
+                let mut err = crate::logfile::stderr();
                 let _ = std::io::Write::write_all(&mut err, format!("{line}\n").as_bytes());
             }
             Destination::Stdout => {
-                let mut out = std::io::stdout().lock();
+                let mut out = crate::logfile::stdout();
                 let _ = std::io::Write::write_all(&mut out, format!("{line}\n").as_bytes());
             }
             Destination::File(f) => f.write_line(line),

@@ -121,18 +121,23 @@ fn main() -> ExitCode {
     let result = runtime.block_on(run(cli.command));
     // Children and connection tasks have been stopped; do not wait for stray blocking tasks.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(e) => {
             // Every error's message already names its cause; `{:#}` would repeat it.
             if wsgimux::logfile::json_log() {
                 tracing::error!("{e}");
             } else {
+                // After what the log's queue holds, in order.
+                wsgimux::logfile::flush_all();
                 eprintln!("error: {e}");
             }
             ExitCode::FAILURE
         }
-    }
+    };
+    // What the log queues still hold is written before the process ends.
+    wsgimux::logfile::flush_all();
+    code
 }
 
 /// Runs one command; the exit code for those that choose their own (reload, status).
@@ -258,9 +263,16 @@ fn init_log(command: &Command) {
         _ => false,
     };
     wsgimux::logfile::set_json_log(json);
+    // Serving: through stderr's queue, so no thread waits for stderr's reader (`logfile`).
+    let serving = matches!(command, Command::Serve { .. } | Command::Run(_));
     let log = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(move || -> Box<dyn std::io::Write> {
+            match serving {
+                true => Box::new(wsgimux::logfile::stderr()),
+                false => Box::new(std::io::stderr()),
+            }
+        });
     if json {
         log.json()
             .with_current_span(false)

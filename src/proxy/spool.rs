@@ -49,7 +49,12 @@ pub(super) async fn spool(
         dir: dir.display().to_string(),
         source,
     };
-    let std_file = tempfile::tempfile_in(dir).map_err(file_error)?;
+    // Creating a file is a blocking call: made off the front's thread, as tokio's file IO is.
+    let owned = dir.to_path_buf();
+    let std_file = tokio::task::spawn_blocking(move || tempfile::tempfile_in(owned))
+        .await
+        .map_err(|e| file_error(std::io::Error::other(e)))?
+        .map_err(file_error)?;
     let mut file = tokio::fs::File::from_std(std_file);
     let mut pending = BytesMut::with_capacity(PIECE);
     let mut total = 0u64;

@@ -329,8 +329,7 @@ impl Reloader {
         self.server.shutdown().await;
         tracing::info!("stopping children");
         self.supervisor.shutdown().await;
-        // The buffered access log's last lines.
-        crate::logfile::flush_all();
+        // The log queues' last lines are written by `main`, as the process ends.
     }
 }
 

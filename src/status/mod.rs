@@ -92,6 +92,9 @@ pub struct StatusReport {
     /// previous values.
     #[serde(default)]
     pub pending_restart: Vec<String>,
+    /// Log lines dropped because their reader did not keep up (`logfile`).
+    #[serde(default)]
+    pub log_lines_dropped: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -224,6 +227,7 @@ pub fn collect(o: &Overview) -> StatusReport {
             .map(|c| c.snapshot().by_class)
             .unwrap_or_default(),
         pending_restart: o.pending_restart.clone(),
+        log_lines_dropped: crate::logfile::dropped_lines(),
     }
 }
 

@@ -382,6 +382,13 @@ pub fn render_prometheus(s: &StatusReport) -> String {
             "wsgimux_unrouted_requests_total{{code=\"{class}xx\"}} {n}"
         );
     }
+    family(
+        t,
+        "wsgimux_log_lines_dropped_total",
+        "counter",
+        "Log and access-log lines dropped because their reader did not keep up (the queue in front of it was full).",
+    );
+    let _ = writeln!(t, "wsgimux_log_lines_dropped_total {}", s.log_lines_dropped);
     let apps: Vec<(String, &AppStatus)> = s.apps.iter().map(|a| (label(&a.name), a)).collect();
     let t = &mut text;
 

@@ -1570,3 +1570,55 @@ fn check_and_serve_warn_of_root_apps_and_an_admin_listener_off_loopback() {
     assert!(status.success(), "{out}{err}");
     assert!(!err.contains("not loopback"), "{err}");
 }
+
+/// A log's reader that does not keep up costs lines, not requests: with stderr a pipe nobody
+/// reads (wsgimux's log and the access log both go there), thousands of requests are answered
+/// at once each, and the lines dropped are counted.
+#[test]
+fn requests_are_answered_while_nobody_reads_stderr() {
+    let Some(py) = harness::require_python("3.13") else {
+        return;
+    };
+    let site = harness::Site::new();
+    let config = site.one_app("web", &py, &[]);
+    let mut child = Command::new(harness::BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start wsgimux");
+    // Held open and never read: once the pipe's 64 KiB are full, a write to it would block.
+    let _unread = child.stderr.take();
+    let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let addr: std::net::SocketAddr = std::io::BufRead::lines(stdout)
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("ready: http://").map(str::to_string))
+        .expect("a ready line")
+        .parse()
+        .expect("address");
+    // Each access line is over 100 bytes: a few hundred fill the pipe; 20,000 are more than
+    // the queue in front of it holds (16,384 lines), so lines are dropped, and counted.
+    let clients: Vec<_> = (0..4)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut c = harness::Client::connect(addr).expect("connect");
+                c.reader_timeout(Duration::from_secs(5));
+                for n in 0..5000 {
+                    let r = c
+                        .get("x.test", "/pid")
+                        .unwrap_or_else(|e| panic!("client {t}, request {n}: {e}"));
+                    assert_eq!(r.status, 200, "client {t}, request {n}");
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("a client failed");
+    }
+    let s = status_json(&config);
+    assert!(s["log_lines_dropped"].as_u64().unwrap_or(0) > 0, "{s}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
