@@ -11,7 +11,21 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::mpsc;
 
-use crate::response::{Aborted, Chunk};
+/// A response cut short after its head went out: hyper aborts the connection, so the client
+/// cannot mistake the partial body for a whole one.
+#[derive(Debug)]
+pub struct Aborted;
+
+impl std::fmt::Display for Aborted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the application failed while streaming its response")
+    }
+}
+
+impl std::error::Error for Aborted {}
+
+/// One piece of a streamed body, or the cut that ends it.
+pub type Chunk = Result<Bytes, Aborted>;
 
 /// A response body: whole, or streamed from the app's thread. A streamed body that is cut
 /// short (the app raised, or sent less than its Content-Length) ends in an error, which makes

@@ -30,7 +30,8 @@ mod input;
 mod response;
 mod threads;
 
-use response::{FlushCounted, Reply, ResponseBody};
+use body::{FlushCounted, ResponseBody};
+use response::Reply;
 use threads::{Job, Shared};
 
 /// How often Python's signal handlers get a chance to run, and wsgimux's presence is checked.

@@ -19,7 +19,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString, PyTuple};
 use tokio::sync::{mpsc, oneshot};
 
-pub use crate::body::{FlushCounted, ResponseBody};
+use crate::body::{Aborted, Chunk, ResponseBody};
 
 /// Chunks a streamed response may have queued before the app's thread waits for the client.
 const STREAM_DEPTH: usize = 4;
@@ -43,21 +43,6 @@ create_exception!(
     PyValueError,
     "The app's status or headers break HTTP's rules (the response becomes a 500)."
 );
-
-/// A response cut short after its head went out: hyper aborts the connection, so the client
-/// cannot mistake the partial body for a whole one.
-#[derive(Debug)]
-pub struct Aborted;
-
-impl std::fmt::Display for Aborted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the application failed while streaming its response")
-    }
-}
-
-impl std::error::Error for Aborted {}
-
-pub type Chunk = Result<Bytes, Aborted>;
 
 /// What a Python thread hands back to the hyper task serving the request.
 pub struct Reply {
