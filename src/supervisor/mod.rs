@@ -11,14 +11,18 @@
 //! nothing of routes, nor of HTTP beyond "the socket accepts a connection".
 //!
 //! Rooms: `generation` (the handle `reload` holds, and the view), `plan` (what to run),
-//! `slot` (a process slot's loop and policy), `start` (starting, publishing, stopping one
-//! process), `health` (`upstream:` checks), `child` (the OS process, its output).
+//! `slot` (a process slot's loop), `policy` (its backoff, failing, idle, recycling and
+//! on-demand rules, on tokio's clock), `start` (starting and stopping one process), `outlet`
+//! (what a slot shows: endpoint, view, first failure), `health` (`upstream:` checks),
+//! `child` (the OS process, its output).
 
 mod child;
 mod generation;
 mod health;
 mod imports;
+mod outlet;
 mod plan;
+mod policy;
 mod slot;
 mod start;
 mod traceback;

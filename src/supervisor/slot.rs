@@ -4,81 +4,37 @@
 //! is published before the old one is drained). Starting and stopping one process is in
 //! `start`; what `status` sees goes through `view`.
 
-use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::process::Child;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::config::{Address, StartMode};
-use crate::leftover::ChildRecord;
-use crate::upstream::{Endpoint, Endpoints};
+use crate::config::StartMode;
+use crate::upstream::Endpoints;
 
 use super::child::{describe, remove_socket, stop_child, OUTPUT_FLUSH};
 use super::generation::{ProcessState, ProcessView, StartFailure};
+use super::health::watch_upstream;
+use super::outlet::Outlet;
 use super::plan::{AppPlan, Launch};
+use super::policy::{self, Activity, Backoff};
+use super::start::{Ended, Running, Starter};
 use super::{secs, stopped, DRAIN_POLL, RETIRE_SETTLE};
 
-const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
-/// Up to a minute between the starts of an app that keeps failing.
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// A child that ran this long before exiting resets the backoff.
-const STABLE_AFTER: Duration = Duration::from_secs(10);
-
 pub(super) struct Slot {
-    pub(super) plan: Arc<AppPlan>,
-    pub(super) slot: usize,
-    pub(super) endpoints: Arc<watch::Sender<Endpoints>>,
-    /// The generation's first start failure, shared by its slots.
-    pub(super) failure: Arc<watch::Sender<Option<StartFailure>>>,
-    pub(super) stop: watch::Receiver<bool>,
-    pub(super) views: Arc<Mutex<Vec<ProcessView>>>,
+    /// Starts and stops its processes, and shows them.
+    starter: Starter,
+    stop: watch::Receiver<bool>,
     /// Requests for a dormant app (on demand, or stopped when idle): a count of wakes.
-    pub(super) demand: Option<watch::Receiver<u64>>,
+    demand: Option<watch::Receiver<u64>>,
     /// The wake count when the slot went dormant; a higher one starts it.
-    pub(super) seen_demand: u64,
+    seen_demand: u64,
     /// A replacement is starting after max_requests while the current process serves.
-    pub(super) recycling: bool,
+    recycling: bool,
     /// Recycled processes being drained and stopped; a slot that stops cuts their drains
     /// short and waits until each is stopped.
-    pub(super) draining: JoinSet<()>,
-    /// The tasks copying its children's output to the log.
-    pub(super) output: JoinSet<()>,
-    /// Failed starts in a row.
-    pub(super) failures: u32,
-    /// What the last failed start said (reason and output), so the same is not logged twice.
-    pub(super) last_failure: Option<String>,
-}
-
-pub(super) enum Startup {
-    Ready,
-    Exited(ExitStatus),
-    TimedOut,
-    Stopping,
-}
-
-/// How a served process ended.
-pub(super) enum Ended {
-    /// The slot must stop (the generation is stopped or retired).
-    Stop,
-    /// The process exited by itself or failed to start: start again after a backoff.
-    Crashed,
-    /// Stopped for `idle_timeout`: start again with the next request.
-    Idle,
-}
-
-/// A process that answers on its socket.
-pub(super) struct Running {
-    pub(super) child: Child,
-    pub(super) pid: u32,
-    pub(super) address: Address,
-    pub(super) endpoint: Arc<Endpoint>,
-    /// Recycle after this many requests (max_requests + this process's jitter).
-    pub(super) recycle_at: Option<u64>,
-    /// Its record in the runtime dir, removed when this is dropped (the child reaped).
-    pub(super) _record: ChildRecord,
+    draining: JoinSet<()>,
 }
 
 /// How often a running process is checked for idleness and for max_requests.
@@ -96,43 +52,55 @@ impl Slot {
         demand: Option<watch::Receiver<u64>>,
     ) -> Self {
         Slot {
-            plan,
-            slot,
-            endpoints,
-            failure,
+            starter: Starter {
+                outlet: Outlet::new(plan, slot, endpoints, failure, views),
+                output: JoinSet::new(),
+            },
             stop,
-            views,
             demand,
             seen_demand: 0,
             recycling: false,
             draining: JoinSet::new(),
-            output: JoinSet::new(),
-            failures: 0,
-            last_failure: None,
         }
+    }
+
+    fn plan(&self) -> &AppPlan {
+        &self.starter.outlet.plan
+    }
+
+    fn view(&self, f: impl FnOnce(&mut ProcessView)) {
+        self.starter.outlet.view(f);
+    }
+
+    async fn start_process(&mut self, attempt: &mut u64) -> Result<Running, Ended> {
+        let replacing = self.recycling;
+        self.starter
+            .start_process(attempt, &mut self.stop, replacing)
+            .await
     }
 
     /// The slot's task: runs its process (or checks its upstream) until stopped, then waits
     /// for every process it still drains.
     pub(super) async fn run(mut self) {
-        if let Launch::Upstream { address } = &self.plan.launch {
+        if let Launch::Upstream { address } = &self.plan().launch {
             let address = address.clone();
-            self.watch_upstream(address).await;
+            watch_upstream(&mut self.starter.outlet, address, &mut self.stop).await;
         } else {
             self.run_processes().await;
         }
         while self.draining.join_next().await.is_some() {}
         // Every child has exited: their last lines reach the log, boundedly; then the copies
         // end (dropping the set aborts what is left).
-        let flushed = async { while self.output.join_next().await.is_some() {} };
+        let output = &mut self.starter.output;
+        let flushed = async { while output.join_next().await.is_some() {} };
         let _ = tokio::time::timeout(OUTPUT_FLUSH, flushed).await;
     }
 
     /// Start, serve, restart with backoff; dormant while the policy says so.
     async fn run_processes(&mut self) {
-        let mut backoff = INITIAL_BACKOFF;
+        let mut backoff = Backoff::default();
         let mut attempt = 0u64;
-        let mut dormant = self.plan.policy.start == StartMode::OnDemand;
+        let mut dormant = self.plan().policy.start == StartMode::OnDemand;
         loop {
             if dormant {
                 self.view(|v| {
@@ -140,12 +108,13 @@ impl Slot {
                     v.pid = None;
                     v.started = None;
                 });
-                if !self.wait_for_demand().await {
+                let demand = self.demand.as_mut();
+                if !policy::wait_for_demand(demand, self.seen_demand, &mut self.stop).await {
                     return;
                 }
                 dormant = false;
             }
-            let started = Instant::now();
+            backoff.starting();
             // Boxed: a serving process's state is large, and a host of dormant apps keeps
             // thousands of these tasks waiting for demand with only the small state above.
             let ended = Box::pin(self.serve(&mut attempt)).await;
@@ -156,63 +125,42 @@ impl Slot {
                 Ended::Stop => return,
                 Ended::Idle => {
                     dormant = true;
-                    backoff = INITIAL_BACKOFF;
+                    backoff.reset();
                     continue;
                 }
                 Ended::Crashed => {}
             }
-            if started.elapsed() >= STABLE_AFTER {
-                backoff = INITIAL_BACKOFF;
-            }
-            let failing = self.failures >= super::start::FAILING_AFTER;
-            self.view(|v| {
-                if !failing {
-                    v.state = ProcessState::Restarting;
-                }
-                v.pid = None;
-                v.restarts += 1;
-            });
-            self.plan
-                .counters
-                .restarts
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let (name, slot, secs) = (&self.plan.name, self.slot, backoff.as_secs_f64());
-            if failing {
-                tracing::debug!("[{name}] failing: trying process {slot} again in {secs:.1}s");
-            } else {
-                tracing::info!("[{name}] restarting process {slot} in {secs:.1}s");
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = stopped(&mut self.stop) => return,
-            }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-        }
-    }
-
-    /// Updates this slot's entry in the generation's views.
-    pub(super) fn view(&self, f: impl FnOnce(&mut ProcessView)) {
-        if let Ok(mut views) = self.views.lock() {
-            if let Some(v) = views.get_mut(self.slot) {
-                f(v);
+            let pause = backoff.after_exit();
+            if !self.restart_after(pause).await {
+                return;
             }
         }
     }
 
-    /// Waits for a request to wake the app; false when the slot is stopped instead.
-    async fn wait_for_demand(&mut self) -> bool {
-        let seen = self.seen_demand;
-        let Some(demand) = self.demand.as_mut() else {
-            return true;
-        };
-        loop {
-            if *demand.borrow_and_update() > seen {
-                return true;
+    /// A process exited or did not start: counted and shown, then `pause`; false when the
+    /// slot is stopped meanwhile.
+    async fn restart_after(&mut self, pause: Duration) -> bool {
+        let failing = self.starter.outlet.failures.failing();
+        self.view(|v| {
+            if !failing {
+                v.state = ProcessState::Restarting;
             }
-            tokio::select! {
-                r = demand.changed() => if r.is_err() { return false },
-                _ = stopped(&mut self.stop) => return false,
-            }
+            v.pid = None;
+            v.restarts += 1;
+        });
+        let plan = self.plan();
+        plan.counters
+            .restarts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (name, slot, secs) = (&plan.name, self.starter.outlet.slot, pause.as_secs_f64());
+        if failing {
+            tracing::debug!("[{name}] failing: trying process {slot} again in {secs:.1}s");
+        } else {
+            tracing::info!("[{name}] restarting process {slot} in {secs:.1}s");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => true,
+            _ = stopped(&mut self.stop) => false,
         }
     }
 
@@ -223,55 +171,51 @@ impl Slot {
             Ok(r) => r,
             Err(ended) => return ended,
         };
-        let idle_timeout = self.plan.policy.idle_timeout;
+        let idle_timeout = self.plan().policy.idle_timeout;
         // Only a policy that watches the process's traffic needs the periodic look.
         let watch_traffic = idle_timeout.is_some() || current.recycle_at.is_some();
-        let mut last_count = 0u64;
-        let mut last_active = Instant::now();
+        let mut activity = Activity::new(idle_timeout);
         let mut poll = tokio::time::interval(POLICY_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 status = current.child.wait() => {
-                    self.unpublish(&current);
+                    self.starter.unpublish(&current);
                     let status = match status {
                         Ok(s) => describe(s),
                         Err(e) => format!("wait failed: {e}"),
                     };
                     tracing::warn!(
                         "[{}] process {} (pid {}) exited: {status}",
-                        self.plan.name,
-                        self.slot,
+                        self.plan().name,
+                        self.starter.outlet.slot,
                         current.pid
                     );
                     self.view(|v| v.last_exit = Some(status));
                     return Ended::Crashed;
                 }
                 _ = stopped(&mut self.stop) => {
-                    self.stop_process(&mut current).await;
+                    self.starter.stop_process(&mut current).await;
                     return Ended::Stop;
                 }
                 _ = poll.tick(), if watch_traffic => {}
             }
             let served = current.endpoint.stats.requests();
-            if served != last_count || current.endpoint.in_flight() + current.endpoint.tunnels() > 0
-            {
-                last_count = served;
-                last_active = Instant::now();
-            }
+            let busy = current.endpoint.in_flight() + current.endpoint.tunnels() > 0;
+            activity.observe(served, busy);
             if let Some(idle) = idle_timeout {
-                if last_active.elapsed() >= idle {
+                if activity.idle() {
                     // A request from now on wakes the slot again, even one that arrives
                     // while this process stops.
                     self.seen_demand = self.demand.as_ref().map_or(0, |d| *d.borrow());
                     tracing::info!(
                         "[{}] process {} (pid {}) idle for {}; stopping it until the next request",
-                        self.plan.name,
-                        self.slot,
+                        self.plan().name,
+                        self.starter.outlet.slot,
                         current.pid,
                         secs(idle)
                     );
-                    self.stop_process(&mut current).await;
+                    self.starter.stop_process(&mut current).await;
                     return Ended::Idle;
                 }
             }
@@ -279,8 +223,7 @@ impl Slot {
                 match self.recycle(current, attempt).await {
                     Ok(next) => {
                         current = next;
-                        last_count = 0;
-                        last_active = Instant::now();
+                        activity.restart();
                     }
                     Err(ended) => return ended,
                 }
@@ -294,8 +237,8 @@ impl Slot {
     async fn recycle(&mut self, mut old: Running, attempt: &mut u64) -> Result<Running, Ended> {
         tracing::info!(
             "[{}] process {} (pid {}) served {} requests (max_requests); replacing it",
-            self.plan.name,
-            self.slot,
+            self.plan().name,
+            self.starter.outlet.slot,
             old.pid,
             old.endpoint.stats.requests()
         );
@@ -305,7 +248,7 @@ impl Slot {
             r = self.start_process(attempt) => r,
             // The old process died meanwhile: the new one, if it comes up, takes over.
             _ = old.child.wait() => {
-                self.unpublish(&old);
+                self.starter.unpublish(&old);
                 self.recycling = false;
                 return self.start_process(attempt).await;
             }
@@ -315,18 +258,18 @@ impl Slot {
             Ok(new) => {
                 self.view(|v| v.recycles += 1);
                 // Unpublished first, so no new request picks it; then its requests finish.
-                self.publish(None, old.pid);
+                self.starter.outlet.publish(None, old.pid);
                 self.drain_in_background(old);
                 Ok(new)
             }
             Err(Ended::Stop) => {
-                self.stop_process(&mut old).await;
+                self.starter.stop_process(&mut old).await;
                 Err(Ended::Stop)
             }
             Err(_) => {
                 tracing::warn!(
                     "[{}] the replacement for pid {} did not start; it keeps serving",
-                    self.plan.name,
+                    self.plan().name,
                     old.pid
                 );
                 self.view(|v| {
@@ -336,7 +279,7 @@ impl Slot {
                 });
                 old.recycle_at = old
                     .recycle_at
-                    .map(|n| n + self.plan.policy.max_requests.unwrap_or(1));
+                    .map(|n| n + self.plan().policy.max_requests.unwrap_or(1));
                 Ok(old)
             }
         }
@@ -345,15 +288,15 @@ impl Slot {
     /// A recycled process: its requests finish (up to drain_timeout, or until the slot stops),
     /// then it is stopped. Tracked, so a slot never ends before its drains do.
     fn drain_in_background(&mut self, mut old: Running) {
-        let drain = self.plan.drain_timeout;
-        let name = self.plan.name.clone();
+        let drain = self.plan().drain_timeout;
+        let name = self.plan().name.clone();
         let mut stop = self.stop.clone();
         self.draining.spawn(async move {
             let drained = async {
                 tokio::time::sleep(RETIRE_SETTLE).await;
-                let deadline = Instant::now() + drain;
+                let deadline = tokio::time::Instant::now() + drain;
                 while old.endpoint.in_flight() + old.endpoint.tunnels() > 0
-                    && Instant::now() < deadline
+                    && tokio::time::Instant::now() < deadline
                 {
                     tokio::time::sleep(DRAIN_POLL).await;
                 }

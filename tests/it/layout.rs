@@ -275,3 +275,133 @@ fn fn_start(line: &str) -> Option<&str> {
     let is_fn = rest.starts_with("fn ") && !line.trim_end().ends_with(';');
     is_fn.then_some(indent)
 }
+
+/// The files of one folder that `file` imports: `super::NAME` and `crate::FOLDER::NAME` (for the
+/// worker crate, whose root is the folder, `crate::NAME`) where NAME is a file beside it.
+fn sibling_imports(
+    text: &str,
+    crate_prefix: &str,
+    siblings: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    let code: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut out = BTreeSet::new();
+    for prefix in ["super::", crate_prefix] {
+        let mut rest = code.as_str();
+        while let Some(at) = rest.find(prefix) {
+            // `xsuper::` is another word.
+            let before = rest[..at].chars().last();
+            rest = &rest[at + prefix.len()..];
+            if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+                continue;
+            }
+            let names: Vec<String> = match rest.strip_prefix('{') {
+                Some(group) => {
+                    let end = group.find('}').unwrap_or(group.len());
+                    // Nested groups name items of the files, not files: their heads suffice.
+                    group[..end].split(',').map(head).collect()
+                }
+                None => vec![head(rest)],
+            };
+            out.extend(names.into_iter().filter(|n| siblings.contains(n)));
+        }
+    }
+    out
+}
+
+/// Every folder of Rust files (under `src/`, and the worker's `worker/src`), with the import
+/// prefix that names its files from the crate's root.
+fn folders() -> Vec<(PathBuf, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut out = vec![(root.join("worker/src"), "crate::".to_string())];
+    fn walk(dir: &Path, module: &str, out: &mut Vec<(PathBuf, String)>) {
+        for e in std::fs::read_dir(dir).expect("readable").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                let name = p.file_name().expect("name").to_string_lossy().to_string();
+                let module = format!("{module}{name}::");
+                out.push((p.clone(), module.clone()));
+                walk(&p, &module, out);
+            }
+        }
+    }
+    walk(&src(), "crate::", &mut out);
+    out
+}
+
+/// Invariant: no two files import each other, even inside one folder (its `mod.rs` or
+/// `lib.rs` aside: a folder's face declares its files). Read from `super::` and
+/// `crate::folder::` imports of the files of `src/` and `worker/src`.
+#[test]
+fn no_cycle_between_the_files_of_a_folder() {
+    let mut wrong = Vec::new();
+    for (dir, prefix) in folders() {
+        let files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .expect("readable")
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "rs"))
+            .filter(|p| !p.ends_with("mod.rs") && !p.ends_with("lib.rs"))
+            .collect();
+        let stem = |p: &Path| p.file_stem().expect("stem").to_string_lossy().to_string();
+        let siblings: BTreeSet<String> = files.iter().map(|p| stem(p)).collect();
+        let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for f in &files {
+            let text = std::fs::read_to_string(f).expect("readable source");
+            let mut deps = sibling_imports(&text, &prefix, &siblings);
+            deps.remove(&stem(f));
+            g.insert(stem(f), deps);
+        }
+        for (a, deps) in &g {
+            for b in deps {
+                if a < b && g.get(b).is_some_and(|d| d.contains(a)) {
+                    wrong.push(format!(
+                        "{}: {a}.rs and {b}.rs import each other",
+                        dir.display()
+                    ));
+                }
+            }
+        }
+        // Longer cycles: follow each edge depth-first.
+        for start in g.keys() {
+            let mut stack: Vec<Vec<&String>> = vec![vec![start]];
+            while let Some(path) = stack.pop() {
+                let last = path[path.len() - 1];
+                for d in g.get(last).into_iter().flatten() {
+                    if d == start && path.len() > 2 {
+                        let names: Vec<&str> = path.iter().map(|s| s.as_str()).collect();
+                        wrong.push(format!(
+                            "{}: cycle {} -> {start}",
+                            dir.display(),
+                            names.join(" -> ")
+                        ));
+                    } else if !path.contains(&d) && path.len() < 6 {
+                        let mut longer = path.clone();
+                        longer.push(d);
+                        stack.push(longer);
+                    }
+                }
+            }
+        }
+    }
+    wrong.sort();
+    wrong.dedup();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// `portable_worker.py` is one file (it is sent to each child as it is): kept to a size one
+/// person reads, like the Rust files' rooms (twice theirs: it holds a whole server).
+#[test]
+fn the_portable_worker_stays_one_readable_file() {
+    let path = src().join("portable_worker.py");
+    let text = std::fs::read_to_string(&path).expect("portable_worker.py");
+    let lines = text.lines().count();
+    assert!(
+        lines <= 2 * MAX_FILE_LINES,
+        "{}: {lines} lines",
+        path.display()
+    );
+}

@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use std::time::Duration;
+
 use super::*;
 use crate::config::diff;
 use crate::config::{from_yaml, AppSpec};
@@ -74,6 +76,74 @@ impl Identified for Gen {
     }
 }
 
+/// What each app ran before a step: its spec and generation.
+type Before = HashMap<String, (AppSpec, u64)>;
+
+/// The outcome of a step's new generations, from the dice: a quarter of the restarts fail
+/// (the app keeps what it runs); added apps are kept even when they fail.
+fn outcome(d: &ConfigDiff, dice: &mut Dice, next_id: &mut u64) -> Started<Gen> {
+    let mut started = Started::default();
+    for change in &d.apps {
+        let fails = dice.roll(4) == 0;
+        match change {
+            AppChange::Restart { .. } if fails => {
+                started.failed.insert(change.name().to_string());
+            }
+            AppChange::Added(_) | AppChange::Restart { .. } => {
+                *next_id += 1;
+                let name = change.name().to_string();
+                started.generations.insert(name, Gen(*next_id));
+            }
+            _ => {}
+        }
+    }
+    started
+}
+
+/// What must hold after a step, beyond the model's own rules: the file's apps in its order,
+/// each as the file says unless its restart failed (then as it ran, same processes); every
+/// generation that no longer runs retired once.
+fn check_step(
+    at: &str,
+    after: &Running<Gen>,
+    file: &Config,
+    before: &Before,
+    failed: &BTreeSet<String>,
+    retired: &[(Gen, Duration)],
+) {
+    assert_eq!(after.problems(), Vec::<String>::new(), "{at}");
+    let names: Vec<&str> = file.apps.iter().map(|a| a.name.as_str()).collect();
+    let kept: Vec<&str> = after.config.apps.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(kept, names, "{at}: the file's apps, in its order");
+    for spec in &file.apps {
+        let now = &after.apps[&spec.name];
+        if failed.contains(&spec.name) {
+            let (old_spec, old_id) = &before[&spec.name];
+            assert_eq!(now.app.spec, *old_spec, "{at}: {} as it ran", spec.name);
+            assert_eq!(
+                now.generation.0, *old_id,
+                "{at}: {} keeps its processes",
+                spec.name
+            );
+        } else {
+            assert_eq!(now.app.spec, *spec, "{at}: {} as the file says", spec.name);
+        }
+    }
+    let live: BTreeSet<u64> = after.apps.values().map(|a| a.generation.0).collect();
+    let gone: BTreeSet<u64> = before
+        .values()
+        .map(|(_, id)| *id)
+        .filter(|id| !live.contains(id))
+        .collect();
+    let retired_ids: Vec<u64> = retired.iter().map(|(g, _)| g.0).collect();
+    assert_eq!(retired_ids.len(), gone.len(), "{at}: retired once each");
+    assert_eq!(
+        retired_ids.into_iter().collect::<BTreeSet<_>>(),
+        gone,
+        "{at}"
+    );
+}
+
 #[test]
 fn every_sequence_of_configs_leaves_the_model_consistent() {
     for seed in 1..=200u64 {
@@ -84,12 +154,12 @@ fn every_sequence_of_configs_leaves_the_model_consistent() {
             .into_iter()
             .map(|(name, app)| {
                 next_id += 1;
-                let generation = Gen(next_id);
+                let app = Arc::new(app);
                 (
                     name,
                     RunningApp {
-                        app: Arc::new(app),
-                        generation,
+                        app,
+                        generation: Gen(next_id),
                     },
                 )
             })
@@ -102,67 +172,19 @@ fn every_sequence_of_configs_leaves_the_model_consistent() {
         for step in 0..12 {
             let file = draw(&mut dice);
             let d = diff::diff(&running.config, &file);
-            let before: HashMap<String, (AppSpec, u64)> = running
+            let before: Before = running
                 .apps
                 .iter()
                 .map(|(n, a)| (n.clone(), (a.app.spec.clone(), a.generation.0)))
                 .collect();
-            let mut started = Started::default();
-            for change in &d.apps {
-                let fails = dice.roll(4) == 0;
-                match change {
-                    AppChange::Restart { .. } if fails => {
-                        started.failed.insert(change.name().to_string());
-                    }
-                    // An added app is kept even when it fails.
-                    AppChange::Added(_) | AppChange::Restart { .. } => {
-                        next_id += 1;
-                        started
-                            .generations
-                            .insert(change.name().to_string(), Gen(next_id));
-                    }
-                    _ => {}
-                }
-            }
+            let started = outcome(&d, &mut dice, &mut next_id);
             let failed = started.failed.clone();
             let retired = running.next(&file, &d, &ready(&file), started).retired;
-            let after = &running;
             let at = format!("seed {seed}, step {step}");
-            assert_eq!(after.problems(), Vec::<String>::new(), "{at}");
+            check_step(&at, &running, &file, &before, &failed, &retired);
             assert_eq!(
-                after.config.admin, started_admin,
+                running.config.admin, started_admin,
                 "{at}: restart-only key kept"
-            );
-            let names: Vec<&str> = file.apps.iter().map(|a| a.name.as_str()).collect();
-            let kept: Vec<&str> = after.config.apps.iter().map(|a| a.name.as_str()).collect();
-            assert_eq!(kept, names, "{at}: the file's apps, in its order");
-            for spec in &file.apps {
-                let now = &after.apps[&spec.name];
-                if failed.contains(&spec.name) {
-                    let (old_spec, old_id) = &before[&spec.name];
-                    assert_eq!(now.app.spec, *old_spec, "{at}: {} as it ran", spec.name);
-                    assert_eq!(
-                        now.generation.0, *old_id,
-                        "{at}: {} keeps its processes",
-                        spec.name
-                    );
-                } else {
-                    assert_eq!(now.app.spec, *spec, "{at}: {} as the file says", spec.name);
-                }
-            }
-            // Every generation that no longer runs is retired, once; none that runs is.
-            let live: BTreeSet<u64> = after.apps.values().map(|a| a.generation.0).collect();
-            let gone: BTreeSet<u64> = before
-                .values()
-                .map(|(_, id)| *id)
-                .filter(|id| !live.contains(id))
-                .collect();
-            let retired_ids: Vec<u64> = retired.iter().map(|(g, _)| g.0).collect();
-            assert_eq!(retired_ids.len(), gone.len(), "{at}: retired once each");
-            assert_eq!(
-                retired_ids.into_iter().collect::<BTreeSet<_>>(),
-                gone,
-                "{at}"
             );
         }
     }
