@@ -37,6 +37,8 @@ pub struct Generation {
     pub views: Arc<Mutex<Vec<ProcessView>>>,
     /// Wakes the processes of an app that starts on demand or stops when idle.
     pub demand: Option<Demand>,
+    /// Its processes start with the first request (`start: on_demand`).
+    pub(super) on_demand: bool,
 }
 
 /// What a process slot is doing.
@@ -122,7 +124,8 @@ impl Generation {
         pids
     }
 
-    /// True while the processes wait for a first request (`start: on_demand`).
+    /// True while the processes wait for a first request (`start: on_demand`), as `status`
+    /// and the start-up lines show it.
     pub fn dormant(&self) -> bool {
         self.demand
             .as_ref()
@@ -135,9 +138,12 @@ impl Generation {
     }
 
     /// Waits until every process answers (→ their pids) or one fails to start, for at most
-    /// `limit`. A dormant on-demand generation is ready as it is (→ no pids).
+    /// `limit`. An on-demand generation no request has woken yet is ready as it is (→ no
+    /// pids): decided from the supervisor's own state (the start mode and the wakes), never
+    /// from the views `status` reads.
     pub async fn wait_ready(&self, limit: Duration) -> Result<Vec<u32>, StartFailure> {
-        if self.dormant() {
+        let unwoken = self.demand.as_ref().is_some_and(|d| d.count() == 0);
+        if self.on_demand && unwoken {
             return Ok(Vec::new());
         }
         let mut endpoints = self.endpoints.clone();

@@ -176,6 +176,7 @@ impl Supervisor {
             failure: failure_rx,
             views,
             demand,
+            on_demand,
         }
     }
 

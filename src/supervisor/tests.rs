@@ -148,3 +148,37 @@ async fn an_upstream_is_routed_while_it_accepts_and_taken_out_when_it_stops() {
     assert!(g.endpoints.borrow().ready.is_empty());
     sup.shutdown().await;
 }
+
+/// Readiness is decided from the supervisor's own state, not from the views people read: an
+/// on-demand generation no request woke is ready as it is, whatever its views say; once woken,
+/// it is ready when its process answers.
+#[tokio::test]
+async fn an_unwoken_on_demand_generation_is_ready_whatever_its_views_say() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let command = format!(
+        "    command: [python3, -c, {:?}, \"{{socket}}\"]\n    start: on_demand\n    startup_timeout: 20s\n",
+        TINY_SERVER
+    );
+    let mut sup = supervisor(dir.path());
+    let g = sup.start(&app(&command, WorkerKind::Command));
+    // A view that says something else (as status might, mid-update) changes nothing.
+    if let Ok(mut views) = g.views.lock() {
+        views[0].state = ProcessState::Starting;
+    }
+    let at_once = tokio::time::timeout(
+        Duration::from_secs(1),
+        g.wait_ready(Duration::from_secs(20)),
+    );
+    assert_eq!(
+        at_once.await.expect("no wait").expect("ready"),
+        Vec::<u32>::new()
+    );
+    // A request wakes it: now ready means its process answers.
+    g.demand.as_ref().expect("on demand").wake();
+    let pids = g
+        .wait_ready(Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|f| panic!("the woken process answers: {f:?}"));
+    assert_eq!(pids.len(), 1);
+    sup.shutdown().await;
+}
