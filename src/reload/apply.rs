@@ -32,6 +32,13 @@ struct Plan {
     diff: ConfigDiff,
 }
 
+/// Why a plan was refused: the file does not load (it may be half-written), or it asks for
+/// what a running wsgimux cannot take.
+enum Refusal {
+    Load(Vec<String>),
+    Reload(Vec<String>),
+}
+
 /// The front a reload brings: its new settings if they changed, its new listeners bound.
 struct PreparedFront {
     front: Option<Front>,
@@ -49,19 +56,30 @@ struct Started {
 }
 
 impl Reloader {
-    /// Reloads the config file; returns the report and the apps that got new processes.
-    pub(super) async fn reload_config(&mut self, cause: &Cause) -> (Report, BTreeSet<String>) {
-        let number = self.begin(cause);
+    /// Reloads the config file; returns the report and the apps that got new processes. None
+    /// when `may_defer` and the file does not load (read by the watcher's trigger while an
+    /// editor or tool was still writing it, most often): nothing happened, and it is to be
+    /// looked at again.
+    pub(super) async fn reload_config(
+        &mut self,
+        cause: &Cause,
+        may_defer: bool,
+    ) -> Option<(Report, BTreeSet<String>)> {
         let clock = Instant::now();
-        let prepared = match self.plan().await {
+        let planned = self.plan().await;
+        if may_defer && matches!(planned, Err(Refusal::Load(_))) {
+            return None;
+        }
+        let number = self.begin(cause);
+        let prepared = match planned {
             Ok(plan) => self.prepare_front(&plan).await.map(|front| (plan, front)),
-            Err(errors) => Err(errors),
+            Err(Refusal::Load(errors) | Refusal::Reload(errors)) => Err(errors),
         };
         let (plan, front) = match prepared {
             Ok(x) => x,
             Err(errors) => {
                 let report = report::rejected(number, cause, errors);
-                return (self.finish(report), BTreeSet::new());
+                return Some((self.finish(report), BTreeSet::new()));
             }
         };
         self.pending = plan.diff.restart_only.clone();
@@ -71,7 +89,7 @@ impl Reloader {
             self.running
                 .next(&plan.new, &plan.diff, &plan.ready, started);
             let report = report::unchanged(number, cause, clock, &self.pending);
-            return (self.finish(report), BTreeSet::new());
+            return Some((self.finish(report), BTreeSet::new()));
         }
         let started = self.start_generations(&plan).await;
         let restarted = self.switch(plan, front, &started).await;
@@ -82,22 +100,27 @@ impl Reloader {
             .collect();
         let report = report::applied(number, cause, clock, restarted.1, &started.failed, &failing)
             .with_pending(&self.pending);
-        (self.finish(report), restarted.0)
+        Some((self.finish(report), restarted.0))
     }
 
     /// Step 1: load and check the file as `serve` does, and diff it against what runs. The
     /// same `python:` may now be another interpreter (a venv rebuilt, a pyenv upgrade): then
     /// the app restarts.
-    async fn plan(&self) -> Result<Plan, Vec<String>> {
+    async fn plan(&self) -> Result<Plan, Refusal> {
+        // The one read of the file for this reload: read, parsed and validated once.
         let (new, ready) = crate::preflight::load(&self.path).await.map_err(|e| {
-            e.to_string()
-                .lines()
-                .map(str::to_string)
-                .collect::<Vec<_>>()
+            Refusal::Load(
+                e.to_string()
+                    .lines()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>(),
+            )
         })?;
         let refused = diff::reload_problems(&self.running.config, &new);
         if !refused.is_empty() {
-            return Err(refused.iter().map(ToString::to_string).collect());
+            return Err(Refusal::Reload(
+                refused.iter().map(ToString::to_string).collect(),
+            ));
         }
         let mut d = diff::diff(&self.running.config, &new);
         let ready: HashMap<String, ReadyApp> = ready

@@ -33,6 +33,12 @@ use crate::trigger::{Cause, Report, Trigger};
 use crate::watch::{self as filewatch, CodeWatcher, Fingerprint, RestartFileWatcher};
 pub use model::{Running, RunningApp};
 
+/// How long a config file that does not load is given to be written whole, when only the
+/// watcher asked; and at most how many such waits in a row (a file that keeps changing and
+/// never loads is reported after them).
+const INCOMPLETE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+const INCOMPLETE_LOOKS: u32 = 4;
+
 /// Everything a reload reads and changes.
 pub struct Reloader {
     /// The config file as given to `serve` (absolute, symlinks not resolved).
@@ -58,6 +64,10 @@ pub struct Reloader {
     last: Option<Report>,
     /// The version of the file the last config reload read.
     loaded: Option<Fingerprint>,
+    /// A version that did not load when only the watcher asked (looked at again once), and
+    /// how many such looks in a row.
+    unsettled: Option<Fingerprint>,
+    deferrals: u32,
     /// Each app's counters, kept across reloads.
     metrics: Arc<Registry>,
     /// What `status` shows: replaced whenever what runs changes.
@@ -111,6 +121,8 @@ impl Reloader {
             restarts: Tally::default(),
             last: None,
             loaded: None,
+            unsettled: None,
+            deferrals: 0,
             metrics,
             overview,
             started: std::time::SystemTime::now(),
@@ -179,11 +191,20 @@ impl Reloader {
             cause.filter(|c| *c != Cause::ConfigFile || self.loaded.as_ref() != version.as_ref());
         let mut restarted = BTreeSet::new();
         if let (Some(cause), Some(version)) = (cause, version) {
-            self.loaded = Some(version);
-            let (report, r) = self.reload_config(&cause).await;
-            restarted = r;
-            for w in waiting {
-                let _ = w.send(report.clone());
+            // Only the watcher asked, and not for a version already looked at twice: a file
+            // that does not load may still be being written.
+            let may_defer = cause == Cause::ConfigFile
+                && self.unsettled.as_ref() != Some(&version)
+                && self.deferrals < INCOMPLETE_LOOKS;
+            match self.reload_config(&cause, may_defer).await {
+                None => self.look_again(version),
+                Some((report, r)) => {
+                    (self.loaded, self.unsettled, self.deferrals) = (Some(version), None, 0);
+                    restarted = r;
+                    for w in waiting {
+                        let _ = w.send(report.clone());
+                    }
+                }
             }
         }
         for (app, file) in code {
@@ -197,6 +218,20 @@ impl Reloader {
             let report = self.restart_apps(&apps, &cause).await;
             let _ = reply.send(report);
         }
+    }
+
+    /// A file read from the watcher's trigger did not load: looked at again in a moment, as
+    /// a new trigger (the rest of a write usually brings its own first). Unchanged by then,
+    /// it is reported.
+    fn look_again(&mut self, version: Fingerprint) {
+        tracing::debug!("the config file does not load yet; looking again in a moment");
+        self.unsettled = Some(version);
+        self.deferrals += 1;
+        let triggers = self.triggers.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(INCOMPLETE_WAIT).await;
+            let _ = triggers.send(Trigger::ConfigFile).await;
+        });
     }
 
     /// Replaces the live snapshot in one step: a table that leads to the current generations,

@@ -1,5 +1,5 @@
 //! The config file's watcher: its folder (and its symlink target's) watched, bursts of events
-//! settled, a trigger sent only when the file's fingerprint changed and it looks complete.
+//! settled, a trigger sent only when the file's fingerprint (its metadata) changed.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -18,8 +18,6 @@ use super::{event_channel, fingerprint, AnyWatcher, Fingerprint, WatchError, BUR
 const QUIET: Duration = Duration::from_millis(100);
 /// The quiet wait while a writer still has the file open (or the platform cannot tell).
 const WRITING_QUIET: Duration = Duration::from_millis(300);
-/// A file that does not validate yet may still be being written: wait this long for more.
-const INCOMPLETE_WAIT: Duration = Duration::from_millis(500);
 
 /// Watches the config file; dropping it stops the watch.
 pub struct ConfigWatcher {
@@ -139,13 +137,6 @@ fn writing_state(ev: &Event) -> Option<bool> {
     }
 }
 
-/// Whether the file validates (a half-written one usually does not).
-fn looks_complete(path: &Path) -> bool {
-    std::fs::read_to_string(path)
-        .map(|text| crate::config::from_yaml(&text, path).is_ok())
-        .unwrap_or(false)
-}
-
 async fn watch_config(
     path: PathBuf,
     last: Fingerprint,
@@ -227,36 +218,14 @@ impl ConfigEvents {
                     continue;
                 }
             }
-            // Quiet (or the burst has gone on too long): look at the file.
+            // Quiet (or the burst has gone on too long): look at the file's metadata (its
+            // contents are the reloader's to read; one still half-written is its to wait for).
             let now = fingerprint(&self.path);
             if now == self.last {
                 return Some(false);
             }
-            let over = tokio::time::Instant::now() >= burst_end;
-            if !over && !looks_complete(&self.path) {
-                // Re-read until it validates or the writing is over.
-                (quiet, writing) = (INCOMPLETE_WAIT, true);
-                if self.more_within(INCOMPLETE_WAIT).await? {
-                    last_event = tokio::time::Instant::now();
-                    continue;
-                }
-            }
-            // Nothing about the file moved since `now` was taken (or it would have been seen).
             self.last = now;
             return Some(true);
-        }
-    }
-
-    /// Whether an event about the file comes within `wait`; None once the watcher is gone.
-    async fn more_within(&mut self, wait: Duration) -> Option<bool> {
-        let until = tokio::time::Instant::now() + wait;
-        loop {
-            match tokio::time::timeout_at(until, self.events.recv()).await {
-                Ok(None) => return None,
-                Ok(Some(ev)) if concerns(&ev, &self.names) => return Some(true),
-                Ok(Some(_)) => {}
-                Err(_) => return Some(false),
-            }
         }
     }
 }

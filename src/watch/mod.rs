@@ -5,8 +5,9 @@
 //! The config file's folder is watched rather than the file, because editors and deployment
 //! tools replace files by rename and swap symlinks, which a watch on the file itself would
 //! lose. Events only start a check: a trigger is sent when the file's fingerprint (target,
-//! mtime, size, content hash) differs from the last one, so unrelated files in the folder and
-//! re-saves of the same bytes by the same write do nothing.
+//! inode, mtime, size — its metadata; the watcher never reads the file) differs from the last
+//! one, so unrelated files in the folder do nothing. The reloader reads, parses and validates
+//! the file, once per edit.
 //!
 //! Rooms: `config_file` (the config watcher), `code` (the code watchers), `restart_file`
 //! (apps' `restart_file`s).
@@ -20,8 +21,6 @@ use std::time::{Duration, SystemTime};
 
 use notify::{Event, Watcher};
 use tokio::sync::mpsc;
-
-use crate::runtime_dir::fnv1a;
 
 pub use code::{code_roots, CodeWatcher};
 pub use config_file::ConfigWatcher;
@@ -42,20 +41,20 @@ pub struct WatchError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fingerprint {
     target: Option<PathBuf>,
+    inode: u64,
     modified: Option<SystemTime>,
     len: u64,
-    hash: u64,
 }
 
 /// The fingerprint of the file `path` leads to now (symlinks followed).
 pub fn fingerprint(path: &Path) -> Fingerprint {
+    use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).ok();
-    let content = std::fs::read(path).unwrap_or_default();
     Fingerprint {
         target: std::fs::canonicalize(path).ok(),
+        inode: meta.as_ref().map_or(0, |m| m.ino()),
         modified: meta.as_ref().and_then(|m| m.modified().ok()),
         len: meta.map_or(0, |m| m.len()),
-        hash: fnv1a(&content),
     }
 }
 
