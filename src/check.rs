@@ -48,10 +48,26 @@ pub async fn check(path: &Path, import: bool) -> Result<Checked, LoadError> {
         problems.sort_by_key(|p| p.location.map(|l| (l.line, l.column)));
         return Err(LoadError::Config(crate::config::ConfigError { problems }));
     }
+    let mut report = crate::app::describe_routes(&config, &apps);
+    if let Some(preview) = running_preview(path).await {
+        report.push_str(&format!("a reload of the running wsgimux: {preview}\n"));
+    }
     Ok(Checked {
-        report: crate::app::describe_routes(&config, &apps),
+        report,
         warnings: preflight::exposures(&config, &apps, crate::account::is_root()),
     })
+}
+
+/// What a reload of this file would change in the wsgimux serving it, if one does (asked of
+/// its control socket: it diffs the file against the config in force).
+async fn running_preview(path: &Path) -> Option<String> {
+    let file = preflight::config_path(path);
+    let socket = crate::control::socket_for_config(&file);
+    match crate::control::preview(&socket, std::time::Duration::from_secs(5)).await {
+        Ok(text) => Some(text),
+        Err(crate::control::ControlError::NotRunning { .. }) => None,
+        Err(e) => Some(format!("cannot tell ({e})")),
+    }
 }
 
 /// An import failure at the app's `script`/`module` key: the error, and where in the app's

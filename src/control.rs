@@ -36,6 +36,9 @@ pub enum Request {
     Explain {
         url: String,
     },
+    /// What a reload of the file would change in what runs (`wsgimux check`), as far as the
+    /// file says (an interpreter upgraded in place is seen by the reload itself).
+    Preview,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -44,6 +47,7 @@ pub enum Response {
     Reload(Report),
     Status(Box<StatusReport>),
     Explain(crate::explain::Explanation),
+    Preview(String),
     Error(String),
 }
 
@@ -187,6 +191,10 @@ async fn answer(
                 ask(&triggers, Trigger::Command(tx), rx).await
             }
             Ok(Request::Explain { url }) => explain_now(&overview.borrow().clone(), &url),
+            Ok(Request::Preview) => {
+                let snapshot = overview.borrow().clone();
+                preview_now(&snapshot).await
+            }
             Ok(Request::Restart { apps }) => {
                 let (tx, rx) = oneshot::channel();
                 ask(&triggers, Trigger::Restart { apps, reply: tx }, rx).await
@@ -198,6 +206,34 @@ async fn answer(
     });
     out.push('\n');
     let _ = write.write_all(out.as_bytes()).await;
+}
+
+/// The file diffed against the config in force, in words (`ConfigDiff::preview`).
+async fn preview_now(overview: &Overview) -> Response {
+    let Some(running) = &overview.effective else {
+        return Response::Error("wsgimux is still starting".into());
+    };
+    let text = match tokio::fs::read_to_string(&overview.config).await {
+        Ok(t) => t,
+        Err(e) => {
+            return Response::Error(format!("cannot read {}: {e}", overview.config.display()))
+        }
+    };
+    match crate::config::from_yaml(&text, &overview.config) {
+        Ok(file) => Response::Preview(crate::config::diff::diff(running, &file).preview()),
+        Err(e) => Response::Error(e.to_string()),
+    }
+}
+
+/// What a reload of the file would change, asked of the server on `socket`.
+pub async fn preview(socket: &Path, limit: Duration) -> Result<String, ControlError> {
+    match request(socket, &Request::Preview, limit).await? {
+        Response::Preview(text) => Ok(text),
+        Response::Error(e) => Err(ControlError::Protocol(e)),
+        other => Err(ControlError::Protocol(format!(
+            "a preview request was answered with {other:?}"
+        ))),
+    }
 }
 
 /// `explain` by the config and apps in force, with their certificates read now.

@@ -105,6 +105,77 @@ impl ConfigDiff {
             .collect()
     }
 
+    /// What a reload of this diff would do, in the reload summary's words ("would restart b
+    /// (env); re-route a (hosts)"), then what would wait for a restart of wsgimux; "nothing to
+    /// change" when nothing would.
+    pub fn preview(&self) -> String {
+        let mut parts = Vec::new();
+        let mut group = |verb: &str, items: Vec<String>| {
+            if !items.is_empty() {
+                parts.push(format!("{verb} {}", items.join(", ")));
+            }
+        };
+        let named = |f: &dyn Fn(&AppChange) -> Option<String>| -> Vec<String> {
+            self.apps.iter().filter_map(f).collect()
+        };
+        group(
+            "add",
+            named(&|c| matches!(c, AppChange::Added(_)).then(|| c.name().to_string())),
+        );
+        group(
+            "remove",
+            named(&|c| matches!(c, AppChange::Removed(_)).then(|| c.name().to_string())),
+        );
+        group(
+            "restart",
+            named(&|c| match c {
+                AppChange::Restart { keys, .. } => {
+                    Some(format!("{} ({})", c.name(), keys.join(", ")))
+                }
+                _ => None,
+            }),
+        );
+        group(
+            "re-route",
+            named(&|c| match c {
+                AppChange::Update {
+                    keys,
+                    reroute: true,
+                    ..
+                } => Some(format!("{} ({})", c.name(), keys.join(", "))),
+                _ => None,
+            }),
+        );
+        group(
+            "update",
+            named(&|c| match c {
+                AppChange::Update {
+                    keys,
+                    reroute: false,
+                    ..
+                } => Some(format!("{} ({})", c.name(), keys.join(", "))),
+                _ => None,
+            }),
+        );
+        let addrs = |list: &[SocketAddr]| list.iter().map(ToString::to_string).collect();
+        group("listen on", addrs(&self.listen_added));
+        group("close", addrs(&self.listen_removed));
+        if self.front_changed {
+            parts.push("take the new front settings (tls, limits, static, access log)".into());
+        }
+        let mut out = match parts.is_empty() {
+            true => "nothing to change".to_string(),
+            false => format!("would {}", parts.join("; ")),
+        };
+        if !self.restart_only.is_empty() {
+            out.push_str(&format!(
+                "; needs a restart to take effect: {}",
+                self.restart_only.join(", ")
+            ));
+        }
+        out
+    }
+
     /// The diff of a restart: `names` get new processes with the specs they run, nothing
     /// else changes.
     pub fn restart(config: &Config, names: &BTreeSet<String>) -> ConfigDiff {

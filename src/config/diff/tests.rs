@@ -185,3 +185,17 @@ fn round_trip_empty_a_b_empty_reaches_each_state() {
         ]
     );
 }
+
+#[test]
+fn a_preview_says_what_a_reload_would_do_and_what_waits_for_a_restart() {
+    let old = config(&format!("{A}{B}"));
+    assert_eq!(diff(&old, &old).preview(), "nothing to change");
+    let b = "  b:\n    python: python3\n    module: b:app\n    mount: /b\n    hosts: [b.test]\n    threads: 9\n";
+    let c = "  c:\n    python: python3\n    script: c.wsgi\n    mount: /c\n";
+    let yaml = format!("admin: {{listen: \"127.0.0.1:9180\"}}\napps:\n{b}{c}");
+    let new = from_yaml(&yaml, Path::new(FILE)).expect("valid");
+    assert_eq!(
+        diff(&old, &new).preview(),
+        "would add c; remove a; restart b (threads, hosts); needs a restart to take effect: admin.listen"
+    );
+}
