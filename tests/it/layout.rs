@@ -26,7 +26,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     (
-        "pure decisions over config",
+        "decisions over config",
         &["routes", "interpreter", "tls"],
     ),
     ("the machine", &["preflight", "runtime_dir", "leftover"]),
