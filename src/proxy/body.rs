@@ -24,8 +24,8 @@ const PREBUFFER: usize = 64 * 1024;
 
 /// Reads the body's first frames, up to [`PREBUFFER`] bytes or its end (each read bounded by
 /// the gate's body timeout). Returns them, and whether the body ended.
-pub(super) async fn prebuffer(
-    body: &mut LimitedBody,
+pub(super) async fn prebuffer<B: ClientBody>(
+    body: &mut LimitedBody<B>,
 ) -> (VecDeque<http_body::Frame<bytes::Bytes>>, bool) {
     let mut frames = VecDeque::new();
     let mut size = 0;
@@ -46,13 +46,22 @@ pub(super) async fn prebuffer(
     (frames, false)
 }
 
-/// A body whose first frames were read already.
-pub(super) struct PrefixedBody {
-    pub(super) prefix: VecDeque<http_body::Frame<bytes::Bytes>>,
-    pub(super) rest: Option<LimitedBody>,
+/// What a client's request body is to `LimitedBody`: hyper's `Incoming` when serving, any
+/// body of bytes in the tests.
+pub(super) trait ClientBody:
+    http_body::Body<Data = bytes::Bytes, Error: Into<BoxError>> + Unpin
+{
 }
 
-impl http_body::Body for PrefixedBody {
+impl<B: http_body::Body<Data = bytes::Bytes, Error: Into<BoxError>> + Unpin> ClientBody for B {}
+
+/// A body whose first frames were read already.
+pub(super) struct PrefixedBody<B = Incoming> {
+    pub(super) prefix: VecDeque<http_body::Frame<bytes::Bytes>>,
+    pub(super) rest: Option<LimitedBody<B>>,
+}
+
+impl<B: ClientBody> http_body::Body for PrefixedBody<B> {
     type Data = bytes::Bytes;
     type Error = BoxError;
 
@@ -124,17 +133,17 @@ impl BodyFault {
 /// The client's request body on its way to the child. Fails once more than `left` bytes
 /// passed (bodies without a declared length, or longer than declared), or when the client
 /// sends nothing for `stall` (where set), noting why in `fault`.
-pub(super) struct LimitedBody {
-    inner: Incoming,
+pub(super) struct LimitedBody<B = Incoming> {
+    inner: B,
     left: Option<u64>,
     fault: Arc<BodyFault>,
     /// The limit, its timer, and whether the timer runs (only while waiting for the client).
     stall: Option<(Duration, Pin<Box<tokio::time::Sleep>>, bool)>,
 }
 
-impl LimitedBody {
+impl<B> LimitedBody<B> {
     pub(super) fn new(
-        inner: Incoming,
+        inner: B,
         left: Option<u64>,
         stall: Option<Duration>,
         fault: Arc<BodyFault>,
@@ -149,7 +158,7 @@ impl LimitedBody {
     }
 }
 
-impl http_body::Body for LimitedBody {
+impl<B: ClientBody> http_body::Body for LimitedBody<B> {
     type Data = bytes::Bytes;
     type Error = BoxError;
 
@@ -210,3 +219,6 @@ impl http_body::Body for LimitedBody {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -483,7 +483,10 @@ async fn request_body(
         return Err(e);
     }
     if ended {
-        return Ok((PrefixedBody { prefix, rest: None }.boxed(), None));
+        return Ok((
+            PrefixedBody::<Incoming> { prefix, rest: None }.boxed(),
+            None,
+        ));
     }
     if !spooled {
         let rest = Some(body);

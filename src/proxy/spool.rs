@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncSeekExt, AsyncWriteExt, ReadBuf};
 
 use crate::upstream::BoxError;
 
-use super::body::LimitedBody;
+use super::body::{ClientBody, LimitedBody};
 
 /// Writes go to the file in pieces of this size (a chunked body may come one byte a chunk);
 /// reads come back in pieces of this size.
@@ -41,8 +41,8 @@ pub enum SpoolError {
 
 /// Reads `rest` to its end into a temporary file in `dir`; returns the file, rewound, and how
 /// many bytes it holds.
-pub(super) async fn spool(
-    mut rest: LimitedBody,
+pub(super) async fn spool<B: ClientBody>(
+    mut rest: LimitedBody<B>,
     dir: &Path,
 ) -> Result<(tokio::fs::File, u64), SpoolError> {
     let file_error = |source| SpoolError::File {
@@ -148,3 +148,6 @@ impl http_body::Body for SpooledBody {
         http_body::SizeHint::with_exact(self.remaining)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -25,10 +25,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "config",
         ],
     ),
-    (
-        "decisions over config",
-        &["routes", "interpreter", "tls"],
-    ),
+    ("decisions over config", &["routes", "interpreter", "tls"]),
     ("the machine", &["preflight", "runtime_dir", "leftover"]),
     (
         "request pieces",
