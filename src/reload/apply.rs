@@ -26,33 +26,33 @@ use super::Reloader;
 const READY_MARGIN: Duration = Duration::from_secs(2);
 
 /// What a reload is to do, worked out before anything changes.
-struct Plan {
-    new: Config,
-    ready: HashMap<String, ReadyApp>,
-    diff: ConfigDiff,
+pub(super) struct Plan {
+    pub(super) new: Config,
+    pub(super) ready: HashMap<String, ReadyApp>,
+    pub(super) diff: ConfigDiff,
 }
 
 /// Why a plan was refused: the file does not load (it may be half-written), or it asks for
 /// what a running wsgimux cannot take.
-enum Refusal {
+pub(super) enum Refusal {
     Load(Vec<String>),
     Reload(Vec<String>),
 }
 
 /// The front a reload brings: its new settings if they changed, its new listeners bound.
-struct PreparedFront {
-    front: Option<Front>,
-    bound: Vec<(SocketAddr, tokio::net::TcpListener)>,
+pub(super) struct PreparedFront {
+    pub(super) front: Option<Front>,
+    pub(super) bound: Vec<(SocketAddr, tokio::net::TcpListener)>,
 }
 
 /// The new generations: those that answer, why the others did not start, and the apps added
 /// by this reload that did not start — kept (their routes answer 503 "failed to start" and
 /// their processes are retried) rather than dropped, which would hand their URLs to another
 /// app.
-struct Started {
-    ready: HashMap<String, Generation>,
-    failed: BTreeMap<String, StartFailure>,
-    added_failing: BTreeMap<String, (Generation, StartFailure)>,
+pub(super) struct Started {
+    pub(super) ready: HashMap<String, Generation>,
+    pub(super) failed: BTreeMap<String, StartFailure>,
+    pub(super) added_failing: BTreeMap<String, (Generation, StartFailure)>,
 }
 
 impl Reloader {
@@ -106,7 +106,7 @@ impl Reloader {
     /// Step 1: load and check the file as `serve` does, and diff it against what runs. The
     /// same `python:` may now be another interpreter (a venv rebuilt, a pyenv upgrade): then
     /// the app restarts.
-    async fn plan(&self) -> Result<Plan, Refusal> {
+    pub(super) async fn plan(&self) -> Result<Plan, Refusal> {
         // The one read of the file for this reload: read, parsed and validated once.
         let (new, ready) = crate::preflight::load(&self.path).await.map_err(|e| {
             Refusal::Load(
@@ -153,7 +153,7 @@ impl Reloader {
 
     /// Step 2: certificates and the access log loaded, new listeners bound — before anything
     /// else changes, so a failure rejects the reload with nothing started.
-    async fn prepare_front(&self, plan: &Plan) -> Result<PreparedFront, Vec<String>> {
+    pub(super) async fn prepare_front(&self, plan: &Plan) -> Result<PreparedFront, Vec<String>> {
         let front = if plan.diff.front_changed {
             let current = self.live.borrow().front.clone();
             let built = Front::build(&plan.new, Some(&current)).map_err(|e| vec![e.to_string()]);
@@ -169,7 +169,7 @@ impl Reloader {
 
     /// Step 3: a new generation for every added or restarted app, all started at once, each
     /// waited for up to its startup_timeout; one that fails is stopped.
-    async fn start_generations(&mut self, plan: &Plan) -> Started {
+    pub(super) async fn start_generations(&mut self, plan: &Plan) -> Started {
         let mut starting: Vec<(String, Generation, Duration, bool)> = Vec::new();
         for change in &plan.diff.apps {
             if let AppChange::Added(spec) | AppChange::Restart { spec, .. } = change {
@@ -213,7 +213,7 @@ impl Reloader {
     /// be carried out); new and re-routed apps in, removed ones out, in one snapshot swap; then
     /// listeners and retirements. Returns the apps that got new processes, and the summary of
     /// what changed.
-    async fn switch(
+    pub(super) async fn switch(
         &mut self,
         plan: Plan,
         front: PreparedFront,

@@ -386,3 +386,6 @@ fn table(
         Some((spec, Arc::new(route)))
     }))
 }
+
+#[cfg(test)]
+mod tests;
