@@ -519,3 +519,6 @@ fn relay(resp: Response<PooledBody>) -> Response<ProxyBody> {
     headers::strip_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, body.boxed())
 }
+
+#[cfg(test)]
+mod tests;
