@@ -197,6 +197,8 @@ pub struct Server {
     /// Everything printed on stdout up to the first `ready:`, as printed.
     pub stdout: Vec<String>,
     pub log: PathBuf,
+    /// The config it serves.
+    pub config: PathBuf,
     tail: std::sync::Mutex<LogTail>,
 }
 
@@ -288,6 +290,7 @@ impl Server {
                             ready_lines,
                             stdout,
                             log,
+                            config,
                             tail: Default::default(),
                         };
                     }
@@ -301,6 +304,23 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// Waits (up to 10 s) until `app` holds at least `n` requests in flight, as `wsgimux
+    /// status --json` counts them: the event a test that needs a request to be running waits
+    /// for, rather than a sleep.
+    pub fn wait_in_flight(&self, app: &str, n: u64) {
+        let seen = eventually(Duration::from_secs(10), || {
+            let out = Command::new(BIN)
+                .args(["status", "--json", "--config"])
+                .arg(&self.config)
+                .output()
+                .ok()?;
+            let s: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let a = s["apps"].as_array()?.iter().find(|a| a["name"] == app)?;
+            (a["in_flight"].as_u64()? >= n).then_some(())
+        });
+        assert!(seen.is_some(), "{app} never had {n} request(s) in flight");
     }
 
     pub fn pid(&self) -> u32 {

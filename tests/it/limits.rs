@@ -102,7 +102,7 @@ apps:
     let busy = std::thread::spawn(move || {
         status_of(addr, b"GET /one/slow?s=2 HTTP/1.1\r\nHost: x\r\n\r\n")
     });
-    std::thread::sleep(Duration::from_millis(400));
+    server.wait_in_flight("one", 1);
     let asked = Instant::now();
     let refused = eventually(Duration::from_secs(5), || {
         let r = request(addr, b"GET /one/pid HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;

@@ -67,7 +67,7 @@ fn native_worker_runs_signal_handlers_frees_forked_children_and_drains_on_sigter
     let slow = std::thread::spawn(move || {
         request(addr, b"GET /slow?s=1 HTTP/1.1\r\nHost: x\r\n\r\n").map(|r| (r.status, r.text()))
     });
-    std::thread::sleep(Duration::from_millis(300));
+    server.wait_in_flight("sig", 1);
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let answered = slow.join().expect("client thread");
     assert_eq!(

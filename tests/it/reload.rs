@@ -417,7 +417,8 @@ fn requests_in_flight_finish_on_the_generation_they_started_on() {
     };
     let restarting = slow("/web/slow?s=1.5");
     let removed = slow("/other/slow?s=1.5");
-    std::thread::sleep(Duration::from_millis(300));
+    server.wait_in_flight("web", 1);
+    server.wait_in_flight("other", 1);
     both("    env: {V: \"2\"}\n", false);
     let line = server.reload_line(1);
     assert!(
@@ -585,7 +586,7 @@ fn reload_on_changes_swaps_code_without_failed_requests() {
         .expect("the code watcher started");
 
     let load = KeepAliveLoad::start(server.addr, 8, "x.test", "/");
-    std::thread::sleep(Duration::from_millis(200));
+    load.wait_running();
     app("2");
     let line = server.restart_line(1);
     assert!(line.contains("restarted dev (code"), "{line}");
@@ -685,7 +686,7 @@ fn restart_command_and_restart_file_replace_every_process_without_failed_request
         seen
     };
     let load = KeepAliveLoad::start(server.addr, 6, "x", "/pid");
-    std::thread::sleep(Duration::from_millis(200));
+    load.wait_running();
 
     let before = pids_now();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsgimux"))
@@ -800,6 +801,15 @@ struct KeepAliveLoad {
 }
 
 impl KeepAliveLoad {
+    /// Waits (up to 10 s) until every client has been answered a few times: the load runs.
+    fn wait_running(&self) {
+        let want = 3 * self.clients.len() as u64;
+        let ran = eventually(Duration::from_secs(10), || {
+            (self.served.load(Ordering::Relaxed) >= want).then_some(())
+        });
+        assert!(ran.is_some(), "the load never got going");
+    }
+
     fn start(addr: std::net::SocketAddr, n: usize, host: &'static str, path: &'static str) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let failures = Arc::new(Mutex::new(Vec::new()));

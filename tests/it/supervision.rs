@@ -102,7 +102,7 @@ fn sigterm_finishes_requests_in_flight_and_leaves_no_children() {
     let addr = server.addr;
     let slow =
         std::thread::spawn(move || request(addr, &get_bytes("localhost", "/victim/slow?s=1.5")));
-    std::thread::sleep(Duration::from_millis(300));
+    server.wait_in_flight("victim", 1);
     let sent = Instant::now();
     server.signal(libc::SIGTERM);
     let status = server
