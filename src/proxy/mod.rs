@@ -61,16 +61,29 @@ pub struct Client {
     /// none, as nginx gives it).
     pub local: SocketAddr,
     pub scheme: &'static str,
-    /// The peer is in `trusted_proxies`: its forwarded headers are believed.
+    /// The peer is in `trusted_proxies`: its forwarded headers are believed. Decided per
+    /// request, by the request's own snapshot (`Client::under`).
     pub trusted: bool,
     /// The longest wait between two reads of a request body, where no gate enforces it
-    /// (HTTP/2: the gate only sees HTTP/1.1 bytes).
+    /// (HTTP/2: the gate only sees HTTP/1.1 bytes); per request, like `trusted`.
     pub body_timeout: Option<Duration>,
     /// The HTTP/1.1 connection's gate, told when the connection becomes a tunnel.
     pub gate: Option<Arc<ConnState>>,
 }
 
 impl Client {
+    /// The client as a request sees it by its snapshot's `front`: what the proxy decides for a
+    /// request comes from the request's own snapshot (ARCHITECTURE.md, "one rule"), so a
+    /// reload's `trusted_proxies` or `body_timeout` reaches the next request of a kept-alive
+    /// connection with its routes.
+    pub fn under(self, front: &Front) -> Client {
+        Client {
+            trusted: front.trusted.iter().any(|c| c.contains(self.peer.ip())),
+            body_timeout: self.body_timeout.map(|_| front.limits.body_timeout),
+            ..self
+        }
+    }
+
     /// `peer`'s address as a header value (its IP, without the port).
     pub fn ip_text(peer: SocketAddr) -> HeaderValue {
         // An IP address is always a valid header value; the fallback is never taken.
@@ -126,6 +139,7 @@ impl Proxy {
         verdict: Verdict,
     ) -> Response<LoggedBody> {
         let live = self.live();
+        let client = client.under(&live.front);
         let mut app = None;
         let http10 =
             (req.version() == Version::HTTP_10).then(|| req.method() == hyper::Method::HEAD);

@@ -299,14 +299,14 @@ async fn serve_connection(
     proxy: Arc<Proxy>,
     drain: watch::Receiver<bool>,
 ) {
-    let trusted = settings.trusted.iter().any(|c| c.contains(peer.ip()));
     let local = stream.local_addr().unwrap_or(configured);
     let client = Client {
         peer,
         peer_ip: Client::ip_text(peer),
         local,
         scheme: "http",
-        trusted,
+        // Decided per request by the proxy, from the request's snapshot (`Client::under`).
+        trusted: false,
         // The gate times HTTP/1.1 bodies.
         body_timeout: None,
         gate: None,

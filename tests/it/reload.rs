@@ -861,3 +861,54 @@ impl KeepAliveLoad {
         (failures, seen, self.served.load(Ordering::Relaxed))
     }
 }
+
+/// One rule for what a request reads: everything the proxy decides for it comes from the
+/// snapshot it takes on arrival, so on one kept-alive connection the request after a reload
+/// gets the new `trusted_proxies` together with the new routes — never new routes with the
+/// connection's old trust.
+#[test]
+fn a_kept_alive_connection_gets_a_reloads_trust_with_its_routes() {
+    let Some(py) = require_python("3.13") else {
+        return;
+    };
+    let site = Site::new();
+    site.probe("app");
+    let config = |trusted: &str, hosts: &str| {
+        site.config(&format!(
+            "{trusted}apps:\n  web:\n    python: {}\n    script: app/probe.py\n    hosts: [{hosts}]\n",
+            py.display()
+        ));
+    };
+    config("", "web.test");
+    let server = site.serve();
+    let mut c = Client::connect(server.addr).expect("connect");
+    c.reader_timeout(Duration::from_secs(10));
+    let mut ask = |host: &str| {
+        let head =
+            format!("GET /env HTTP/1.1\r\nHost: {host}\r\nX-Forwarded-For: 10.9.9.9\r\n\r\n");
+        c.send(head.as_bytes()).expect("send");
+        c.read_response(false).expect("response")
+    };
+    let before = ask("web.test");
+    assert_eq!(
+        before.env("HTTP_X_FORWARDED_FOR").as_deref(),
+        Some(&b"127.0.0.1"[..]),
+        "not trusted yet"
+    );
+    assert_eq!(ask("alias.test").status, 404);
+    config(
+        "trusted_proxies: [\"127.0.0.1/32\"]\n",
+        "web.test, alias.test",
+    );
+    let (status, out, err) = site.reload();
+    assert!(status.success(), "{out}{err}");
+    // The same connection: the new route and the new trust, together.
+    let after = ask("alias.test");
+    assert_eq!(after.status, 200, "{}", after.text());
+    assert_eq!(
+        after.env("HTTP_X_FORWARDED_FOR").as_deref(),
+        Some(&b"10.9.9.9, 127.0.0.1"[..]),
+        "{}",
+        after.text()
+    );
+}
