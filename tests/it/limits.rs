@@ -151,7 +151,7 @@ fn a_full_app_holds_a_request_for_its_overflow_wait() {
     let busy = std::thread::spawn(move || {
         status_of(addr, b"GET /patient/slow?s=1.5 HTTP/1.1\r\nHost: x\r\n\r\n")
     });
-    std::thread::sleep(Duration::from_millis(500));
+    server.wait_in_flight("patient", 1);
     let asked = Instant::now();
     assert_eq!(
         status_of(addr, b"GET /patient/pid HTTP/1.1\r\nHost: x\r\n\r\n"),
@@ -170,7 +170,7 @@ fn a_full_app_holds_a_request_for_its_overflow_wait() {
     let busy = std::thread::spawn(move || {
         status_of(addr, b"GET /hasty/slow?s=2 HTTP/1.1\r\nHost: x\r\n\r\n")
     });
-    std::thread::sleep(Duration::from_millis(500));
+    server.wait_in_flight("hasty", 1);
     let asked = Instant::now();
     assert_eq!(
         status_of(addr, b"GET /hasty/pid HTTP/1.1\r\nHost: x\r\n\r\n"),
