@@ -109,57 +109,33 @@ impl ConfigDiff {
     /// (env); re-route a (hosts)"), then what would wait for a restart of wsgimux; "nothing to
     /// change" when nothing would.
     pub fn preview(&self) -> String {
-        let mut parts = Vec::new();
-        let mut group = |verb: &str, items: Vec<String>| {
-            if !items.is_empty() {
-                parts.push(format!("{verb} {}", items.join(", ")));
-            }
-        };
-        let named = |f: &dyn Fn(&AppChange) -> Option<String>| -> Vec<String> {
-            self.apps.iter().filter_map(f).collect()
-        };
-        group(
-            "add",
-            named(&|c| matches!(c, AppChange::Added(_)).then(|| c.name().to_string())),
-        );
-        group(
-            "remove",
-            named(&|c| matches!(c, AppChange::Removed(_)).then(|| c.name().to_string())),
-        );
-        group(
-            "restart",
-            named(&|c| match c {
-                AppChange::Restart { keys, .. } => {
-                    Some(format!("{} ({})", c.name(), keys.join(", ")))
+        const VERBS: [&str; 5] = ["add", "remove", "restart", "re-route", "update"];
+        let mut by_verb: [Vec<String>; 5] = Default::default();
+        for c in &self.apps {
+            let with_keys = |keys: &[&str]| format!("{} ({})", c.name(), keys.join(", "));
+            let (verb, item) = match c {
+                AppChange::Added(_) => (0, c.name().to_string()),
+                AppChange::Removed(_) => (1, c.name().to_string()),
+                AppChange::Restart { keys, .. } => (2, with_keys(keys)),
+                AppChange::Update { keys, reroute, .. } => {
+                    (if *reroute { 3 } else { 4 }, with_keys(keys))
                 }
-                _ => None,
-            }),
-        );
-        group(
-            "re-route",
-            named(&|c| match c {
-                AppChange::Update {
-                    keys,
-                    reroute: true,
-                    ..
-                } => Some(format!("{} ({})", c.name(), keys.join(", "))),
-                _ => None,
-            }),
-        );
-        group(
-            "update",
-            named(&|c| match c {
-                AppChange::Update {
-                    keys,
-                    reroute: false,
-                    ..
-                } => Some(format!("{} ({})", c.name(), keys.join(", "))),
-                _ => None,
-            }),
-        );
-        let addrs = |list: &[SocketAddr]| list.iter().map(ToString::to_string).collect();
-        group("listen on", addrs(&self.listen_added));
-        group("close", addrs(&self.listen_removed));
+                AppChange::Unchanged(_) => continue,
+            };
+            by_verb[verb].push(item);
+        }
+        let addrs = |list: &[SocketAddr]| list.iter().map(ToString::to_string).collect::<Vec<_>>();
+        let listeners = [
+            ("listen on", addrs(&self.listen_added)),
+            ("close", addrs(&self.listen_removed)),
+        ];
+        let mut parts: Vec<String> = VERBS
+            .into_iter()
+            .zip(by_verb)
+            .chain(listeners)
+            .filter(|(_, items)| !items.is_empty())
+            .map(|(verb, items)| format!("{verb} {}", items.join(", ")))
+            .collect();
         if self.front_changed {
             parts.push("take the new front settings (tls, limits, static, access log)".into());
         }

@@ -69,13 +69,17 @@ fn module_of(file: &Path) -> String {
     name.trim_end_matches(".rs").to_string()
 }
 
-/// The top-level modules named after `crate::` in `text` (line comments left out).
-fn imports(text: &str) -> BTreeSet<String> {
-    let code: String = text
-        .lines()
+/// `text` without its line comments.
+fn without_comments(text: &str) -> String {
+    text.lines()
         .filter(|l| !l.trim_start().starts_with("//"))
         .collect::<Vec<_>>()
-        .join("\n");
+        .join("\n")
+}
+
+/// The top-level modules named after `crate::` in `text` (line comments left out).
+fn imports(text: &str) -> BTreeSet<String> {
+    let code = without_comments(text);
     let mut out = BTreeSet::new();
     let mut rest = code.as_str();
     while let Some(at) = rest.find("crate::") {
@@ -280,11 +284,7 @@ fn sibling_imports(
     crate_prefix: &str,
     siblings: &BTreeSet<String>,
 ) -> BTreeSet<String> {
-    let code: String = text
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("//"))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let code = without_comments(text);
     let mut out = BTreeSet::new();
     for prefix in ["super::", crate_prefix] {
         let mut rest = code.as_str();
