@@ -64,24 +64,29 @@ impl AccessSink {
         })
     }
 
-    fn write(&self, line: &str) {
-        match &self.to {
-            Destination::MainLog { json_log: true } => {
-                tracing::info!(target: "wsgimux::access", "{line}")
-            }
-            // Through the streams' queues: a reader that does not keep up costs lines (counted),
-            // never a front thread's time (`logfile`).
-            Destination::MainLog { json_log: false } => {
-                let mut err = crate::logfile::stderr();
-                let _ = std::io::Write::write_all(&mut err, format!("{line}\n").as_bytes());
+    /// Writes one line (given without its newline, which is added in place: the line is
+    /// copied once, into its queue).
+    fn write(&self, mut line: String) {
+        if let Destination::MainLog { json_log: true } = &self.to {
+            tracing::info!(target: "wsgimux::access", "{line}");
+            return;
+        }
+        line.push('\n');
+        // Through the streams' queues: a reader that does not keep up costs lines (counted),
+        // never a front thread's time (`logfile`).
+        let _ = match &self.to {
+            Destination::MainLog { .. } => {
+                std::io::Write::write_all(&mut crate::logfile::stderr(), line.as_bytes())
             }
             Destination::Stdout => {
-                let mut out = crate::logfile::stdout();
-                let _ = std::io::Write::write_all(&mut out, format!("{line}\n").as_bytes());
+                std::io::Write::write_all(&mut crate::logfile::stdout(), line.as_bytes())
             }
-            Destination::File(f) => f.write_line(line),
-            Destination::Off => {}
-        }
+            Destination::File(f) => {
+                f.write_terminated(line.as_bytes());
+                Ok(())
+            }
+            Destination::Off => Ok(()),
+        };
     }
 }
 
@@ -335,7 +340,7 @@ impl Entry {
                 v.to_string()
             }
         };
-        self.sink.write(&line);
+        self.sink.write(line);
     }
 
     /// Combined, then wsgimux's fields: the app, the Host (Apache's vhost_combined puts it

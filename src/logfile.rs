@@ -218,15 +218,28 @@ impl LogFile {
     /// Appends `line` and a newline in one write (lines from several threads never mix); a
     /// queued file only hands the line to its queue.
     pub fn write_line(&self, line: &str) {
-        if let Some(queue) = &self.queue {
-            // Never blocks: a full queue drops the line and counts it.
-            let _ = queue.clone().write_all(format!("{line}\n").as_bytes());
-            return;
+        if self.queue.is_some() {
+            return self.write_terminated(format!("{line}\n").as_bytes());
         }
         let mut out = self.file.lock().unwrap_or_else(|e| e.into_inner());
         out.pending.extend_from_slice(line.as_bytes());
         out.pending.push(b'\n');
         out.flush();
+    }
+
+    /// Appends `line`, which ends with its newline, in one write.
+    pub fn write_terminated(&self, line: &[u8]) {
+        match &self.queue {
+            // Never blocks: a full queue drops the line and counts it.
+            Some(queue) => {
+                let _ = queue.clone().write_all(line);
+            }
+            None => {
+                let mut out = self.file.lock().unwrap_or_else(|e| e.into_inner());
+                out.pending.extend_from_slice(line);
+                out.flush();
+            }
+        }
     }
 
     /// Writes what is buffered.
