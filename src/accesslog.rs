@@ -4,6 +4,7 @@
 //! request in the app's and the process's metrics.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -65,26 +66,18 @@ impl AccessSink {
     }
 
     /// Writes one line (given without its newline, which is added in place: the line is
-    /// copied once, into its queue).
+    /// copied once, into its queue). Through the streams' queues: a reader that does not keep
+    /// up costs lines (counted), never a front thread's time (`logfile`).
     fn write(&self, mut line: String) {
-        if let Destination::MainLog { json_log: true } = &self.to {
-            tracing::info!(target: "wsgimux::access", "{line}");
-            return;
-        }
         line.push('\n');
-        // Through the streams' queues: a reader that does not keep up costs lines (counted),
-        // never a front thread's time (`logfile`).
         let _ = match &self.to {
-            Destination::MainLog { .. } => {
-                std::io::Write::write_all(&mut crate::logfile::stderr(), line.as_bytes())
-            }
-            Destination::Stdout => {
-                std::io::Write::write_all(&mut crate::logfile::stdout(), line.as_bytes())
-            }
-            Destination::File(f) => {
-                f.write_terminated(line.as_bytes());
+            Destination::MainLog { json_log: true } => {
+                tracing::info!(target: "wsgimux::access", "{}", line.trim_end());
                 Ok(())
             }
+            Destination::MainLog { .. } => crate::logfile::stderr().write_all(line.as_bytes()),
+            Destination::Stdout => crate::logfile::stdout().write_all(line.as_bytes()),
+            Destination::File(f) => f.write_terminated(line.as_bytes()),
             Destination::Off => Ok(()),
         };
     }

@@ -219,7 +219,8 @@ impl LogFile {
     /// queued file only hands the line to its queue.
     pub fn write_line(&self, line: &str) {
         if self.queue.is_some() {
-            return self.write_terminated(format!("{line}\n").as_bytes());
+            let _ = self.write_terminated(format!("{line}\n").as_bytes());
+            return;
         }
         let mut out = self.file.lock().unwrap_or_else(|e| e.into_inner());
         out.pending.extend_from_slice(line.as_bytes());
@@ -228,16 +229,15 @@ impl LogFile {
     }
 
     /// Appends `line`, which ends with its newline, in one write.
-    pub fn write_terminated(&self, line: &[u8]) {
+    pub fn write_terminated(&self, line: &[u8]) -> std::io::Result<()> {
         match &self.queue {
             // Never blocks: a full queue drops the line and counts it.
-            Some(queue) => {
-                let _ = queue.clone().write_all(line);
-            }
+            Some(queue) => queue.clone().write_all(line),
             None => {
                 let mut out = self.file.lock().unwrap_or_else(|e| e.into_inner());
                 out.pending.extend_from_slice(line);
                 out.flush();
+                Ok(())
             }
         }
     }
