@@ -84,22 +84,22 @@ fn queue(writer: impl Write + Send + 'static, name: &str) -> NonBlocking {
 /// wsgimux's stderr behind its queue: its own log and access lines sent there.
 pub fn stderr() -> NonBlocking {
     static STDERR: OnceLock<NonBlocking> = OnceLock::new();
-    STDERR
-        .get_or_init(|| {
-            let out = std::io::BufWriter::with_capacity(BATCH, std::io::stderr());
-            queue(out, "wsgimux-stderr")
-        })
-        .clone()
+    stream_queue(&STDERR, std::io::stderr, "wsgimux-stderr")
 }
 
 /// stdout behind its queue (`access_log: stdout`).
 pub fn stdout() -> NonBlocking {
     static STDOUT: OnceLock<NonBlocking> = OnceLock::new();
-    STDOUT
-        .get_or_init(|| {
-            let out = std::io::BufWriter::with_capacity(BATCH, std::io::stdout());
-            queue(out, "wsgimux-stdout")
-        })
+    stream_queue(&STDOUT, std::io::stdout, "wsgimux-stdout")
+}
+
+/// The one queue of a process-wide stream, made the first time it is asked for.
+fn stream_queue<W: Write + Send + 'static>(
+    cell: &'static OnceLock<NonBlocking>,
+    stream: fn() -> W,
+    name: &str,
+) -> NonBlocking {
+    cell.get_or_init(|| queue(std::io::BufWriter::with_capacity(BATCH, stream()), name))
         .clone()
 }
 
@@ -218,14 +218,7 @@ impl LogFile {
     /// Appends `line` and a newline in one write (lines from several threads never mix); a
     /// queued file only hands the line to its queue.
     pub fn write_line(&self, line: &str) {
-        if self.queue.is_some() {
-            let _ = self.write_terminated(format!("{line}\n").as_bytes());
-            return;
-        }
-        let mut out = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        out.pending.extend_from_slice(line.as_bytes());
-        out.pending.push(b'\n');
-        out.flush();
+        let _ = self.write_terminated(format!("{line}\n").as_bytes());
     }
 
     /// Appends `line`, which ends with its newline, in one write.

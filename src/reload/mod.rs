@@ -235,7 +235,8 @@ impl Reloader {
     }
 
     /// Replaces the live snapshot in one step: a table that leads to the current generations,
-    /// with the new front settings if given (else the current ones).
+    /// with the new front settings if given (else the current ones). What `status` shows
+    /// follows at the change's one exit (`finish`).
     fn publish(&mut self, front: Option<Front>) {
         let routes = table(&self.running.config.apps, &self.running.apps, &self.metrics);
         let front = match front {
@@ -249,7 +250,6 @@ impl Reloader {
             routes: Arc::new(routes),
             front,
         }));
-        self.publish_overview();
     }
 
     /// Replaces what `status` shows with what runs now.

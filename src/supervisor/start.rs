@@ -88,8 +88,7 @@ impl Starter {
             Ok(c) => c,
             Err(e) => {
                 let reason = format!("cannot start {}: {e}", plan.launch.program());
-                let output = HeldOutput::take(&held);
-                self.outlet.start_failed(reason, tail_lines(&tail), output);
+                self.failed(reason, &tail, &held);
                 return Err(Ended::Crashed);
             }
         };
@@ -161,8 +160,7 @@ impl Starter {
                     last_line(tail)
                 );
                 self.outlet.view(|v| v.last_exit = Some(describe(status)));
-                let output = HeldOutput::take(held);
-                self.outlet.start_failed(reason, tail_lines(tail), output);
+                self.failed(reason, tail, held);
                 remove_socket(address);
                 Err(Ended::Crashed)
             }
@@ -173,8 +171,7 @@ impl Starter {
                     secs(self.outlet.plan.startup_timeout),
                     last_line(tail)
                 );
-                let output = HeldOutput::take(held);
-                self.outlet.start_failed(reason, tail_lines(tail), output);
+                self.failed(reason, tail, held);
                 stop_child(child, pid).await;
                 remove_socket(address);
                 Err(Ended::Crashed)
@@ -195,6 +192,12 @@ impl Starter {
             }
         }
         self.outlet.recovered();
+    }
+
+    /// A failed start, reported with the child's last stderr lines and what it printed.
+    fn failed(&mut self, reason: String, tail: &Mutex<VecDeque<String>>, held: &Mutex<HeldOutput>) {
+        let output = HeldOutput::take(held);
+        self.outlet.start_failed(reason, tail_lines(tail), output);
     }
 
     /// Unpublishes a running process and stops it (TERM, grace, KILL).

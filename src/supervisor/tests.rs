@@ -22,6 +22,13 @@ fn app(yaml_app: &str, worker: WorkerKind) -> ReadyApp {
     }
 }
 
+/// The tiny server as a `command:` app's keys, with `extra` keys.
+fn tiny(extra: &str) -> String {
+    format!(
+        "    command: [python3, -c, {TINY_SERVER:?}, \"{{socket}}\"]\n    startup_timeout: 20s\n{extra}"
+    )
+}
+
 fn supervisor(dir: &Path) -> Supervisor {
     let files = WorkerFiles {
         launcher: dir.join("unused.py"),
@@ -52,10 +59,7 @@ fn alive(pid: u32) -> bool {
 #[tokio::test]
 async fn a_crashed_child_is_restarted_and_every_child_stops_at_shutdown() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let command = format!(
-        "    command: [python3, -c, {:?}, \"{{socket}}\"]\n    processes: 2\n    startup_timeout: 20s\n",
-        TINY_SERVER
-    );
+    let command = tiny("    processes: 2\n");
     let mut sup = supervisor(dir.path());
     let g = sup.start(&app(&command, WorkerKind::Command));
     let first = g
@@ -155,10 +159,7 @@ async fn an_upstream_is_routed_while_it_accepts_and_taken_out_when_it_stops() {
 #[tokio::test]
 async fn an_unwoken_on_demand_generation_is_ready_whatever_its_views_say() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let command = format!(
-        "    command: [python3, -c, {:?}, \"{{socket}}\"]\n    start: on_demand\n    startup_timeout: 20s\n",
-        TINY_SERVER
-    );
+    let command = tiny("    start: on_demand\n");
     let mut sup = supervisor(dir.path());
     let g = sup.start(&app(&command, WorkerKind::Command));
     // A view that says something else (as status might, mid-update) changes nothing.

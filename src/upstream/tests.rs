@@ -50,6 +50,13 @@ async fn send(ep: &Arc<Endpoint>, path: &str) -> Result<Response<PooledBody>, St
         .map_err(|e| e.error.to_string())
 }
 
+/// A plain request read to its end; how many connections the server has accepted by then.
+async fn connections_after_one_more(ep: &Arc<Endpoint>, accepted: &AtomicUsize) -> usize {
+    let resp = send(ep, "/").await.expect("response");
+    let _ = resp.into_body().collect().await.expect("body");
+    accepted.load(Ordering::SeqCst)
+}
+
 fn get(path: &str) -> Request<ProxyBody> {
     Request::get(path)
         .header("host", "x")
@@ -85,10 +92,8 @@ async fn a_connection_returns_to_the_pool_only_when_its_body_was_read_to_the_end
     assert!(first.is_data());
     drop(body);
     assert_eq!(ep.in_flight(), 0);
-    let resp = send(&ep, "/").await.expect("response");
-    let _ = resp.into_body().collect().await.expect("body");
     assert_eq!(
-        accepted.load(Ordering::SeqCst),
+        connections_after_one_more(&ep, &accepted).await,
         2,
         "a new connection after a dropped body"
     );
@@ -96,17 +101,13 @@ async fn a_connection_returns_to_the_pool_only_when_its_body_was_read_to_the_end
     // A failed response leaves nothing pooled either.
     assert!(send(&ep, "/cut").await.is_err());
     assert_eq!(ep.in_flight(), 0);
-    let resp = send(&ep, "/").await.expect("response");
-    let _ = resp.into_body().collect().await.expect("body");
     assert_eq!(
-        accepted.load(Ordering::SeqCst),
+        connections_after_one_more(&ep, &accepted).await,
         3,
         "a new connection after a failure"
     );
 
     // close_idle empties the pool (a process being stopped).
     ep.close_idle();
-    let resp = send(&ep, "/").await.expect("response");
-    let _ = resp.into_body().collect().await.expect("body");
-    assert_eq!(accepted.load(Ordering::SeqCst), 4);
+    assert_eq!(connections_after_one_more(&ep, &accepted).await, 4);
 }
