@@ -35,6 +35,7 @@ pub mod routes;
 pub mod runtime_dir;
 pub mod sdnotify;
 pub mod server;
+pub mod spawn;
 pub mod statics;
 pub mod status;
 pub mod supervisor;

@@ -122,22 +122,26 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// Runs the interpreter once, within [`PROBE_TIMEOUT`], when a probe slot is free.
 async fn probe_once(executable: &Path) -> Result<Probed, InterpreterError> {
     let _permit = AT_ONCE.acquire().await;
-    let child = tokio::process::Command::new(executable)
+    let mut command = tokio::process::Command::new(executable);
+    command
         .args(["-E", "-s", "-c", PROBE])
         // `-E` ignores PYTHON*; a framework build's launcher variable would name another venv.
         .env_remove("__PYVENV_LAUNCHER__")
         .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
     let path = || executable.to_path_buf();
-    let out = match tokio::time::timeout(PROBE_TIMEOUT, child).await {
+    let spawn_error = |source| InterpreterError::Spawn {
+        path: path(),
+        source,
+    };
+    let child = crate::spawn::retry_while_busy(|| command.spawn())
+        .await
+        .map_err(spawn_error)?;
+    let out = match tokio::time::timeout(PROBE_TIMEOUT, child.wait_with_output()).await {
         Err(_) => return Err(InterpreterError::Timeout { path: path() }),
-        Ok(Err(source)) => {
-            return Err(InterpreterError::Spawn {
-                path: path(),
-                source,
-            })
-        }
+        Ok(Err(source)) => return Err(spawn_error(source)),
         Ok(Ok(out)) => out,
     };
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -115,7 +115,7 @@ impl HeldOutput {
 
 /// Spawns one process of the plan listening at `address`; its stdout and stderr are copied
 /// to the log (the last stderr lines also into `tail`), held back while `held` holds.
-pub(super) fn spawn_child(
+pub(super) async fn spawn_child(
     plan: &AppPlan,
     address: &Address,
     tail: &Arc<Mutex<VecDeque<String>>>,
@@ -134,9 +134,9 @@ pub(super) fn spawn_child(
     }
     // Starting a process as another account needs the capabilities only one thread holds.
     let mut child = if plan.account.is_some() {
-        crate::account::privileged(move || cmd.spawn())?
+        crate::account::privileged(move || crate::spawn::retry_while_busy_here(|| cmd.spawn()))?
     } else {
-        cmd.spawn()?
+        crate::spawn::retry_while_busy(|| cmd.spawn()).await?
     };
     let pid = child.id().unwrap_or(0);
     let record = ChildRecord::write(&plan.runtime_dir, pid);

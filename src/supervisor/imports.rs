@@ -98,8 +98,8 @@ async fn import_one(plan: &super::plan::AppPlan, socket: &Address) -> Result<(),
     let mut cmd = command(plan, socket).map_err(|e| failed(e.to_string()))?;
     set_environment(&mut cmd, plan);
     cmd.arg("--check").stdout(Stdio::null());
-    let child = cmd
-        .spawn()
+    let child = crate::spawn::retry_while_busy(|| cmd.spawn())
+        .await
         .map_err(|e| failed(format!("cannot start {}: {e}", plan.launch.program())))?;
     let out = match tokio::time::timeout(plan.startup_timeout, child.wait_with_output()).await {
         Err(_) => {

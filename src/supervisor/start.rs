@@ -83,7 +83,7 @@ impl Starter {
         let tail = Arc::new(Mutex::new(VecDeque::new()));
         let held = HeldOutput::holding();
         while self.output.try_join_next().is_some() {}
-        let spawned = spawn_child(&plan, &address, &tail, &held, &mut self.output);
+        let spawned = spawn_child(&plan, &address, &tail, &held, &mut self.output).await;
         let (mut child, record) = match spawned {
             Ok(c) => c,
             Err(e) => {

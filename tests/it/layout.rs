@@ -17,6 +17,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "metrics",
             "logfile",
             "manpage",
+            "spawn",
             "account",
             "activation",
             "native",
