@@ -242,6 +242,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         file: _,
         listen,
         tls,
+        acme,
         redirect_https,
         trusted_proxies,
         limits,
@@ -273,6 +274,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         runtime_dir_changed: old.runtime_dir != *runtime_dir,
         // Read by the front from the live snapshot: new settings, same processes.
         front_changed: old.tls != *tls
+            || old.acme != *acme
             || old.redirect_https != *redirect_https
             || old.trusted_proxies != *trusted_proxies
             || old.limits != *limits

@@ -23,7 +23,15 @@ pub(super) enum RawListener {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawFullListener {
     address: String,
-    tls: Option<RawTls>,
+    tls: Option<RawListenerTls>,
+}
+
+/// A listener's `tls`: certificate files, or `acme` / `internal`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawListenerTls {
+    Source(String),
+    Files(RawTls),
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,7 +79,30 @@ pub(super) enum RawSize {
 /// A TLS listener's certificates.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSpec {
+    pub source: CertSource,
+    /// The files, for [`CertSource::Files`]; empty otherwise.
     pub certificates: Vec<CertSpec>,
+}
+
+/// Where a TLS listener's certificates come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertSource {
+    /// `tls: {certificates: …}`: PEM files.
+    Files,
+    /// `tls: acme`: one per routed exact host, from the `acme:` CA.
+    Acme,
+    /// `tls: internal`: issued at the first handshake by wsgimux's local CA.
+    Internal,
+}
+
+impl CertSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertSource::Files => "file",
+            CertSource::Acme => "acme",
+            CertSource::Internal => "internal",
+        }
+    }
 }
 
 /// One certificate chain and its key; `hosts` empty: the names the certificate carries.
@@ -269,7 +300,26 @@ impl Validator<'_> {
         (addrs, tls)
     }
 
-    fn tls(&mut self, i: usize, raw: RawTls) -> Option<TlsSpec> {
+    fn tls(&mut self, i: usize, raw: RawListenerTls) -> Option<TlsSpec> {
+        let raw = match raw {
+            RawListenerTls::Files(files) => files,
+            RawListenerTls::Source(s) => {
+                let source = match s.trim() {
+                    "acme" => CertSource::Acme,
+                    "internal" => CertSource::Internal,
+                    other => {
+                        let loc = self.locator.value(&format!("listen.{i}.tls"));
+                        let msg = format!("{other:?} is not a certificate source: use acme, internal, or {{certificates: [{{cert: FILE, key: FILE}}]}}");
+                        self.problem(loc, None, "tls", msg);
+                        return None;
+                    }
+                };
+                return Some(TlsSpec {
+                    source,
+                    certificates: Vec::new(),
+                });
+            }
+        };
         if raw.certificates.is_empty() {
             let loc = self.locator.key(&format!("listen.{i}.tls.certificates"));
             self.problem(loc, None, "tls", "needs at least one certificate".into());
@@ -306,7 +356,10 @@ impl Validator<'_> {
                 key_at: at("key"),
             });
         }
-        Some(TlsSpec { certificates })
+        Some(TlsSpec {
+            source: CertSource::Files,
+            certificates,
+        })
     }
 
     pub(super) fn trusted_proxies(&mut self, raw: Option<Vec<String>>) -> Vec<Cidr> {

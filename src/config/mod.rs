@@ -11,6 +11,7 @@
 //! `values` (the value grammars: durations, mounts, host patterns), `problem` (what a mistake
 //! says and where), `locate` (positions of keys), `diff` (what a reload changes).
 
+mod acme;
 mod apps;
 pub mod diff;
 mod front;
@@ -30,9 +31,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use front::{
-    parse_size, CertSpec, Cidr, Limits, TlsSpec, DEFAULT_MAX_BODY_SIZE, DEFAULT_OVERFLOW_WAIT,
+    parse_size, CertSource, CertSpec, Cidr, Limits, TlsSpec, DEFAULT_MAX_BODY_SIZE, DEFAULT_OVERFLOW_WAIT,
     DEFAULT_QUEUE_LIMIT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RESPONSE_IDLE_TIMEOUT,
 };
+pub use acme::{acme_names, AcmeSpec, Challenge, SkippedName, DEFAULT_DIRECTORY};
 pub use locate::{Location, Locator};
 pub use operating::{
     AccessLogFormat, AccessLogSpec, AccessLogTo, ProcessPolicy, StartMode, StaticAlias,
@@ -66,6 +68,8 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     /// The listeners that speak TLS, by address.
     pub tls: BTreeMap<SocketAddr, TlsSpec>,
+    /// Where `tls: acme` certificates come from and `tls: internal`'s CA is kept.
+    pub acme: AcmeSpec,
     /// Plain-HTTP requests for a host that has a certificate get a 308 to https.
     pub redirect_https: bool,
     /// Peers whose `X-Forwarded-*`, `Forwarded` and mount headers are believed.

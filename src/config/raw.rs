@@ -7,12 +7,14 @@ use serde::Deserialize;
 
 use super::{front, operating};
 
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) listen: Option<front::RawListen>,
     pub(super) redirect_https: Option<bool>,
+    pub(super) acme: Option<super::acme::RawAcme>,
     pub(super) trusted_proxies: Option<Vec<String>>,
     pub(super) limits: Option<front::RawLimits>,
     pub(super) user: Option<String>,

@@ -214,9 +214,11 @@ fn expected_words(key: &str, expected: &str) -> String {
 /// never to be shown).
 fn shape_words(type_name: &str) -> String {
     match type_name {
-        "RawListen" => "an address (\"127.0.0.1:8080\"), a list of addresses, or a list of entries like {address: \"0.0.0.0:443\", tls: {certificates: [{cert: FILE, key: FILE}]}}",
-        "RawListener" | "RawFullListener" => "an address (\"127.0.0.1:8080\") or an entry like {address: \"0.0.0.0:443\", tls: {certificates: [{cert: FILE, key: FILE}]}}",
+        "RawListen" => "an address (\"127.0.0.1:8080\"), a list of addresses, or a list of entries like {address: \"0.0.0.0:443\", tls: acme} or {address: \"0.0.0.0:443\", tls: {certificates: [{cert: FILE, key: FILE}]}}",
+        "RawListener" | "RawFullListener" => "an address (\"127.0.0.1:8080\") or an entry like {address: \"0.0.0.0:443\", tls: acme} or {address: \"0.0.0.0:443\", tls: {certificates: [{cert: FILE, key: FILE}]}}",
         "RawTls" => "a mapping like {certificates: [{cert: FILE, key: FILE, hosts: [NAME]}]}",
+        "RawListenerTls" => "acme, internal, or a mapping like {certificates: [{cert: FILE, key: FILE, hosts: [NAME]}]}",
+        "RawAcme" => "a mapping like {directory: URL, email: ADDRESS, storage: FOLDER, challenge: http-01}",
         "RawCertificate" => "a mapping like {cert: FILE, key: FILE, hosts: [NAME]}",
         "RawLimits" => "a mapping of limits (max_uri_length:, max_header_size:, header_timeout:, body_timeout:, …)",
         "RawSize" => "a size: a number of bytes, or text like 512, 8k, 1m, 2g",

@@ -50,6 +50,8 @@ impl Validator<'_> {
     /// and every problem found.
     pub(super) fn validate(mut self, raw: RawConfig) -> (Config, Vec<Problem>) {
         let (listen, tls) = self.listeners(raw.listen);
+        let acme = self.acme(raw.acme);
+        self.acme_needs(&listen, &tls, acme.challenge);
         let trusted_proxies = self.trusted_proxies(raw.trusted_proxies);
         let limits = self.limits(raw.limits);
         let user = self.account("user", None, "user", raw.user);
@@ -106,6 +108,7 @@ impl Validator<'_> {
             file: self.file.to_path_buf(),
             listen,
             tls,
+            acme,
             redirect_https,
             trusted_proxies,
             limits,

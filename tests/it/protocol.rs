@@ -425,11 +425,12 @@ fn test_ca(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::Pa
         .distinguished_name
         .push(rcgen::DnType::CommonName, "wsgimux test CA");
     let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
     let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
     let leaf =
         rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
             .expect("leaf params")
-            .signed_by(&leaf_key, &ca, &ca_key)
+            .signed_by(&leaf_key, &issuer)
             .expect("leaf certificate");
     let write = |name: &str, text: String| {
         let p = dir.join(name);

@@ -22,7 +22,7 @@ pub fn certificate(dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf)
     let cert = dir.join(format!("{stem}.pem"));
     let key = dir.join(format!("{stem}.key"));
     std::fs::write(&cert, made.cert.pem()).expect("write cert");
-    std::fs::write(&key, made.key_pair.serialize_pem()).expect("write key");
+    std::fs::write(&key, made.signing_key.serialize_pem()).expect("write key");
     (cert, key)
 }
 

@@ -17,6 +17,7 @@ fn empty() -> Config {
         file: FILE.into(),
         listen: vec!["127.0.0.1:8080".parse().unwrap()],
         tls: Default::default(),
+        acme: config("  a:\n    python: python3\n    script: a.wsgi\n").acme,
         redirect_https: false,
         trusted_proxies: Vec::new(),
         limits: Default::default(),
