@@ -49,6 +49,7 @@ pub async fn check(path: &Path, import: bool) -> Result<Checked, LoadError> {
         return Err(LoadError::Config(crate::config::ConfigError { problems }));
     }
     let mut report = crate::app::describe_routes(&config, &apps);
+    report.push_str(&certificates_words(&config));
     if let Some(preview) = running_preview(path).await {
         report.push_str(&format!("a reload of the running wsgimux: {preview}\n"));
     }
@@ -98,4 +99,38 @@ fn import_problem(
         key: Some(key.to_string()),
         message: format!("{}{}", f.error, at.unwrap_or_default()),
     }
+}
+
+/// Which names `tls: acme` will order certificates for (and which it skips, with why), and
+/// where `tls: internal`'s CA is.
+fn certificates_words(config: &crate::config::Config) -> String {
+    use crate::config::CertSource;
+    let mut out = String::new();
+    let sources: Vec<CertSource> = config.tls.values().map(|t| t.source).collect();
+    if sources.contains(&CertSource::Acme) {
+        let (wanted, skipped) = crate::config::acme_names(config);
+        let a = &config.acme;
+        out.push_str(&format!(
+            "tls: acme: certificates from {} by {}, kept in {}\n",
+            a.directory,
+            a.challenge.as_str(),
+            a.storage.display()
+        ));
+        if wanted.is_empty() {
+            out.push_str("  no name will be requested: no app has an exact host in hosts:\n");
+        }
+        for name in wanted {
+            out.push_str(&format!("  will request: {name}\n"));
+        }
+        for s in skipped {
+            out.push_str(&format!("  skipped: {} ({})\n", s.host, s.reason));
+        }
+    }
+    if sources.contains(&CertSource::Internal) {
+        out.push_str(&format!(
+            "tls: internal: certificates from the local CA {} (made at the first start; wsgimux trust adds it to this machine's trust store)\n",
+            crate::acme::root_file(&config.acme.storage).display()
+        ));
+    }
+    out
 }

@@ -77,12 +77,19 @@ pub enum Reply {
     AdminNotFound,
     /// An admin request with a method other than GET or HEAD.
     AdminMethod,
+    /// An ACME CA's HTTP-01 validation request, answered.
+    AcmeChallenge,
+    /// An HTTP-01 validation request for a token no order here or in storage has.
+    AcmeUnknownToken,
 }
 
 impl Reply {
     pub fn status(self) -> StatusCode {
         match self {
-            Reply::ServerOptions | Reply::File | Reply::AdminPage => StatusCode::OK,
+            Reply::ServerOptions | Reply::File | Reply::AdminPage | Reply::AcmeChallenge => {
+                StatusCode::OK
+            }
+            Reply::AcmeUnknownToken => StatusCode::NOT_FOUND,
             Reply::HttpsRedirect => StatusCode::PERMANENT_REDIRECT,
             Reply::AddSlash => StatusCode::MOVED_PERMANENTLY,
             Reply::FileRange => StatusCode::PARTIAL_CONTENT,

@@ -9,6 +9,7 @@
 
 pub mod accesslog;
 pub mod account;
+pub mod acme;
 pub mod activation;
 pub mod admin;
 pub mod app;

@@ -1,10 +1,12 @@
 //! TLS for the listeners that have `tls:`: certificates loaded from PEM files, chosen by SNI,
-//! reloaded when their files change; the rustls server config (ALPN h2 + http/1.1); and the
-//! client config `https://` upstreams are verified with.
+//! reloaded when their files change, or obtained at run time ([`obtained`]: ACME and the
+//! internal CA); the rustls server config (ALPN h2 + http/1.1, and `acme-tls/1` on `tls: acme`
+//! listeners); and the client config `https://` upstreams are verified with.
 //!
 //! Owns reading certificate and key files (preflight calls [`CertStore::load`] to report bad
-//! files as config errors). Does not accept connections: `server` does, with the acceptor
-//! built here.
+//! files as config errors) and which certificate a handshake gets. Does not accept
+//! connections (`server` does, with the acceptor built here) and does not obtain
+//! certificates (`acme` does, and is the only writer of [`obtained`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -16,7 +18,12 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
-use crate::config::{CertSpec, TlsSpec};
+use crate::config::{CertSource, CertSpec, TlsSpec};
+
+/// The ALPN protocol of the TLS-ALPN-01 challenge (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+/// How often a handshake for a name with no certificate yet is logged, per name.
+const NO_CERTIFICATE_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// How often certificate files are checked for changes.
 pub const CERT_CHECK_INTERVAL: Duration = Duration::from_secs(2);
@@ -145,11 +152,16 @@ impl CertStore {
             .clone()
     }
 
-    /// The certificate for a host name: configured names first (exact, then `*.` wildcard),
-    /// then the names certificates carry, in config order.
+    /// The certificate for a host name: for files, configured names first (exact, then `*.`
+    /// wildcard), then the names certificates carry, in config order; else what was obtained.
     fn find(&self, name: &str) -> Option<Arc<CertifiedKey>> {
-        let all = self.snapshot();
         let name = name.trim_end_matches('.').to_ascii_lowercase();
+        match self.spec.source {
+            CertSource::Files => {}
+            CertSource::Acme => return obtained().acme(&name),
+            CertSource::Internal => return obtained().internal(&name),
+        }
+        let all = self.snapshot();
         let configured = |wild: bool| {
             all.iter().find(|l| {
                 l.hosts.iter().any(|h| match h.strip_prefix("*.") {
@@ -171,9 +183,21 @@ impl CertStore {
             .map(|l| l.key.clone())
     }
 
-    /// True when a certificate is configured for, or carries, `host`.
+    /// The leaf certificates loaded from files (DER), in config order.
+    pub fn leaves(&self) -> Vec<Vec<u8>> {
+        self.snapshot()
+            .iter()
+            .filter_map(|l| l.key.cert.first().map(|c| c.as_ref().to_vec()))
+            .collect()
+    }
+
+    /// True when a certificate is configured for, carries, or was obtained for `host` (the
+    /// internal CA covers every name it may issue for).
     pub fn covers(&self, host: &str) -> bool {
-        self.find(host).is_some()
+        match self.spec.source {
+            CertSource::Internal => obtained().may_issue(host),
+            _ => self.find(host).is_some(),
+        }
     }
 
     /// The rustls config for a listener: this store picks certificates; h2 and http/1.1.
@@ -182,6 +206,10 @@ impl CertStore {
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(Resolver(self.clone())));
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        if self.spec.source == CertSource::Acme {
+            // Chosen only by a CA's validation request, which offers nothing else.
+            config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+        }
         Arc::new(config)
     }
 }
@@ -255,18 +283,153 @@ fn load_one(spec: &CertSpec) -> Result<Loaded, TlsError> {
     })
 }
 
-/// SNI → certificate; without SNI, or for a name no certificate has, the first certificate
-/// (as nginx's default server does).
+/// SNI → certificate. Files: without SNI, or for a name no certificate has, the first
+/// certificate (as nginx's default server does). Obtained certificates: none for a name that
+/// has none yet — the handshake fails at once, and is logged — never another name's.
 #[derive(Debug)]
 struct Resolver(Arc<CertStore>);
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        hello
-            .server_name()
-            .and_then(|n| self.0.find(n))
-            .or_else(|| self.0.snapshot().first().map(|l| l.key.clone()))
+        let source = self.0.spec.source;
+        if source == CertSource::Files {
+            return hello
+                .server_name()
+                .and_then(|n| self.0.find(n))
+                .or_else(|| self.0.snapshot().first().map(|l| l.key.clone()));
+        }
+        let name = hello.server_name().map(|n| n.to_ascii_lowercase());
+        let validating = hello
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|p| p == ACME_TLS_ALPN));
+        match (name, validating) {
+            (Some(name), true) if source == CertSource::Acme => obtained().alpn_challenge(&name),
+            (Some(name), _) => {
+                let found = self.0.find(&name);
+                if found.is_none() {
+                    obtained().log_missing(&name, source);
+                }
+                found
+            }
+            (None, _) => {
+                tracing::debug!("TLS handshake without a server name on a tls: {} listener: no certificate to choose", source.as_str());
+                None
+            }
+        }
     }
+}
+
+/// Issues certificates at the first handshake for a name (the internal CA).
+pub trait IssueOnDemand: Send + Sync + std::fmt::Debug {
+    /// Whether `name` is one it issues for.
+    fn may_issue(&self, name: &str) -> bool;
+    /// A certificate for `name`, made now or kept from before; none if it may not.
+    fn issue(&self, name: &str) -> Option<Arc<CertifiedKey>>;
+}
+
+/// Certificates obtained at run time, read by handshakes. `acme`'s manager is the only writer.
+#[derive(Debug, Default)]
+pub struct Obtained {
+    by_name: RwLock<std::collections::HashMap<String, Arc<CertifiedKey>>>,
+    /// TLS-ALPN-01 validation certificates, by name, while their challenge is open.
+    challenges: RwLock<std::collections::HashMap<String, Arc<CertifiedKey>>>,
+    internal: RwLock<Option<Arc<dyn IssueOnDemand>>>,
+    logged: Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+/// The process's obtained certificates.
+pub fn obtained() -> &'static Obtained {
+    static OBTAINED: std::sync::OnceLock<Obtained> = std::sync::OnceLock::new();
+    OBTAINED.get_or_init(Obtained::default)
+}
+
+impl Obtained {
+    fn acme(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        read(&self.by_name).get(name).cloned()
+    }
+
+    fn alpn_challenge(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        read(&self.challenges).get(name).cloned()
+    }
+
+    fn internal(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        let issuer = read(&self.internal).clone()?;
+        issuer.issue(name)
+    }
+
+    fn may_issue(&self, name: &str) -> bool {
+        read(&self.internal)
+            .as_ref()
+            .is_some_and(|i| i.may_issue(&name.to_ascii_lowercase()))
+    }
+
+    /// Serves `key` for `name` to new handshakes from now on (open connections keep theirs).
+    pub fn publish(&self, name: &str, key: Arc<CertifiedKey>) {
+        write(&self.by_name).insert(name.to_string(), key);
+    }
+
+    /// Stops serving a name no longer routed.
+    pub fn withdraw(&self, name: &str) {
+        write(&self.by_name).remove(name);
+    }
+
+    /// The names certificates are served for.
+    pub fn names(&self) -> Vec<String> {
+        read(&self.by_name).keys().cloned().collect()
+    }
+
+    /// Answers TLS-ALPN-01 validation for `name` with `key` (none: the challenge is over).
+    pub fn set_alpn_challenge(&self, name: &str, key: Option<Arc<CertifiedKey>>) {
+        let mut all = write(&self.challenges);
+        match key {
+            Some(k) => all.insert(name.to_string(), k),
+            None => all.remove(name),
+        };
+    }
+
+    /// Who issues `tls: internal` certificates.
+    pub fn set_internal(&self, issuer: Option<Arc<dyn IssueOnDemand>>) {
+        *write(&self.internal) = issuer;
+    }
+
+    fn log_missing(&self, name: &str, source: CertSource) {
+        let now = std::time::Instant::now();
+        let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
+        let due = logged
+            .get(name)
+            .is_none_or(|t| now.duration_since(*t) >= NO_CERTIFICATE_LOG_EVERY);
+        if due && logged.len() < 10_000 {
+            logged.insert(name.to_string(), now);
+            let why = match source {
+                CertSource::Acme => "it is not routed here, or its certificate is not obtained yet (wsgimux status shows why)",
+                _ => "the internal CA does not issue for it (it is not routed here)",
+            };
+            tracing::warn!("TLS handshake for {name:?} refused: no certificate: {why}");
+        }
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A chain and key in PEM (as an ACME CA or the internal CA gives them) made ready to serve.
+pub fn certified_key(chain_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("not a PEM certificate chain ({e})"))?;
+    if chain.is_empty() {
+        return Err("holds no PEM certificate".into());
+    }
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("no private key ({e})"))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| format!("unsupported private key ({e})"))?;
+    Ok(CertifiedKey::new(chain, signing))
 }
 
 /// The rustls client config for `https://` upstreams: the system's root certificates, or only

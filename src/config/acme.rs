@@ -167,7 +167,8 @@ impl Validator<'_> {
             p => p.map(|p| this.resolve(p.trim())),
         };
         let directory_ca = path(&raw.directory_ca, "acme.directory_ca", self);
-        let storage = path(&raw.storage, "acme.storage", self).unwrap_or_else(|| self.resolve("acme"));
+        let storage =
+            path(&raw.storage, "acme.storage", self).unwrap_or_else(|| self.resolve("acme"));
         AcmeSpec {
             directory,
             directory_ca,
@@ -187,15 +188,17 @@ fn renew_before(raw: &RawDuration) -> Result<Duration, String> {
             Duration::try_from_secs_f64(*n).map_err(|_| format!("{n} is not a duration"))?
         }
         RawDuration::Seconds(n) => return Err(format!("{n} must be more than 0")),
-        RawDuration::Text(t) => humantime::parse_duration(t.trim()).map_err(|_| {
-            format!("{t:?} is not a duration (e.g. \"30d\", \"720h\", \"10m\")")
-        })?,
+        RawDuration::Text(t) => humantime::parse_duration(t.trim())
+            .map_err(|_| format!("{t:?} is not a duration (e.g. \"30d\", \"720h\", \"10m\")"))?,
     };
     if d.is_zero() {
         return Err("must be more than 0".into());
     }
     if d > YEAR {
-        return Err(format!("{} is longer than a year", humantime::format_duration(d)));
+        return Err(format!(
+            "{} is longer than a year",
+            humantime::format_duration(d)
+        ));
     }
     Ok(d)
 }

@@ -30,11 +30,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use front::{
-    parse_size, CertSource, CertSpec, Cidr, Limits, TlsSpec, DEFAULT_MAX_BODY_SIZE, DEFAULT_OVERFLOW_WAIT,
-    DEFAULT_QUEUE_LIMIT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RESPONSE_IDLE_TIMEOUT,
-};
 pub use acme::{acme_names, AcmeSpec, Challenge, SkippedName, DEFAULT_DIRECTORY};
+pub use front::{
+    parse_size, CertSource, CertSpec, Cidr, Limits, TlsSpec, DEFAULT_MAX_BODY_SIZE,
+    DEFAULT_OVERFLOW_WAIT, DEFAULT_QUEUE_LIMIT, DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_RESPONSE_IDLE_TIMEOUT,
+};
 pub use locate::{Location, Locator};
 pub use operating::{
     AccessLogFormat, AccessLogSpec, AccessLogTo, ProcessPolicy, StartMode, StaticAlias,

@@ -45,6 +45,8 @@ pub struct Front {
     pub access: Arc<AccessSink>,
     /// Where request bodies are spooled (the runtime dir, which a reload cannot change).
     pub spool_dir: std::path::PathBuf,
+    /// `acme.storage`, when HTTP-01 challenges are answered on plain listeners.
+    pub acme_http01: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +114,7 @@ impl Front {
             statics: config.statics.clone(),
             access: Arc::new(access),
             spool_dir: crate::runtime_dir::of_config(config),
+            acme_http01: crate::acme::http01_storage(config),
         })
     }
 

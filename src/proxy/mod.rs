@@ -203,6 +203,11 @@ impl Proxy {
         // Borrowed unless the path has escapes: no allocation for the common case.
         let decoded: Cow<[u8]> = percent_decode(path.as_bytes()).into();
         if client.scheme == "http" {
+            if let Some(storage) = &live.front.acme_http01 {
+                if let Some(token) = path.strip_prefix(ACME_CHALLENGE_PATH) {
+                    return Ok(acme_answer(storage, token).await);
+                }
+            }
             if let Some(r) = &live.front.redirect {
                 if let Some(resp) = r.response(&target.host, &parts.uri) {
                     return Ok(resp);
@@ -536,3 +541,29 @@ fn relay(resp: Response<PooledBody>) -> Response<ProxyBody> {
 
 #[cfg(test)]
 mod tests;
+
+/// Where an ACME CA asks for HTTP-01 answers: wsgimux's, before any route or redirect.
+const ACME_CHALLENGE_PATH: &str = "/.well-known/acme-challenge/";
+
+/// The key authorization for `token` (RFC 8555 §8.3), or a 404.
+async fn acme_answer(storage: &std::path::Path, token: &str) -> Response<ProxyBody> {
+    use crate::error::Reply;
+    match crate::acme::http01_answer(storage, token).await {
+        Some(answer) => {
+            use http_body_util::BodyExt;
+            let body = http_body_util::Full::new(bytes::Bytes::from(answer))
+                .map_err(|e| match e {})
+                .boxed();
+            let mut resp = Reply::AcmeChallenge.response(body);
+            resp.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/octet-stream"),
+            );
+            resp
+        }
+        None => {
+            tracing::info!("acme: an HTTP-01 request for token {token:?}, which no order has");
+            Reply::AcmeUnknownToken.response(ProxyBody::default())
+        }
+    }
+}

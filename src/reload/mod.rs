@@ -73,6 +73,8 @@ pub struct Reloader {
     /// What `status` shows: replaced whenever what runs changes.
     overview: watch::Sender<Arc<Overview>>,
     started: std::time::SystemTime,
+    /// Keeps the certificates the config in force needs (told at every publish).
+    certificates: crate::acme::Manager,
 }
 
 impl Reloader {
@@ -103,6 +105,8 @@ impl Reloader {
             routes: Arc::new(routes),
             front: Arc::new(front),
         }));
+        let certificates = crate::acme::Manager::start();
+        certificates.apply(&running.config);
         let mut server = Server::new(Arc::new(Proxy::new(live_rx)));
         for (addr, listener) in listeners {
             server.add(addr, listener);
@@ -119,6 +123,7 @@ impl Reloader {
             triggers,
             reloads: Tally::default(),
             restarts: Tally::default(),
+            certificates,
             last: None,
             loaded: None,
             unsettled: None,
@@ -250,6 +255,7 @@ impl Reloader {
             routes: Arc::new(routes),
             front,
         }));
+        self.certificates.apply(&self.running.config);
     }
 
     /// Replaces what `status` shows with what runs now.
@@ -285,6 +291,15 @@ impl Reloader {
             reloads: self.reloads.clone(),
             restarts: self.restarts.clone(),
             unrouted: Some(self.live.borrow().front.access.unrouted.clone()),
+            file_certificates: self
+                .live
+                .borrow()
+                .front
+                .tls
+                .values()
+                .filter(|t| t.store.spec().source == crate::config::CertSource::Files)
+                .map(|t| t.store.clone())
+                .collect(),
         }));
     }
 

@@ -340,7 +340,13 @@ async fn serve_tls(
                 return;
             }
         };
-    let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let alpn = tls_stream.get_ref().1.alpn_protocol();
+    if alpn == Some(crate::tls::ACME_TLS_ALPN) {
+        // A CA's TLS-ALPN-01 validation: the handshake was the answer; nothing is served.
+        tracing::info!("answered a TLS-ALPN-01 validation from {peer}");
+        return;
+    }
+    let h2 = alpn == Some(b"h2");
     let client = Client {
         scheme: "https",
         body_timeout: h2.then_some(settings.limits.body_timeout),

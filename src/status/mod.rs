@@ -35,6 +35,8 @@ pub struct Overview {
     pub restarts: Tally,
     /// Requests no app was chosen for (refused, no route, host-wide static files, redirects).
     pub unrouted: Option<Arc<crate::metrics::Counters>>,
+    /// The certificates of `tls: {certificates: …}` listeners, as loaded.
+    pub file_certificates: Vec<Arc<crate::tls::CertStore>>,
 }
 
 /// How many reloads (or restarts) there were, and the last one's report.
@@ -58,6 +60,7 @@ impl Overview {
             reloads: Tally::default(),
             restarts: Tally::default(),
             unrouted: None,
+            file_certificates: Vec::new(),
         }
     }
 }
@@ -95,6 +98,9 @@ pub struct StatusReport {
     /// Log lines dropped because their reader did not keep up (`logfile`).
     #[serde(default)]
     pub log_lines_dropped: u64,
+    /// Every certificate served: from files, obtained by ACME, the internal CA.
+    #[serde(default)]
+    pub certificates: Vec<crate::acme::CertStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -228,7 +234,39 @@ pub fn collect(o: &Overview) -> StatusReport {
             .unwrap_or_default(),
         pending_restart: o.pending_restart.clone(),
         log_lines_dropped: crate::logfile::dropped_lines(),
+        certificates: certificates(o),
     }
+}
+
+/// File certificates as loaded (parsed here, no file read), then what `acme` keeps.
+fn certificates(o: &Overview) -> Vec<crate::acme::CertStatus> {
+    let mut out = Vec::new();
+    for store in &o.file_certificates {
+        for der in store.leaves() {
+            let Ok(f) = crate::acme::certificate::Facts::of(&der) else {
+                continue;
+            };
+            out.push(crate::acme::CertStatus {
+                names: f.names,
+                source: "file".into(),
+                issuer: Some(f.issuer),
+                serial: Some(f.serial),
+                not_after: Some(unix(f.not_after)),
+                state: if f.not_after > SystemTime::now() {
+                    "valid"
+                } else {
+                    "expired"
+                }
+                .into(),
+                since: unix(o.started),
+                next_renewal: None,
+                orders_succeeded: 0,
+                orders_failed: 0,
+            });
+        }
+    }
+    out.extend(crate::acme::status());
+    out
 }
 
 fn last_of(t: &Tally) -> Option<ReloadStatus> {

@@ -74,11 +74,49 @@ pub fn render_text(s: &StatusReport) -> String {
     if s.last_restart.is_some() {
         text_last(&mut out, "restart", s.last_restart.as_ref(), now);
     }
+    text_certificates(&mut out, &s.certificates, now);
     for a in &s.apps {
         let _ = writeln!(out);
         text_app(&mut out, a);
     }
     out
+}
+
+/// When a certificate time is, from now: `2027-03-07 (in 89d)`.
+fn when_text(at: u64, now: u64) -> String {
+    let date = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(at),
+    );
+    let day = date.to_string().chars().take(10).collect::<String>();
+    if at >= now {
+        format!("{day} (in {})", duration_text(at - now))
+    } else {
+        format!("{day} ({} ago)", duration_text(now - at))
+    }
+}
+
+/// One line per certificate: names, source, state (since when), issuer, expiry, renewal.
+fn text_certificates(out: &mut String, certs: &[crate::acme::CertStatus], now: u64) {
+    if certs.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "certificates:");
+    for c in certs {
+        let mut line = format!("  {}  {}  {}", c.names.join(","), c.source, c.state);
+        if c.state != "valid" {
+            line.push_str(&format!(" (since {})", when_text(c.since, now)));
+        }
+        if let Some(i) = &c.issuer {
+            line.push_str(&format!("  issuer {i:?}"));
+        }
+        if let Some(t) = c.not_after {
+            line.push_str(&format!("  expires {}", when_text(t, now)));
+        }
+        if let Some(t) = c.next_renewal {
+            line.push_str(&format!("  next renewal {}", when_text(t, now)));
+        }
+        let _ = writeln!(out, "{line}");
+    }
 }
 
 /// One app: its line, its totals, a table of its processes.
@@ -227,11 +265,47 @@ th,td{{text-align:right;padding:4px 8px;border-bottom:1px solid #eee;white-space
         html_last(&mut out, "restart", s.last_restart.as_ref(), now);
     }
     out.push_str("</div>\n");
+    html_certificates(&mut out, &s.certificates, now);
     for a in &s.apps {
         html_app(&mut out, a);
     }
     out.push_str("<div class=\"meta\">Refreshes every 5 s · <a href=\"/metrics\">/metrics</a> · <a href=\"/status.json\">/status.json</a></div>\n</body></html>\n");
     out
+}
+
+/// A card with a row per certificate.
+fn html_certificates(out: &mut String, certs: &[crate::acme::CertStatus], now: u64) {
+    if certs.is_empty() {
+        return;
+    }
+    let e = html_escape;
+    out.push_str("<div class=\"card\"><h2>Certificates</h2><div class=\"wrap\"><table><tr><th class=\"s\">Names</th><th class=\"s\">Source</th><th class=\"s\">State</th><th class=\"s\">Issuer</th><th>Expires</th><th>Next renewal</th></tr>\n");
+    for c in certs {
+        let class = if c.state == "valid" {
+            "ok"
+        } else if c.state.starts_with("failed") || c.state == "expired" {
+            "bad"
+        } else {
+            "starting"
+        };
+        let since = if c.state == "valid" {
+            String::new()
+        } else {
+            format!(" (since {})", when_text(c.since, now))
+        };
+        let _ = writeln!(
+            out,
+            "<tr><td class=\"s\">{}</td><td class=\"s\">{}</td><td class=\"s {class}\">{}{}</td><td class=\"s\">{}</td><td>{}</td><td>{}</td></tr>",
+            e(&c.names.join(", ")),
+            e(&c.source),
+            e(&c.state),
+            e(&since),
+            e(c.issuer.as_deref().unwrap_or("")),
+            c.not_after.map(|t| e(&when_text(t, now))).unwrap_or_default(),
+            c.next_renewal.map(|t| e(&when_text(t, now))).unwrap_or_default(),
+        );
+    }
+    out.push_str("</table></div></div>\n");
 }
 
 /// The page's "Last reload" / "Last restart" line, its summary and errors.
@@ -395,7 +469,47 @@ pub fn render_prometheus(s: &StatusReport) -> String {
     prometheus_requests(t, &apps);
     prometheus_processes(t, &apps);
     prometheus_durations(t, &apps);
+    prometheus_certificates(t, &s.certificates);
     text
+}
+
+/// Each certificate's expiry by host, and ACME orders by outcome.
+fn prometheus_certificates(t: &mut String, certs: &[crate::acme::CertStatus]) {
+    family(
+        t,
+        "wsgimux_certificate_expiry_timestamp_seconds",
+        "gauge",
+        "When each host's served certificate expires (unix time).",
+    );
+    for c in certs {
+        let Some(at) = c.not_after else { continue };
+        for host in &c.names {
+            let _ = writeln!(
+                t,
+                "wsgimux_certificate_expiry_timestamp_seconds{{host=\"{}\",source=\"{}\"}} {at}",
+                label(host),
+                label(&c.source)
+            );
+        }
+    }
+    family(
+        t,
+        "wsgimux_certificate_orders_total",
+        "counter",
+        "ACME certificate orders (first orders and renewals) by host and outcome.",
+    );
+    for c in certs.iter().filter(|c| c.source == "acme") {
+        let host = label(c.names.first().map_or("", String::as_str));
+        for (outcome, n) in [
+            ("success", c.orders_succeeded),
+            ("failure", c.orders_failed),
+        ] {
+            let _ = writeln!(
+                t,
+                "wsgimux_certificate_orders_total{{host=\"{host}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+    }
 }
 
 /// Labelled app by app: `(label value, app)`.

@@ -1,6 +1,7 @@
 //! Integration tests: the real binary, real interpreters, real sockets. One test binary, so
 //! the build links once; each test gets its own temporary folder and a free port.
 
+mod acme;
 mod config_errors;
 mod corpus;
 mod deploy;

@@ -1,0 +1,525 @@
+//! Automatic HTTPS against a real ACME CA: Pebble (Debian's `pebble`) with
+//! `pebble-challtestsrv` as its DNS (every name → 127.0.0.1). HTTP-01 and TLS-ALPN-01 orders
+//! for two hosts, checked with curl trusting only Pebble's root; a restart that orders
+//! nothing; a reload that adds a host; a refused name failing alone; an unreachable CA; two
+//! instances sharing storage; `tls: internal`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+use crate::operating::status_json;
+use crate::tls::{curl, free_port};
+
+/// A Pebble CA and its DNS, stopped on drop.
+struct Pebble {
+    _dir: tempfile::TempDir,
+    children: Vec<Child>,
+    pub directory: String,
+    /// The CA of Pebble's own HTTPS (what `directory_ca` names).
+    pub https_ca: PathBuf,
+    /// The root the issued chains lead to (fetched after start: new at every start).
+    pub root: PathBuf,
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Pebble {
+    /// Pebble validating HTTP-01 at `http_port` and TLS-ALPN-01 at `tls_port` on 127.0.0.1,
+    /// refusing the names in `blocked`. None when it is not installed (after saying why).
+    fn start(http_port: u16, tls_port: u16, blocked: &[&str]) -> Option<Pebble> {
+        if !have_tool("pebble", "pebble") || !have_tool("pebble-challtestsrv", "pebble") {
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+            .expect("pebble's certificate");
+        let https_ca = dir.path().join("pebble-cert.pem");
+        std::fs::write(&https_ca, made.cert.pem()).expect("write");
+        std::fs::write(
+            dir.path().join("pebble-key.pem"),
+            made.signing_key.serialize_pem(),
+        )
+        .expect("write");
+        let (listen, management, dns, dns_management) =
+            (free_port(), free_port(), free_port(), free_port());
+        let config = serde_json::json!({"pebble": {
+            "listenAddress": format!("127.0.0.1:{listen}"),
+            "managementListenAddress": format!("127.0.0.1:{management}"),
+            "certificate": https_ca,
+            "privateKey": dir.path().join("pebble-key.pem"),
+            "httpPort": http_port, "tlsPort": tls_port,
+            "ocspResponderURL": "", "externalAccountBindingRequired": false,
+            "domainBlocklist": blocked,
+        }});
+        std::fs::write(dir.path().join("pebble.json"), config.to_string()).expect("write");
+        let log = |name: &str| std::fs::File::create(dir.path().join(name)).expect("log");
+        let dns_server = Command::new("pebble-challtestsrv")
+            .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+            .args(["-dns01", &format!("127.0.0.1:{dns}")])
+            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+            .args(["-management", &format!("127.0.0.1:{dns_management}")])
+            .stdout(log("challtestsrv.log"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start pebble-challtestsrv");
+        let ca = Command::new("pebble")
+            .arg("-config")
+            .arg(dir.path().join("pebble.json"))
+            .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .stdout(log("pebble.log"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start pebble");
+        let mut pebble = Pebble {
+            directory: format!("https://127.0.0.1:{listen}/dir"),
+            root: dir.path().join("root.pem"),
+            https_ca,
+            children: vec![dns_server, ca],
+            _dir: dir,
+        };
+        let root = eventually(Duration::from_secs(20), || {
+            let out = Command::new("curl")
+                .args(["-sSf", "--max-time", "5", "--cacert"])
+                .arg(&pebble.https_ca)
+                .arg(format!("https://127.0.0.1:{management}/roots/0"))
+                .output()
+                .ok()?;
+            out.status.success().then_some(out.stdout)
+        })
+        .expect("pebble answers");
+        std::fs::write(&pebble.root, root).expect("write root");
+        pebble.children.shrink_to_fit();
+        Some(pebble)
+    }
+}
+
+/// A site with two apps on `hosts` (one app each), a plain listener and a `tls: acme` one.
+fn acme_site(
+    pebble: &Pebble,
+    plain: u16,
+    tls: u16,
+    challenge: &str,
+    hosts: &[&str],
+    storage: &Path,
+) -> Site {
+    let py = require_python("3.12").expect("python 3.12");
+    let site = Site::new();
+    site.probe("app");
+    write_acme_config(
+        &site, &py, pebble, plain, tls, challenge, hosts, storage, "",
+    );
+    site
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_acme_config(
+    site: &Site,
+    py: &Path,
+    pebble: &Pebble,
+    plain: u16,
+    tls: u16,
+    challenge: &str,
+    hosts: &[&str],
+    storage: &Path,
+    extra: &str,
+) {
+    let apps: String = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            format!(
+                "  app{i}:\n    python: {}\n    script: app/probe.py\n    hosts: [\"{h}\"]\n",
+                py.display()
+            )
+        })
+        .collect();
+    site.write(
+        "wsgimux.yaml",
+        &format!(
+            "runtime_dir: {run}\nlisten:\n  - \"127.0.0.1:{plain}\"\n  - address: \"127.0.0.1:{tls}\"\n    tls: acme\n\
+             acme:\n  directory: \"{dir}\"\n  directory_ca: {ca}\n  email: ops@example.com\n  storage: {storage}\n  challenge: {challenge}\n{extra}\
+             apps:\n{apps}",
+            run = site.path().join("run").display(),
+            dir = pebble.directory,
+            ca = pebble.https_ca.display(),
+            storage = storage.display(),
+        ),
+    );
+}
+
+/// The status entry of the certificate for `host`.
+fn certificate(config: &Path, host: &str) -> Option<serde_json::Value> {
+    let status = status_json(config);
+    status["certificates"]
+        .as_array()?
+        .iter()
+        .find(|c| {
+            c["names"]
+                .as_array()
+                .is_some_and(|n| n.iter().any(|n| n == host))
+        })
+        .cloned()
+}
+
+/// Waits until `host`'s certificate is valid: its serial.
+fn wait_valid(config: &Path, host: &str, limit: Duration) -> String {
+    let mut last = None;
+    let found = eventually(limit, || {
+        last = certificate(config, host);
+        let c = last.as_ref()?;
+        (c["state"] == "valid").then(|| c["serial"].as_str().map(str::to_string))?
+    });
+    found.unwrap_or_else(|| panic!("no valid certificate for {host}: {last:?}"))
+}
+
+fn orders_in(log: &str, host: &str) -> usize {
+    log.matches(&format!("obtained a certificate for {host} "))
+        .count()
+}
+
+#[test]
+fn http01_certificates_for_two_hosts_survive_a_restart_and_a_reload_adds_a_third() {
+    let (plain, tls) = (free_port(), free_port());
+    let Some(pebble) = Pebble::start(plain, tls, &[]) else {
+        return;
+    };
+    let storage = tempfile::tempdir().expect("storage");
+    let site = acme_site(
+        &pebble,
+        plain,
+        tls,
+        "http-01",
+        &["shop.test", "blog.test"],
+        storage.path(),
+    );
+    let py = require_python("3.12").expect("python");
+    let admin = free_port();
+    let admin_yaml = format!("admin:\n  listen: \"127.0.0.1:{admin}\"\n");
+    write_acme_config(
+        &site,
+        &py,
+        &pebble,
+        plain,
+        tls,
+        "http-01",
+        &["shop.test", "blog.test"],
+        storage.path(),
+        &admin_yaml,
+    );
+    let config = site.path().join("wsgimux.yaml");
+    let (status, out, err) = site.check();
+    assert!(status.success(), "{err}");
+    assert!(
+        out.contains("will request: shop.test") && out.contains("will request: blog.test"),
+        "{out}"
+    );
+    let mut server = site.serve();
+    let shop = wait_valid(&config, "shop.test", Duration::from_secs(60));
+    let blog = wait_valid(&config, "blog.test", Duration::from_secs(60));
+    for host in ["shop.test", "blog.test"] {
+        let (_, status, _) = curl(host, tls, "/", &pebble.root, &[])
+            .unwrap_or_else(|| panic!("https://{host} verified against Pebble's root"));
+        assert_eq!(status, 200);
+    }
+    // Key files are private.
+    let pem = storage.path().join("certificates");
+    let files: Vec<PathBuf> = walk(&pem);
+    assert!(files.len() >= 2, "{files:?}");
+    for f in &files {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(f).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", f.display());
+    }
+    // A restart orders nothing and serves the same certificates.
+    server.signal(libc::SIGTERM);
+    server.wait_exit(Duration::from_secs(30));
+    let server = site.serve();
+    assert_eq!(
+        wait_valid(&config, "shop.test", Duration::from_secs(30)),
+        shop
+    );
+    assert_eq!(
+        wait_valid(&config, "blog.test", Duration::from_secs(30)),
+        blog
+    );
+    assert!(curl("shop.test", tls, "/", &pebble.root, &[]).is_some());
+    let log = server.log_text();
+    assert_eq!(orders_in(&log, "shop.test"), 0, "{log}");
+    // A reload that adds a host orders it alone; the others keep their certificates.
+    write_acme_config(
+        &site,
+        &py,
+        &pebble,
+        plain,
+        tls,
+        "http-01",
+        &["shop.test", "blog.test", "news.test"],
+        storage.path(),
+        &admin_yaml,
+    );
+    let (ok, out, err) = site.reload();
+    assert!(ok.success(), "{out}{err}");
+    wait_valid(&config, "news.test", Duration::from_secs(60));
+    assert!(curl("news.test", tls, "/", &pebble.root, &[]).is_some());
+    assert_eq!(
+        wait_valid(&config, "shop.test", Duration::from_secs(5)),
+        shop
+    );
+    let log = server.log_text();
+    assert_eq!(orders_in(&log, "news.test"), 1, "{log}");
+    assert_eq!(orders_in(&log, "shop.test"), 0, "{log}");
+    // The CA's validation requests never reached an app: plain HTTP of a routed host does.
+    assert_eq!(get_via(plain, "shop.test", "/").status, 200);
+    assert_eq!(
+        get_via(
+            plain,
+            "shop.test",
+            "/.well-known/acme-challenge/nothing-here"
+        )
+        .status,
+        404
+    );
+    // Metrics carry each host's expiry.
+    let metrics = metrics(admin);
+    assert!(
+        metrics.contains("wsgimux_certificate_expiry_timestamp_seconds{host=\"news.test\""),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains("wsgimux_certificate_orders_total{host=\"news.test\",outcome=\"success\"} 1"),
+        "{metrics}"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn get_via(port: u16, host: &str, path: &str) -> Response {
+    let addr = format!("127.0.0.1:{port}").parse().expect("addr");
+    request(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .expect("request")
+}
+
+/// `/metrics` of the admin listener at `port`.
+fn metrics(port: u16) -> String {
+    get_via(port, "127.0.0.1", "/metrics").text()
+}
+
+#[test]
+fn tls_alpn01_certificates_for_two_hosts() {
+    let (plain, tls) = (free_port(), free_port());
+    let Some(pebble) = Pebble::start(plain, tls, &[]) else {
+        return;
+    };
+    let storage = tempfile::tempdir().expect("storage");
+    let site = acme_site(
+        &pebble,
+        plain,
+        tls,
+        "tls-alpn-01",
+        &["shop.test", "blog.test"],
+        storage.path(),
+    );
+    let config = site.path().join("wsgimux.yaml");
+    let server = site.serve();
+    for host in ["shop.test", "blog.test"] {
+        wait_valid(&config, host, Duration::from_secs(60));
+        let (_, status, _) = curl(host, tls, "/", &pebble.root, &[]).expect("verified");
+        assert_eq!(status, 200);
+    }
+    assert!(server
+        .log_text()
+        .contains("answered a TLS-ALPN-01 validation"));
+}
+
+#[test]
+fn a_name_the_ca_refuses_fails_alone_and_an_unreachable_ca_leaves_plain_http_serving() {
+    let (plain, tls) = (free_port(), free_port());
+    let Some(pebble) = Pebble::start(plain, tls, &["blocked.test"]) else {
+        return;
+    };
+    let storage = tempfile::tempdir().expect("storage");
+    let site = acme_site(
+        &pebble,
+        plain,
+        tls,
+        "http-01",
+        &["good.test", "blocked.test"],
+        storage.path(),
+    );
+    let config = site.path().join("wsgimux.yaml");
+    let server = site.serve();
+    wait_valid(&config, "good.test", Duration::from_secs(60));
+    let failed = eventually(Duration::from_secs(30), || {
+        let c = certificate(&config, "blocked.test")?;
+        c["state"]
+            .as_str()
+            .filter(|s| s.starts_with("failed"))
+            .map(str::to_string)
+    })
+    .expect("blocked.test fails");
+    assert!(
+        failed.contains("urn:ietf:params:acme:error:rejectedIdentifier"),
+        "{failed}"
+    );
+    let line = server
+        .wait_log(
+            "ordering a certificate for blocked.test",
+            Duration::from_secs(5),
+        )
+        .expect("an error line");
+    assert!(
+        line.contains(&pebble.directory) && line.contains("rejectedIdentifier"),
+        "{line}"
+    );
+    // A handshake for the failed name is refused, never answered with another's certificate.
+    assert!(curl("blocked.test", tls, "/", &pebble.root, &["-k"]).is_none());
+    assert!(curl("good.test", tls, "/", &pebble.root, &[]).is_some());
+    drop(server);
+
+    // A CA nobody answers at: plain HTTP serves; the error is logged and shown.
+    let dead = Site::new();
+    dead.probe("app");
+    let py = require_python("3.12").expect("python");
+    let mut unreachable = pebble_stub(&pebble);
+    unreachable.directory = format!("https://127.0.0.1:{}/dir", free_port());
+    let (plain2, tls2) = (free_port(), free_port());
+    let dead_storage = tempfile::tempdir().expect("storage");
+    write_acme_config(
+        &dead,
+        &py,
+        &unreachable,
+        plain2,
+        tls2,
+        "http-01",
+        &["shop.test"],
+        dead_storage.path(),
+        "",
+    );
+    let dead_config = dead.path().join("wsgimux.yaml");
+    let server = dead.serve();
+    assert_eq!(get_via(plain2, "shop.test", "/").status, 200);
+    let state = eventually(Duration::from_secs(40), || {
+        let c = certificate(&dead_config, "shop.test")?;
+        c["state"]
+            .as_str()
+            .filter(|s| s.starts_with("failed"))
+            .map(str::to_string)
+    })
+    .expect("shown as failed");
+    assert!(!state.is_empty());
+    assert!(server
+        .wait_log(
+            "acme: ordering a certificate for shop.test",
+            Duration::from_secs(5)
+        )
+        .is_some());
+    assert_eq!(get_via(plain2, "shop.test", "/").status, 200);
+}
+
+/// A Pebble value that starts nothing (for a directory URL nobody answers at).
+fn pebble_stub(p: &Pebble) -> Pebble {
+    Pebble {
+        _dir: tempfile::tempdir().expect("dir"),
+        children: Vec::new(),
+        directory: p.directory.clone(),
+        https_ca: p.https_ca.clone(),
+        root: p.root.clone(),
+    }
+}
+
+#[test]
+fn two_instances_sharing_storage_order_each_name_once() {
+    // The CA reaches `a`'s listeners; `b` starts first, so it takes the locks and orders, and
+    // `a` answers the HTTP-01 challenges from the shared storage.
+    let (a_plain, a_tls) = (free_port(), free_port());
+    let Some(pebble) = Pebble::start(a_plain, a_tls, &[]) else {
+        return;
+    };
+    let storage = tempfile::tempdir().expect("storage");
+    let hosts = ["shop.test", "blog.test"];
+    let b = acme_site(
+        &pebble,
+        free_port(),
+        free_port(),
+        "http-01",
+        &hosts,
+        storage.path(),
+    );
+    let b_server = b.serve();
+    let a = acme_site(&pebble, a_plain, a_tls, "http-01", &hosts, storage.path());
+    let a_server = a.serve();
+    for host in hosts {
+        let serial_b = wait_valid(
+            &b.path().join("wsgimux.yaml"),
+            host,
+            Duration::from_secs(90),
+        );
+        let serial_a = wait_valid(
+            &a.path().join("wsgimux.yaml"),
+            host,
+            Duration::from_secs(90),
+        );
+        assert_eq!(serial_a, serial_b, "{host}: both serve the one certificate");
+        assert!(curl(host, a_tls, "/", &pebble.root, &[]).is_some());
+        let orders = orders_in(&a_server.log_text(), host) + orders_in(&b_server.log_text(), host);
+        assert_eq!(orders, 1, "{host}: one order");
+    }
+}
+
+#[test]
+fn tls_internal_serves_names_a_client_trusting_the_local_root_verifies() {
+    let Some(py) = require_python("3.12") else {
+        return;
+    };
+    let site = Site::new();
+    site.probe("app");
+    let tls = free_port();
+    let storage = site.path().join("acme");
+    site.write(
+        "wsgimux.yaml",
+        &format!(
+            "runtime_dir: {}\nlisten:\n  - \"127.0.0.1:0\"\n  - address: \"127.0.0.1:{tls}\"\n    tls: internal\n\
+             apps:\n  shop:\n    python: {py}\n    script: app/probe.py\n    hosts: [\"shop.test\", \"localhost\"]\n",
+            site.path().join("run").display(),
+            py = py.display()
+        ),
+    );
+    let _server = site.serve();
+    let root = storage.join("internal").join("root.pem");
+    let started = Instant::now();
+    while !root.exists() && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for host in ["shop.test", "localhost"] {
+        let (_, status, _) =
+            curl(host, tls, "/", &root, &[]).unwrap_or_else(|| panic!("{host} verified"));
+        assert_eq!(status, 200);
+    }
+    // A name not routed here gets no certificate.
+    assert!(curl("other.test", tls, "/", &root, &["-k"]).is_none());
+}
