@@ -198,9 +198,9 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Arc<Config>>) {
             keep
         });
         for name in wanted {
-            if !tasks.contains_key(&name) {
-                let task = tokio::spawn(keep_name(name.clone(), spec.clone(), account.clone()));
-                tasks.insert(name, task);
+            if let std::collections::hash_map::Entry::Vacant(slot) = tasks.entry(name) {
+                let name = slot.key().clone();
+                slot.insert(tokio::spawn(keep_name(name, spec.clone(), account.clone())));
             }
         }
     }

@@ -14,8 +14,8 @@ pub const RATE_LIMITED_WAIT: Duration = Duration::from_secs(3600);
 pub const RECHECK: Duration = Duration::from_secs(3600);
 
 /// When to renew a certificate valid from `not_before` to `not_after`: `renew_before` its end
-/// (default: a third of its lifetime before it), or earlier if the CA's renewal window (ARI)
-/// says so.
+/// (default: a third of its lifetime before it; at most half of it), or earlier if the CA's
+/// renewal window (ARI) says so.
 pub fn renew_at(
     not_before: SystemTime,
     not_after: SystemTime,
@@ -24,7 +24,9 @@ pub fn renew_at(
     jitter: f64,
 ) -> SystemTime {
     let lifetime = not_after.duration_since(not_before).unwrap_or_default();
-    let before = renew_before.unwrap_or(lifetime / 3);
+    // At most half the lifetime: a `renew_before` longer than a short-lived certificate's
+    // life would otherwise order again the moment each order ends.
+    let before = renew_before.unwrap_or(lifetime / 3).min(lifetime / 2);
     let by_rule = not_after.checked_sub(before).unwrap_or(not_before);
     match window {
         // A point in the CA's window, as RFC 9773 asks (spread over hosts by the jitter).
@@ -83,8 +85,11 @@ mod tests {
             renew_at(start, end, Some(10 * DAY), None, 0.5),
             start + 80 * DAY
         );
-        // Longer than the lifetime: at once.
-        assert_eq!(renew_at(start, end, Some(100 * DAY), None, 0.5), start);
+        // Longer than half the lifetime: half way, never at once again and again.
+        assert_eq!(
+            renew_at(start, end, Some(100 * DAY), None, 0.5),
+            start + 45 * DAY
+        );
     }
 
     #[test]

@@ -51,8 +51,9 @@ pub(super) struct RawCertificate {
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub(super) enum RawListen {
-    One(RawListener),
+    // A list first: serde would read a two-item list as a `{address, tls}` entry.
     Many(Vec<RawListener>),
+    One(RawListener),
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -14,7 +14,9 @@ use crate::preflight::ReadyApp;
 use crate::supervisor::{Generation, ProcessState, ProcessView};
 use crate::trigger::Report;
 
+mod certificates;
 mod render;
+mod words;
 
 pub use render::{render_html, render_prometheus, render_text};
 

@@ -8,16 +8,8 @@ use crate::metrics::BUCKETS;
 use crate::supervisor::ProcessState;
 use crate::trigger::Outcome;
 
+use super::words::{duration_text, family, html_escape, label};
 use super::{unix, AppStatus, ReloadStatus, StatusReport};
-
-fn duration_text(secs: u64) -> String {
-    match secs {
-        s if s < 60 => format!("{s}s"),
-        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
-        s if s < 86_400 => format!("{}h{:02}m", s / 3600, s / 60 % 60),
-        s => format!("{}d{:02}h", s / 86_400, s / 3600 % 24),
-    }
-}
 
 fn ms_text(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{v:.1}ms"))
@@ -74,49 +66,12 @@ pub fn render_text(s: &StatusReport) -> String {
     if s.last_restart.is_some() {
         text_last(&mut out, "restart", s.last_restart.as_ref(), now);
     }
-    text_certificates(&mut out, &s.certificates, now);
+    super::certificates::text(&mut out, &s.certificates, now);
     for a in &s.apps {
         let _ = writeln!(out);
         text_app(&mut out, a);
     }
     out
-}
-
-/// When a certificate time is, from now: `2027-03-07 (in 89d)`.
-fn when_text(at: u64, now: u64) -> String {
-    let date = humantime::format_rfc3339_seconds(
-        std::time::UNIX_EPOCH + std::time::Duration::from_secs(at),
-    );
-    let day = date.to_string().chars().take(10).collect::<String>();
-    if at >= now {
-        format!("{day} (in {})", duration_text(at - now))
-    } else {
-        format!("{day} ({} ago)", duration_text(now - at))
-    }
-}
-
-/// One line per certificate: names, source, state (since when), issuer, expiry, renewal.
-fn text_certificates(out: &mut String, certs: &[crate::acme::CertStatus], now: u64) {
-    if certs.is_empty() {
-        return;
-    }
-    let _ = writeln!(out, "certificates:");
-    for c in certs {
-        let mut line = format!("  {}  {}  {}", c.names.join(","), c.source, c.state);
-        if c.state != "valid" {
-            line.push_str(&format!(" (since {})", when_text(c.since, now)));
-        }
-        if let Some(i) = &c.issuer {
-            line.push_str(&format!("  issuer {i:?}"));
-        }
-        if let Some(t) = c.not_after {
-            line.push_str(&format!("  expires {}", when_text(t, now)));
-        }
-        if let Some(t) = c.next_renewal {
-            line.push_str(&format!("  next renewal {}", when_text(t, now)));
-        }
-        let _ = writeln!(out, "{line}");
-    }
 }
 
 /// One app: its line, its totals, a table of its processes.
@@ -209,21 +164,6 @@ fn text_row(out: &mut String, c: &[String; 10]) {
     );
 }
 
-fn html_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// The admin page: one self-contained HTML document (no external assets), refreshed every
 /// 5 s, laid out for a phone as well as a desktop.
 pub fn render_html(s: &StatusReport) -> String {
@@ -265,47 +205,12 @@ th,td{{text-align:right;padding:4px 8px;border-bottom:1px solid #eee;white-space
         html_last(&mut out, "restart", s.last_restart.as_ref(), now);
     }
     out.push_str("</div>\n");
-    html_certificates(&mut out, &s.certificates, now);
+    super::certificates::html(&mut out, &s.certificates, now);
     for a in &s.apps {
         html_app(&mut out, a);
     }
     out.push_str("<div class=\"meta\">Refreshes every 5 s · <a href=\"/metrics\">/metrics</a> · <a href=\"/status.json\">/status.json</a></div>\n</body></html>\n");
     out
-}
-
-/// A card with a row per certificate.
-fn html_certificates(out: &mut String, certs: &[crate::acme::CertStatus], now: u64) {
-    if certs.is_empty() {
-        return;
-    }
-    let e = html_escape;
-    out.push_str("<div class=\"card\"><h2>Certificates</h2><div class=\"wrap\"><table><tr><th class=\"s\">Names</th><th class=\"s\">Source</th><th class=\"s\">State</th><th class=\"s\">Issuer</th><th>Expires</th><th>Next renewal</th></tr>\n");
-    for c in certs {
-        let class = if c.state == "valid" {
-            "ok"
-        } else if c.state.starts_with("failed") || c.state == "expired" {
-            "bad"
-        } else {
-            "starting"
-        };
-        let since = if c.state == "valid" {
-            String::new()
-        } else {
-            format!(" (since {})", when_text(c.since, now))
-        };
-        let _ = writeln!(
-            out,
-            "<tr><td class=\"s\">{}</td><td class=\"s\">{}</td><td class=\"s {class}\">{}{}</td><td class=\"s\">{}</td><td>{}</td><td>{}</td></tr>",
-            e(&c.names.join(", ")),
-            e(&c.source),
-            e(&c.state),
-            e(&since),
-            e(c.issuer.as_deref().unwrap_or("")),
-            c.not_after.map(|t| e(&when_text(t, now))).unwrap_or_default(),
-            c.next_renewal.map(|t| e(&when_text(t, now))).unwrap_or_default(),
-        );
-    }
-    out.push_str("</table></div></div>\n");
 }
 
 /// The page's "Last reload" / "Last restart" line, its summary and errors.
@@ -385,17 +290,6 @@ fn html_app(out: &mut String, a: &AppStatus) {
     out.push_str("</tbody></table></div></section>\n");
 }
 
-/// Label values escaped for the Prometheus text format.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
 /// A family with one sample per app, labelled by app only.
 fn per_app(
     t: &mut String,
@@ -469,47 +363,8 @@ pub fn render_prometheus(s: &StatusReport) -> String {
     prometheus_requests(t, &apps);
     prometheus_processes(t, &apps);
     prometheus_durations(t, &apps);
-    prometheus_certificates(t, &s.certificates);
+    super::certificates::prometheus(t, &s.certificates);
     text
-}
-
-/// Each certificate's expiry by host, and ACME orders by outcome.
-fn prometheus_certificates(t: &mut String, certs: &[crate::acme::CertStatus]) {
-    family(
-        t,
-        "wsgimux_certificate_expiry_timestamp_seconds",
-        "gauge",
-        "When each host's served certificate expires (unix time).",
-    );
-    for c in certs {
-        let Some(at) = c.not_after else { continue };
-        for host in &c.names {
-            let _ = writeln!(
-                t,
-                "wsgimux_certificate_expiry_timestamp_seconds{{host=\"{}\",source=\"{}\"}} {at}",
-                label(host),
-                label(&c.source)
-            );
-        }
-    }
-    family(
-        t,
-        "wsgimux_certificate_orders_total",
-        "counter",
-        "ACME certificate orders (first orders and renewals) by host and outcome.",
-    );
-    for c in certs.iter().filter(|c| c.source == "acme") {
-        let host = label(c.names.first().map_or("", String::as_str));
-        for (outcome, n) in [
-            ("success", c.orders_succeeded),
-            ("failure", c.orders_failed),
-        ] {
-            let _ = writeln!(
-                t,
-                "wsgimux_certificate_orders_total{{host=\"{host}\",outcome=\"{outcome}\"}} {n}"
-            );
-        }
-    }
 }
 
 /// Labelled app by app: `(label value, app)`.

@@ -27,7 +27,10 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     ("decisions over config", &["routes", "interpreter", "tls"]),
-    ("the machine", &["preflight", "runtime_dir", "leftover"]),
+    (
+        "the machine",
+        &["preflight", "runtime_dir", "leftover", "acme"],
+    ),
     (
         "request pieces",
         &[
