@@ -36,6 +36,16 @@ impl Pebble {
     /// Pebble validating HTTP-01 at `http_port` and TLS-ALPN-01 at `tls_port` on 127.0.0.1,
     /// refusing the names in `blocked`. None when it is not installed (after saying why).
     fn start(http_port: u16, tls_port: u16, blocked: &[&str]) -> Option<Pebble> {
+        Self::start_issuing(http_port, tls_port, blocked, 90 * 24 * 3600)
+    }
+
+    /// As [`Pebble::start`], issuing certificates valid for `validity_secs`.
+    fn start_issuing(
+        http_port: u16,
+        tls_port: u16,
+        blocked: &[&str],
+        validity_secs: u64,
+    ) -> Option<Pebble> {
         if !have_tool("pebble", "pebble") || !have_tool("pebble-challtestsrv", "pebble") {
             return None;
         }
@@ -59,6 +69,7 @@ impl Pebble {
             "httpPort": http_port, "tlsPort": tls_port,
             "ocspResponderURL": "", "externalAccountBindingRequired": false,
             "domainBlocklist": blocked,
+            "certificateValidityPeriod": validity_secs,
         }});
         std::fs::write(dir.path().join("pebble.json"), config.to_string()).expect("write");
         let log = |name: &str| std::fs::File::create(dir.path().join(name)).expect("log");
@@ -522,4 +533,111 @@ fn tls_internal_serves_names_a_client_trusting_the_local_root_verifies() {
     }
     // A name not routed here gets no certificate.
     assert!(curl("other.test", tls, "/", &root, &["-k"]).is_none());
+}
+
+/// The serial of the certificate a new handshake for `host` gets (openssl, SNI).
+fn served_serial(host: &str, port: u16) -> Option<String> {
+    let script = format!(
+        "openssl s_client -connect 127.0.0.1:{port} -servername {host} </dev/null 2>/dev/null | openssl x509 -noout -serial"
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .strip_prefix("serial=")
+        .map(|s| s.to_ascii_lowercase())
+}
+
+#[test]
+fn a_renewal_swaps_the_served_certificate_with_no_failed_request_under_keep_alive_load() {
+    if !have_tool("openssl", "openssl") {
+        return;
+    }
+    let (plain, tls) = (free_port(), free_port());
+    // Certificates live 30 s; renew_before 20 s is held to half of that: renewal at 15 s.
+    let Some(pebble) = Pebble::start_issuing(plain, tls, &[], 30) else {
+        return;
+    };
+    let storage = tempfile::tempdir().expect("storage");
+    let site = Site::new();
+    site.probe("app");
+    let py = require_python("3.12").expect("python");
+    write_acme_config(
+        &site,
+        &py,
+        &pebble,
+        plain,
+        tls,
+        "http-01",
+        &["shop.test"],
+        storage.path(),
+        "  renew_before: 20s\n",
+    );
+    let config = site.path().join("wsgimux.yaml");
+    let server = site.serve();
+    let first = wait_valid(&config, "shop.test", Duration::from_secs(60));
+    assert_eq!(
+        served_serial("shop.test", tls).as_deref(),
+        Some(first.as_str())
+    );
+    // Keep-alive clients: each curl sends 20 requests on one connection, again and again.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let root = pebble.root.clone();
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, root) = (stop.clone(), root.clone());
+            std::thread::spawn(move || {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                let url = format!("https://shop.test:{tls}/");
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let out = Command::new("curl")
+                        .args(["-s", "--max-time", "20", "--cacert"])
+                        .arg(&root)
+                        .arg("--resolve")
+                        .arg(format!("shop.test:{tls}:127.0.0.1"))
+                        .args(["-w", "%{http_code}\n"])
+                        .args((0..20).flat_map(|_| ["-o", "/dev/null", url.as_str()]))
+                        .output()
+                        .expect("curl");
+                    let codes = String::from_utf8_lossy(&out.stdout).into_owned();
+                    for code in codes.lines() {
+                        if code == "200" {
+                            ok += 1
+                        } else {
+                            failed.push(code.to_string())
+                        }
+                    }
+                    if !out.status.success() || codes.lines().count() != 20 {
+                        failed.push(format!(
+                            "curl exited {:?} after {} answers",
+                            out.status.code(),
+                            codes.lines().count()
+                        ));
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let renewed = eventually(Duration::from_secs(60), || {
+        served_serial("shop.test", tls).filter(|s| *s != first)
+    })
+    .expect("a new handshake gets the renewed certificate");
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in clients {
+        let (ok, failed) = c.join().expect("client");
+        assert!(ok > 20, "the load ran ({ok} answers)");
+        let some: Vec<&String> = failed.iter().take(5).collect();
+        assert!(
+            failed.is_empty(),
+            "{} failed during the renewal: {some:?}",
+            failed.len()
+        );
+    }
+    let entry = certificate(&config, "shop.test").expect("status entry");
+    assert!(entry["orders_succeeded"].as_u64() >= Some(2), "{entry}");
+    assert_ne!(renewed, first);
+    assert!(server
+        .log_text()
+        .contains("obtained a certificate for shop.test"));
 }
