@@ -42,5 +42,6 @@ pub mod status;
 pub mod supervisor;
 pub mod tls;
 pub mod trigger;
+pub mod trust;
 pub mod upstream;
 pub mod watch;

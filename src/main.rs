@@ -95,6 +95,21 @@ enum Command {
         /// The URL, e.g. http://example.com/blog/post?id=1
         url: String,
     },
+    /// Add the local CA of `tls: internal` listeners to this machine's trust store (the macOS
+    /// System keychain, Debian/Ubuntu's or Fedora's CA bundle), making it if there is none.
+    /// Needs root for the trust store.
+    Trust {
+        /// The config file (its `acme.storage` holds the CA).
+        #[arg(long, short, value_name = "FILE", default_value = "wsgimux.yaml")]
+        config: PathBuf,
+    },
+    /// Remove the local CA of `tls: internal` listeners from this machine's trust store. Needs
+    /// root.
+    Untrust {
+        /// The config file (its `acme.storage` holds the CA).
+        #[arg(long, short, value_name = "FILE", default_value = "wsgimux.yaml")]
+        config: PathBuf,
+    },
     /// Print shell completions (bash, zsh, fish, elvish, powershell) for wsgimux.
     Completions {
         /// The shell.
@@ -202,6 +217,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Completions { shell } => {
             let mut cli = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cli, "wsgimux", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Trust { config } => {
+            print!("{}", wsgimux::trust::trust(&config)?);
+            Ok(())
+        }
+        Command::Untrust { config } => {
+            print!("{}", wsgimux::trust::untrust(&config)?);
             Ok(())
         }
         Command::Manpage => {

@@ -26,7 +26,7 @@ use crate::config::{acme_names, AcmeSpec, CertSource, Config, HostPattern};
 use certificate::Held;
 use store::Store;
 
-pub use internal::root_file;
+pub use internal::{load_or_create_root, root_file};
 
 /// How often a name waits to look again while another host holds its order lock.
 const LOCKED_RECHECK: Duration = Duration::from_secs(3);

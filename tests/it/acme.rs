@@ -641,3 +641,80 @@ fn a_renewal_swaps_the_served_certificate_with_no_failed_request_under_keep_aliv
         .log_text()
         .contains("obtained a certificate for shop.test"));
 }
+
+#[test]
+fn trust_and_untrust_change_the_system_store_that_clients_verify_against() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        skip("trust changes the system trust store: it needs root");
+        return;
+    }
+    if !have_tool("update-ca-certificates", "ca-certificates") {
+        return;
+    }
+    let Some(py) = require_python("3.12") else {
+        return;
+    };
+    let site = Site::new();
+    site.probe("app");
+    let tls = free_port();
+    site.write(
+        "wsgimux.yaml",
+        &format!(
+            "runtime_dir: {}\nlisten:\n  - \"127.0.0.1:0\"\n  - address: \"127.0.0.1:{tls}\"\n    tls: internal\n\
+             apps:\n  shop:\n    python: {py}\n    script: app/probe.py\n    hosts: [\"shop.test\"]\n",
+            site.path().join("run").display(),
+            py = py.display()
+        ),
+    );
+    let config = site.path().join("wsgimux.yaml");
+    let wsgimux = |command: &str| {
+        let out = Command::new(BIN)
+            .args([command, "--config"])
+            .arg(&config)
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The CA is made by `trust` when serve has not made it yet.
+    let said = wsgimux("trust");
+    assert!(said.contains("update-ca-certificates"), "{said}");
+    let root = std::fs::read_to_string(site.path().join("acme/internal/root.pem")).expect("root");
+    let body: String = root.lines().filter(|l| !l.starts_with("-----")).collect();
+    let bundle = || {
+        std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt")
+            .unwrap_or_default()
+            .replace('\n', "")
+    };
+    assert!(bundle().contains(&body), "the root is in the system bundle");
+    let _server = site.serve();
+    // curl with the system's roots only.
+    let system = |host: &str| {
+        Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "10",
+                "-w",
+                "%{http_code}",
+                "--resolve",
+            ])
+            .arg(format!("{host}:{tls}:127.0.0.1"))
+            .arg(format!("https://{host}:{tls}/"))
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    assert_eq!(system("shop.test"), "200");
+    let said = wsgimux("untrust");
+    assert!(said.contains("removed"), "{said}");
+    assert!(!bundle().contains(&body), "the root left the system bundle");
+    assert_ne!(system("shop.test"), "200");
+}

@@ -47,7 +47,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("what runs, seen from outside", &["status", "watch"]),
     ("doors in", &["control", "admin"]),
     ("the only writer of live state", &["reload"]),
-    ("commands", &["app", "express", "check"]),
+    ("commands", &["app", "express", "check", "trust"]),
 ];
 
 fn src() -> PathBuf {
