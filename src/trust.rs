@@ -140,7 +140,7 @@ fn store(root: &Path) -> Result<Store, TrustError> {
         }
     }
     Err(TrustError::NoStore {
-        root: PathBuf::from("the root"),
+        root: root.to_path_buf(),
     })
 }
 
