@@ -150,6 +150,7 @@ impl Store {
     }
 
     pub fn save_account(&self, json: &[u8]) -> Result<(), StoreError> {
+        private_dir(&self.root)?;
         write_private(&self.account_file(), json)
     }
 
@@ -163,6 +164,7 @@ impl Store {
         both.push('\n');
         both.push_str(key.trim_end());
         both.push('\n');
+        private_dir(&self.root)?;
         write_private(&self.certificate_file(name), both.as_bytes())
     }
 
@@ -250,5 +252,59 @@ impl Store {
     pub async fn unlock_async(self, name: &str) {
         let n = name.to_string();
         let _ = tokio::task::spawn_blocking(move || self.unlock(&n)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lock_is_held_until_released_or_stale() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::new(dir.path(), "https://127.0.0.1:14000/dir");
+        assert!(store.try_lock("shop.test").expect("lock"));
+        assert!(
+            !store.try_lock("shop.test").expect("lock"),
+            "held by the first"
+        );
+        assert!(
+            store.try_lock("blog.test").expect("lock"),
+            "one lock per name"
+        );
+        store.unlock("shop.test");
+        assert!(store.try_lock("shop.test").expect("lock"));
+        // A dead host's lock: older than the expiry, taken over.
+        let file = store.lock_file("shop.test");
+        let old = SystemTime::now() - LOCK_EXPIRY - Duration::from_secs(1);
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .and_then(|f| f.set_modified(old))
+            .expect("age the lock");
+        assert!(store.try_lock("shop.test").expect("lock"));
+    }
+
+    #[test]
+    fn files_are_private_and_written_whole() {
+        let dir = tempfile::tempdir().expect("dir");
+        let root = dir.path().join("acme");
+        let store = Store::new(&root, "https://acme-v02.api.letsencrypt.org/directory");
+        store
+            .save_certificate("shop.test", "CHAIN", "KEY")
+            .expect("save");
+        let file = store.certificate_file("shop.test");
+        assert!(file.starts_with(root.join("certificates/acme-v02.api.letsencrypt.org-directory")));
+        let mode = |p: &Path| std::fs::metadata(p).expect("meta").mode() & 0o777;
+        assert_eq!(mode(&file), 0o600);
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(file.parent().expect("dir")), 0o700);
+        assert_eq!(
+            store.certificate("shop.test").expect("read").as_deref(),
+            Some(&b"CHAIN\nKEY\n"[..])
+        );
+        // A folder others may write to is refused: it holds keys.
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        assert!(store.save_account(b"{}").is_err());
     }
 }

@@ -41,8 +41,9 @@ impl Challenge {
     }
 }
 
-/// The validated `acme:` block (its defaults when the file has none).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The validated `acme:` block (its defaults when the file has none). Compared without its
+/// positions: moving it in the file changes nothing.
+#[derive(Debug, Clone, Eq)]
 pub struct AcmeSpec {
     /// The CA's RFC 8555 directory URL.
     pub directory: String,
@@ -54,6 +55,28 @@ pub struct AcmeSpec {
     pub challenge: Challenge,
     /// Renew when less than this is left; none: a third of the certificate's lifetime.
     pub renew_before: Option<Duration>,
+    /// Where `directory_ca` is in the file, for errors found when reading it.
+    pub directory_ca_at: Option<super::Location>,
+}
+
+impl PartialEq for AcmeSpec {
+    fn eq(&self, o: &Self) -> bool {
+        (
+            &self.directory,
+            &self.directory_ca,
+            &self.email,
+            &self.storage,
+            self.challenge,
+            self.renew_before,
+        ) == (
+            &o.directory,
+            &o.directory_ca,
+            &o.email,
+            &o.storage,
+            o.challenge,
+            o.renew_before,
+        )
+    }
 }
 
 /// Why a routed host gets no ACME certificate.
@@ -176,6 +199,7 @@ impl Validator<'_> {
             storage,
             challenge,
             renew_before,
+            directory_ca_at: self.locator.value("acme.directory_ca"),
         }
     }
 }
@@ -202,3 +226,6 @@ fn renew_before(raw: &RawDuration) -> Result<Duration, String> {
     }
     Ok(d)
 }
+
+#[cfg(test)]
+mod tests;

@@ -415,9 +415,25 @@ fn reachable(
     out
 }
 
-/// Every TLS listener's certificates and keys load and match.
+/// Every TLS listener's certificates and keys load and match; the CA `tls: acme` trusts for
+/// its directory reads.
 fn certificates(config: &Config) -> Vec<Problem> {
     let mut out = Vec::new();
+    let acme = config
+        .tls
+        .values()
+        .any(|t| t.source == crate::config::CertSource::Acme);
+    if let Some(ca) = config.acme.directory_ca.as_deref().filter(|_| acme) {
+        if let Err(e) = crate::tls::client_config(Some(ca)) {
+            out.push(Problem {
+                file: config.file.clone(),
+                location: config.acme.directory_ca_at,
+                app: None,
+                key: Some("acme.directory_ca".into()),
+                message: e.to_string(),
+            });
+        }
+    }
     for spec in config.tls.values() {
         let Err(e) = CertStore::load(spec) else {
             continue;

@@ -374,13 +374,21 @@ fn a_name_the_ca_refuses_fails_alone_and_an_unreachable_ca_leaves_plain_http_ser
         return;
     };
     let storage = tempfile::tempdir().expect("storage");
-    let site = acme_site(
+    let site = Site::new();
+    site.probe("app");
+    let py = require_python("3.12").expect("python");
+    let hosts = ["good.test", "blocked.test"];
+    let redirect = "redirect_https: true\n";
+    write_acme_config(
+        &site,
+        &py,
         &pebble,
         plain,
         tls,
         "http-01",
-        &["good.test", "blocked.test"],
+        &hosts,
         storage.path(),
+        redirect,
     );
     let config = site.path().join("wsgimux.yaml");
     let server = site.serve();
@@ -409,7 +417,15 @@ fn a_name_the_ca_refuses_fails_alone_and_an_unreachable_ca_leaves_plain_http_ser
     );
     // A handshake for the failed name is refused, never answered with another's certificate.
     assert!(curl("blocked.test", tls, "/", &pebble.root, &["-k"]).is_none());
+    let refused = "TLS handshake for \"blocked.test\" refused: no certificate";
+    assert!(server.wait_log(refused, Duration::from_secs(5)).is_some());
     assert!(curl("good.test", tls, "/", &pebble.root, &[]).is_some());
+    // redirect_https sends a name to https only once it has a certificate.
+    let good = get_via(plain, "good.test", "/x");
+    assert_eq!(good.status, 308);
+    let location = format!("https://good.test:{tls}/x");
+    assert_eq!(good.header("location"), Some(location.as_str()));
+    assert_eq!(get_via(plain, "blocked.test", "/x").status, 200);
     drop(server);
 
     // A CA nobody answers at: plain HTTP serves; the error is logged and shown.
@@ -717,4 +733,45 @@ fn trust_and_untrust_change_the_system_store_that_clients_verify_against() {
     assert!(said.contains("removed"), "{said}");
     assert!(!bundle().contains(&body), "the root left the system bundle");
     assert_ne!(system("shop.test"), "200");
+}
+
+#[test]
+fn check_names_the_requested_names_and_a_missing_directory_ca_at_its_line() {
+    let Some(py) = require_python("3.12") else {
+        return;
+    };
+    let site = Site::new();
+    site.probe("app");
+    let write = |ca: &str| {
+        site.write(
+            "wsgimux.yaml",
+            &format!(
+                "listen:\n  - \"127.0.0.1:0\"\n  - address: \"127.0.0.1:{tls}\"\n    tls: acme\nacme:\n  directory: https://127.0.0.1:9/dir\n  directory_ca: {ca}\n\
+                 apps:\n  shop:\n    python: {py}\n    script: app/probe.py\n    hosts: [\"shop.example.com\", \"*.example.com\", \"10.1.2.3\"]\n",
+                py = py.display(),
+                tls = free_port()
+            ),
+        )
+    };
+    write("missing-ca.pem");
+    let (status, out, err) = site.check();
+    assert!(!status.success(), "{out}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("acme.directory_ca"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        line.contains("wsgimux.yaml:7:") && line.contains("missing-ca.pem"),
+        "{line}"
+    );
+    let (ca, _) = crate::tls::certificate(site.path(), "ca", &["localhost"]);
+    write(&ca.display().to_string());
+    let (status, out, err) = site.check();
+    assert!(status.success(), "{err}");
+    assert!(out.contains("will request: shop.example.com"), "{out}");
+    assert!(
+        out.contains("skipped: *.example.com (a wildcard needs the DNS-01 challenge"),
+        "{out}"
+    );
+    assert!(out.contains("skipped: 10.1.2.3 (an IP address"), "{out}");
 }
