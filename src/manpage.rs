@@ -187,6 +187,12 @@ Unix sockets, the control socket \fIcontrol.sock\fR that \fBreload\fR, \fBrestar
 stop. The worker files, once per build, are in \fIworkers\-HASH/\fR beside it. Set
 \fBruntime_dir\fR in the config to choose another folder.
 .TP
+.I acme/ \fRbeside the config, or\fP acme.storage
+Certificates of \fBtls: acme\fR listeners (one file per name, 0600, with its key), the ACME
+account, HTTP\-01 answers and order locks (share the folder between hosts behind one load
+balancer), and in \fIinternal/\fR the local CA of \fBtls: internal\fR listeners, which
+\fBtrust\fR adds to the system trust store.
+.TP
 .I access_log\fR, \fPlog_dir
 Files the config may name for the access log and each app's output; reopened on SIGUSR1.
 .SH SIGNALS
