@@ -315,7 +315,9 @@ async fn keep_name(name: String, spec: AcmeSpec, account: AccountCell) {
             let window = ari_window(&spec, &store, &account, h).await;
             let due = renew::renew_at(h.not_before, h.not_after, spec.renew_before, window, jitter);
             publish(&name, h, due);
-            if due > now && failures == 0 {
+            if due > now {
+                // Valid and not due — ours, or another host's since our last failure.
+                failures = 0;
                 set_status(&name, |s| s.state = "valid".into());
                 let wait = due
                     .duration_since(now)
