@@ -334,6 +334,8 @@ pub struct Obtained {
     /// TLS-ALPN-01 validation certificates, by name, while their challenge is open.
     challenges: RwLock<std::collections::HashMap<String, Arc<CertifiedKey>>>,
     internal: RwLock<Option<Arc<dyn IssueOnDemand>>>,
+    /// Why a name has no certificate yet (`pending`, `failed: …`), for the handshake's log line.
+    why: RwLock<std::collections::HashMap<String, String>>,
     logged: Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
@@ -371,6 +373,16 @@ impl Obtained {
     /// Stops serving a name no longer routed.
     pub fn withdraw(&self, name: &str) {
         write(&self.by_name).remove(name);
+        write(&self.why).remove(name);
+    }
+
+    /// Says why `name` has no certificate (none: it is not being obtained).
+    pub fn explain(&self, name: &str, why: Option<&str>) {
+        let mut all = write(&self.why);
+        match why {
+            Some(w) => all.insert(name.to_string(), w.to_string()),
+            None => all.remove(name),
+        };
     }
 
     /// The names certificates are served for.
@@ -400,9 +412,13 @@ impl Obtained {
             .is_none_or(|t| now.duration_since(*t) >= NO_CERTIFICATE_LOG_EVERY);
         if due && logged.len() < 10_000 {
             logged.insert(name.to_string(), now);
-            let why = match source {
-                CertSource::Acme => "it is not routed here, or its certificate is not obtained yet (wsgimux status shows why)",
-                _ => "the internal CA does not issue for it (it is not routed here)",
+            let state = read(&self.why).get(name).cloned();
+            let why = match (source, state) {
+                (CertSource::Acme, Some(state)) => format!("it is not obtained yet ({state})"),
+                (CertSource::Acme, None) => {
+                    "no app is routed on it exactly, so none is ordered".to_string()
+                }
+                _ => "the internal CA does not issue for it (it is not routed here)".to_string(),
             };
             tracing::warn!("TLS handshake for {name:?} refused: no certificate: {why}");
         }

@@ -85,6 +85,8 @@ fn set_status(name: &str, change: impl FnOnce(&mut CertStatus)) {
     change(entry);
     if entry.state != before {
         entry.since = epoch(SystemTime::now());
+        let unserved = (entry.state != "valid").then_some(entry.state.as_str());
+        crate::tls::obtained().explain(name, unserved);
     }
 }
 

@@ -21,6 +21,8 @@ struct Pebble {
     pub https_ca: PathBuf,
     /// The root the issued chains lead to (fetched after start: new at every start).
     pub root: PathBuf,
+    /// challtestsrv's management address (to point a name elsewhere).
+    pub dns_management: u16,
 }
 
 impl Drop for Pebble {
@@ -33,6 +35,22 @@ impl Drop for Pebble {
 }
 
 impl Pebble {
+    /// Makes the CA's DNS answer `name` with `address` (where nothing of ours listens).
+    fn resolve(&self, name: &str, address: &str) {
+        let body = serde_json::json!({"host": format!("{name}."), "addresses": [address]});
+        let out = Command::new("curl")
+            .args(["-sSf", "--max-time", "5", "-d"])
+            .arg(body.to_string())
+            .arg(format!("http://127.0.0.1:{}/add-a", self.dns_management))
+            .output()
+            .expect("curl");
+        assert!(
+            out.status.success(),
+            "add-a: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Pebble validating HTTP-01 at `http_port` and TLS-ALPN-01 at `tls_port` on 127.0.0.1,
     /// refusing the names in `blocked`. None when it is not installed (after saying why).
     fn start(http_port: u16, tls_port: u16, blocked: &[&str]) -> Option<Pebble> {
@@ -92,6 +110,7 @@ impl Pebble {
             .spawn()
             .expect("start pebble");
         let mut pebble = Pebble {
+            dns_management,
             directory: format!("https://127.0.0.1:{listen}/dir"),
             root: dir.path().join("root.pem"),
             https_ca,
@@ -311,6 +330,30 @@ fn http01_certificates_for_two_hosts_survive_a_restart_and_a_reload_adds_a_third
             .contains("wsgimux_certificate_orders_total{host=\"news.test\",outcome=\"success\"} 1"),
         "{metrics}"
     );
+    // The admin page lists them.
+    let page = get_via(admin, "127.0.0.1", "/").text();
+    assert!(
+        page.contains("Certificates") && page.contains("news.test"),
+        "{page}"
+    );
+    // A reload that removes a host: its certificate is no longer served nor kept.
+    let two = ["shop.test", "news.test"];
+    write_acme_config(
+        &site,
+        &py,
+        &pebble,
+        plain,
+        tls,
+        "http-01",
+        &two,
+        storage.path(),
+        &admin_yaml,
+    );
+    let (ok, out, err) = site.reload();
+    assert!(ok.success(), "{out}{err}");
+    assert!(certificate(&config, "blog.test").is_none());
+    assert!(curl("blog.test", tls, "/", &pebble.root, &["-k"]).is_none());
+    assert!(curl("shop.test", tls, "/", &pebble.root, &[]).is_some());
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -377,7 +420,9 @@ fn a_name_the_ca_refuses_fails_alone_and_an_unreachable_ca_leaves_plain_http_ser
     let site = Site::new();
     site.probe("app");
     let py = require_python("3.12").expect("python");
-    let hosts = ["good.test", "blocked.test"];
+    // ghost.test resolves where nothing answers: its validation fails.
+    pebble.resolve("ghost.test", "127.0.0.9");
+    let hosts = ["good.test", "blocked.test", "ghost.test"];
     let redirect = "redirect_https: true\n";
     write_acme_config(
         &site,
@@ -405,6 +450,18 @@ fn a_name_the_ca_refuses_fails_alone_and_an_unreachable_ca_leaves_plain_http_ser
         failed.contains("urn:ietf:params:acme:error:rejectedIdentifier"),
         "{failed}"
     );
+    let ghost = eventually(Duration::from_secs(40), || {
+        let c = certificate(&config, "ghost.test")?;
+        c["state"]
+            .as_str()
+            .filter(|s| s.starts_with("failed"))
+            .map(str::to_string)
+    })
+    .expect("ghost.test fails its validation");
+    assert!(
+        ghost.contains("urn:ietf:params:acme:error:connection"),
+        "{ghost}"
+    );
     let line = server
         .wait_log(
             "ordering a certificate for blocked.test",
@@ -418,7 +475,13 @@ fn a_name_the_ca_refuses_fails_alone_and_an_unreachable_ca_leaves_plain_http_ser
     // A handshake for the failed name is refused, never answered with another's certificate.
     assert!(curl("blocked.test", tls, "/", &pebble.root, &["-k"]).is_none());
     let refused = "TLS handshake for \"blocked.test\" refused: no certificate";
-    assert!(server.wait_log(refused, Duration::from_secs(5)).is_some());
+    let line = server
+        .wait_log(refused, Duration::from_secs(5))
+        .expect("logged");
+    assert!(
+        line.contains("not obtained yet (failed: urn:ietf:params:acme:error:rejectedIdentifier"),
+        "{line}"
+    );
     assert!(curl("good.test", tls, "/", &pebble.root, &[]).is_some());
     // redirect_https sends a name to https only once it has a certificate.
     let good = get_via(plain, "good.test", "/x");
@@ -476,6 +539,7 @@ fn pebble_stub(p: &Pebble) -> Pebble {
         directory: p.directory.clone(),
         https_ca: p.https_ca.clone(),
         root: p.root.clone(),
+        dns_management: p.dns_management,
     }
 }
 
@@ -557,18 +621,36 @@ fn tls_internal_serves_names_a_client_trusting_the_local_root_verifies() {
     };
     let site = Site::new();
     site.probe("app");
-    let tls = free_port();
+    let (tls, files) = (free_port(), free_port());
+    let (cert, key) = crate::tls::certificate(site.path(), "files", &["files.test"]);
     let storage = site.path().join("acme");
     site.write(
         "wsgimux.yaml",
         &format!(
             "runtime_dir: {}\nlisten:\n  - \"127.0.0.1:0\"\n  - address: \"127.0.0.1:{tls}\"\n    tls: internal\n\
-             apps:\n  shop:\n    python: {py}\n    script: app/probe.py\n    hosts: [\"shop.test\", \"localhost\"]\n",
+             \x20 - address: \"127.0.0.1:{files}\"\n    tls:\n      certificates:\n        - {{cert: {cert}, key: {key}}}\n\
+             apps:\n  shop:\n    python: {py}\n    script: app/probe.py\n    hosts: [\"shop.test\", \"localhost\", \"files.test\"]\n",
             site.path().join("run").display(),
-            py = py.display()
+            py = py.display(),
+            cert = cert.display(),
+            key = key.display(),
         ),
     );
     let _server = site.serve();
+    // Certificate files keep working on a listener beside it.
+    let (_, status, _) = curl("files.test", files, "/", &cert, &[]).expect("the file certificate");
+    assert_eq!(status, 200);
+    let listed = status_json(&site.path().join("wsgimux.yaml"));
+    let sources: Vec<&str> = listed["certificates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["source"].as_str())
+        .collect();
+    assert!(
+        sources.contains(&"file") && sources.contains(&"internal"),
+        "{listed}"
+    );
     let root = storage.join("internal").join("root.pem");
     let started = Instant::now();
     while !root.exists() && started.elapsed() < Duration::from_secs(10) {
