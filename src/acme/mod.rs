@@ -9,6 +9,7 @@
 //! the others are untouched.
 
 pub mod certificate;
+mod client;
 mod internal;
 mod order;
 pub mod renew;
@@ -147,7 +148,7 @@ impl Manager {
 }
 
 /// The account at a CA, shared by its names' tasks: registered once.
-type AccountCell = Arc<tokio::sync::Mutex<Option<instant_acme::Account>>>;
+type AccountCell = Arc<tokio::sync::Mutex<Option<order::Registered>>>;
 
 async fn run(mut rx: mpsc::UnboundedReceiver<Arc<Config>>) {
     let mut tasks: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
@@ -346,7 +347,16 @@ async fn keep_name(name: String, spec: AcmeSpec, account: AccountCell) {
         set_status(&name, |s| {
             s.state = if renewing { "renewing" } else { "pending" }.into()
         });
-        let outcome = obtain(&spec, &store, &account, &name).await;
+        // A bug in an order must not leave the name pending forever with nobody saying so.
+        let outcome = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
+            obtain(&spec, &store, &account, &name),
+        ))
+        .await
+        .unwrap_or_else(|_| {
+            Err(order::OrderError::other(
+                "the order stopped on an internal error (a bug in wsgimux; its panic is logged above)",
+            ))
+        });
         store.clone().unlock_async(&name).await;
         match outcome {
             Ok(h) => {
@@ -362,7 +372,11 @@ async fn keep_name(name: String, spec: AcmeSpec, account: AccountCell) {
             }
             Err(e) => {
                 failures += 1;
-                let wait = renew::backoff(failures, e.rate_limited, jitter);
+                let asked = e
+                    .retry_after
+                    .and_then(|t| t.duration_since(SystemTime::now()).ok())
+                    .unwrap_or_default();
+                let wait = renew::backoff(failures, e.rate_limited, jitter).max(asked);
                 tracing::error!(
                     "acme: ordering a certificate for {name} from {} failed (attempt {failures}): {e}; next try in {}",
                     spec.directory,
@@ -386,7 +400,7 @@ async fn obtain(
     account: &AccountCell,
     name: &str,
 ) -> Result<Held, order::OrderError> {
-    let acct = {
+    let (acct, retry_after) = {
         let mut cell = account.lock().await;
         match cell.as_ref() {
             Some(a) => a.clone(),
@@ -397,23 +411,18 @@ async fn obtain(
             }
         }
     };
-    let (chain, key) = order::order(&acct, spec, store, name).await?;
-    let held =
-        Held::parse(format!("{chain}\n{key}").as_bytes(), name).map_err(|e| order::OrderError {
-            message: format!("the CA's certificate {e}"),
-            rate_limited: false,
-        })?;
+    let ordered = order::order(&acct, spec, store, name).await;
+    let (chain, key) = ordered.map_err(|mut e| {
+        e.retry_after = retry_after.lock().ok().and_then(|mut t| t.take());
+        e
+    })?;
+    let held = Held::parse(format!("{chain}\n{key}").as_bytes(), name)
+        .map_err(|e| order::OrderError::other(format!("the CA's certificate {e}")))?;
     let (s, n) = (store.clone(), name.to_string());
     tokio::task::spawn_blocking(move || s.save_certificate(&n, &chain, &key))
         .await
-        .map_err(|e| order::OrderError {
-            message: e.to_string(),
-            rate_limited: false,
-        })?
-        .map_err(|e| order::OrderError {
-            message: e.to_string(),
-            rate_limited: false,
-        })?;
+        .map_err(|e| order::OrderError::other(e.to_string()))?
+        .map_err(|e| order::OrderError::other(e.to_string()))?;
     Ok(held)
 }
 
@@ -445,7 +454,7 @@ async fn ari_window(
     };
     let leaf = held.key.cert.first()?;
     let id = instant_acme::CertificateIdentifier::try_from(leaf).ok()?;
-    let (info, _) = tokio::time::timeout(Duration::from_secs(30), acct.renewal_info(&id))
+    let (info, _) = tokio::time::timeout(Duration::from_secs(30), acct.0.renewal_info(&id))
         .await
         .ok()?
         .ok()?;

@@ -15,8 +15,9 @@ use super::store::Store;
 
 /// The longest one order may take, from new-order to the certificate.
 pub const ORDER_TIMEOUT: Duration = Duration::from_secs(180);
-/// The longest a CA may take to answer one request (the account, the directory).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest registering or restoring the account may take (the directory, a nonce, the
+/// account: each request bounded by the client too).
+const ACCOUNT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why an order failed, in the words the log line and status show.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -25,7 +26,12 @@ pub struct OrderError {
     pub message: String,
     /// The CA said "rate limited": wait longer.
     pub rate_limited: bool,
+    /// The CA's `Retry-After`: not before then.
+    pub retry_after: Option<std::time::SystemTime>,
 }
+
+/// The account, and when its CA last asked not to be asked again before.
+pub type Registered = (Account, super::client::RetryAfter);
 
 impl OrderError {
     fn from_acme(e: instant_acme::Error) -> Self {
@@ -37,13 +43,15 @@ impl OrderError {
         OrderError {
             message,
             rate_limited,
+            retry_after: None,
         }
     }
 
-    fn other(message: impl Into<String>) -> Self {
+    pub fn other(message: impl Into<String>) -> Self {
         OrderError {
             message: message.into(),
             rate_limited: false,
+            retry_after: None,
         }
     }
 }
@@ -62,14 +70,10 @@ fn problem_words(p: &instant_acme::Problem) -> String {
 }
 
 /// The account at the CA: loaded from storage, or registered and stored.
-pub async fn account(spec: &AcmeSpec, store: &Store) -> Result<Account, OrderError> {
-    let builder = || {
-        match &spec.directory_ca {
-            Some(ca) => Account::builder_with_root(ca),
-            None => Account::builder(),
-        }
-        .map_err(|e| OrderError::other(format!("cannot set up the HTTPS client: {e}")))
-    };
+pub async fn account(spec: &AcmeSpec, store: &Store) -> Result<Registered, OrderError> {
+    let (http, retry_after) = super::client::AcmeHttp::new(spec.directory_ca.as_deref())
+        .map_err(|e| OrderError::other(format!("cannot set up the HTTPS client: {e}")))?;
+    let builder = Account::builder_with_http(Box::new(http));
     let stored = {
         let store = store.clone();
         tokio::task::spawn_blocking(move || store.account())
@@ -83,17 +87,16 @@ pub async fn account(spec: &AcmeSpec, store: &Store) -> Result<Account, OrderErr
                 "the stored account does not read ({e}); move it away to register a new one"
             ))
         })?;
-        let restored =
-            tokio::time::timeout(REQUEST_TIMEOUT, builder()?.from_credentials(credentials))
-                .await
-                .map_err(|_| {
-                    OrderError::other(format!(
-                        "{} did not answer in {}s",
-                        spec.directory,
-                        REQUEST_TIMEOUT.as_secs()
-                    ))
-                })?;
-        return restored.map_err(OrderError::from_acme);
+        let restored = tokio::time::timeout(ACCOUNT_TIMEOUT, builder.from_credentials(credentials))
+            .await
+            .map_err(|_| {
+                OrderError::other(format!(
+                    "{} did not answer in {}s",
+                    spec.directory,
+                    ACCOUNT_TIMEOUT.as_secs()
+                ))
+            })?;
+        return Ok((restored.map_err(OrderError::from_acme)?, retry_after));
     }
     let contact = spec.email.as_ref().map(|e| format!("mailto:{e}"));
     let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
@@ -103,15 +106,15 @@ pub async fn account(spec: &AcmeSpec, store: &Store) -> Result<Account, OrderErr
         only_return_existing: false,
     };
     let created = tokio::time::timeout(
-        REQUEST_TIMEOUT,
-        builder()?.create(&new, spec.directory.clone(), None),
+        ACCOUNT_TIMEOUT,
+        builder.create(&new, spec.directory.clone(), None),
     )
     .await
     .map_err(|_| {
         OrderError::other(format!(
             "{} did not answer in {}s",
             spec.directory,
-            REQUEST_TIMEOUT.as_secs()
+            ACCOUNT_TIMEOUT.as_secs()
         ))
     })?;
     let (account, credentials) = created.map_err(OrderError::from_acme)?;
@@ -123,7 +126,7 @@ pub async fn account(spec: &AcmeSpec, store: &Store) -> Result<Account, OrderErr
         .map_err(|e| OrderError::other(e.to_string()))?
         .map_err(|e| OrderError::other(e.to_string()))?;
     tracing::info!("acme: registered an account at {}", spec.directory);
-    Ok(account)
+    Ok((account, retry_after))
 }
 
 /// Orders a certificate for `name`: (chain PEM, key PEM). Within [`ORDER_TIMEOUT`].
@@ -256,10 +259,7 @@ async fn why_invalid(order: &mut instant_acme::Order, name: &str) -> OrderError 
     while let Some(Ok(mut a)) = authorizations.next().await {
         if let Ok(state) = a.refresh().await {
             if let Some(p) = state.challenges.iter().find_map(|c| c.error.as_ref()) {
-                return OrderError {
-                    message: problem_words(p),
-                    rate_limited: false,
-                };
+                return OrderError::other(problem_words(p));
             }
         }
     }
