@@ -372,25 +372,37 @@ async fn keep_name(name: String, spec: AcmeSpec, account: AccountCell) {
             }
             Err(e) => {
                 failures += 1;
-                let asked = e
-                    .retry_after
-                    .and_then(|t| t.duration_since(SystemTime::now()).ok())
-                    .unwrap_or_default();
-                let wait = renew::backoff(failures, e.rate_limited, jitter).max(asked);
-                tracing::error!(
-                    "acme: ordering a certificate for {name} from {} failed (attempt {failures}): {e}; next try in {}",
-                    spec.directory,
-                    humantime::format_duration(Duration::from_secs(wait.as_secs()))
-                );
-                set_status(&name, |s| {
-                    s.state = format!("failed: {e}");
-                    s.orders_failed += 1;
-                    s.next_renewal = Some(epoch(SystemTime::now() + wait));
-                });
-                tokio::time::sleep(wait).await;
+                tokio::time::sleep(order_failed(&name, &spec, &e, failures, jitter)).await;
             }
         }
     }
+}
+
+/// Logs and shows a failed order: how long to wait before the next (backoff, or the CA's
+/// Retry-After when longer).
+fn order_failed(
+    name: &str,
+    spec: &AcmeSpec,
+    e: &order::OrderError,
+    failures: u32,
+    jitter: f64,
+) -> Duration {
+    let asked = e
+        .retry_after
+        .and_then(|t| t.duration_since(SystemTime::now()).ok())
+        .unwrap_or_default();
+    let wait = renew::backoff(failures, e.rate_limited, jitter).max(asked);
+    tracing::error!(
+        "acme: ordering a certificate for {name} from {} failed (attempt {failures}): {e}; next try in {}",
+        spec.directory,
+        humantime::format_duration(Duration::from_secs(wait.as_secs()))
+    );
+    set_status(name, |s| {
+        s.state = format!("failed: {e}");
+        s.orders_failed += 1;
+        s.next_renewal = Some(epoch(SystemTime::now() + wait));
+    });
+    wait
 }
 
 /// One order and storing its outcome.
