@@ -39,6 +39,13 @@ pub enum ProxyError {
         #[source]
         source: UpstreamError,
     },
+    #[error("app {app} sent an invalid response to {request}: {what}")]
+    BadResponse {
+        app: String,
+        /// The request's method and path.
+        request: String,
+        what: String,
+    },
     #[error("request body for app {app} is larger than its max_body_size ({limit} bytes)")]
     BodyTooLarge { app: String, limit: u64 },
     #[error("app {app} has {in_flight} requests in flight, its limit (processes × threads + queue_limit), and none ended within its overflow_wait")]
@@ -148,7 +155,7 @@ impl ProxyError {
             ProxyError::AppUnavailable { .. } | ProxyError::AppFailed { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Upstream { .. } | ProxyError::BadResponse { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -184,6 +191,9 @@ impl ProxyError {
                 format!("The app {app} failed to start; it is being retried.")
             }
             ProxyError::Upstream { app, .. } => format!("The app {app} could not be reached."),
+            ProxyError::BadResponse { app, .. } => {
+                format!("The app {app} sent a bad response.")
+            }
             ProxyError::BodyTooLarge { app, limit } => {
                 format!("The app {app} accepts request bodies of at most {limit} bytes.")
             }

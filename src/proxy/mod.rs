@@ -197,6 +197,8 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         parts.uri = normalized(&parts.uri)?;
+        // For the log line of a bad response: what was asked.
+        let request_words = format!("{} {}", parts.method, parts.uri.path());
         let upgrade = tunnel::requested(&parts);
         let target = target(&parts)?;
         let path = target.uri.path();
@@ -254,7 +256,12 @@ impl Proxy {
                 return Ok(tunnel::accept(resp, client, &endpoint, idle, name));
             }
         }
-        Ok(relay(resp))
+        let bad = |what: String| ProxyError::BadResponse {
+            app: app.as_ref().map_or_else(String::new, |a| a.app.to_string()),
+            request: request_words,
+            what,
+        };
+        Ok(relay(headers::checked_response(resp).map_err(bad)?))
     }
 
     /// Sends within the route's request_timeout; a request none of which reached a process

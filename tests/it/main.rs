@@ -8,6 +8,7 @@ mod deploy;
 mod frameworks;
 mod front;
 mod harness;
+mod hostile;
 mod layout;
 mod limits;
 mod native;

@@ -1,0 +1,126 @@
+//! App servers that send broken or hostile responses, scripted byte for byte by a raw-socket
+//! server behind an `upstream:` app: what the client gets and what the log says.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::Duration;
+
+use crate::harness::*;
+
+/// A server answering each request path with the raw bytes `script` gives (then closing).
+fn scripted(script: fn(&str) -> Vec<u8>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let text = String::from_utf8_lossy(&head);
+                let path = text.split(' ').nth(1).unwrap_or("/").to_string();
+                let _ = stream.write_all(&script(&path));
+                let _ = stream.flush();
+            });
+        }
+    });
+    port
+}
+
+fn responses(path: &str) -> Vec<u8> {
+    let body20 = "abcdefghijklmnopqrst";
+    match path {
+        "/te-and-cl" => format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n14\r\n{body20}\r\n0\r\n\r\n"
+        )
+        .into_bytes(),
+        "/cl-repeated" => b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello".to_vec(),
+        "/cl-differ" => b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\nhello!".to_vec(),
+        "/gzip" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n\x1f\x8b\x08\x00coded".to_vec(),
+        "/unasked-101" => {
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: evil\r\n\r\n".to_vec()
+        }
+        _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+    }
+}
+
+fn site_for(port: u16) -> (Site, Server) {
+    let site = Site::new();
+    site.config(&format!(
+        "apps:\n  evil:\n    upstream: \"http://127.0.0.1:{port}\"\n    request_timeout: 10s\n"
+    ));
+    let server = site.serve();
+    (site, server)
+}
+
+#[test]
+fn response_framing_follows_the_rfc_and_what_cannot_be_relayed_is_a_502_that_says_why() {
+    let port = scripted(responses);
+    let (_site, server) = site_for(port);
+    // Transfer-Encoding wins and Content-Length goes: the whole chunked body arrives.
+    let r = server.get("x", "/te-and-cl");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "abcdefghijklmnopqrst");
+    assert_ne!(r.header("content-length"), Some("5"));
+    // A repeated Content-Length is one value.
+    let r = server.get("x", "/cl-repeated");
+    assert_eq!((r.status, r.text().as_str()), (200, "hello"));
+    let raw = raw_head(server.addr, "/cl-repeated");
+    assert!(
+        raw.to_ascii_lowercase().contains("content-length: 5\r\n"),
+        "{raw}"
+    );
+    // Differing lengths, unknown codings and an unasked 101: a 502 and one line naming the app.
+    for (path, words) in [
+        ("/cl-differ", ""),
+        (
+            "/gzip",
+            "sent an invalid response to GET /gzip: Transfer-Encoding \"gzip\"",
+        ),
+        (
+            "/unasked-101",
+            "sent an invalid response to GET /unasked-101: 101 Switching Protocols",
+        ),
+    ] {
+        let r = server.get("x", path);
+        assert_eq!(r.status, 502, "{path}: {}", r.text());
+        if !words.is_empty() {
+            assert!(
+                r.text().contains("The app evil sent a bad response"),
+                "{}",
+                r.text()
+            );
+            let line = server.wait_log(words, Duration::from_secs(5));
+            assert!(
+                line.is_some_and(|l| l.contains("app evil")),
+                "{path}: {}",
+                server.log_text()
+            );
+        }
+    }
+    // The server is fine for the next request.
+    assert_eq!(server.get("x", "/").text(), "ok");
+}
+
+/// The response head exactly as the front wrote it.
+fn raw_head(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    text.split("\r\n\r\n").next().unwrap_or("").to_string() + "\r\n"
+}
