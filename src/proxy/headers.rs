@@ -230,6 +230,65 @@ pub(super) fn add_forwarded(headers: &mut HeaderMap, client: &Client, host: Opti
     }
 }
 
+/// A child's response framing, checked as RFC 9112 §6 asks of a proxy before relaying it: a
+/// 101 here answers a request that did not ask to upgrade; `Transfer-Encoding` must be
+/// exactly `chunked` (hyper has decoded it; the front frames the body afresh), and then any
+/// `Content-Length` beside it goes; a `Content-Length` list of one repeated value becomes that
+/// value, differing values are refused. Err: what the child sent, in words.
+pub fn checked_response<B>(mut resp: hyper::Response<B>) -> Result<hyper::Response<B>, String> {
+    if resp.status().as_u16() == 101 {
+        return Err(
+            "101 Switching Protocols to a request that did not ask to upgrade (or on a route that does not upgrade)"
+                .into(),
+        );
+    }
+    let h = resp.headers_mut();
+    let text = |v: &HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned();
+    let codings: Vec<String> = h
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .map(text)
+        .collect();
+    if !codings.is_empty() {
+        let list: Vec<String> = codings
+            .iter()
+            .flat_map(|v| v.split(','))
+            .map(|c| c.trim().to_ascii_lowercase())
+            .collect();
+        if list != ["chunked"] {
+            return Err(format!(
+                "Transfer-Encoding {:?}: only chunked can be relayed",
+                codings.join(", ")
+            ));
+        }
+        h.remove(header::CONTENT_LENGTH);
+        return Ok(resp);
+    }
+    let lengths: Vec<String> = h
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .map(text)
+        .flat_map(|v| {
+            v.split(',')
+                .map(|p| p.trim().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if lengths.len() > 1 {
+        let first = &lengths[0];
+        if !lengths.iter().all(|l| l == first) || first.parse::<u64>().is_err() {
+            return Err(format!(
+                "Content-Length {:?}: the values differ",
+                lengths.join(", ")
+            ));
+        }
+        if let Ok(one) = HeaderValue::from_str(first) {
+            h.insert(header::CONTENT_LENGTH, one);
+        }
+    }
+    Ok(resp)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,63 +426,4 @@ mod tests {
             Err(ProxyError::Rejected(_))
         ));
     }
-}
-
-/// A child's response framing, checked as RFC 9112 §6 asks of a proxy before relaying it: a
-/// 101 here answers a request that did not ask to upgrade; `Transfer-Encoding` must be
-/// exactly `chunked` (hyper has decoded it; the front frames the body afresh), and then any
-/// `Content-Length` beside it goes; a `Content-Length` list of one repeated value becomes that
-/// value, differing values are refused. Err: what the child sent, in words.
-pub fn checked_response<B>(mut resp: hyper::Response<B>) -> Result<hyper::Response<B>, String> {
-    if resp.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
-        return Err(
-            "101 Switching Protocols to a request that did not ask to upgrade (or on a route that does not upgrade)"
-                .into(),
-        );
-    }
-    let h = resp.headers_mut();
-    let text = |v: &HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned();
-    let codings: Vec<String> = h
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .map(text)
-        .collect();
-    if !codings.is_empty() {
-        let list: Vec<String> = codings
-            .iter()
-            .flat_map(|v| v.split(','))
-            .map(|c| c.trim().to_ascii_lowercase())
-            .collect();
-        if list != ["chunked"] {
-            return Err(format!(
-                "Transfer-Encoding {:?}: only chunked can be relayed",
-                codings.join(", ")
-            ));
-        }
-        h.remove(header::CONTENT_LENGTH);
-        return Ok(resp);
-    }
-    let lengths: Vec<String> = h
-        .get_all(header::CONTENT_LENGTH)
-        .iter()
-        .map(text)
-        .flat_map(|v| {
-            v.split(',')
-                .map(|p| p.trim().to_string())
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    if lengths.len() > 1 {
-        let first = &lengths[0];
-        if !lengths.iter().all(|l| l == first) || first.parse::<u64>().is_err() {
-            return Err(format!(
-                "Content-Length {:?}: the values differ",
-                lengths.join(", ")
-            ));
-        }
-        if let Ok(one) = HeaderValue::from_str(first) {
-            h.insert(header::CONTENT_LENGTH, one);
-        }
-    }
-    Ok(resp)
 }
