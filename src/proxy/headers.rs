@@ -115,8 +115,12 @@ fn remove_where(headers: &mut HeaderMap, remove: impl Fn(&HeaderName) -> bool) {
 /// `CF-Connecting-IP`, Fastly `Fastly-Client-IP`), `X-Client-IP`/`X-Cluster-Client-IP`/
 /// `Client-IP` (Rails' `RemoteIp`, libraries such as django-ipware), Microsoft's
 /// `Front-End-Https`, and the URL overrides of IIS URL Rewrite (`X-Original-URL`,
-/// `X-Rewrite-URL`) that some frameworks honour over the request line.
-static FORWARDED: [HeaderName; 30] = [
+/// `X-Rewrite-URL`) that some frameworks honour over the request line. Also the mount and
+/// address names WSGI middlewares read (`X-Script-Name`, `Script-Name`: werkzeug and Flask
+/// recipes; `Remote-Addr`, `Https`: CGI names a client can send as headers), the host
+/// overrides `X-Host` and `X-HTTP-Host-Override` (Symfony, Rack), `X-Forwarded-Uri` (Traefik),
+/// Envoy's `X-Envoy-External-Address` and `X-ProxyUser-Ip` (Google's front ends).
+static FORWARDED: [HeaderName; 39] = [
     HeaderName::from_static("forwarded"),
     HeaderName::from_static("x-forwarded-for"),
     HeaderName::from_static("x-forwarded-proto"),
@@ -146,6 +150,15 @@ static FORWARDED: [HeaderName; 30] = [
     HeaderName::from_static("x-original-url"),
     HeaderName::from_static("x-rewrite-url"),
     HeaderName::from_static("x-original-host"),
+    HeaderName::from_static("x-script-name"),
+    HeaderName::from_static("script-name"),
+    HeaderName::from_static("remote-addr"),
+    HeaderName::from_static("https"),
+    HeaderName::from_static("x-host"),
+    HeaderName::from_static("x-http-host-override"),
+    HeaderName::from_static("x-forwarded-uri"),
+    HeaderName::from_static("x-envoy-external-address"),
+    HeaderName::from_static("x-proxyuser-ip"),
     MOUNT,
 ];
 
@@ -380,6 +393,15 @@ mod tests {
             ("true-client-ip", "10.0.0.3"),
             ("x-original-url", "/admin"),
             ("x-rewrite-url", "/admin"),
+            ("x-script-name", "/evil"),
+            ("script-name", "/evil"),
+            ("remote-addr", "10.0.0.4"),
+            ("https", "on"),
+            ("x-host", "evil.example"),
+            ("x-http-host-override", "evil.example"),
+            ("x-forwarded-uri", "/admin"),
+            ("x-envoy-external-address", "10.0.0.5"),
+            ("x-proxyuser-ip", "10.0.0.6"),
             ("server_protocol", "HTTP/9"),
             ("x-kept", "yes"),
         ]);
