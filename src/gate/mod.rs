@@ -52,6 +52,19 @@ pub fn admit_h2<B>(req: &hyper::Request<B>) -> Verdict {
     if req.method() == hyper::Method::CONNECT {
         return Verdict::Reject(Rejection::Malformed("CONNECT is not supported"));
     }
+    // RFC 9113 §8.3.1: this server is for http and https URIs only.
+    if let Some(scheme) = req.uri().scheme_str() {
+        if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+            return Verdict::Reject(Rejection::Malformed(":scheme is neither http nor https"));
+        }
+    }
+    if req
+        .uri()
+        .authority()
+        .is_some_and(|a| a.as_str().contains('@'))
+    {
+        return Verdict::Reject(Rejection::Malformed("userinfo in :authority"));
+    }
     let hosts = req.headers().get_all(hyper::header::HOST).iter().count();
     if hosts > 1 {
         return Verdict::Reject(Rejection::Malformed("more than one Host"));

@@ -28,6 +28,19 @@ fn h2_admission() {
         admit_h2(&req("CONNECT", "a.example:443", None)),
         Verdict::Reject(_)
     ));
+    // Only http and https URIs, and no userinfo.
+    assert!(matches!(
+        admit_h2(&req("GET", "evil://a.example/x", None)),
+        Verdict::Reject(Rejection::Malformed(m)) if m.contains(":scheme")
+    ));
+    assert!(matches!(
+        admit_h2(&req("GET", "https://u@a.example/x", None)),
+        Verdict::Reject(Rejection::Malformed(m)) if m.contains("userinfo")
+    ));
+    assert!(matches!(
+        admit_h2(&req("GET", "http://a.example/x", None)),
+        Verdict::Forward { .. }
+    ));
 }
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};

@@ -267,7 +267,7 @@ fn request_line<'a>(line: &'a [u8], limits: &HeadLimits) -> Result<RequestLine<'
     }
 }
 
-/// The authority of an absolute-form target (`http://host:port/…`), without userinfo; `None`
+/// The authority of an absolute-form target (`http://host:port/…`; userinfo refused); `None`
 /// for other forms.
 fn absolute_authority(target: &[u8]) -> Result<Option<&[u8]>, Rejection> {
     let rest = if starts_with_ignore_case(target, b"http://") {
@@ -282,10 +282,10 @@ fn absolute_authority(target: &[u8]) -> Result<Option<&[u8]>, Rejection> {
         .position(|&b| b == b'/' || b == b'?' || b == b'#')
         .unwrap_or(rest.len());
     let authority = &rest[..end];
-    let authority = match authority.iter().rposition(|&b| b == b'@') {
-        Some(at) => &authority[at + 1..],
-        None => authority,
-    };
+    // RFC 9110 §4.2.4: userinfo in an http(s) URI is an error (a way to hide the real host).
+    if authority.contains(&b'@') {
+        return Err(Malformed("userinfo in the target's authority"));
+    }
     if authority.is_empty() || !valid_authority(authority) {
         return Err(Malformed("invalid authority in absolute-form target"));
     }
@@ -336,7 +336,11 @@ fn valid_authority(a: &[u8]) -> bool {
         host.first() == Some(&b'[') || (!host.is_empty() && host.iter().all(|&b| reg_name(b)));
     let port_ok = match port {
         [] => true,
-        [b':', digits @ ..] => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+        [b':', digits @ ..] => {
+            digits.len() <= 5
+                && digits.iter().all(u8::is_ascii_digit)
+                && decimal(digits).is_none_or(|p| p <= 65_535)
+        }
         _ => false,
     };
     host_ok && port_ok

@@ -40,7 +40,7 @@ fn accepts_plain_requests() {
     accepted("GET / HTTP/1.0\r\n\r\n");
     accepted("GET / HTTP/1.1\r\nHost:\r\n\r\n");
     accepted("GET / HTTP/1.1\r\nHost: [::1]:8080\r\nX: caf\u{e9}\t v\r\n\r\n");
-    accepted("GET http://User@Example.com:80/p HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    accepted("GET http://Example.com:80/p HTTP/1.1\r\nHost: example.com\r\n\r\n");
 }
 
 #[test]
@@ -75,6 +75,10 @@ fn rejects_ambiguous_heads() {
         ("GET / HTTP/1.1\r\nHost: a b\r\n\r\n", "invalid Host"),
         ("GET / HTTP/1.1\r\n\r\n", "without Host"),
         ("GET http://a/ HTTP/1.1\r\nHost: b\r\n\r\n", "disagrees"),
+        ("GET / HTTP/1.1\r\nHost: a:99999\r\n\r\n", "invalid Host"),
+        ("GET / HTTP/1.1\r\nHost: a:65536\r\n\r\n", "invalid Host"),
+        ("GET http://u@a/ HTTP/1.1\r\nHost: a\r\n\r\n", "userinfo"),
+        ("GET http://u:p@a:80/ HTTP/1.1\r\nHost: a\r\n\r\n", "userinfo"),
         ("CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", "target"),
         ("CONNECT /x HTTP/1.1\r\nHost: a\r\n\r\n", "CONNECT"),
         ("GET * HTTP/1.1\r\nHost: a\r\n\r\n", "asterisk"),

@@ -4,7 +4,8 @@ at test time) through a running wsgimux whose only app is tests/apps/echo.py.
 - invalid: every case must be answered 4xx or closed, and nothing may reach the app;
 - valid: every case must reach the app as the same request (method, path, query, headers,
   body), except where one of wsgimux's stated rules is stricter than gunicorn (CONNECT, HTTP/1.1
-  without Host, transfer codings other than chunked) or answers itself (OPTIONS *); those are
+  without Host, transfer codings other than chunked, userinfo in an absolute target) or answers
+  itself (OPTIONS *); those are
   derived from the expected request, not listed by name, and must get their stated status.
 
 Cases whose expectation depends on a gunicorn setting other than the default are run only when
@@ -109,6 +110,11 @@ def stricter_rule(exp):
         return 200, "OPTIONS * is answered by wsgimux"
     if exp["version"] == (1, 1) and "HOST" not in names:
         return 400, "HTTP/1.1 without Host is refused"
+    raw = exp["uri"]["raw"]
+    if raw.lower().startswith(("http://", "https://")):
+        authority = raw.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0]
+        if "@" in authority:
+            return 400, "userinfo in the target is refused (RFC 9110 4.2.4)"
     body = exp["body"]
     for n, v in exp["headers"]:
         if n.upper() == "CONTENT-LENGTH" and int(v) > len(body):
