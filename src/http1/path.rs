@@ -12,7 +12,8 @@ use percent_encoding::percent_decode_str;
 use super::Rejection;
 
 /// The path without dot-segments (borrowed when it had none). A path that would climb above
-/// `/`, or that holds a NUL once decoded, is refused.
+/// `/`, that hides a dot-segment behind an escaped slash, or that holds a NUL once decoded, is
+/// refused.
 pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, Rejection> {
     let suspicious = |p: &str| {
         p.contains('.')
@@ -47,6 +48,11 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, Rejection> {
                     return Err(Rejection::Malformed("request path climbs above /"));
                 }
             }
+            None if hides_a_dot_segment(segment) => {
+                return Err(Rejection::Malformed(
+                    "a dot-segment written with an escaped slash (%2F) in the request path",
+                ));
+            }
             None => {
                 ends_in_dir = false;
                 kept.push(segment);
@@ -65,6 +71,19 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, Rejection> {
         out.push('/');
     }
     Ok(Cow::Owned(out))
+}
+
+/// A segment with an escaped slash whose decoded parts include `.` or `..` (`..%2f..%2fetc`):
+/// an origin that decodes `%2F` would climb where the route's prefix says it cannot, so it is
+/// refused, as nginx refuses it. Escaped slashes between ordinary names stay as sent.
+fn hides_a_dot_segment(segment: &str) -> bool {
+    if !(segment.contains("%2f") || segment.contains("%2F")) {
+        return false;
+    }
+    let decoded: Vec<u8> = percent_decode_str(segment).collect();
+    decoded
+        .split(|&b| b == b'/')
+        .any(|part| part == b"." || part == b"..")
 }
 
 enum Dot {
@@ -105,7 +124,8 @@ mod tests {
             ("/a/b/..", "/a/"),
             ("/a/b/.", "/a/b/"),
             ("/a/..", "/"),
-            ("/a/%2F../b", "/a/%2F../b"),
+            ("/pkg/a%2Fb.tar", "/pkg/a%2Fb.tar"),
+            ("/a/b%2F...c", "/a/b%2F...c"),
             ("/a/...", "/a/..."),
             ("/a//../b", "/a/b"),
             ("/caf%C3%A9/./x", "/caf%C3%A9/x"),
@@ -117,7 +137,7 @@ mod tests {
     }
 
     #[test]
-    fn climbing_above_the_root_and_nul_are_refused() {
+    fn climbing_above_the_root_hidden_dot_segments_and_nul_are_refused() {
         for bad in [
             "/..",
             "/../etc/passwd",
@@ -125,6 +145,10 @@ mod tests {
             "/%2e%2e/x",
             "/m%00x",
             "/a/%00",
+            "/..%2f..%2fetc/passwd",
+            "/m/%2e%2e%2f%2e%2e%2fx",
+            "/a/%2F../b",
+            "/a/x%2F.%2Fy",
         ] {
             assert!(norm(bad).is_err(), "{bad}");
         }

@@ -246,10 +246,13 @@ fn paths_are_normalised_before_routing_and_climbing_or_nul_is_refused() {
     let r = get(addr, "GET /p/../u/info?x=1 HTTP/1.1\r\nHost: x\r\n\r\n");
     let v = json(&r);
     assert_eq!(v["raw_path"], "/u/info", "{v}");
-    // An escaped slash stays inside its segment.
-    let r = get(addr, "GET /u/a%2F..%2Fb HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert_eq!(json(&r)["raw_path"], "/u/a%2F..%2Fb");
+    // An escaped slash stays inside its segment; one that hides a dot-segment is refused.
+    let r = get(addr, "GET /u/a%2Fb.c HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(json(&r)["raw_path"], "/u/a%2Fb.c");
     for bad in [
+        "/u/a%2F..%2Fb",
+        "/..%2f..%2fetc/passwd",
+        "/u/%2e%2e%2f%2e%2e%2fx",
         "/..",
         "/u/../../etc/passwd",
         "/%2e%2e/u/info",
