@@ -468,7 +468,9 @@ impl Body for LoggedBody {
                 if let Some(d) = frame.data_ref() {
                     this.bytes += d.len() as u64;
                 }
-                if this.inner.is_end_stream() {
+                // Trailers are a body's last frame: after them it is whole, whatever the
+                // writer does next.
+                if frame.is_trailers() || this.inner.is_end_stream() {
                     this.complete = true;
                 }
             }

@@ -47,6 +47,7 @@ fn responses(path: &str) -> Vec<u8> {
         "/unasked-101" => {
             b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: evil\r\n\r\n".to_vec()
         }
+        "/trailer" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n5\r\nhello\r\n0\r\nX-Checksum: abc\r\n\r\n".to_vec(),
         _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
     }
 }
@@ -123,4 +124,21 @@ fn raw_head(addr: std::net::SocketAddr, path: &str) -> String {
     let _ = s.read_to_end(&mut out);
     let text = String::from_utf8_lossy(&out).into_owned();
     text.split("\r\n\r\n").next().unwrap_or("").to_string() + "\r\n"
+}
+
+#[test]
+fn a_legal_trailer_is_a_whole_response_not_an_error() {
+    let port = scripted(responses);
+    let (site, server) = site_for(port);
+    for _ in 0..3 {
+        let r = server.get("x", "/trailer");
+        assert_eq!((r.status, r.text().as_str()), (200, "hello"));
+    }
+    let status = crate::operating::status_json(&site.path().join("wsgimux.yaml"));
+    let app = crate::operating::app(&status, "evil");
+    assert_eq!(app["requests"], 3, "{app}");
+    assert_eq!(
+        app["errors"], 0,
+        "a trailer is not a broken response: {app}"
+    );
 }
