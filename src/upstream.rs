@@ -31,6 +31,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_IDLE: usize = 256;
 /// Idle connections older than this are closed rather than reused (the worker keeps them 300 s).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// A reused connection idle this long may have met its child's keep-alive timeout (gunicorn's
+/// is 2 s): a bodiless idempotent request sent on it is kept to be sent again.
+const RESEND_AFTER_IDLE: Duration = Duration::from_millis(500);
 
 pub use crate::config::Address;
 
@@ -333,7 +336,14 @@ impl Endpoint {
         idle: Option<Duration>,
     ) -> Result<Response<PooledBody>, SendError> {
         let guard = InFlight::new(self.clone());
-        while let Some(mut sender) = self.take_idle() {
+        while let Some((mut sender, idle_for)) = self.take_idle() {
+            // What to send again if this connection closes before any byte of the answer (the
+            // child timed it out as the request went): bodiless idempotent requests, on
+            // connections idle long enough for a child's keep-alive timer to have run (a copy
+            // per request would cost every request of a busy pool).
+            let mut resend = (idle_for >= RESEND_AFTER_IDLE)
+                .then(|| resendable(&req))
+                .flatten();
             // A pooled connection the child has closed hands the request back unsent.
             if sender.ready().await.is_err() {
                 continue;
@@ -342,7 +352,18 @@ impl Endpoint {
                 Ok(resp) => return Ok(PooledBody::wrap(resp, sender, guard, idle)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
-                    None => return Err(self.request_error(e.into_error())),
+                    None => {
+                        let error = e.into_error();
+                        match resend.take().filter(|_| error.is_incomplete_message()) {
+                            Some(again) => {
+                                tracing::debug!(pid = self.pid, "a reused connection closed before the answer; sending again on a new one");
+                                req = again;
+                                // Its neighbours in the pool may be as old: a new connection.
+                                break;
+                            }
+                            None => return Err(self.request_error(error)),
+                        }
+                    }
                 },
             }
         }
@@ -387,11 +408,13 @@ impl Endpoint {
         &self.idle[crate::front_thread::slot().min(self.idle.len() - 1)]
     }
 
-    fn take_idle(&self) -> Option<SendRequest<ProxyBody>> {
+    /// A pooled connection and how long it has been idle.
+    fn take_idle(&self) -> Option<(SendRequest<ProxyBody>, Duration)> {
         let mut idle = self.pool().lock().ok()?;
         while let Some(c) = idle.pop() {
-            if !c.sender.is_closed() && c.since.elapsed() < IDLE_TIMEOUT {
-                return Some(c.sender);
+            let idle_for = c.since.elapsed();
+            if !c.sender.is_closed() && idle_for < IDLE_TIMEOUT {
+                return Some((c.sender, idle_for));
             }
         }
         None
@@ -598,3 +621,23 @@ impl Body for PooledBody {
 
 #[cfg(test)]
 mod tests;
+
+/// A copy of `req` to send again when the connection it went on closes before answering: for
+/// methods RFC 9110 §9.2.2 calls idempotent, with no body (nginx's `proxy_next_upstream`
+/// default does the same; a body already sent cannot be sent twice).
+fn resendable(req: &Request<ProxyBody>) -> Option<Request<ProxyBody>> {
+    use hyper::Method;
+    let idempotent = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    if !idempotent || !http_body::Body::is_end_stream(req.body()) {
+        return None;
+    }
+    let mut copy = Request::new(ProxyBody::default());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
+}

@@ -142,3 +142,64 @@ fn a_legal_trailer_is_a_whole_response_not_an_error() {
         "a trailer is not a broken response: {app}"
     );
 }
+
+/// A keep-alive server that answers the first request of each connection and closes the
+/// connection when the next one comes, without a byte of answer (a keep-alive timer firing as
+/// the request arrives, as gunicorn's 2 s one does).
+fn closes_reused_connections() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut answered = 0;
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while let Ok(1) = stream.read(&mut byte) {
+                    head.push(byte[0]);
+                    if head.ends_with(b"\r\n\r\n") {
+                        if answered > 0 {
+                            return;
+                        }
+                        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                        answered += 1;
+                        head.clear();
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_get_on_a_pooled_connection_the_child_closed_is_sent_again_and_a_post_is_not() {
+    let port = closes_reused_connections();
+    let (_site, server) = site_for(port);
+    for i in 0..3 {
+        let r = server.get("x", "/");
+        assert_eq!((r.status, r.text().as_str()), (200, "ok"), "GET {i}");
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    // A request with a body is not sent twice: its 502 says so.
+    let post = |body: &str| {
+        request(
+            server.addr,
+            format!(
+                "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .expect("post")
+    };
+    // On the pooled connection (which closes): not sent again.
+    assert_eq!(
+        post("a=1").status,
+        502,
+        "a body already sent is not sent again"
+    );
+    // The next one goes on a new connection.
+    assert_eq!(post("a=2").status, 200);
+}
