@@ -133,15 +133,15 @@ pub async fn run(tunnel: Tunnel, log: TunnelLog) {
         }
     };
     let started = Instant::now();
-    let last = Arc::new(AtomicU64::new(0));
-    let mut client = Counted::new(client, started, last.clone());
-    let mut child = Counted::new(TokioIo::new(child), started, last.clone());
+    let motion = Arc::new(Motion::default());
+    let mut client = Counted::new(client, started, motion.clone(), 0);
+    let mut child = Counted::new(TokioIo::new(child), started, motion.clone(), 1);
     let copied = tokio::io::copy_bidirectional(&mut client, &mut child);
     let complete = match idle {
         None => copied.await.is_ok(),
         Some(limit) => tokio::select! {
             r = copied => r.is_ok(),
-            () = idle_for(limit, started, &last) => {
+            () = idle_for(limit, started, &motion) => {
                 tracing::info!("app {app}: an upgraded connection was idle for {}; closed", humantime::format_duration(limit));
                 false
             }
@@ -150,34 +150,72 @@ pub async fn run(tunnel: Tunnel, log: TunnelLog) {
     log.done(client.read(), child.read(), complete);
 }
 
-/// Resolves once no byte has moved either way for `limit`.
-async fn idle_for(limit: Duration, started: Instant, last: &AtomicU64) {
+/// When bytes last moved through a tunnel, and since when a write to each end has been
+/// waiting for its reader (0: none; else milliseconds since the start, plus one).
+#[derive(Default)]
+struct Motion {
+    last: AtomicU64,
+    write_waiting: [AtomicU64; 2],
+}
+
+/// A write may wait for a reader that takes nothing at all this long before the tunnel is
+/// closed (a reader that only reads slowly frees room well within it).
+const STALLED_WRITE: Duration = Duration::from_secs(120);
+
+/// Resolves once no byte has moved either way for `limit` and no write is waiting for its
+/// reader — or a write has waited [`STALLED_WRITE`].
+async fn idle_for(limit: Duration, started: Instant, motion: &Motion) {
     loop {
-        let moved = Duration::from_millis(last.load(Ordering::Relaxed));
-        let due = started + moved + limit;
-        if Instant::now() >= due {
+        let now = started.elapsed();
+        let waiting = motion
+            .write_waiting
+            .iter()
+            .map(|w| w.load(Ordering::Relaxed))
+            .filter(|w| *w > 0)
+            .min()
+            .unwrap_or(0);
+        if waiting > 0 {
+            let since = Duration::from_millis(waiting - 1);
+            if now.saturating_sub(since) >= STALLED_WRITE.max(limit) {
+                return;
+            }
+            tokio::time::sleep(limit.min(Duration::from_secs(1))).await;
+            continue;
+        }
+        let moved = Duration::from_millis(motion.last.load(Ordering::Relaxed));
+        let due = moved + limit;
+        if now >= due {
             return;
         }
-        tokio::time::sleep_until(due.into()).await;
+        tokio::time::sleep_until((started + due).into()).await;
     }
 }
 
-/// One end of a tunnel: counts what is read from it and notes when.
+/// One end of a tunnel: counts what is read from it, and notes when bytes were last read from
+/// or written to it, and whether a write waits for its reader — a write draining into a slow
+/// reader is the tunnel moving.
 struct Counted<T> {
     inner: T,
     read: u64,
     started: Instant,
-    last: Arc<AtomicU64>,
+    motion: Arc<Motion>,
+    /// Which of the motion's write slots is this end's.
+    end: usize,
 }
 
 impl<T> Counted<T> {
-    fn new(inner: T, started: Instant, last: Arc<AtomicU64>) -> Self {
+    fn new(inner: T, started: Instant, motion: Arc<Motion>, end: usize) -> Self {
         Counted {
             inner,
             read: 0,
             started,
-            last,
+            motion,
+            end,
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
     fn read(&self) -> u64 {
@@ -197,8 +235,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
         let n = buf.filled().len() - before;
         if n > 0 {
             this.read += n as u64;
-            let at = this.started.elapsed().as_millis() as u64;
-            this.last.store(at, Ordering::Relaxed);
+            this.motion.last.store(this.now_ms(), Ordering::Relaxed);
         }
         polled
     }
@@ -210,7 +247,27 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        let now = this.now_ms();
+        match &polled {
+            Poll::Pending => {
+                // Waiting for the reader to take bytes: the tunnel is moving, at its pace.
+                let _ = this.motion.write_waiting[this.end].compare_exchange(
+                    0,
+                    now + 1,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+            Poll::Ready(r) => {
+                this.motion.write_waiting[this.end].store(0, Ordering::Relaxed);
+                if r.as_ref().is_ok_and(|n| *n > 0) {
+                    this.motion.last.store(now, Ordering::Relaxed);
+                }
+            }
+        }
+        polled
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

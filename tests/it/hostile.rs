@@ -203,3 +203,76 @@ fn a_get_on_a_pooled_connection_the_child_closed_is_sent_again_and_a_post_is_not
     // The next one goes on a new connection.
     assert_eq!(post("a=2").status, 200);
 }
+
+/// After a 101, sends 128 KiB every 50 ms for as long as the connection lasts.
+fn upgrades_and_floods() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                if !String::from_utf8_lossy(&head)
+                    .to_ascii_lowercase()
+                    .contains("upgrade: websocket")
+                {
+                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                    return;
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+                );
+                let chunk = vec![b'x'; 128 * 1024];
+                while stream.write_all(&chunk).is_ok() {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_tunnel_draining_into_a_slow_reader_is_not_idle() {
+    let port = upgrades_and_floods();
+    let site = Site::new();
+    site.config(&format!(
+        "apps:\n  evil:\n    upstream: \"http://127.0.0.1:{port}\"\n    response_idle_timeout: 3s\n"
+    ));
+    let server = site.serve();
+    let mut s = std::net::TcpStream::connect(server.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        .expect("send");
+    // Read about 320 KB/s (16 KiB every 50 ms) for 7 s: slower than the app writes.
+    let started = std::time::Instant::now();
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 16 * 1024];
+    while started.elapsed() < Duration::from_secs(7) {
+        match s.read(&mut buf) {
+            Ok(0) => panic!(
+                "closed after {:?} and {total} bytes: {}",
+                started.elapsed(),
+                server.log_text()
+            ),
+            Ok(n) => total += n,
+            Err(e) => panic!("read failed after {:?}: {e}", started.elapsed()),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(total > 1_000_000, "{total} bytes in 7 s");
+    assert!(
+        !server.log_text().contains("was idle for"),
+        "{}",
+        server.log_text()
+    );
+}
