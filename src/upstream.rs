@@ -234,6 +234,21 @@ pub enum UpstreamError {
     },
 }
 
+impl UpstreamError {
+    /// What was wrong with the response, when the child answered with one hyper could not
+    /// read (as opposed to not answering at all).
+    pub fn invalid_response(&self) -> Option<String> {
+        match self {
+            UpstreamError::Request { source, .. }
+                if source.is_parse() || source.is_parse_too_large() || source.is_parse_status() =>
+            {
+                Some(source.to_string())
+            }
+            _ => None,
+        }
+    }
+}
+
 /// A failed send; `unsent` holds the request when none of it reached the child (the connect
 /// failed), so it can safely go to another process.
 pub struct SendError {

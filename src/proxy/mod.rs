@@ -197,8 +197,9 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         parts.uri = normalized(&parts.uri)?;
-        // For the log line of a bad response: what was asked.
-        let request_words = format!("{} {}", parts.method, parts.uri.path());
+        // For the log line of a bad response: what was asked (a standard method's clone does
+        // not allocate; the words are made only for a bad response).
+        let method = parts.method.clone();
         let upgrade = tunnel::requested(&parts);
         let target = target(&parts)?;
         let path = target.uri.path();
@@ -258,7 +259,7 @@ impl Proxy {
         }
         let bad = |what: String| ProxyError::BadResponse {
             app: app.as_ref().map_or_else(String::new, |a| a.app.to_string()),
-            request: request_words,
+            request: format!("{method} {}", target.uri.path()),
             what,
         };
         Ok(relay(headers::checked_response(resp).map_err(bad)?))
@@ -284,6 +285,7 @@ impl Proxy {
             outer_mount,
             fault,
         } = prepared;
+        let method = request.method().clone();
         let timeout = route.request_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         for attempt in 1.. {
@@ -304,6 +306,13 @@ impl Proxy {
                 return Err(e);
             }
             let Some(mut unsent) = failure.unsent.filter(|_| attempt < MAX_ATTEMPTS) else {
+                if let Some(what) = failure.error.invalid_response() {
+                    return Err(ProxyError::BadResponse {
+                        app: route.name.to_string(),
+                        request: format!("{} {}", method, target.uri.path()),
+                        what,
+                    });
+                }
                 return Err(ProxyError::Upstream {
                     app: route.name.to_string(),
                     source: failure.error,

@@ -41,6 +41,7 @@ fn responses(path: &str) -> Vec<u8> {
             "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n14\r\n{body20}\r\n0\r\n\r\n"
         )
         .into_bytes(),
+        "/space-in-name" => b"HTTP/1.1 200 OK\r\nBad Name: x\r\nContent-Length: 2\r\n\r\nok".to_vec(),
         "/cl-repeated" => b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello".to_vec(),
         "/cl-differ" => b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\nhello!".to_vec(),
         "/gzip" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n\x1f\x8b\x08\x00coded".to_vec(),
@@ -80,6 +81,10 @@ fn response_framing_follows_the_rfc_and_what_cannot_be_relayed_is_a_502_that_say
     );
     // Differing lengths, unknown codings and an unasked 101: a 502 and one line naming the app.
     for (path, words) in [
+        (
+            "/space-in-name",
+            "sent an invalid response to GET /space-in-name: invalid HTTP header parsed",
+        ),
         ("/cl-differ", ""),
         (
             "/gzip",
