@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpStream, UnixStream};
@@ -232,6 +231,8 @@ pub enum UpstreamError {
         #[source]
         source: hyper::Error,
     },
+    #[error("{address} sent more than {MAX_INFORMATIONAL} informational (1xx) responses and no final one")]
+    Informational { address: Address },
 }
 
 impl UpstreamError {
@@ -244,6 +245,9 @@ impl UpstreamError {
             {
                 Some(source.to_string())
             }
+            UpstreamError::Informational { .. } => Some(format!(
+                "more than {MAX_INFORMATIONAL} informational (1xx) responses and no final one"
+            )),
             _ => None,
         }
     }
@@ -257,7 +261,7 @@ pub struct SendError {
 }
 
 struct Idle {
-    sender: SendRequest<ProxyBody>,
+    sender: Conn,
     since: Instant,
 }
 
@@ -362,6 +366,7 @@ impl Endpoint {
             }
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(PooledBody::wrap(resp, sender, guard, idle)),
+                Err(_) if sender.was_cut() => return Err(self.flooded()),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
                     None => {
@@ -392,6 +397,7 @@ impl Endpoint {
         };
         match sender.try_send_request(req).await {
             Ok(resp) => Ok(PooledBody::wrap(resp, sender, guard, idle)),
+            Err(_) if sender.was_cut() => Err(self.flooded()),
             Err(mut e) => {
                 let unsent = e.take_message();
                 Err(SendError {
@@ -399,6 +405,15 @@ impl Endpoint {
                     unsent,
                 })
             }
+        }
+    }
+
+    fn flooded(&self) -> SendError {
+        SendError {
+            error: UpstreamError::Informational {
+                address: self.address.clone(),
+            },
+            unsent: None,
         }
     }
 
@@ -421,7 +436,7 @@ impl Endpoint {
     }
 
     /// A pooled connection and how long it has been idle.
-    fn take_idle(&self) -> Option<(SendRequest<ProxyBody>, Duration)> {
+    fn take_idle(&self) -> Option<(Conn, Duration)> {
         let mut idle = self.pool().lock().ok()?;
         while let Some(c) = idle.pop() {
             let idle_for = c.since.elapsed();
@@ -432,7 +447,7 @@ impl Endpoint {
         None
     }
 
-    fn put_idle(&self, sender: SendRequest<ProxyBody>) {
+    fn put_idle(&self, sender: Conn) {
         if sender.is_closed() {
             return;
         }
@@ -446,7 +461,7 @@ impl Endpoint {
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<ProxyBody>, UpstreamError> {
+    async fn connect(&self) -> Result<Conn, UpstreamError> {
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, self.address.connect()).await {
             Err(_) => {
                 return Err(UpstreamError::ConnectTimeout {
@@ -467,6 +482,7 @@ impl Endpoint {
             }
             Ok(Ok(s)) => s,
         };
+        let (stream, cut) = conn::Cuttable::new(stream);
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -479,7 +495,7 @@ impl Endpoint {
                 tracing::debug!(pid, "child connection ended: {e}");
             }
         });
-        Ok(sender)
+        Ok(Conn::new(sender, cut))
     }
 }
 
@@ -509,7 +525,10 @@ impl Drop for InFlight {
     }
 }
 
+mod conn;
 mod pooled;
+use conn::Conn;
+pub use conn::MAX_INFORMATIONAL;
 pub use pooled::PooledBody;
 
 #[cfg(test)]

@@ -9,15 +9,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use hyper::Response;
 
-use super::{BoxError, InFlight, ProxyBody};
+use super::{BoxError, Conn, InFlight};
 
 /// A child's response body. At its end the connection goes back to the pool.
 pub struct PooledBody {
     body: Incoming,
-    conn: Option<SendRequest<ProxyBody>>,
+    conn: Option<Conn>,
     in_flight: Option<InFlight>,
     /// The app's `response_idle_timeout`: bounds how long a stalled child can hold the client.
     stall: Option<Stall>,
@@ -55,7 +54,7 @@ impl Stall {
 impl PooledBody {
     pub(super) fn wrap(
         resp: Response<Incoming>,
-        sender: SendRequest<ProxyBody>,
+        sender: Conn,
         guard: InFlight,
         idle: Option<Duration>,
     ) -> Response<Self> {

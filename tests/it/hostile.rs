@@ -281,3 +281,89 @@ fn a_tunnel_draining_into_a_slow_reader_is_not_idle() {
         server.log_text()
     );
 }
+
+/// Answers every request with `100 Continue` heads, as fast as it can, never a final response.
+fn floods_informational() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let heads = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(256);
+                while stream.write_all(&heads).is_ok() {}
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_flood_of_informational_responses_is_a_quick_502_and_other_apps_keep_their_latency() {
+    let (flood, good) = (floods_informational(), scripted(responses));
+    let site = Site::new();
+    site.config(&format!(
+        "apps:\n  evil:\n    upstream: \"http://127.0.0.1:{flood}\"\n    hosts: [evil]\n  good:\n    upstream: \"http://127.0.0.1:{good}\"\n    hosts: [good]\n"
+    ));
+    let server = site.serve();
+    let started = std::time::Instant::now();
+    let r = server.get("evil", "/");
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let line = server.wait_log(
+        "more than 16 informational (1xx) responses",
+        Duration::from_secs(5),
+    );
+    assert!(
+        line.is_some_and(|l| l.contains("app evil") && l.contains("GET /")),
+        "{}",
+        server.log_text()
+    );
+    // Five clients flooding at once; another app's requests meanwhile.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let addr = server.addr;
+    let flooders: Vec<_> = (0..5)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = request(
+                        addr,
+                        b"GET / HTTP/1.1\r\nHost: evil\r\nConnection: close\r\n\r\n",
+                    );
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut times: Vec<Duration> = (0..60)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            let r = server.get("good", "/");
+            assert_eq!(r.status, 200);
+            t.elapsed()
+        })
+        .collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for f in flooders {
+        let _ = f.join();
+    }
+    times.sort();
+    let p50 = times[times.len() / 2];
+    assert!(
+        p50 < Duration::from_millis(20),
+        "another app's p50 during the flood: {p50:?}"
+    );
+}
