@@ -25,8 +25,13 @@ pub type ProxyBody = BoxBody<Bytes, BoxError>;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle connections kept per child; more are closed when returned.
 const MAX_IDLE: usize = 256;
-/// Idle connections older than this are closed rather than reused (the worker keeps them 300 s).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections to wsgimux's own workers older than this are closed rather than reused
+/// (the workers keep them 300 s).
+pub const WORKER_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// The same for servers wsgimux did not write (`command:`, `upstream:`), whose keep-alive
+/// timeout it does not know: under gunicorn's 2 s default, the shortest common one (uvicorn's
+/// is 5 s, waitress's 120 s), so a connection is dropped here before the server drops it.
+pub const SERVER_IDLE_TIMEOUT: Duration = Duration::from_millis(1500);
 /// A reused connection idle this long may have met its child's keep-alive timeout (gunicorn's
 /// is 2 s): a bodiless idempotent request sent on it is kept to be sent again.
 const RESEND_AFTER_IDLE: Duration = Duration::from_millis(500);
@@ -274,6 +279,8 @@ pub struct Endpoint {
     /// connection's hyper task runs on the thread that opened it, so a request taking it
     /// from another thread would cross threads twice.
     idle: Box<[Mutex<Vec<Idle>>]>,
+    /// Idle connections older than this are closed rather than reused.
+    idle_timeout: Duration,
     in_flight: AtomicUsize,
     /// Told once per request that ends: wakes one request waiting for a place in the app
     /// (`overflow_wait`).
@@ -295,13 +302,20 @@ impl std::fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
+    /// A wsgimux worker's endpoint (idle connections kept [`WORKER_IDLE_TIMEOUT`]).
     pub fn new(address: Address, pid: u32) -> Arc<Self> {
+        Self::keeping_idle(address, pid, WORKER_IDLE_TIMEOUT)
+    }
+
+    /// An endpoint whose idle connections are kept `idle_timeout`.
+    pub fn keeping_idle(address: Address, pid: u32, idle_timeout: Duration) -> Arc<Self> {
         Arc::new(Endpoint {
             address,
             pid,
             idle: (0..=crate::front_thread::count())
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
+            idle_timeout,
             in_flight: AtomicUsize::new(0),
             freed: tokio::sync::Notify::new(),
             tunnels: AtomicUsize::new(0),
@@ -440,7 +454,7 @@ impl Endpoint {
         let mut idle = self.pool().lock().ok()?;
         while let Some(c) = idle.pop() {
             let idle_for = c.since.elapsed();
-            if !c.sender.is_closed() && idle_for < IDLE_TIMEOUT {
+            if !c.sender.is_closed() && idle_for < self.idle_timeout {
                 return Some((c.sender, idle_for));
             }
         }

@@ -61,7 +61,11 @@ pub(super) async fn watch_upstream(
                 if reported {
                     tracing::info!("[{name}] upstream {address} answers again");
                 }
-                let endpoint = Endpoint::new(address.clone(), 0);
+                let endpoint = Endpoint::keeping_idle(
+                    address.clone(),
+                    0,
+                    crate::upstream::SERVER_IDLE_TIMEOUT,
+                );
                 out.publish(Some(endpoint.clone()), 0);
                 out.view(|v| {
                     v.state = ProcessState::Ready;

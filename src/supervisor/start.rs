@@ -104,7 +104,12 @@ impl Starter {
         self.settle_start(startup, &mut child, &address, &tail, &held)
             .await?;
         self.started_after_failures(&held);
-        let endpoint = Endpoint::new(address.clone(), pid);
+        // A server wsgimux did not write may time idle connections out soon.
+        let idle = match plan.launch {
+            super::plan::Launch::Worker { .. } => crate::upstream::WORKER_IDLE_TIMEOUT,
+            _ => crate::upstream::SERVER_IDLE_TIMEOUT,
+        };
+        let endpoint = Endpoint::keeping_idle(address.clone(), pid, idle);
         tracing::debug!(
             "[{}] generation {} process {} ready (pid {pid})",
             plan.name,

@@ -367,3 +367,56 @@ fn a_flood_of_informational_responses_is_a_quick_502_and_other_apps_keep_their_l
         "another app's p50 during the flood: {p50:?}"
     );
 }
+
+/// A keep-alive server answering `ok` to every request; counts the connections a request came
+/// on (a health check's connect-and-close is not counted).
+fn counts_connections() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let used = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = used.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let counted = counted.clone();
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                let mut first = true;
+                while let Ok(1) = stream.read(&mut byte) {
+                    head.push(byte[0]);
+                    if head.ends_with(b"\r\n\r\n") {
+                        if first {
+                            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            first = false;
+                        }
+                        head.clear();
+                        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if stream.write_all(ok).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (port, used)
+}
+
+#[test]
+fn idle_connections_to_a_server_wsgimux_did_not_write_are_dropped_before_its_keep_alive_ends() {
+    let (port, accepted) = counts_connections();
+    let (_site, server) = site_for(port);
+    let count = || accepted.load(std::sync::atomic::Ordering::SeqCst);
+    // Settle: the health checks' and the first request's connections.
+    assert_eq!(server.get("x", "/").text(), "ok");
+    std::thread::sleep(Duration::from_millis(200));
+    let before = count();
+    // Within the idle time: the pooled connection is reused.
+    assert_eq!(server.get("x", "/").text(), "ok");
+    assert_eq!(count(), before, "reused within 1.5 s");
+    // Past it (gunicorn would have closed it at 2 s): a new connection.
+    std::thread::sleep(Duration::from_millis(1700));
+    assert_eq!(server.get("x", "/").text(), "ok");
+    assert!(count() > before, "a fresh connection after 1.7 s idle");
+}
