@@ -93,9 +93,7 @@ impl<T> RouteTable<T> {
             .or_else(|| {
                 self.wildcard
                     .iter()
-                    .filter(|(suffix, _)| {
-                        host.len() > suffix.len() && host.ends_with(suffix.as_str())
-                    })
+                    .filter(|(suffix, _)| crate::config::under_suffix(host, suffix))
                     .find_map(|(_, r)| in_tier(r, path))
             })
             .or_else(|| in_tier(&self.any_host, path))

@@ -385,9 +385,9 @@ impl Obtained {
         };
     }
 
-    /// The names certificates are served for.
-    pub fn names(&self) -> Vec<String> {
-        read(&self.by_name).keys().cloned().collect()
+    /// Whether a certificate is served for `name`.
+    pub fn serves(&self, name: &str) -> bool {
+        read(&self.by_name).contains_key(name)
     }
 
     /// Answers TLS-ALPN-01 validation for `name` with `key` (none: the challenge is over).

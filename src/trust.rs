@@ -169,21 +169,21 @@ fn run_update(update: &str, removing: bool) -> Result<(), TrustError> {
         ("update-ca-certificates", false) => &[],
         _ => &["extract"],
     };
-    let out = Command::new(update)
-        .args(args)
-        .output()
-        .map_err(|e| TrustError::Tool {
-            program: update.into(),
-            status: "did not start".into(),
-            output: e.to_string(),
-        })?;
-    checked(update, out)
+    tool(update, args.iter().map(std::ffi::OsStr::new))
 }
 
 fn run(program: &str, args: &[&str], root: &Path) -> Result<(), TrustError> {
+    let args = args.iter().map(std::ffi::OsStr::new);
+    tool(program, args.chain([root.as_os_str()]))
+}
+
+/// Runs a trust-store program; its output is the error when it fails.
+fn tool<'a>(
+    program: &str,
+    args: impl Iterator<Item = &'a std::ffi::OsStr>,
+) -> Result<(), TrustError> {
     let out = Command::new(program)
         .args(args)
-        .arg(root)
         .output()
         .map_err(|e| TrustError::Tool {
             program: program.into(),

@@ -145,14 +145,7 @@ impl crate::tls::IssueOnDemand for InternalIssuer {
             && name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-        valid
-            && (self.any
-                || self.hosts.iter().any(|h| match h {
-                    HostPattern::Exact(e) => e == name,
-                    HostPattern::Wildcard(suffix) => {
-                        name.len() > suffix.len() && name.ends_with(suffix.as_str())
-                    }
-                }))
+        valid && (self.any || self.hosts.iter().any(|h| h.matches(name)))
     }
 
     fn issue(&self, name: &str) -> Option<Arc<CertifiedKey>> {

@@ -291,9 +291,7 @@ async fn stored(store: &Store, name: &str) -> Option<Held> {
 fn publish(name: &str, held: &Held, next_renewal: SystemTime) {
     let obtained = crate::tls::obtained();
     let serial = lock(&STATUS).get(name).and_then(|s| s.serial.clone());
-    if serial.as_deref() != Some(held.serial.as_str())
-        || !obtained.names().iter().any(|n| n == name)
-    {
+    if serial.as_deref() != Some(held.serial.as_str()) || !obtained.serves(name) {
         obtained.publish(name, held.key.clone());
     }
     set_status(name, |s| {
@@ -431,10 +429,7 @@ async fn obtain(
     let held = Held::parse(format!("{chain}\n{key}").as_bytes(), name)
         .map_err(|e| order::OrderError::other(format!("the CA's certificate {e}")))?;
     let (s, n) = (store.clone(), name.to_string());
-    tokio::task::spawn_blocking(move || s.save_certificate(&n, &chain, &key))
-        .await
-        .map_err(|e| order::OrderError::other(e.to_string()))?
-        .map_err(|e| order::OrderError::other(e.to_string()))?;
+    order::blocking(move || s.save_certificate(&n, &chain, &key)).await?;
     Ok(held)
 }
 

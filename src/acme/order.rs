@@ -69,6 +69,33 @@ fn problem_words(p: &instant_acme::Problem) -> String {
     out
 }
 
+/// `f` (storage's file calls) on a blocking thread.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, super::store::StoreError> + Send + 'static,
+) -> Result<T, OrderError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| OrderError::other(e.to_string()))?
+        .map_err(|e| OrderError::other(e.to_string()))
+}
+
+/// `step` with the CA, within [`ACCOUNT_TIMEOUT`].
+async fn within<T>(
+    spec: &AcmeSpec,
+    step: impl std::future::Future<Output = Result<T, instant_acme::Error>>,
+) -> Result<T, OrderError> {
+    tokio::time::timeout(ACCOUNT_TIMEOUT, step)
+        .await
+        .map_err(|_| {
+            OrderError::other(format!(
+                "{} did not answer in {}s",
+                spec.directory,
+                ACCOUNT_TIMEOUT.as_secs()
+            ))
+        })?
+        .map_err(OrderError::from_acme)
+}
+
 /// The account at the CA: loaded from storage, or registered and stored.
 pub async fn account(spec: &AcmeSpec, store: &Store) -> Result<Registered, OrderError> {
     let (http, retry_after) = super::client::AcmeHttp::new(spec.directory_ca.as_deref())
@@ -76,10 +103,7 @@ pub async fn account(spec: &AcmeSpec, store: &Store) -> Result<Registered, Order
     let builder = Account::builder_with_http(Box::new(http));
     let stored = {
         let store = store.clone();
-        tokio::task::spawn_blocking(move || store.account())
-            .await
-            .map_err(|e| OrderError::other(e.to_string()))?
-            .map_err(|e| OrderError::other(e.to_string()))?
+        blocking(move || store.account()).await?
     };
     if let Some(json) = stored {
         let credentials: AccountCredentials = serde_json::from_slice(&json).map_err(|e| {
@@ -87,16 +111,8 @@ pub async fn account(spec: &AcmeSpec, store: &Store) -> Result<Registered, Order
                 "the stored account does not read ({e}); move it away to register a new one"
             ))
         })?;
-        let restored = tokio::time::timeout(ACCOUNT_TIMEOUT, builder.from_credentials(credentials))
-            .await
-            .map_err(|_| {
-                OrderError::other(format!(
-                    "{} did not answer in {}s",
-                    spec.directory,
-                    ACCOUNT_TIMEOUT.as_secs()
-                ))
-            })?;
-        return Ok((restored.map_err(OrderError::from_acme)?, retry_after));
+        let restored = within(spec, builder.from_credentials(credentials)).await?;
+        return Ok((restored, retry_after));
     }
     let contact = spec.email.as_ref().map(|e| format!("mailto:{e}"));
     let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
@@ -105,26 +121,12 @@ pub async fn account(spec: &AcmeSpec, store: &Store) -> Result<Registered, Order
         terms_of_service_agreed: true,
         only_return_existing: false,
     };
-    let created = tokio::time::timeout(
-        ACCOUNT_TIMEOUT,
-        builder.create(&new, spec.directory.clone(), None),
-    )
-    .await
-    .map_err(|_| {
-        OrderError::other(format!(
-            "{} did not answer in {}s",
-            spec.directory,
-            ACCOUNT_TIMEOUT.as_secs()
-        ))
-    })?;
-    let (account, credentials) = created.map_err(OrderError::from_acme)?;
+    let created = builder.create(&new, spec.directory.clone(), None);
+    let (account, credentials) = within(spec, created).await?;
     let json =
         serde_json::to_vec_pretty(&credentials).map_err(|e| OrderError::other(e.to_string()))?;
     let store = store.clone();
-    tokio::task::spawn_blocking(move || store.save_account(&json))
-        .await
-        .map_err(|e| OrderError::other(e.to_string()))?
-        .map_err(|e| OrderError::other(e.to_string()))?;
+    blocking(move || store.save_account(&json)).await?;
     tracing::info!("acme: registered an account at {}", spec.directory);
     Ok((account, retry_after))
 }
@@ -222,10 +224,7 @@ async fn order_steps(
                 answered.tokens.push(token.clone());
                 let store = store.clone();
                 let text = key_authorization.as_str().to_string();
-                tokio::task::spawn_blocking(move || store.put_token(&token, &text))
-                    .await
-                    .map_err(|e| OrderError::other(e.to_string()))?
-                    .map_err(|e| OrderError::other(e.to_string()))?;
+                blocking(move || store.put_token(&token, &text)).await?;
             }
             Challenge::TlsAlpn01 => {
                 let cert = alpn_certificate(name, key_authorization.digest().as_ref())?;

@@ -359,6 +359,21 @@ pub enum HostPattern {
     Wildcard(String),
 }
 
+impl HostPattern {
+    /// Whether a normalized host (no port) is this pattern's.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(e) => e == host,
+            HostPattern::Wildcard(suffix) => under_suffix(host, suffix),
+        }
+    }
+}
+
+/// Whether `host` is a name under a wildcard's `suffix` (`.example.com`), not the suffix itself.
+pub fn under_suffix(host: &str, suffix: &str) -> bool {
+    host.len() > suffix.len() && host.ends_with(suffix)
+}
+
 impl fmt::Display for HostPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -277,6 +277,13 @@ pub fn checked_response<B>(mut resp: hyper::Response<B>) -> Result<hyper::Respon
         h.remove(header::CONTENT_LENGTH);
         return Ok(resp);
     }
+    // The common case, one plain value, is checked without allocating (every response).
+    let mut all = h.get_all(header::CONTENT_LENGTH).iter();
+    if let (Some(one), None) = (all.next(), all.next()) {
+        if !one.as_bytes().contains(&b',') {
+            return Ok(resp);
+        }
+    }
     let lengths: Vec<String> = h
         .get_all(header::CONTENT_LENGTH)
         .iter()

@@ -212,6 +212,23 @@ fn wait_valid(config: &Path, host: &str, limit: Duration) -> String {
     found.unwrap_or_else(|| panic!("no valid certificate for {host}: {last:?}"))
 }
 
+/// Waits until `host`'s certificate is shown as failed: its state.
+fn wait_failed(config: &Path, host: &str, limit: Duration) -> String {
+    let failed = eventually(limit, || {
+        let c = certificate(config, host)?;
+        c["state"]
+            .as_str()
+            .filter(|s| s.starts_with("failed"))
+            .map(str::to_string)
+    });
+    failed.unwrap_or_else(|| {
+        panic!(
+            "{host} is not shown as failed: {:?}",
+            certificate(config, host)
+        )
+    })
+}
+
 fn orders_in(log: &str, host: &str) -> usize {
     log.matches(&format!("obtained a certificate for {host} "))
         .count()
@@ -224,14 +241,8 @@ fn http01_certificates_for_two_hosts_survive_a_restart_and_a_reload_adds_a_third
         return;
     };
     let storage = tempfile::tempdir().expect("storage");
-    let site = acme_site(
-        &pebble,
-        plain,
-        tls,
-        "http-01",
-        &["shop.test", "blog.test"],
-        storage.path(),
-    );
+    let site = Site::new();
+    site.probe("app");
     let py = require_python("3.12").expect("python");
     let admin = free_port();
     let admin_yaml = format!("admin:\n  listen: \"127.0.0.1:{admin}\"\n");
@@ -438,26 +449,12 @@ fn a_name_the_ca_refuses_fails_alone_and_an_unreachable_ca_leaves_plain_http_ser
     let config = site.path().join("wsgimux.yaml");
     let server = site.serve();
     wait_valid(&config, "good.test", Duration::from_secs(60));
-    let failed = eventually(Duration::from_secs(30), || {
-        let c = certificate(&config, "blocked.test")?;
-        c["state"]
-            .as_str()
-            .filter(|s| s.starts_with("failed"))
-            .map(str::to_string)
-    })
-    .expect("blocked.test fails");
+    let failed = wait_failed(&config, "blocked.test", Duration::from_secs(30));
     assert!(
         failed.contains("urn:ietf:params:acme:error:rejectedIdentifier"),
         "{failed}"
     );
-    let ghost = eventually(Duration::from_secs(40), || {
-        let c = certificate(&config, "ghost.test")?;
-        c["state"]
-            .as_str()
-            .filter(|s| s.starts_with("failed"))
-            .map(str::to_string)
-    })
-    .expect("ghost.test fails its validation");
+    let ghost = wait_failed(&config, "ghost.test", Duration::from_secs(40));
     assert!(
         ghost.contains("urn:ietf:params:acme:error:connection"),
         "{ghost}"
@@ -513,14 +510,7 @@ fn a_name_the_ca_refuses_fails_alone_and_an_unreachable_ca_leaves_plain_http_ser
     let dead_config = dead.path().join("wsgimux.yaml");
     let server = dead.serve();
     assert_eq!(get_via(plain2, "shop.test", "/").status, 200);
-    let state = eventually(Duration::from_secs(40), || {
-        let c = certificate(&dead_config, "shop.test")?;
-        c["state"]
-            .as_str()
-            .filter(|s| s.starts_with("failed"))
-            .map(str::to_string)
-    })
-    .expect("shown as failed");
+    let state = wait_failed(&dead_config, "shop.test", Duration::from_secs(40));
     assert!(!state.is_empty());
     assert!(server
         .wait_log(

@@ -2,36 +2,49 @@
 //! server behind an `upstream:` app: what the client gets and what the log says.
 
 use std::io::{Read, Write};
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
 use crate::harness::*;
 
-/// A server answering each request path with the raw bytes `script` gives (then closing).
-fn scripted(script: fn(&str) -> Vec<u8>) -> u16 {
+/// A listener on a free port; each connection handled by `handle` on its own thread.
+fn serve_each(handle: impl Fn(TcpStream) + Send + Sync + 'static) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
+    let handle = std::sync::Arc::new(handle);
     std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match stream.read(&mut byte) {
-                        Ok(1) => head.push(byte[0]),
-                        _ => return,
-                    }
-                }
-                let text = String::from_utf8_lossy(&head);
-                let path = text.split(' ').nth(1).unwrap_or("/").to_string();
-                let _ = stream.write_all(&script(&path));
-                let _ = stream.flush();
-            });
+        for stream in listener.incoming().flatten() {
+            let handle = handle.clone();
+            std::thread::spawn(move || handle(stream));
         }
     });
     port
+}
+
+/// The next request head on `stream`; None when it ends first.
+fn read_head(stream: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// A server answering each request path with the raw bytes `script` gives (then closing).
+fn scripted(script: fn(&str) -> Vec<u8>) -> u16 {
+    serve_each(move |mut stream| {
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let Some(head) = read_head(&mut stream) else {
+            return;
+        };
+        let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+        let _ = stream.write_all(&script(&path));
+        let _ = stream.flush();
+    })
 }
 
 fn responses(path: &str) -> Vec<u8> {
@@ -152,30 +165,13 @@ fn a_legal_trailer_is_a_whole_response_not_an_error() {
 /// connection when the next one comes, without a byte of answer (a keep-alive timer firing as
 /// the request arrives, as gunicorn's 2 s one does).
 fn closes_reused_connections() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut answered = 0;
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while let Ok(1) = stream.read(&mut byte) {
-                    head.push(byte[0]);
-                    if head.ends_with(b"\r\n\r\n") {
-                        if answered > 0 {
-                            return;
-                        }
-                        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-                        answered += 1;
-                        head.clear();
-                    }
-                }
-            });
+    serve_each(|mut stream| {
+        if read_head(&mut stream).is_some() {
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            // The next request ends the connection, unanswered.
+            let _ = read_head(&mut stream);
         }
-    });
-    port
+    })
 }
 
 #[test]
@@ -211,38 +207,22 @@ fn a_get_on_a_pooled_connection_the_child_closed_is_sent_again_and_a_post_is_not
 
 /// After a 101, sends 128 KiB every 50 ms for as long as the connection lasts.
 fn upgrades_and_floods() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match stream.read(&mut byte) {
-                        Ok(1) => head.push(byte[0]),
-                        _ => return,
-                    }
-                }
-                if !String::from_utf8_lossy(&head)
-                    .to_ascii_lowercase()
-                    .contains("upgrade: websocket")
-                {
-                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-                    return;
-                }
-                let _ = stream.write_all(
-                    b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-                );
-                let chunk = vec![b'x'; 128 * 1024];
-                while stream.write_all(&chunk).is_ok() {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            });
+    serve_each(|mut stream| {
+        let Some(head) = read_head(&mut stream) else {
+            return;
+        };
+        if !head.to_ascii_lowercase().contains("upgrade: websocket") {
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            return;
         }
-    });
-    port
+        let _ = stream.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        );
+        let chunk = vec![b'x'; 128 * 1024];
+        while stream.write_all(&chunk).is_ok() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
 }
 
 #[test]
@@ -284,26 +264,12 @@ fn a_tunnel_draining_into_a_slow_reader_is_not_idle() {
 
 /// Answers every request with `100 Continue` heads, as fast as it can, never a final response.
 fn floods_informational() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match stream.read(&mut byte) {
-                        Ok(1) => head.push(byte[0]),
-                        _ => return,
-                    }
-                }
-                let heads = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(256);
-                while stream.write_all(&heads).is_ok() {}
-            });
+    serve_each(|mut stream| {
+        if read_head(&mut stream).is_some() {
+            let heads = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(256);
+            while stream.write_all(&heads).is_ok() {}
         }
-    });
-    port
+    })
 }
 
 #[test]
@@ -371,33 +337,19 @@ fn a_flood_of_informational_responses_is_a_quick_502_and_other_apps_keep_their_l
 /// A keep-alive server answering `ok` to every request; counts the connections a request came
 /// on (a health check's connect-and-close is not counted).
 fn counts_connections() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
     let used = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counted = used.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let counted = counted.clone();
-            std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                let mut first = true;
-                while let Ok(1) = stream.read(&mut byte) {
-                    head.push(byte[0]);
-                    if head.ends_with(b"\r\n\r\n") {
-                        if first {
-                            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                            first = false;
-                        }
-                        head.clear();
-                        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-                        if stream.write_all(ok).is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
+    let port = serve_each(move |mut stream| {
+        let mut first = true;
+        while read_head(&mut stream).is_some() {
+            if first {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                first = false;
+            }
+            let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+            if stream.write_all(ok).is_err() {
+                return;
+            }
         }
     });
     (port, used)
