@@ -218,6 +218,21 @@ impl tokio::io::AsyncWrite for Stream {
     }
 }
 
+impl conn::Resettable for Stream {
+    fn reset_on_close(&self) {
+        // A Unix socket has no reset: its peer sees an end (wsgimux's own workers fail a read
+        // of a body that ends before its Content-Length, both of them).
+        let tcp = match self {
+            Stream::Unix(_) => return,
+            Stream::Tcp(s) => s,
+            Stream::Tls(s) => s.get_ref().0,
+        };
+        if let Err(e) = tcp.set_zero_linger() {
+            tracing::debug!("cannot make a child connection's close a reset: {e}");
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("cannot connect to {address}: {source}")]
@@ -242,11 +257,15 @@ pub enum UpstreamError {
 
 impl UpstreamError {
     /// What was wrong with the response, when the child answered with one hyper could not
-    /// read (as opposed to not answering at all).
-    pub fn invalid_response(&self) -> Option<String> {
+    /// read (as opposed to not answering at all); `head_limit` is the response head limit it
+    /// was read under.
+    pub fn invalid_response(&self, head_limit: usize) -> Option<String> {
         match self {
+            UpstreamError::Request { source, .. } if source.is_parse_too_large() => Some(format!(
+                "a response head over limits.max_response_header_size ({head_limit} bytes)"
+            )),
             UpstreamError::Request { source, .. }
-                if source.is_parse() || source.is_parse_too_large() || source.is_parse_status() =>
+                if source.is_parse() || source.is_parse_status() =>
             {
                 Some(source.to_string())
             }
@@ -359,14 +378,16 @@ impl Endpoint {
     }
 
     /// Sends one request; the response body returns the connection to the pool when read, and
-    /// fails when the child sends nothing of it for `idle` (where set).
+    /// fails when the child sends nothing of it for `idle` (where set). A response head (each
+    /// 1xx head too) over `head_limit` bytes fails the request.
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<ProxyBody>,
         idle: Option<Duration>,
+        head_limit: usize,
     ) -> Result<Response<PooledBody>, SendError> {
         let guard = InFlight::new(self.clone());
-        while let Some((mut sender, idle_for)) = self.take_idle() {
+        while let Some((mut sender, idle_for)) = self.take_idle(head_limit) {
             // What to send again if this connection closes before any byte of the answer (the
             // child timed it out as the request went): bodiless idempotent requests, on
             // connections idle long enough for a child's keep-alive timer to have run (a copy
@@ -400,7 +421,7 @@ impl Endpoint {
         }
         // Boxed: a new connection is the rare case, and its state would otherwise make every
         // request's future larger (moved, not just polled).
-        let mut sender = match Box::pin(self.connect()).await {
+        let mut sender = match Box::pin(self.connect(head_limit)).await {
             Ok(s) => s,
             Err(error) => {
                 return Err(SendError {
@@ -449,12 +470,14 @@ impl Endpoint {
         &self.idle[crate::front_thread::slot().min(self.idle.len() - 1)]
     }
 
-    /// A pooled connection and how long it has been idle.
-    fn take_idle(&self) -> Option<(Conn, Duration)> {
+    /// A pooled connection made with `head_limit` and how long it has been idle (one made
+    /// under another limit, before a reload changed it, is closed).
+    fn take_idle(&self, head_limit: usize) -> Option<(Conn, Duration)> {
         let mut idle = self.pool().lock().ok()?;
         while let Some(c) = idle.pop() {
             let idle_for = c.since.elapsed();
-            if !c.sender.is_closed() && idle_for < self.idle_timeout {
+            let usable = c.sender.head_limit == head_limit && !c.sender.is_closed();
+            if usable && idle_for < self.idle_timeout {
                 return Some((c.sender, idle_for));
             }
         }
@@ -475,7 +498,7 @@ impl Endpoint {
         }
     }
 
-    async fn connect(&self) -> Result<Conn, UpstreamError> {
+    async fn connect(&self, head_limit: usize) -> Result<Conn, UpstreamError> {
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, self.address.connect()).await {
             Err(_) => {
                 return Err(UpstreamError::ConnectTimeout {
@@ -496,8 +519,8 @@ impl Endpoint {
             }
             Ok(Ok(s)) => s,
         };
-        let (stream, cut) = conn::Cuttable::new(stream);
-        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        let (stream, switch) = conn::Cuttable::new(stream);
+        let (sender, conn) = conn::builder(head_limit)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| self.request_error_inner(e))?;
@@ -509,7 +532,7 @@ impl Endpoint {
                 tracing::debug!(pid, "child connection ended: {e}");
             }
         });
-        Ok(Conn::new(sender, cut))
+        Ok(Conn::new(sender, switch, head_limit))
     }
 }
 

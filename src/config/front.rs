@@ -67,6 +67,7 @@ pub(super) struct RawLimits {
     body_timeout: Option<RawDuration>,
     keepalive_timeout: Option<RawDuration>,
     max_connections: Option<u32>,
+    max_response_header_size: Option<RawSize>,
 }
 
 /// A size as written: bytes as a number, or `512`, `8k`, `1m`, `2g` (also `KiB`/`MiB`/`GiB`).
@@ -196,6 +197,10 @@ pub struct Limits {
     pub keepalive_timeout: Duration,
     /// Client connections served at once; more wait in the listen queue.
     pub max_connections: usize,
+    /// An app server's response head (status line and headers, each 1xx head too) above this
+    /// is a 502, by size and not by a count of fields (nginx: proxy_buffer_size; Go's proxies:
+    /// MaxResponseHeaderBytes). Also the limit of a response's trailers.
+    pub max_response_header_size: usize,
 }
 
 impl Default for Limits {
@@ -209,6 +214,7 @@ impl Default for Limits {
             body_timeout: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(75),
             max_connections: 10_000,
+            max_response_header_size: 32 * 1024,
         }
     }
 }
@@ -433,6 +439,12 @@ impl Validator<'_> {
                 "max_connections",
                 raw.max_connections,
                 d.max_connections,
+            ),
+            max_response_header_size: size(
+                self,
+                "max_response_header_size",
+                raw.max_response_header_size,
+                d.max_response_header_size,
             ),
         }
     }

@@ -220,7 +220,7 @@ fn shape_words(type_name: &str) -> String {
         "RawListenerTls" => "acme, internal, or a mapping like {certificates: [{cert: FILE, key: FILE, hosts: [NAME]}]}",
         "RawAcme" => "a mapping like {directory: URL, email: ADDRESS, storage: FOLDER, challenge: http-01}",
         "RawCertificate" => "a mapping like {cert: FILE, key: FILE, hosts: [NAME]}",
-        "RawLimits" => "a mapping of limits (max_uri_length:, max_header_size:, header_timeout:, body_timeout:, …)",
+        "RawLimits" => "a mapping of limits (max_uri_length:, max_header_size:, header_timeout:, body_timeout:, max_response_header_size:, …)",
         "RawSize" => "a size: a number of bytes, or text like 512, 8k, 1m, 2g",
         "RawDuration" => "a duration: a number of seconds, or text like 250ms, 30s, 5min, 1h 30m",
         "EnvValue" => "text, a number or true/false (each variable's value)",

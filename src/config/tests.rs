@@ -477,7 +477,7 @@ listen:
 redirect_https: true
 trusted_proxies: ["10.0.0.0/8", "::1"]
 user: www-data
-limits: {max_uri_length: 2k, max_headers: 50, header_timeout: 5s, max_connections: 100}
+limits: {max_uri_length: 2k, max_headers: 50, header_timeout: 5s, max_connections: 100, max_response_header_size: 64k}
 apps:
   a:
     python: python3
@@ -512,6 +512,7 @@ apps:
     assert_eq!(c.limits.max_uri_length, 2048);
     assert_eq!(c.limits.max_headers, 50);
     assert_eq!(c.limits.header_timeout, Duration::from_secs(5));
+    assert_eq!(c.limits.max_response_header_size, 64 << 10);
     assert_eq!(
         c.limits.max_header_field_size, 8190,
         "defaults for the rest"

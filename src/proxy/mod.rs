@@ -245,8 +245,9 @@ impl Proxy {
             tunnel::restore_request_headers(prepared.request.headers_mut(), protocol);
         }
         let idle = selected.route.response_idle_timeout;
+        let head_limit = live.front.limits.max_response_header_size;
         let (resp, endpoint) = self
-            .send(selected, prepared, &target, &decoded, app)
+            .send(selected, prepared, &target, &decoded, app, head_limit)
             .await?;
         if let Some(served) = app.as_mut() {
             served.process = Some(endpoint.clone());
@@ -267,7 +268,8 @@ impl Proxy {
 
     /// Sends within the route's request_timeout; a request none of which reached a process
     /// (its socket is gone: it exited, or a reload retired it a moment ago) is resent once,
-    /// through the route the current snapshot gives.
+    /// through the route the current snapshot gives. A response head over `head_limit` bytes
+    /// is a bad response.
     async fn send(
         &self,
         selected: Selected,
@@ -275,6 +277,7 @@ impl Proxy {
         target: &Target,
         decoded: &[u8],
         app: &mut Option<Served>,
+        head_limit: usize,
     ) -> Result<(Response<PooledBody>, Arc<Endpoint>), ProxyError> {
         let Selected {
             mut route,
@@ -289,7 +292,7 @@ impl Proxy {
         let timeout = route.request_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         for attempt in 1.. {
-            let sent = endpoint.send(request, route.response_idle_timeout);
+            let sent = endpoint.send(request, route.response_idle_timeout, head_limit);
             let failure = match tokio::time::timeout_at(deadline, sent).await {
                 Err(_) => {
                     return Err(ProxyError::Timeout {
@@ -306,7 +309,7 @@ impl Proxy {
                 return Err(e);
             }
             let Some(mut unsent) = failure.unsent.filter(|_| attempt < MAX_ATTEMPTS) else {
-                if let Some(what) = failure.error.invalid_response() {
+                if let Some(what) = failure.error.invalid_response(head_limit) {
                     return Err(ProxyError::BadResponse {
                         app: route.name.to_string(),
                         request: format!("{} {}", method, target.uri.path()),

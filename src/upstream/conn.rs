@@ -3,17 +3,24 @@
 //! [`MAX_INFORMATIONAL`], so its flood costs the front thread a few heads' parsing, not its
 //! `request_timeout` at full speed. hyper reads 1xx heads in its own loop; the only way to end
 //! that loop early is for the connection's reads to fail, which the switch makes them do.
+//!
+//! The same switch makes a connection whose request body broke off close with a reset: hyper
+//! just drops the connection, and a TCP close would look to the app like a clean end, so an
+//! app server that does not count the bytes it reads (gunicorn) would take a short body.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::ProxyBody;
+use super::{BoxError, ProxyBody};
 
 /// Informational responses one request may get before its final one (103 Early Hints
 /// included; none is forwarded).
@@ -21,15 +28,34 @@ pub const MAX_INFORMATIONAL: u32 = 16;
 
 type TrySendError = hyper::client::conn::TrySendError<Request<ProxyBody>>;
 
-/// A connection's sender and the switch that cuts its socket.
+/// What a connection's request side tells its socket.
+#[derive(Debug, Default)]
+pub(super) struct Switch {
+    /// Reads fail from now on (a flood of informational responses).
+    cut: AtomicBool,
+    /// A request body broke off: the socket closes with a reset.
+    reset: AtomicBool,
+}
+
+/// A connection's sender, the switch on its socket, and the response head limit it was made
+/// with.
 pub(super) struct Conn {
     pub(super) sender: SendRequest<ProxyBody>,
-    cut: Arc<AtomicBool>,
+    switch: Arc<Switch>,
+    pub(super) head_limit: usize,
 }
 
 impl Conn {
-    pub(super) fn new(sender: SendRequest<ProxyBody>, cut: Arc<AtomicBool>) -> Self {
-        Conn { sender, cut }
+    pub(super) fn new(
+        sender: SendRequest<ProxyBody>,
+        switch: Arc<Switch>,
+        head_limit: usize,
+    ) -> Self {
+        Conn {
+            sender,
+            switch,
+            head_limit,
+        }
     }
 
     pub(super) fn is_closed(&self) -> bool {
@@ -41,55 +67,106 @@ impl Conn {
     }
 
     /// Sends `req`, counting its 1xx responses: past [`MAX_INFORMATIONAL`], the connection is
-    /// cut ([`Conn::was_cut`]).
+    /// cut ([`Conn::was_cut`]). A body that fails on its way resets the connection.
     pub(super) fn try_send_request(
         &mut self,
         mut req: Request<ProxyBody>,
     ) -> impl std::future::Future<Output = Result<Response<hyper::body::Incoming>, TrySendError>>
     {
-        let cut = self.cut.clone();
+        let switch = self.switch.clone();
         let seen = AtomicU32::new(0);
         hyper::ext::on_informational(&mut req, move |_| {
             if seen.fetch_add(1, Ordering::Relaxed) + 1 > MAX_INFORMATIONAL {
-                cut.store(true, Ordering::Relaxed);
+                switch.cut.store(true, Ordering::Relaxed);
             }
         });
+        // A bodiless request (most) needs no watch on its body.
+        if !req.body().is_end_stream() {
+            let switch = self.switch.clone();
+            req = req.map(|body| http_body_util::BodyExt::boxed(ResetOnError { body, switch }));
+        }
         self.sender.try_send_request(req)
     }
 
     /// Whether a flood of informational responses made it cut itself.
     pub(super) fn was_cut(&self) -> bool {
-        self.cut.load(Ordering::Relaxed)
+        self.switch.cut.load(Ordering::Relaxed)
     }
 }
 
-/// The child's stream, whose reads fail once its connection is cut.
-pub(super) struct Cuttable<S> {
-    inner: S,
-    cut: Arc<AtomicBool>,
+/// A request body whose failure (the client's stream broke, a limit) marks its connection to
+/// be reset rather than closed.
+struct ResetOnError {
+    body: ProxyBody,
+    switch: Arc<Switch>,
 }
 
-impl<S> Cuttable<S> {
-    pub(super) fn new(inner: S) -> (Self, Arc<AtomicBool>) {
-        let cut = Arc::new(AtomicBool::new(false));
+impl Body for ResetOnError {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &polled {
+            self.switch.reset.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A stream that can be closed with a reset (TCP's RST) instead of an orderly end.
+pub(super) trait Resettable {
+    /// Makes the coming close a reset, where the transport has one.
+    fn reset_on_close(&self);
+}
+
+/// The child's stream, whose reads fail once its connection is cut, and which closes with a
+/// reset once a request body on it broke off.
+pub(super) struct Cuttable<S: Resettable> {
+    inner: S,
+    switch: Arc<Switch>,
+}
+
+impl<S: Resettable> Cuttable<S> {
+    pub(super) fn new(inner: S) -> (Self, Arc<Switch>) {
+        let switch = Arc::new(Switch::default());
         (
             Cuttable {
                 inner,
-                cut: cut.clone(),
+                switch: switch.clone(),
             },
-            cut,
+            switch,
         )
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Cuttable<S> {
+impl<S: Resettable> Drop for Cuttable<S> {
+    fn drop(&mut self) {
+        if self.switch.reset.load(Ordering::Relaxed) {
+            self.inner.reset_on_close();
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin + Resettable> AsyncRead for Cuttable<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        if this.cut.load(Ordering::Relaxed) {
+        if this.switch.cut.load(Ordering::Relaxed) {
             return Poll::Ready(Err(std::io::Error::new(
                 std::io::ErrorKind::ConnectionAborted,
                 "too many informational responses",
@@ -99,7 +176,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Cuttable<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Cuttable<S> {
+impl<S: AsyncWrite + Unpin + Resettable> AsyncWrite for Cuttable<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -127,4 +204,24 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Cuttable<S> {
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
+}
+
+/// hyper's field count when none is set: parsed in arrays on the stack.
+const STACK_FIELDS: usize = 100;
+/// hyper's read buffer limit when none is set (about 400 KB).
+const DEFAULT_BUF: usize = 8192 + 4096 * 100;
+
+/// hyper's builder for a connection whose response heads may take `head_limit` bytes. The
+/// limit is by size: as many fields as the shortest (`a:` and CRLF, 4 bytes) fit in it.
+pub(super) fn builder(head_limit: usize) -> hyper::client::conn::http1::Builder {
+    let mut builder = hyper::client::conn::http1::Builder::new();
+    builder.max_header_size(head_limit);
+    let fields = head_limit / 4;
+    if fields > STACK_FIELDS {
+        builder.max_headers(fields);
+    }
+    if head_limit > DEFAULT_BUF / 2 {
+        builder.max_buf_size(head_limit.saturating_mul(2));
+    }
+    builder
 }

@@ -45,7 +45,7 @@ async fn server(dir: &std::path::Path) -> (Address, Arc<AtomicUsize>) {
 
 /// `send`, its error as text.
 async fn send(ep: &Arc<Endpoint>, path: &str) -> Result<Response<PooledBody>, String> {
-    ep.send(get(path), None)
+    ep.send(get(path), None, 32 * 1024)
         .await
         .map_err(|e| e.error.to_string())
 }

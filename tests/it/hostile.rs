@@ -61,6 +61,14 @@ fn responses(path: &str) -> Vec<u8> {
         "/unasked-101" => {
             b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: evil\r\n\r\n".to_vec()
         }
+        "/fields-150" => {
+            let fields: String = (0..150).map(|i| format!("X-Field-{i}: {i}\r\n")).collect();
+            format!("HTTP/1.1 200 OK\r\n{fields}Content-Length: 2\r\n\r\nok").into_bytes()
+        }
+        "/head-40k" => {
+            let value = "v".repeat(40 * 1024);
+            format!("HTTP/1.1 200 OK\r\nX-Big: {value}\r\nContent-Length: 2\r\n\r\nok").into_bytes()
+        }
         "/trailer" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n5\r\nhello\r\n0\r\nX-Checksum: abc\r\n\r\n".to_vec(),
         _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
     }
@@ -126,6 +134,33 @@ fn response_framing_follows_the_rfc_and_what_cannot_be_relayed_is_a_502_that_say
     }
     // The server is fine for the next request.
     assert_eq!(server.get("x", "/").text(), "ok");
+}
+
+/// nginx and Go's proxies limit a response head by its size, not by how many fields it has:
+/// 150 short fields pass, one 40 KiB field is over the 32 KiB default and a 502 that says so,
+/// and `limits.max_response_header_size` raised by a reload lets it through.
+#[test]
+fn response_heads_are_limited_by_size_not_by_field_count() {
+    let port = scripted(responses);
+    let (site, server) = site_for(port);
+    let r = server.get("x", "/fields-150");
+    assert_eq!(r.status, 200, "{}", server.log_text());
+    assert_eq!(r.header("x-field-149"), Some("149"));
+    let r = server.get("x", "/head-40k");
+    assert_eq!(r.status, 502);
+    let line = server.wait_log(
+        "sent an invalid response to GET /head-40k: a response head over limits.max_response_header_size (32768 bytes)",
+        Duration::from_secs(5),
+    );
+    assert!(line.is_some(), "{}", server.log_text());
+    site.config(&format!(
+        "limits:\n  max_response_header_size: 64k\napps:\n  evil:\n    upstream: \"http://127.0.0.1:{port}\"\n    request_timeout: 10s\n"
+    ));
+    let (ok, out, err) = site.reload();
+    assert!(ok.success(), "{out}{err}");
+    let r = server.get("x", "/head-40k");
+    assert_eq!(r.status, 200, "{}", server.log_text());
+    assert_eq!(r.header("x-big").map(str::len), Some(40 * 1024));
 }
 
 /// The response head exactly as the front wrote it.
@@ -371,4 +406,93 @@ fn idle_connections_to_a_server_wsgimux_did_not_write_are_dropped_before_its_kee
     std::thread::sleep(Duration::from_millis(1700));
     assert_eq!(server.get("x", "/").text(), "ok");
     assert!(count() > before, "a fresh connection after 1.7 s idle");
+}
+
+/// A server that reads each request's body to its declared length and answers how much came;
+/// what it saw of a body that stopped short (`reset` or `end after N bytes`) goes to `seen`.
+fn counts_body_bytes(seen: std::sync::mpsc::Sender<String>) -> u16 {
+    serve_each(move |mut stream| {
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(20)));
+        let Some(head) = read_head(&mut stream) else {
+            return;
+        };
+        let declared: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().to_string())
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let (mut got, mut buf) = (0, [0u8; 16384]);
+        while got < declared {
+            match stream.read(&mut buf) {
+                Ok(0) => return drop(seen.send(format!("end after {got} bytes"))),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return drop(seen.send("reset".into()))
+                }
+                Err(e) => return drop(seen.send(format!("error {e}"))),
+            }
+        }
+        let body = format!("got {got}");
+        let _ = write!(
+            stream,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+    })
+}
+
+/// An HTTP/2 request body shorter than its `content-length` is a broken stream (the client
+/// gets RST_STREAM); the app server, which already has the head and 64 KiB, must see its
+/// connection reset, not a clean end it could take for a whole (short) body — gunicorn counts
+/// nothing and would hand the app the short body.
+#[test]
+fn an_http2_body_shorter_than_its_length_reaches_the_app_server_as_a_reset() {
+    if !crate::tls::tools_present() {
+        return;
+    }
+    let (tx, seen) = std::sync::mpsc::channel();
+    let port = counts_body_bytes(tx);
+    let site = Site::new();
+    let tls_port = crate::tls::free_port();
+    let (cert, _) = crate::tls::certificate(site.path(), "a", &["a.test"]);
+    site.write("wsgimux.yaml", &format!(
+        "runtime_dir: {run}\nlisten:\n  - \"127.0.0.1:0\"\n  - address: \"127.0.0.1:{tls_port}\"\n    tls: {{certificates: [{{cert: a.pem, key: a.key}}]}}\napps:\n  evil:\n    upstream: \"http://127.0.0.1:{port}\"\n    max_body_size: 10m\n",
+        run = site.path().join("run").display()
+    ));
+    let _server = site.serve();
+    let body = site.write("body.bin", &"x".repeat(1_000_000));
+    let data = format!("@{}", body.display());
+    // A whole body: all of it arrives.
+    let (version, status, text) =
+        crate::tls::curl("a.test", tls_port, "/", &cert, &["--data-binary", &data])
+            .expect("a whole h2 POST");
+    assert_eq!(
+        (version.as_str(), status, text.as_str()),
+        ("2", 200, "got 1000000")
+    );
+    // A declared length of 2,000,000 and 1,000,000 bytes sent, slowly enough that the request
+    // goes to the app server before the stream ends (one that ends within the first 64 KiB,
+    // read before any app is involved, is a 400 that no app sees).
+    let _ = crate::tls::curl(
+        "a.test",
+        tls_port,
+        "/",
+        &cert,
+        &[
+            "--data-binary",
+            &data,
+            "-H",
+            "content-length: 2000000",
+            "--limit-rate",
+            "500k",
+        ],
+    );
+    let what = seen
+        .recv_timeout(Duration::from_secs(15))
+        .expect("the app server saw the short body end");
+    assert_eq!(what, "reset");
 }
