@@ -200,12 +200,14 @@ impl CertStore {
         }
     }
 
-    /// The rustls config for a listener: this store picks certificates; h2 and http/1.1.
+    /// The rustls config for a listener: this store picks certificates; h2 and http/1.1, and
+    /// http/1.0 for a client offering only that (served by the HTTP/1.1 server, which answers
+    /// a 1.0 request as nginx does, rather than a `no_application_protocol` alert).
     pub fn server_config(self: &Arc<Self>) -> Arc<ServerConfig> {
         let mut config = ServerConfig::builder()
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(Resolver(self.clone())));
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
         if self.spec.source == CertSource::Acme {
             // Chosen only by a CA's validation request, which offers nothing else.
             config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());

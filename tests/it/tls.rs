@@ -267,3 +267,43 @@ fn stalled_http2_request_bodies_time_out() {
     let (_, status, _) = curl("a.test", port, "/", &cert, &[]).expect("served after");
     assert_eq!(status, 200);
 }
+
+/// A client offering only ALPN `http/1.0` is served over HTTP/1 (nginx does the same), not
+/// refused with a `no_application_protocol` alert.
+#[test]
+fn a_client_offering_only_http_1_0_by_alpn_is_served() {
+    let Some((site, port)) = tls_site(&["{cert: a.pem, key: a.key}"], "") else {
+        return;
+    };
+    if !have_tool("openssl", "openssl") {
+        return;
+    }
+    certificate(site.path(), "a", &["a.test"]);
+    let _server = site.serve();
+    let mut s_client = Command::new("openssl")
+        .args(["s_client", "-quiet", "-no_ign_eof", "-alpn", "http/1.0"])
+        .args(["-servername", "a.test", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run openssl s_client");
+    if let Some(mut stdin) = s_client.stdin.take() {
+        use std::io::Write;
+        let _ = stdin.write_all(b"GET /env HTTP/1.0\r\nHost: a.test\r\n\r\n");
+        // Held open until the server closes: a closed stdin would end s_client first.
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(10));
+            drop(stdin);
+        });
+    }
+    let out = s_client.wait_with_output().expect("s_client ends");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.starts_with("HTTP/1.") && said.contains(" 200 OK"),
+        "{said}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("SERVER_PROTOCOL=HTTP/1.0"), "{said}");
+}
