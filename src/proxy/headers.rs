@@ -86,9 +86,12 @@ static HOP_BY_HOP: [HeaderName; 10] = [
     HeaderName::from_static("http2-settings"),
 ];
 
-/// Removes hop-by-hop headers, including those the Connection header names.
+/// Removes a response's hop-by-hop headers, including those the Connection header names, but
+/// `Trailer`: it names the trailer fields, which hyper sends on to an HTTP/1.1 client that
+/// asked for them (`TE: trailers`) only when they are declared there (HTTP/2 clients get
+/// them regardless; other clients get none).
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    remove_where(headers, |k| HOP_BY_HOP.contains(k));
+    remove_where(headers, |k| HOP_BY_HOP.contains(k) && k != header::TRAILER);
 }
 
 /// Removes the headers the Connection header names and those `remove` picks, in one pass over

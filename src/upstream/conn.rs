@@ -211,12 +211,18 @@ const STACK_FIELDS: usize = 100;
 /// hyper's read buffer limit when none is set (about 400 KB).
 const DEFAULT_BUF: usize = 8192 + 4096 * 100;
 
-/// hyper's builder for a connection whose response heads may take `head_limit` bytes. The
-/// limit is by size: as many fields as the shortest (`a:` and CRLF, 4 bytes) fit in it.
+/// The field size the count of fields allowed in a head is reckoned by: a head of that many
+/// fields of this size is at the size limit. hyper parses a head into arrays of this count,
+/// made for every parse attempt (each read of a partial head), so the count is kept to what a
+/// real head could carry rather than every 4-byte `a:` line that would fit.
+const RECKONED_FIELD: usize = 32;
+
+/// hyper's builder for a connection whose response heads may take `head_limit` bytes: the
+/// limit is by size, with room for `head_limit / 32` fields (1,024 at the default 32 KiB).
 pub(super) fn builder(head_limit: usize) -> hyper::client::conn::http1::Builder {
     let mut builder = hyper::client::conn::http1::Builder::new();
     builder.max_header_size(head_limit);
-    let fields = head_limit / 4;
+    let fields = head_limit / RECKONED_FIELD;
     if fields > STACK_FIELDS {
         builder.max_headers(fields);
     }

@@ -194,6 +194,51 @@ fn a_legal_trailer_is_a_whole_response_not_an_error() {
         app["errors"], 0,
         "a trailer is not a broken response: {app}"
     );
+    // Forwarded to an HTTP/1.1 client that asked for trailers, dropped for one that did not.
+    let raw = |te: &str| {
+        let mut s = TcpStream::connect(server.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        write!(
+            s,
+            "GET /trailer HTTP/1.1\r\nHost: x\r\n{te}Connection: close\r\n\r\n"
+        )
+        .expect("send");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).to_ascii_lowercase()
+    };
+    let asked = raw("TE: trailers\r\n");
+    assert!(
+        asked.ends_with("\r\n0\r\nx-checksum: abc\r\n\r\n"),
+        "{asked}"
+    );
+    let unasked = raw("");
+    assert!(unasked.ends_with("\r\nhello\r\n0\r\n\r\n"), "{unasked}");
+}
+
+/// HTTP/2 clients get a response's trailers.
+#[test]
+fn an_http2_client_gets_the_trailers() {
+    if !crate::tls::tools_present() {
+        return;
+    }
+    let (_site, _server, tls_port, cert) = tls_site_for(scripted(responses));
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--http2", "-v", "--max-time", "10", "--cacert"])
+        .arg(&cert)
+        .arg("--resolve")
+        .arg(format!("a.test:{tls_port}:127.0.0.1"))
+        .arg(format!("https://a.test:{tls_port}/trailer"))
+        .output()
+        .expect("run curl");
+    let (body, said) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(body, "hello");
+    assert!(said.contains("< HTTP/2 200"), "{said}");
+    assert!(said.contains("< x-checksum: abc"), "{said}");
 }
 
 /// A keep-alive server that answers the first request of each connection and closes the
@@ -445,6 +490,20 @@ fn counts_body_bytes(seen: std::sync::mpsc::Sender<String>) -> u16 {
     })
 }
 
+/// A site whose app `evil` is the server on `port`, with a TLS listener (HTTP/2 by ALPN) for
+/// `a.test`: the site, its server, the TLS port and the certificate to trust.
+fn tls_site_for(port: u16) -> (Site, Server, u16, std::path::PathBuf) {
+    let site = Site::new();
+    let tls_port = crate::tls::free_port();
+    let (cert, _) = crate::tls::certificate(site.path(), "a", &["a.test"]);
+    site.write("wsgimux.yaml", &format!(
+        "runtime_dir: {run}\nlisten:\n  - \"127.0.0.1:0\"\n  - address: \"127.0.0.1:{tls_port}\"\n    tls: {{certificates: [{{cert: a.pem, key: a.key}}]}}\napps:\n  evil:\n    upstream: \"http://127.0.0.1:{port}\"\n    max_body_size: 10m\n",
+        run = site.path().join("run").display()
+    ));
+    let server = site.serve();
+    (site, server, tls_port, cert)
+}
+
 /// An HTTP/2 request body shorter than its `content-length` is a broken stream (the client
 /// gets RST_STREAM); the app server, which already has the head and 64 KiB, must see its
 /// connection reset, not a clean end it could take for a whole (short) body — gunicorn counts
@@ -456,14 +515,7 @@ fn an_http2_body_shorter_than_its_length_reaches_the_app_server_as_a_reset() {
     }
     let (tx, seen) = std::sync::mpsc::channel();
     let port = counts_body_bytes(tx);
-    let site = Site::new();
-    let tls_port = crate::tls::free_port();
-    let (cert, _) = crate::tls::certificate(site.path(), "a", &["a.test"]);
-    site.write("wsgimux.yaml", &format!(
-        "runtime_dir: {run}\nlisten:\n  - \"127.0.0.1:0\"\n  - address: \"127.0.0.1:{tls_port}\"\n    tls: {{certificates: [{{cert: a.pem, key: a.key}}]}}\napps:\n  evil:\n    upstream: \"http://127.0.0.1:{port}\"\n    max_body_size: 10m\n",
-        run = site.path().join("run").display()
-    ));
-    let _server = site.serve();
+    let (site, _server, tls_port, cert) = tls_site_for(port);
     let body = site.write("body.bin", &"x".repeat(1_000_000));
     let data = format!("@{}", body.display());
     // A whole body: all of it arrives.
