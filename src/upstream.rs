@@ -8,14 +8,12 @@
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpStream, UnixStream};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of every request and response wsgimux relays.
@@ -77,162 +75,6 @@ impl Demand {
     }
 }
 
-/// A connected stream to an endpoint: one type for hyper whichever the transport.
-enum Stream {
-    Unix(UnixStream),
-    Tcp(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-/// Why a connect failed: nothing accepted it, or TLS with what did failed (a certificate that
-/// does not verify, most often) — a server that is up but not to be trusted.
-#[derive(Debug)]
-enum ConnectError {
-    Io(std::io::Error),
-    Tls(String),
-}
-
-/// What a health check found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Health {
-    Up,
-    /// Nothing accepts connections there; why.
-    Down(String),
-    /// It accepts connections, but TLS with it fails; why.
-    Untrusted(String),
-}
-
-impl Address {
-    async fn connect(&self) -> Result<Stream, ConnectError> {
-        let tcp = |host: &str, port: u16| {
-            let host = host.to_string();
-            async move {
-                let s = TcpStream::connect((host.as_str(), port)).await?;
-                // Small requests and responses must not wait for Nagle.
-                s.set_nodelay(true)?;
-                Ok::<_, std::io::Error>(s)
-            }
-        };
-        match self {
-            Address::Unix(p) => UnixStream::connect(p)
-                .await
-                .map(Stream::Unix)
-                .map_err(ConnectError::Io),
-            Address::Tcp { host, port } => tcp(host, *port)
-                .await
-                .map(Stream::Tcp)
-                .map_err(ConnectError::Io),
-            Address::Tls {
-                host,
-                port,
-                ca_file,
-            } => {
-                let config = crate::tls::client_config(ca_file.as_deref())
-                    .map_err(|e| ConnectError::Tls(e.to_string()))?;
-                let name = rustls_pki_types::ServerName::try_from(host.clone())
-                    .map_err(|_| ConnectError::Tls(format!("{host:?} is not a TLS server name")))?;
-                let s = tcp(host, *port).await.map_err(ConnectError::Io)?;
-                tokio_rustls::TlsConnector::from(config)
-                    .connect(name, s)
-                    .await
-                    .map(|t| Stream::Tls(Box::new(t)))
-                    .map_err(|e| ConnectError::Tls(e.to_string()))
-            }
-        }
-    }
-
-    /// Whether something accepts connections there now (bounded by `limit`).
-    pub async fn answers(&self, limit: Duration) -> bool {
-        self.health(limit).await == Health::Up
-    }
-
-    /// Whether something accepts connections there now, and TLS with it works where it is
-    /// `https://` (bounded by `limit`).
-    pub async fn health(&self, limit: Duration) -> Health {
-        match tokio::time::timeout(limit, self.connect()).await {
-            Ok(Ok(_)) => Health::Up,
-            Ok(Err(ConnectError::Io(e))) => Health::Down(e.to_string()),
-            Ok(Err(ConnectError::Tls(why))) => Health::Untrusted(why),
-            Err(_) => Health::Down(format!("no answer within {}s", limit.as_secs_f32())),
-        }
-    }
-}
-
-impl tokio::io::AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
-
-impl conn::Resettable for Stream {
-    fn reset_on_close(&self) {
-        // A Unix socket has no reset: its peer sees an end (wsgimux's own workers fail a read
-        // of a body that ends before its Content-Length, both of them).
-        let tcp = match self {
-            Stream::Unix(_) => return,
-            Stream::Tcp(s) => s,
-            Stream::Tls(s) => s.get_ref().0,
-        };
-        if let Err(e) = tcp.set_zero_linger() {
-            tracing::debug!("cannot make a child connection's close a reset: {e}");
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("cannot connect to {address}: {source}")]
@@ -253,6 +95,9 @@ pub enum UpstreamError {
     },
     #[error("{address} sent more than {MAX_INFORMATIONAL} informational (1xx) responses and no final one")]
     Informational { address: Address },
+    /// No answer by the request's deadline; the request is held (see [`Endpoint::stuck`]).
+    #[error("{address} did not answer in time")]
+    TimedOut { address: Address },
 }
 
 impl UpstreamError {
@@ -301,6 +146,9 @@ pub struct Endpoint {
     /// Idle connections older than this are closed rather than reused.
     idle_timeout: Duration,
     in_flight: AtomicUsize,
+    /// Requests past their deadline that the process still works on (each holds one of its
+    /// threads): counted in `in_flight` too, until their answers come or the process ends.
+    stuck: AtomicUsize,
     /// Told once per request that ends: wakes one request waiting for a place in the app
     /// (`overflow_wait`).
     freed: tokio::sync::Notify,
@@ -336,6 +184,7 @@ impl Endpoint {
                 .collect(),
             idle_timeout,
             in_flight: AtomicUsize::new(0),
+            stuck: AtomicUsize::new(0),
             freed: tokio::sync::Notify::new(),
             tunnels: AtomicUsize::new(0),
             stats: Default::default(),
@@ -349,6 +198,11 @@ impl Endpoint {
     /// Requests sent and not yet finished (response body not fully relayed).
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests that passed their deadline and that the process still works on.
+    pub fn stuck(&self) -> usize {
+        self.stuck.load(Ordering::Relaxed)
     }
 
     /// Resolves once a request on this process ends after the call (or one ended unclaimed
@@ -379,12 +233,16 @@ impl Endpoint {
 
     /// Sends one request; the response body returns the connection to the pool when read, and
     /// fails when the child sends nothing of it for `idle` (where set). A response head (each
-    /// 1xx head too) over `head_limit` bytes fails the request.
+    /// 1xx head too) over `head_limit` bytes fails the request. A request sent and not
+    /// answered by `deadline` fails as [`UpstreamError::TimedOut`] and is held: counted as
+    /// stuck (and in flight) until the process answers it, whose answer is then read and
+    /// dropped, or the process ends.
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<ProxyBody>,
         idle: Option<Duration>,
         head_limit: usize,
+        deadline: tokio::time::Instant,
     ) -> Result<Response<PooledBody>, SendError> {
         let guard = InFlight::new(self.clone());
         while let Some((mut sender, idle_for)) = self.take_idle(head_limit) {
@@ -399,7 +257,11 @@ impl Endpoint {
             if sender.ready().await.is_err() {
                 continue;
             }
-            match sender.try_send_request(req).await {
+            let answer = match self.answer_by(&mut sender, req, deadline).await {
+                Ok(answer) => answer,
+                Err(late) => return Err(self.hold(late, sender, guard)),
+            };
+            match answer {
                 Ok(resp) => return Ok(PooledBody::wrap(resp, sender, guard, idle)),
                 Err(_) if sender.was_cut() => return Err(self.flooded()),
                 Err(mut e) => match e.take_message() {
@@ -430,7 +292,11 @@ impl Endpoint {
                 })
             }
         };
-        match sender.try_send_request(req).await {
+        let answer = match self.answer_by(&mut sender, req, deadline).await {
+            Ok(answer) => answer,
+            Err(late) => return Err(self.hold(late, sender, guard)),
+        };
+        match answer {
             Ok(resp) => Ok(PooledBody::wrap(resp, sender, guard, idle)),
             Err(_) if sender.was_cut() => Err(self.flooded()),
             Err(mut e) => {
@@ -440,6 +306,44 @@ impl Endpoint {
                     unsent,
                 })
             }
+        }
+    }
+
+    /// Sends `req` on `sender` and waits for the answer until `deadline`; past it, the answer
+    /// still to come.
+    async fn answer_by(
+        &self,
+        sender: &mut Conn,
+        req: Request<ProxyBody>,
+        deadline: tokio::time::Instant,
+    ) -> Result<AnswerResult, Answer> {
+        // Boxed so that it can be handed to a task of its own when late.
+        let mut answer: Answer = Box::pin(sender.try_send_request(req));
+        tokio::select! {
+            biased;
+            a = &mut answer => Ok(a),
+            _ = tokio::time::sleep_until(deadline) => Err(answer),
+        }
+    }
+
+    /// A request past its deadline: the process has it and a thread of it works on it, so it
+    /// stays in flight and counts as stuck until its answer comes (read to its end and
+    /// dropped, the connection pooled) or the connection ends with the process.
+    fn hold(self: &Arc<Self>, late: Answer, sender: Conn, guard: InFlight) -> SendError {
+        self.stuck.fetch_add(1, Ordering::Relaxed);
+        let endpoint = self.clone();
+        tokio::spawn(async move {
+            if let Ok(resp) = late.await {
+                let mut body = PooledBody::wrap(resp, sender, guard, None).into_body();
+                while let Some(Ok(_)) = http_body_util::BodyExt::frame(&mut body).await {}
+            }
+            endpoint.stuck.fetch_sub(1, Ordering::Relaxed);
+        });
+        SendError {
+            error: UpstreamError::TimedOut {
+                address: self.address.clone(),
+            },
+            unsent: None,
         }
     }
 
@@ -564,7 +468,14 @@ impl Drop for InFlight {
 
 mod conn;
 mod pooled;
+mod stream;
 use conn::Conn;
+use stream::ConnectError;
+pub use stream::Health;
+/// A child's answer to one request, as hyper gives it.
+type AnswerResult = Result<Response<hyper::body::Incoming>, conn::TrySendError>;
+/// The answer still to come.
+type Answer = Pin<Box<dyn std::future::Future<Output = AnswerResult> + Send>>;
 pub use conn::MAX_INFORMATIONAL;
 pub use pooled::PooledBody;
 

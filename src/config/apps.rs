@@ -67,6 +67,7 @@ impl Validator<'_> {
             raw.idle_timeout,
             raw.max_requests,
             raw.max_requests_jitter,
+            raw.stuck_limit,
         );
         if self.problems.len() > before {
             return None;

@@ -437,6 +437,7 @@ fn policy_keys(old: &ProcessPolicy, new: &ProcessPolicy) -> Vec<&'static str> {
         idle_timeout,
         max_requests,
         max_requests_jitter,
+        stuck_limit,
     } = new;
     changed(&[
         (old.start != *start, "start"),
@@ -446,6 +447,7 @@ fn policy_keys(old: &ProcessPolicy, new: &ProcessPolicy) -> Vec<&'static str> {
             old.max_requests_jitter != *max_requests_jitter,
             "max_requests_jitter",
         ),
+        (old.stuck_limit != *stuck_limit, "stuck_limit"),
     ])
 }
 

@@ -128,7 +128,7 @@ pub struct ProcessSpec {
     /// Who the app's processes run as (default: whoever wsgimux runs as).
     pub user: Option<String>,
     pub group: Option<String>,
-    /// `start`, `idle_timeout`, `max_requests`, `max_requests_jitter`.
+    /// `start`, `idle_timeout`, `max_requests`, `max_requests_jitter`, `stuck_limit`.
     pub policy: ProcessPolicy,
 }
 

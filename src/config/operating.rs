@@ -97,6 +97,9 @@ pub struct ProcessPolicy {
     pub max_requests: Option<u64>,
     /// ...plus a random 0..=jitter per process, so they do not all recycle at once.
     pub max_requests_jitter: u64,
+    /// Replace a process (new one first) once this many of its requests passed their
+    /// `request_timeout` and still hold a thread; None: all of its threads.
+    pub stuck_limit: Option<u32>,
 }
 
 impl Validator<'_> {
@@ -236,6 +239,7 @@ impl Validator<'_> {
         idle_timeout: Option<RawDuration>,
         max_requests: Option<u64>,
         max_requests_jitter: Option<u64>,
+        stuck_limit: Option<u32>,
     ) -> ProcessPolicy {
         let start = match start.as_deref().map(str::trim) {
             None | Some("always") => StartMode::Always,
@@ -269,11 +273,19 @@ impl Validator<'_> {
                 "needs max_requests (the jitter is added to it)".into(),
             );
         }
+        if stuck_limit == Some(0) {
+            self.app_problem(
+                app,
+                "stuck_limit",
+                "must be more than 0 (leave it out for all of a process's threads)".into(),
+            );
+        }
         ProcessPolicy {
             start,
             idle_timeout: (!idle.is_zero()).then_some(idle),
             max_requests,
             max_requests_jitter: jitter,
+            stuck_limit: stuck_limit.filter(|&n| n > 0),
         }
     }
 }

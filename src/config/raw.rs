@@ -67,6 +67,7 @@ pub(super) struct RawApp {
     pub(super) idle_timeout: Option<RawDuration>,
     pub(super) max_requests: Option<u64>,
     pub(super) max_requests_jitter: Option<u64>,
+    pub(super) stuck_limit: Option<u32>,
 }
 
 /// A duration as written: `500ms`, `30s`, `2m`, `1h`, or a plain number of seconds.

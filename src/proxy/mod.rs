@@ -38,7 +38,11 @@ use crate::error::ProxyError;
 use crate::gate::{ConnState, Verdict};
 use crate::http1::Rejection;
 use crate::routes::{normalize_host, RouteTable};
-use crate::upstream::{Endpoint, PooledBody, ProxyBody};
+use crate::upstream::{Endpoint, PooledBody, ProxyBody, UpstreamError};
+
+/// How much later than a request's deadline a send that never got the request out is given
+/// up: the send decides at the deadline itself for a request it sent.
+const SEND_GRACE: Duration = Duration::from_millis(100);
 
 use body::{BodyFault, LimitedBody, PrefixedBody};
 pub use headers::MOUNT_HEADER;
@@ -292,15 +296,19 @@ impl Proxy {
         let timeout = route.request_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         for attempt in 1.. {
-            let sent = endpoint.send(request, route.response_idle_timeout, head_limit);
-            let failure = match tokio::time::timeout_at(deadline, sent).await {
-                Err(_) => {
-                    return Err(ProxyError::Timeout {
-                        app: route.name.to_string(),
-                        after: timeout,
-                    })
-                }
+            let sent = endpoint.send(request, route.response_idle_timeout, head_limit, deadline);
+            let timed_out = || ProxyError::Timeout {
+                app: route.name.to_string(),
+                after: timeout,
+            };
+            // A request sent is timed by `send` itself, which keeps it as stuck; this outer
+            // bound, a moment later, is for one never sent (a connect that hung).
+            let failure = match tokio::time::timeout_at(deadline + SEND_GRACE, sent).await {
+                Err(_) => return Err(timed_out()),
                 Ok(Ok(resp)) => return Ok((resp, endpoint)),
+                Ok(Err(f)) if matches!(f.error, UpstreamError::TimedOut { .. }) => {
+                    return Err(timed_out())
+                }
                 Ok(Err(f)) => f,
             };
             // The request's own body stopped it (too large, or the client's stream broke),

@@ -188,6 +188,13 @@ pub struct ProcessStatus {
     pub uptime_seconds: Option<u64>,
     pub restarts: u32,
     pub recycles: u32,
+    /// Requests past their `request_timeout` that the process still works on (in
+    /// `in_flight` too).
+    #[serde(default)]
+    pub stuck: usize,
+    /// Replacements because its requests were stuck.
+    #[serde(default)]
+    pub stuck_replacements: u32,
     #[serde(flatten)]
     pub load: Load,
     pub last_exit: Option<String>,
@@ -296,6 +303,8 @@ fn process_status(v: &ProcessView, now: SystemTime) -> ProcessStatus {
             .map(|s| now.duration_since(s).map_or(0, |d| d.as_secs())),
         restarts: v.restarts,
         recycles: v.recycles,
+        stuck: v.endpoint.as_ref().map_or(0, |e| e.stuck()),
+        stuck_replacements: v.stuck_replacements,
         load: Load::new(&counted, in_flight, tunnels),
         last_exit: v.last_exit.clone(),
         failing_since: v.failing_since.map(unix),

@@ -9,7 +9,7 @@ use crate::supervisor::ProcessState;
 use crate::trigger::Outcome;
 
 use super::words::{duration_text, family, html_escape, label};
-use super::{unix, AppStatus, ReloadStatus, StatusReport};
+use super::{unix, AppStatus, ProcessStatus, ReloadStatus, StatusReport};
 
 fn ms_text(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{v:.1}ms"))
@@ -126,7 +126,7 @@ fn text_app(out: &mut String, a: &AppStatus) {
             p.uptime_seconds.map_or("-".into(), duration_text),
             p.restarts.to_string(),
             p.load.requests.to_string(),
-            p.load.in_flight.to_string(),
+            in_flight_text(p),
             p.load.errors.to_string(),
             ms_text(p.load.p50_ms),
             ms_text(p.load.p99_ms),
@@ -274,7 +274,7 @@ fn html_app(out: &mut String, a: &AppStatus) {
             p.uptime_seconds.map_or("-".into(), duration_text),
             p.restarts,
             p.load.requests,
-            p.load.in_flight,
+            in_flight_text(p),
             p.load.errors,
             ms_text(p.load.p50_ms),
             ms_text(p.load.p99_ms),
@@ -468,5 +468,14 @@ fn prometheus_durations(t: &mut String, apps: &Apps) {
         let _ = writeln!(t, "{name}_bucket{{app=\"{app}\",le=\"+Inf\"}} {count}");
         let _ = writeln!(t, "{name}_sum{{app=\"{app}\"}} {}", a.totals.sum_seconds);
         let _ = writeln!(t, "{name}_count{{app=\"{app}\"}} {count}");
+    }
+}
+
+/// A process's requests in flight, and how many of them are stuck (past their
+/// `request_timeout`, still held by the process).
+fn in_flight_text(p: &ProcessStatus) -> String {
+    match p.stuck {
+        0 => p.load.in_flight.to_string(),
+        n => format!("{} (stuck {n})", p.load.in_flight),
     }
 }

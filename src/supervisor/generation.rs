@@ -54,6 +54,9 @@ pub enum ProcessState {
     Idle,
     /// A replacement is starting after `max_requests`; this one still serves.
     Recycling,
+    /// Its threads are held by requests past their `request_timeout`: a replacement is
+    /// starting.
+    Stuck,
     Stopping,
     /// An `upstream:` server that does not accept connections.
     Down,
@@ -62,12 +65,13 @@ pub enum ProcessState {
 }
 
 impl ProcessState {
-    pub const ALL: [ProcessState; 8] = [
+    pub const ALL: [ProcessState; 9] = [
         ProcessState::Starting,
         ProcessState::Ready,
         ProcessState::Restarting,
         ProcessState::Idle,
         ProcessState::Recycling,
+        ProcessState::Stuck,
         ProcessState::Stopping,
         ProcessState::Down,
         ProcessState::Failing,
@@ -81,6 +85,7 @@ impl ProcessState {
             ProcessState::Restarting => "restarting",
             ProcessState::Idle => "idle",
             ProcessState::Recycling => "recycling",
+            ProcessState::Stuck => "stuck",
             ProcessState::Stopping => "stopping",
             ProcessState::Down => "down",
             ProcessState::Failing => "failing",
@@ -100,6 +105,8 @@ pub struct ProcessView {
     pub restarts: u32,
     /// Replacements after max_requests.
     pub recycles: u32,
+    /// Replacements because its requests were stuck.
+    pub stuck_replacements: u32,
     /// The ready process (its in-flight count and counters).
     pub endpoint: Option<Arc<Endpoint>>,
     /// How the last process ended, when it did by itself.

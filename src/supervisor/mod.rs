@@ -131,6 +131,7 @@ impl Supervisor {
                     started: None,
                     restarts: 0,
                     recycles: 0,
+                    stuck_replacements: 0,
                     endpoint: None,
                     last_exit: None,
                     failing_since: None,

@@ -41,6 +41,8 @@ pub(super) struct AppPlan {
     pub(super) startup_timeout: Duration,
     pub(super) drain_timeout: Duration,
     pub(super) policy: ProcessPolicy,
+    /// Requests one process serves at once (`threads`).
+    pub(super) threads: u32,
     /// `<log_dir>/<app>.log`, when set: the children's output goes there.
     pub(super) log: Option<Arc<LogFile>>,
     /// The app's counters, kept by name for the server's life: restarts are counted there.
@@ -123,6 +125,7 @@ impl Supervisor {
             startup_timeout: spec.lifecycle.startup_timeout,
             drain_timeout: spec.lifecycle.drain_timeout,
             policy: spec.process.policy.clone(),
+            threads: spec.process.threads,
             log: self.log_dir.as_ref().and_then(|d| {
                 let path = d.join(format!("{}.log", spec.name));
                 LogFile::open(&path)

@@ -1,7 +1,8 @@
 //! One process slot's task: start its process, serve with it, restart it with backoff when it
 //! exits, and carry out the app's process policy — wait for a first request (`start:
-//! on_demand`), stop when idle (`idle_timeout`), replace after `max_requests` (the new process
-//! is published before the old one is drained). Starting and stopping one process is in
+//! on_demand`), stop when idle (`idle_timeout`), replace after `max_requests` or once its
+//! threads are held by requests past their `request_timeout` (`stuck_limit`) — the new process
+//! is published before the old one is drained. Starting and stopping one process is in
 //! `start`; what `status` sees goes through `view`.
 
 use std::sync::{Arc, Mutex};
@@ -37,8 +38,36 @@ pub(super) struct Slot {
     draining: JoinSet<()>,
 }
 
-/// How often a running process is checked for idleness and for max_requests.
+/// How often a running process is checked for idleness, max_requests and stuck requests.
 const POLICY_POLL: Duration = Duration::from_millis(100);
+/// After a replacement for a stuck process failed to start, how long until the next try.
+const STUCK_RETRY: Duration = Duration::from_secs(5);
+
+/// Why `current`, which has served `served`, is to be replaced now, if it is: stuck requests
+/// first (not again before `stuck_retry`), then max_requests.
+fn replacement_due(
+    current: &Running,
+    served: u64,
+    stuck_limit: usize,
+    stuck_retry: tokio::time::Instant,
+) -> Option<Replace> {
+    if current.endpoint.stuck() >= stuck_limit && tokio::time::Instant::now() >= stuck_retry {
+        Some(Replace::Stuck)
+    } else if current.recycle_at.is_some_and(|n| served >= n) {
+        Some(Replace::Requests)
+    } else {
+        None
+    }
+}
+
+/// Why a process is replaced while it still runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replace {
+    /// It served `max_requests`.
+    Requests,
+    /// `stuck_limit` of its requests passed their `request_timeout` and hold its threads.
+    Stuck,
+}
 
 impl Slot {
     #[allow(clippy::too_many_arguments)]
@@ -172,8 +201,13 @@ impl Slot {
             Err(ended) => return ended,
         };
         let idle_timeout = self.plan().policy.idle_timeout;
-        // Only a policy that watches the process's traffic needs the periodic look.
-        let watch_traffic = idle_timeout.is_some() || current.recycle_at.is_some();
+        let stuck_limit = self
+            .plan()
+            .policy
+            .stuck_limit
+            .unwrap_or(self.plan().threads);
+        let stuck_limit = (stuck_limit as usize).max(1);
+        let mut stuck_retry = tokio::time::Instant::now();
         let mut activity = Activity::new(idle_timeout);
         let mut poll = tokio::time::interval(POLICY_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -198,7 +232,8 @@ impl Slot {
                     self.starter.stop_process(&mut current).await;
                     return Ended::Stop;
                 }
-                _ = poll.tick(), if watch_traffic => {}
+                // Stuck requests are looked for in every process.
+                _ = poll.tick() => {}
             }
             let served = current.endpoint.stats.requests();
             let busy = current.endpoint.in_flight() + current.endpoint.tunnels() > 0;
@@ -219,31 +254,52 @@ impl Slot {
                     return Ended::Idle;
                 }
             }
-            if current.recycle_at.is_some_and(|n| served >= n) {
-                match self.recycle(current, attempt).await {
-                    Ok(next) => {
-                        current = next;
-                        activity.restart();
+            let Some(why) = replacement_due(&current, served, stuck_limit, stuck_retry) else {
+                continue;
+            };
+            let pid = current.pid;
+            match self.replace(current, attempt, why).await {
+                Ok(next) => {
+                    if next.pid == pid {
+                        stuck_retry = tokio::time::Instant::now() + STUCK_RETRY;
                     }
-                    Err(ended) => return ended,
+                    current = next;
+                    activity.restart();
                 }
+                Err(ended) => return ended,
             }
         }
     }
 
-    /// Zero-downtime replacement after max_requests: the new process starts and is published
-    /// while the old one serves; then the old one is unpublished, drained and stopped. If the
-    /// new one does not start, the old one goes on serving (and is tried again later).
-    async fn recycle(&mut self, mut old: Running, attempt: &mut u64) -> Result<Running, Ended> {
-        tracing::info!(
-            "[{}] process {} (pid {}) served {} requests (max_requests); replacing it",
-            self.plan().name,
-            self.starter.outlet.slot,
-            old.pid,
-            old.endpoint.stats.requests()
-        );
+    /// Zero-downtime replacement: the new process starts and is published while the old one
+    /// serves (what it can); then the old one is unpublished, drained and stopped. If the new
+    /// one does not start, the old one goes on serving (and is tried again later).
+    async fn replace(
+        &mut self,
+        mut old: Running,
+        attempt: &mut u64,
+        why: Replace,
+    ) -> Result<Running, Ended> {
+        let (name, slot) = (self.plan().name.clone(), self.starter.outlet.slot);
+        match why {
+            Replace::Requests => tracing::info!(
+                "[{name}] process {slot} (pid {}) served {} requests (max_requests); replacing it",
+                old.pid,
+                old.endpoint.stats.requests()
+            ),
+            Replace::Stuck => tracing::warn!(
+                "[{name}] process {slot} (pid {}) is stuck: {} of its requests passed their request_timeout and still hold its threads; replacing it",
+                old.pid,
+                old.endpoint.stuck()
+            ),
+        }
         self.recycling = true;
-        self.view(|v| v.state = ProcessState::Recycling);
+        self.view(|v| {
+            v.state = match why {
+                Replace::Requests => ProcessState::Recycling,
+                Replace::Stuck => ProcessState::Stuck,
+            };
+        });
         let next = tokio::select! {
             r = self.start_process(attempt) => r,
             // The old process died meanwhile: the new one, if it comes up, takes over.
@@ -256,7 +312,10 @@ impl Slot {
         self.recycling = false;
         match next {
             Ok(new) => {
-                self.view(|v| v.recycles += 1);
+                self.view(|v| match why {
+                    Replace::Requests => v.recycles += 1,
+                    Replace::Stuck => v.stuck_replacements += 1,
+                });
                 // Unpublished first, so no new request picks it; then its requests finish.
                 self.starter.outlet.publish(None, old.pid);
                 self.drain_in_background(old);
@@ -277,9 +336,11 @@ impl Slot {
                     v.pid = Some(old.pid);
                     v.endpoint = Some(old.endpoint.clone());
                 });
-                old.recycle_at = old
-                    .recycle_at
-                    .map(|n| n + self.plan().policy.max_requests.unwrap_or(1));
+                if why == Replace::Requests {
+                    old.recycle_at = old
+                        .recycle_at
+                        .map(|n| n + self.plan().policy.max_requests.unwrap_or(1));
+                }
                 Ok(old)
             }
         }

@@ -26,7 +26,7 @@ use super::{BoxError, ProxyBody};
 /// included; none is forwarded).
 pub const MAX_INFORMATIONAL: u32 = 16;
 
-type TrySendError = hyper::client::conn::TrySendError<Request<ProxyBody>>;
+pub(super) type TrySendError = hyper::client::conn::TrySendError<Request<ProxyBody>>;
 
 /// What a connection's request side tells its socket.
 #[derive(Debug, Default)]

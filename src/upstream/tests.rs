@@ -45,9 +45,14 @@ async fn server(dir: &std::path::Path) -> (Address, Arc<AtomicUsize>) {
 
 /// `send`, its error as text.
 async fn send(ep: &Arc<Endpoint>, path: &str) -> Result<Response<PooledBody>, String> {
-    ep.send(get(path), None, 32 * 1024)
-        .await
-        .map_err(|e| e.error.to_string())
+    ep.send(
+        get(path),
+        None,
+        32 * 1024,
+        tokio::time::Instant::now() + Duration::from_secs(30),
+    )
+    .await
+    .map_err(|e| e.error.to_string())
 }
 
 /// A plain request read to its end; how many connections the server has accepted by then.

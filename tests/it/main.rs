@@ -22,6 +22,7 @@ mod runtime_area;
 mod scale;
 mod servers;
 mod streaming;
+mod stuck;
 mod supervision;
 mod tls;
 mod uploads;

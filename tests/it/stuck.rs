@@ -1,0 +1,67 @@
+//! Requests an app never answers: past `request_timeout` the client gets 504, the request
+//! still counts against its process (it holds a thread), and a process whose threads are all
+//! held is replaced — a new one first — so the app serves again without anyone restarting it.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+/// An app with two threads whose handler sleeps for an hour: two such requests are 504s, the
+/// process is shown stuck and replaced, and the next request is answered by a new process.
+fn a_process_whose_threads_are_all_stuck_is_replaced(python: &str, worker: &str) {
+    let Some(py) = require_python(python) else {
+        return;
+    };
+    let site = Site::new();
+    site.probe("app");
+    site.config(&format!(
+        "apps:\n  s:\n    python: {py}\n    script: app/probe.py\n    worker: {worker}\n    threads: 2\n    request_timeout: 2s\n    drain_timeout: 1s\n",
+        py = py.display()
+    ));
+    let server = site.serve();
+    let before = server.get("x", "/pid").text();
+    let addr = server.addr;
+    let started = Instant::now();
+    let blocked: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr).expect("connect");
+                c.get("x", "/slow?s=3600").map(|r| r.status).ok()
+            })
+        })
+        .collect();
+    let statuses: Vec<_> = blocked.into_iter().map(|t| t.join().ok().flatten()).collect();
+    assert_eq!(statuses, [Some(504), Some(504)], "{}", server.log_text());
+    let line = server.wait_log("is stuck: 2 of its requests", Duration::from_secs(5));
+    assert!(line.is_some(), "{}", server.log_text());
+    // Answered by a new process, within the timeout and a start.
+    let after = eventually(Duration::from_secs(15), || {
+        let r = server.get("x", "/pid");
+        (r.status == 200 && r.text() != before).then(|| r.text())
+    });
+    assert!(
+        after.is_some(),
+        "not replaced after {:?}: {}",
+        started.elapsed(),
+        server.log_text()
+    );
+    let status = crate::operating::status_json(&site.path().join("wsgimux.yaml"));
+    let app = crate::operating::app(&status, "s");
+    assert_eq!(app["processes"][0]["stuck_replacements"], 1, "{app}");
+    // The stuck process is stopped after its drain_timeout.
+    let old: u32 = before.trim().parse().expect("a pid");
+    assert!(
+        eventually(Duration::from_secs(15), || (!pid_alive(old)).then_some(())).is_some(),
+        "the stuck process {old} still runs"
+    );
+}
+
+#[test]
+fn a_stuck_native_worker_is_replaced() {
+    a_process_whose_threads_are_all_stuck_is_replaced("3.12", "native");
+}
+
+#[test]
+fn a_stuck_portable_worker_on_python_2_7_is_replaced() {
+    a_process_whose_threads_are_all_stuck_is_replaced("2.7", "portable");
+}
