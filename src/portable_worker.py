@@ -34,6 +34,10 @@ import traceback
 import types
 
 try:
+    from threading import get_ident
+except ImportError:  # Python 2
+    from thread import get_ident
+try:
     import queue
 except ImportError:  # Python 2
     import Queue as queue
@@ -855,6 +859,81 @@ class Poller(object):
         return r
 
 
+class Watchdog(object):
+    """Logs, once per request, the Python stack of the thread serving a request that has run
+    past the app's request_timeout (when the front answers it 504), so a hang names its line —
+    as mod_wsgi does at its request-timeout. Both workers: the app is wrapped here."""
+
+    def __init__(self, app, timeout_s):
+        self.app = app
+        self.timeout_s = timeout_s
+        self.active = {}  # thread ident -> [started, request line, logged]
+
+    def __call__(self, environ, start_response):
+        ident = get_ident()
+        query = environ.get('QUERY_STRING')
+        line = '%s %s%s%s' % (environ.get('REQUEST_METHOD', '-'), environ.get('SCRIPT_NAME', ''),
+                              environ.get('PATH_INFO', ''), '?' + query if query else '')
+        self.active[ident] = [time.time(), line, False]
+        try:
+            result = self.app(environ, start_response)
+        except BaseException:
+            self.active.pop(ident, None)
+            raise
+        if type(result) in (list, tuple) or isinstance(result, FileWrapper):
+            # Whole already (or a file the worker sends): the app's code is done.
+            self.active.pop(ident, None)
+            return result
+        return Watched(result, self, ident)
+
+    def done(self, ident):
+        self.active.pop(ident, None)
+
+    def run(self):
+        step = min(1.0, max(0.05, self.timeout_s / 4))
+        while True:
+            time.sleep(step)
+            now = time.time()
+            late = [(i, r) for i, r in list(self.active.items())
+                    if not r[2] and now - r[0] > self.timeout_s]
+            if not late:
+                continue
+            frames = sys._current_frames()
+            for ident, record in late:
+                record[2] = True
+                frame = frames.get(ident)
+                stack = ''.join(traceback.format_stack(frame)) if frame is not None else ''
+                log('%s: request %s has run %.1fs, past its request_timeout (%gs); '
+                    'the stack of its thread %d (pid %d), most recent call last:\n%s'
+                    % (APP_NAME, record[1], now - record[0], self.timeout_s, ident,
+                       os.getpid(), stack.rstrip('\n')))
+
+    def start(self):
+        t = threading.Thread(target=self.run, name='wsgimux-watchdog')
+        t.daemon = True
+        t.start()
+
+
+class Watched(object):
+    """An app's response iterable; its request ends for the watchdog when it is closed."""
+
+    def __init__(self, result, watchdog, ident):
+        self.result = result
+        self.watchdog = watchdog
+        self.ident = ident
+
+    def __iter__(self):
+        return iter(self.result)
+
+    def close(self):
+        try:
+            close = getattr(self.result, 'close', None)
+            if close is not None:
+                close()
+        finally:
+            self.watchdog.done(self.ident)
+
+
 def load_app(args):
     # `python wsgimux_worker.py` put the runtime dir first on sys.path; the app's dirs go there.
     here = os.path.dirname(os.path.abspath(__file__))
@@ -964,6 +1043,8 @@ def main(argv=None):
     parser.add_argument('--processes', type=int, default=1)
     parser.add_argument('--graceful-timeout', type=float, default=10.0)
     parser.add_argument('--parent-pid', type=int, default=os.getppid())
+    parser.add_argument('--request-timeout', type=float, default=0,
+                        help='log the stack of a request running longer (seconds)')
     parser.add_argument('--native', metavar='DIR',
                         help='serve with the native worker (wsgimux_native) found in DIR')
     args = parser.parse_args(argv)
@@ -997,6 +1078,9 @@ def main(argv=None):
         return 0
     if stop:
         return 0
+    if args.request_timeout > 0:
+        app = Watchdog(app, args.request_timeout)
+        app.start()
     if args.native:
         return serve_native(app, args)
     listener = listen_unix(args.socket)

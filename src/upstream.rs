@@ -467,6 +467,7 @@ impl Drop for InFlight {
 }
 
 mod conn;
+mod informational;
 mod pooled;
 mod stream;
 use conn::Conn;

@@ -154,6 +154,9 @@ impl Supervisor {
             CHILD_DRAIN_SECS.to_string().into(),
             "--parent-pid".into(),
             std::process::id().to_string().into(),
+            // The worker logs the stack of a request running past it (the front's 504).
+            "--request-timeout".into(),
+            spec.route.request_timeout.as_secs_f64().to_string().into(),
         ];
         match &spec.process.entry {
             Entry::Script { path, callable } => {

@@ -20,6 +20,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::informational::Scan;
 use super::{BoxError, ProxyBody};
 
 /// Informational responses one request may get before its final one (103 Early Hints
@@ -35,6 +36,8 @@ pub(super) struct Switch {
     cut: AtomicBool,
     /// A request body broke off: the socket closes with a reset.
     reset: AtomicBool,
+    /// A request went out: its response's informational heads are counted from here.
+    sent: AtomicBool,
 }
 
 /// A connection's sender, the switch on its socket, and the response head limit it was made
@@ -73,6 +76,7 @@ impl Conn {
         mut req: Request<ProxyBody>,
     ) -> impl std::future::Future<Output = Result<Response<hyper::body::Incoming>, TrySendError>>
     {
+        self.switch.sent.store(true, Ordering::Relaxed);
         let switch = self.switch.clone();
         let seen = AtomicU32::new(0);
         hyper::ext::on_informational(&mut req, move |_| {
@@ -136,6 +140,7 @@ pub(super) trait Resettable {
 pub(super) struct Cuttable<S: Resettable> {
     inner: S,
     switch: Arc<Switch>,
+    informational: Scan,
 }
 
 impl<S: Resettable> Cuttable<S> {
@@ -145,6 +150,7 @@ impl<S: Resettable> Cuttable<S> {
             Cuttable {
                 inner,
                 switch: switch.clone(),
+                informational: Scan::new(MAX_INFORMATIONAL),
             },
             switch,
         )
@@ -172,7 +178,16 @@ impl<S: AsyncRead + Unpin + Resettable> AsyncRead for Cuttable<S> {
                 "too many informational responses",
             )));
         }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
+        if this.switch.sent.swap(false, Ordering::Relaxed) {
+            this.informational.expect_response();
+        }
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Some(kept) = this.informational.scan(&buf.filled()[before..]) {
+            // The rest is more of the flood; hyper's count of this head cuts the connection.
+            buf.set_filled(before + kept);
+        }
+        read
     }
 }
 

@@ -30,10 +30,29 @@ fn a_process_whose_threads_are_all_stuck_is_replaced(python: &str, worker: &str)
             })
         })
         .collect();
-    let statuses: Vec<_> = blocked.into_iter().map(|t| t.join().ok().flatten()).collect();
+    let statuses: Vec<_> = blocked
+        .into_iter()
+        .map(|t| t.join().ok().flatten())
+        .collect();
     assert_eq!(statuses, [Some(504), Some(504)], "{}", server.log_text());
     let line = server.wait_log("is stuck: 2 of its requests", Duration::from_secs(5));
     assert!(line.is_some(), "{}", server.log_text());
+    // Each blocked request's stack is logged once by its worker, naming the blocking line.
+    let count = || {
+        let log = server.log_text();
+        (log.matches("request GET /slow?s=3600 has run").count() == 2).then_some(log)
+    };
+    let log = eventually(Duration::from_secs(5), count).unwrap_or_else(|| server.log_text());
+    assert_eq!(
+        log.matches("request GET /slow?s=3600 has run").count(),
+        2,
+        "{log}"
+    );
+    assert!(
+        log.contains("past its request_timeout (2s)")
+            && log.contains("time.sleep(float(q.get('s', '1')))"),
+        "{log}"
+    );
     // Answered by a new process, within the timeout and a start.
     let after = eventually(Duration::from_secs(15), || {
         let r = server.get("x", "/pid");

@@ -217,7 +217,36 @@ fn report_app_error(
     } else {
         eprintln!("{app}: error in {request}: {}", what());
     }
-    e.display(py);
+    print_from_the_app(py, e);
+}
+
+/// The launcher, whose request watchdog wraps the app (its frames are not the app's).
+const LAUNCHER_FILE: &str = "wsgimux_worker.py";
+
+/// Prints `e` as Python does, from the app's first frame: the launcher's wrapper that called
+/// it is none of the app author's business (the portable worker trims the same frames).
+fn print_from_the_app(py: Python<'_>, e: &PyErr) {
+    let trimmed = || -> PyResult<()> {
+        let mut tb = e.traceback(py).map(|t| t.into_any());
+        while let Some(t) = &tb {
+            let file: String = t
+                .getattr("tb_frame")?
+                .getattr("f_code")?
+                .getattr("co_filename")?
+                .extract()?;
+            if !file.ends_with(LAUNCHER_FILE) {
+                break;
+            }
+            let next = t.getattr("tb_next")?;
+            tb = (!next.is_none()).then_some(next);
+        }
+        py.import("traceback")?
+            .call_method1("print_exception", (e.get_type(py), e.value(py), tb))?;
+        Ok(())
+    };
+    if trimmed().is_err() {
+        e.display(py);
+    }
 }
 
 fn call_app<'py>(
@@ -242,7 +271,7 @@ fn call_app<'py>(
     if let Err(e) = closed {
         // The response is complete: report, but do not fail it.
         eprintln!("{}: error in close()", shared.app_name);
-        e.display(py);
+        print_from_the_app(py, &e);
     }
     Ok(())
 }
