@@ -39,6 +39,10 @@ pub enum Request {
     /// What a reload of the file would change in what runs (`wsgimux check`), as far as the
     /// file says (an interpreter upgraded in place is seen by the reload itself).
     Preview,
+    /// Every thread's Python stack in each of the app's processes (`status --stacks APP`).
+    Stacks {
+        app: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -48,6 +52,7 @@ pub enum Response {
     Status(Box<StatusReport>),
     Explain(crate::explain::Explanation),
     Preview(String),
+    Stacks(Vec<crate::status::stacks::ProcessStacks>),
     Error(String),
 }
 
@@ -195,6 +200,13 @@ async fn answer(
                 let snapshot = overview.borrow().clone();
                 preview_now(&snapshot).await
             }
+            Ok(Request::Stacks { app }) => {
+                let snapshot = overview.borrow().clone();
+                match status::stacks::collect(&snapshot, &app).await {
+                    Ok(found) => Response::Stacks(found),
+                    Err(e) => Response::Error(e),
+                }
+            }
             Ok(Request::Restart { apps }) => {
                 let (tx, rx) = oneshot::channel();
                 ask(&triggers, Trigger::Restart { apps, reply: tx }, rx).await
@@ -335,6 +347,21 @@ pub async fn status(socket: &Path, limit: Duration) -> Result<StatusReport, Cont
         Response::Status(report) => Ok(*report),
         other => Err(ControlError::Protocol(format!(
             "a status request was answered with {other:?}"
+        ))),
+    }
+}
+
+/// `wsgimux status --stacks APP`: the Python stacks of the app's processes now.
+pub async fn stacks(
+    socket: &Path,
+    app: String,
+    limit: Duration,
+) -> Result<Vec<crate::status::stacks::ProcessStacks>, ControlError> {
+    match request(socket, &Request::Stacks { app }, limit).await? {
+        Response::Stacks(found) => Ok(found),
+        Response::Error(e) => Err(ControlError::Protocol(e)),
+        other => Err(ControlError::Protocol(format!(
+            "a stacks request was answered with {other:?}"
         ))),
     }
 }

@@ -79,6 +79,10 @@ enum Command {
         /// Print JSON (for scripts) instead of text.
         #[arg(long)]
         json: bool,
+        /// Print the Python stack of every thread in each of APP's processes instead (a
+        /// live look at what a stuck app is doing).
+        #[arg(long, value_name = "APP")]
+        stacks: Option<String>,
     },
     /// Serve one WSGI app without a config file, like `mod_wsgi-express start-server`.
     Run(wsgimux::express::Express),
@@ -179,7 +183,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             config,
             control,
             json,
-        } => return Ok(status(&control_socket(&config, control), json).await),
+            stacks,
+        } => return Ok(status(&control_socket(&config, control), json, stacks).await),
         Command::Restart {
             apps,
             config,
@@ -190,25 +195,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let report = wsgimux::control::restart(&socket, apps, timeout).await;
             return Ok(print_report(report));
         }
-        Command::Run(opts) => {
-            let cwd = std::env::current_dir()?;
-            let config = opts.write(&cwd)?;
-            let shown = config.clone();
-            let banner: wsgimux::app::Banner = Box::new(move |apps, urls| {
-                let (python, worker) = apps
-                    .first()
-                    .map(|a| (a.describe_python(), a.worker.to_string()))
-                    .unwrap_or_default();
-                wsgimux::express::banner(&opts, &shown, &python, &worker, urls)
-            });
-            let served = wsgimux::app::serve_with(&config, Some(banner)).await;
-            // This run's own folder: nobody else reads it.
-            if let Some(root) = config.parent() {
-                let _ = std::fs::remove_dir_all(root);
-            }
-            served?;
-            Ok(())
-        }
+        Command::Run(opts) => run_express(opts).await,
         Command::Explain {
             config,
             control,
@@ -234,6 +221,27 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
     }
     .map(|()| ExitCode::SUCCESS)
+}
+
+/// `wsgimux run`: one app without a config file, its banner, and its folder removed after.
+async fn run_express(opts: wsgimux::express::Express) -> anyhow::Result<()> {
+    let cwd = std::env::current_dir()?;
+    let config = opts.write(&cwd)?;
+    let shown = config.clone();
+    let banner: wsgimux::app::Banner = Box::new(move |apps, urls| {
+        let (python, worker) = apps
+            .first()
+            .map(|a| (a.describe_python(), a.worker.to_string()))
+            .unwrap_or_default();
+        wsgimux::express::banner(&opts, &shown, &python, &worker, urls)
+    });
+    let served = wsgimux::app::serve_with(&config, Some(banner)).await;
+    // This run's own folder: nobody else reads it.
+    if let Some(root) = config.parent() {
+        let _ = std::fs::remove_dir_all(root);
+    }
+    served?;
+    Ok(())
 }
 
 /// `wsgimux explain`: the running server says what serves the URL now; without one, the file
@@ -347,8 +355,40 @@ fn print_report(
     }
 }
 
-/// `wsgimux status`: asks the server, prints its answer.
-async fn status(socket: &std::path::Path, json: bool) -> ExitCode {
+/// `wsgimux status --stacks APP`: asks the server, prints the stacks.
+async fn stacks(socket: &std::path::Path, app: String, json: bool) -> ExitCode {
+    let limit = std::time::Duration::from_secs(10);
+    let found = match wsgimux::control::stacks(socket, app.clone(), limit).await {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if json {
+        match serde_json::to_string_pretty(&found) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("error: cannot encode the stacks: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        print!("{}", wsgimux::status::stacks::render_text(&app, &found));
+    }
+    if found.iter().all(|p| p.stacks.is_ok()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// `wsgimux status`: asks the server, prints its answer (or, with `--stacks`, the app's
+/// stacks).
+async fn status(socket: &std::path::Path, json: bool, stacks_of: Option<String>) -> ExitCode {
+    if let Some(app) = stacks_of {
+        return stacks(socket, app, json).await;
+    }
     let report = match wsgimux::control::status(socket, std::time::Duration::from_secs(10)).await {
         Ok(r) => r,
         Err(e) => {

@@ -864,10 +864,14 @@ class Watchdog(object):
     past the app's request_timeout (when the front answers it 504), so a hang names its line —
     as mod_wsgi does at its request-timeout. Both workers: the app is wrapped here."""
 
-    def __init__(self, app, timeout_s):
+    def __init__(self, app, timeout_s, socket_path):
         self.app = app
         self.timeout_s = timeout_s
         self.active = {}  # thread ident -> [started, request line, logged]
+        # `wsgimux status --stacks`: the front makes the first file, this answers in the
+        # second (written whole, then renamed).
+        self.wanted = socket_path + '.stacks-wanted'
+        self.answer = socket_path + '.stacks'
 
     def __call__(self, environ, start_response):
         ident = get_ident()
@@ -890,9 +894,11 @@ class Watchdog(object):
         self.active.pop(ident, None)
 
     def run(self):
-        step = min(1.0, max(0.05, self.timeout_s / 4))
+        step = min(0.5, max(0.05, self.timeout_s / 4))
         while True:
             time.sleep(step)
+            if os.path.exists(self.wanted):
+                self.answer_stacks()
             now = time.time()
             late = [(i, r) for i, r in list(self.active.items())
                     if not r[2] and now - r[0] > self.timeout_s]
@@ -907,6 +913,31 @@ class Watchdog(object):
                     'the stack of its thread %d (pid %d), most recent call last:\n%s'
                     % (APP_NAME, record[1], now - record[0], self.timeout_s, ident,
                        os.getpid(), stack.rstrip('\n')))
+
+    def answer_stacks(self):
+        """Every thread's stack now, the requests they serve named, for the front."""
+        try:
+            os.unlink(self.wanted)
+        except OSError:
+            return
+        names = dict((t.ident, t.name) for t in threading.enumerate())
+        now = time.time()
+        parts = []
+        for ident, frame in sorted(sys._current_frames().items()):
+            if ident == get_ident():
+                continue  # this watchdog
+            record = self.active.get(ident)
+            doing = ('serving %s for %.1fs' % (record[1], now - record[0])) if record else 'idle'
+            parts.append('thread %d (%s), %s, most recent call last:\n%s' % (
+                ident, names.get(ident, 'not started by Python'), doing,
+                ''.join(traceback.format_stack(frame)).rstrip('\n')))
+        tmp = self.answer + '.tmp'
+        try:
+            with open(tmp, 'w') as f:
+                f.write('\n\n'.join(parts) + '\n')
+            os.rename(tmp, self.answer)
+        except (IOError, OSError) as e:
+            log('%s: cannot write the stacks to %s: %s' % (APP_NAME, self.answer, e))
 
     def start(self):
         t = threading.Thread(target=self.run, name='wsgimux-watchdog')
@@ -1079,7 +1110,7 @@ def main(argv=None):
     if stop:
         return 0
     if args.request_timeout > 0:
-        app = Watchdog(app, args.request_timeout)
+        app = Watchdog(app, args.request_timeout, args.socket)
         app.start()
     if args.native:
         return serve_native(app, args)

@@ -195,6 +195,11 @@ impl Endpoint {
         self.pid
     }
 
+    /// Where the process (or server) is reached.
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
     /// Requests sent and not yet finished (response body not fully relayed).
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)

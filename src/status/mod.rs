@@ -16,6 +16,7 @@ use crate::trigger::Report;
 
 mod certificates;
 mod render;
+pub mod stacks;
 mod words;
 
 pub use render::{render_html, render_prometheus, render_text};

@@ -84,3 +84,53 @@ fn a_stuck_native_worker_is_replaced() {
 fn a_stuck_portable_worker_on_python_2_7_is_replaced() {
     a_process_whose_threads_are_all_stuck_is_replaced("2.7", "portable");
 }
+
+/// `status --stacks APP` shows what every thread of the app's processes is doing now: a
+/// request sleeping in the app names its line and the request.
+fn stacks_show_a_sleeping_thread(python: &str, worker: &str) {
+    let Some(py) = require_python(python) else {
+        return;
+    };
+    let site = Site::new();
+    site.probe("app");
+    site.config(&format!(
+        "apps:\n  s:\n    python: {py}\n    script: app/probe.py\n    worker: {worker}\n    threads: 2\n",
+        py = py.display()
+    ));
+    let server = site.serve();
+    let addr = server.addr;
+    let sleeper = std::thread::spawn(move || {
+        let mut c = Client::connect(addr).expect("connect");
+        c.get("x", "/slow?s=4").map(|r| r.status).ok()
+    });
+    server.wait_in_flight("s", 1);
+    let out = std::process::Command::new(BIN)
+        .args(["status", "--stacks", "s", "--config"])
+        .arg(site.path().join("wsgimux.yaml"))
+        .output()
+        .expect("run wsgimux status --stacks");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with("s process 0 (pid "), "{text}");
+    assert!(text.contains("serving GET /slow?s=4 for "), "{text}");
+    assert!(
+        text.contains("time.sleep(float(q.get('s', '1')))"),
+        "{text}"
+    );
+    assert!(text.contains(", idle, "), "the other thread: {text}");
+    assert_eq!(sleeper.join().ok().flatten(), Some(200));
+}
+
+#[test]
+fn stacks_of_a_native_worker() {
+    stacks_show_a_sleeping_thread("3.12", "native");
+}
+
+#[test]
+fn stacks_of_a_portable_worker_on_python_2_7() {
+    stacks_show_a_sleeping_thread("2.7", "portable");
+}
