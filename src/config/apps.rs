@@ -60,15 +60,12 @@ impl Validator<'_> {
         let env = self.env(&name, raw.env.take().unwrap_or_default());
         let run = self.process_settings(&name, &mut raw);
         let limits = self.app_limits(&name, &mut raw);
-        let statics = self.statics(&format!("apps.{name}.static"), Some(&name), raw.statics);
-        let policy = self.process_policy(
-            &name,
-            raw.start,
-            raw.idle_timeout,
-            raw.max_requests,
-            raw.max_requests_jitter,
-            raw.stuck_limit,
+        let statics = self.statics(
+            &format!("apps.{name}.static"),
+            Some(&name),
+            raw.statics.take(),
         );
+        let policy = self.process_policy(&name, policy_keys(&mut raw));
         if self.problems.len() > before {
             return None;
         }
@@ -555,5 +552,17 @@ impl Validator<'_> {
     ) -> Duration {
         let path = format!("apps.{app}.{key}");
         self.duration_value(&path, Some(app), key, raw, default, zero_ok)
+    }
+}
+
+/// An app's process policy keys, taken from what it wrote.
+fn policy_keys(raw: &mut RawApp) -> super::operating::RawPolicy {
+    super::operating::RawPolicy {
+        start: raw.start.take(),
+        idle_timeout: raw.idle_timeout.take(),
+        max_requests: raw.max_requests,
+        max_requests_jitter: raw.max_requests_jitter,
+        stuck_limit: raw.stuck_limit,
+        max_memory: raw.max_memory.take(),
     }
 }

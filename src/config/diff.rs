@@ -438,6 +438,7 @@ fn policy_keys(old: &ProcessPolicy, new: &ProcessPolicy) -> Vec<&'static str> {
         max_requests,
         max_requests_jitter,
         stuck_limit,
+        max_memory,
     } = new;
     changed(&[
         (old.start != *start, "start"),
@@ -448,6 +449,7 @@ fn policy_keys(old: &ProcessPolicy, new: &ProcessPolicy) -> Vec<&'static str> {
             "max_requests_jitter",
         ),
         (old.stuck_limit != *stuck_limit, "stuck_limit"),
+        (old.max_memory != *max_memory, "max_memory"),
     ])
 }
 

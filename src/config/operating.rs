@@ -86,6 +86,19 @@ pub enum StartMode {
     OnDemand,
 }
 
+/// An app's process policy keys as written.
+pub(super) struct RawPolicy {
+    pub(super) start: Option<String>,
+    pub(super) idle_timeout: Option<RawDuration>,
+    pub(super) max_requests: Option<u64>,
+    pub(super) max_requests_jitter: Option<u64>,
+    pub(super) stuck_limit: Option<u32>,
+    pub(super) max_memory: Option<super::front::RawSize>,
+}
+
+/// The smallest `max_memory` taken: a Python interpreter alone is several MiB.
+const MIN_MAX_MEMORY: u64 = 16 << 20;
+
 /// The per-app process policy keys, validated.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ProcessPolicy {
@@ -100,6 +113,9 @@ pub struct ProcessPolicy {
     /// Replace a process (new one first) once this many of its requests passed their
     /// `request_timeout` and still hold a thread; None: all of its threads.
     pub stuck_limit: Option<u32>,
+    /// Replace a process (new one first) whose resident memory, its children's included,
+    /// passes this many bytes.
+    pub max_memory: Option<u64>,
 }
 
 impl Validator<'_> {
@@ -232,15 +248,15 @@ impl Validator<'_> {
         out
     }
 
-    pub(super) fn process_policy(
-        &mut self,
-        app: &str,
-        start: Option<String>,
-        idle_timeout: Option<RawDuration>,
-        max_requests: Option<u64>,
-        max_requests_jitter: Option<u64>,
-        stuck_limit: Option<u32>,
-    ) -> ProcessPolicy {
+    pub(super) fn process_policy(&mut self, app: &str, raw: RawPolicy) -> ProcessPolicy {
+        let RawPolicy {
+            start,
+            idle_timeout,
+            max_requests,
+            max_requests_jitter,
+            stuck_limit,
+            max_memory,
+        } = raw;
         let start = match start.as_deref().map(str::trim) {
             None | Some("always") => StartMode::Always,
             Some("on_demand") => StartMode::OnDemand,
@@ -280,12 +296,25 @@ impl Validator<'_> {
                 "must be more than 0 (leave it out for all of a process's threads)".into(),
             );
         }
+        let path = format!("apps.{app}.max_memory");
+        let max_memory = match self.size_value(&path, "max_memory", max_memory) {
+            Some(n) if n < MIN_MAX_MEMORY => {
+                let loc = self.locator.key(&path);
+                let msg = format!(
+                    "{n} bytes is below the least a Python process needs; give at least 16m"
+                );
+                self.problem(loc, Some(app), "max_memory", msg);
+                None
+            }
+            n => n,
+        };
         ProcessPolicy {
             start,
             idle_timeout: (!idle.is_zero()).then_some(idle),
             max_requests,
             max_requests_jitter: jitter,
             stuck_limit: stuck_limit.filter(|&n| n > 0),
+            max_memory,
         }
     }
 }

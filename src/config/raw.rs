@@ -68,6 +68,7 @@ pub(super) struct RawApp {
     pub(super) max_requests: Option<u64>,
     pub(super) max_requests_jitter: Option<u64>,
     pub(super) stuck_limit: Option<u32>,
+    pub(super) max_memory: Option<super::front::RawSize>,
 }
 
 /// A duration as written: `500ms`, `30s`, `2m`, `1h`, or a plain number of seconds.

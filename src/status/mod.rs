@@ -196,6 +196,12 @@ pub struct ProcessStatus {
     /// Replacements because its requests were stuck.
     #[serde(default)]
     pub stuck_replacements: u32,
+    /// Replacements because it passed `max_memory`.
+    #[serde(default)]
+    pub memory_replacements: u32,
+    /// Its resident memory, its children's included, sampled every few seconds.
+    #[serde(default)]
+    pub resident_bytes: Option<u64>,
     #[serde(flatten)]
     pub load: Load,
     pub last_exit: Option<String>,
@@ -306,6 +312,8 @@ fn process_status(v: &ProcessView, now: SystemTime) -> ProcessStatus {
         recycles: v.recycles,
         stuck: v.endpoint.as_ref().map_or(0, |e| e.stuck()),
         stuck_replacements: v.stuck_replacements,
+        memory_replacements: v.memory_replacements,
+        resident_bytes: v.resident_bytes,
         load: Load::new(&counted, in_flight, tunnels),
         last_exit: v.last_exit.clone(),
         failing_since: v.failing_since.map(unix),

@@ -445,6 +445,23 @@ fn prometheus_processes(t: &mut String, apps: &Apps) {
         ),
         |a| a.restarts_total,
     );
+    family(
+        t,
+        "wsgimux_process_resident_bytes",
+        "gauge",
+        "A process's resident memory, its children's included, sampled every few seconds.",
+    );
+    for (app, a) in apps {
+        for p in &a.processes {
+            if let Some(bytes) = p.resident_bytes {
+                let slot = p.slot;
+                let _ = writeln!(
+                    t,
+                    "wsgimux_process_resident_bytes{{app=\"{app}\",slot=\"{slot}\"}} {bytes}"
+                );
+            }
+        }
+    }
 }
 
 fn prometheus_durations(t: &mut String, apps: &Apps) {

@@ -107,6 +107,10 @@ pub struct ProcessView {
     pub recycles: u32,
     /// Replacements because its requests were stuck.
     pub stuck_replacements: u32,
+    /// Replacements because it passed `max_memory`.
+    pub memory_replacements: u32,
+    /// The process's resident memory, its children's included, at the last sample.
+    pub resident_bytes: Option<u64>,
     /// The ready process (its in-flight count and counters).
     pub endpoint: Option<Arc<Endpoint>>,
     /// How the last process ended, when it did by itself.
@@ -115,6 +119,27 @@ pub struct ProcessView {
     pub failing_since: Option<SystemTime>,
     /// Why the last start failed (the error's last line), while it fails.
     pub last_error: Option<String>,
+}
+
+impl ProcessView {
+    /// A slot before its first process: nothing counted yet.
+    pub(super) fn new(slot: usize, state: ProcessState) -> Self {
+        ProcessView {
+            slot,
+            pid: None,
+            state,
+            started: None,
+            restarts: 0,
+            recycles: 0,
+            stuck_replacements: 0,
+            memory_replacements: 0,
+            resident_bytes: None,
+            endpoint: None,
+            last_exit: None,
+            failing_since: None,
+            last_error: None,
+        }
+    }
 }
 
 impl Generation {

@@ -20,6 +20,7 @@ mod child;
 mod generation;
 mod health;
 mod imports;
+mod memory;
 mod outlet;
 mod plan;
 mod policy;
@@ -124,19 +125,7 @@ impl Supervisor {
         };
         let views = Arc::new(Mutex::new(
             (0..processes)
-                .map(|slot| ProcessView {
-                    slot,
-                    pid: None,
-                    state: initial,
-                    started: None,
-                    restarts: 0,
-                    recycles: 0,
-                    stuck_replacements: 0,
-                    endpoint: None,
-                    last_exit: None,
-                    failing_since: None,
-                    last_error: None,
-                })
+                .map(|slot| ProcessView::new(slot, initial))
                 .collect::<Vec<_>>(),
         ));
         let demand =

@@ -40,25 +40,52 @@ pub(super) struct Slot {
 
 /// How often a running process is checked for idleness, max_requests and stuck requests.
 const POLICY_POLL: Duration = Duration::from_millis(100);
-/// After a replacement for a stuck process failed to start, how long until the next try.
-const STUCK_RETRY: Duration = Duration::from_secs(5);
+/// After a replacement failed to start, how long until the next try.
+const REPLACE_RETRY: Duration = Duration::from_secs(5);
 
-/// Why `current`, which has served `served`, is to be replaced now, if it is: stuck requests
-/// first (not again before `stuck_retry`), then max_requests.
-fn replacement_due(
-    current: &Running,
-    served: u64,
+/// What a running process is watched for besides its exit and idleness: stuck requests,
+/// its memory, its request count.
+struct Watch {
     stuck_limit: usize,
-    stuck_retry: tokio::time::Instant,
-) -> Option<Replace> {
-    if current.endpoint.stuck() >= stuck_limit && tokio::time::Instant::now() >= stuck_retry {
-        Some(Replace::Stuck)
-    } else if current.recycle_at.is_some_and(|n| served >= n) {
-        Some(Replace::Requests)
-    } else {
-        None
+    max_memory: Option<u64>,
+    /// The process's resident bytes (its children's included) at the last sample.
+    resident: Option<u64>,
+    /// When its memory is next sampled.
+    next_sample: tokio::time::Instant,
+    /// No replacement is tried before this (the last one did not start).
+    not_before: tokio::time::Instant,
+}
+
+impl Watch {
+    fn new(plan: &AppPlan) -> Self {
+        let stuck_limit = plan.policy.stuck_limit.unwrap_or(plan.threads);
+        let now = tokio::time::Instant::now();
+        Watch {
+            stuck_limit: (stuck_limit as usize).max(1),
+            max_memory: plan.policy.max_memory,
+            resident: None,
+            next_sample: now,
+            not_before: now,
+        }
+    }
+
+    /// A replacement ended: a new process to watch, or (`failed`) the old one kept, tried
+    /// again after a while.
+    fn replaced(&mut self, failed: bool) {
+        let now = tokio::time::Instant::now();
+        if failed {
+            self.not_before = now + REPLACE_RETRY;
+        } else {
+            self.resident = None;
+            self.next_sample = now;
+        }
     }
 }
+
+/// Resident memory is sampled this often for an app with `max_memory`...
+const MEMORY_POLL: Duration = Duration::from_secs(2);
+/// ...and this often for the others (for `status`).
+const RESIDENT_POLL: Duration = Duration::from_secs(5);
 
 /// Why a process is replaced while it still runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +94,8 @@ enum Replace {
     Requests,
     /// `stuck_limit` of its requests passed their `request_timeout` and hold its threads.
     Stuck,
+    /// Its resident memory (bytes) passed `max_memory`.
+    Memory(u64),
 }
 
 impl Slot {
@@ -201,13 +230,7 @@ impl Slot {
             Err(ended) => return ended,
         };
         let idle_timeout = self.plan().policy.idle_timeout;
-        let stuck_limit = self
-            .plan()
-            .policy
-            .stuck_limit
-            .unwrap_or(self.plan().threads);
-        let stuck_limit = (stuck_limit as usize).max(1);
-        let mut stuck_retry = tokio::time::Instant::now();
+        let mut watch = Watch::new(self.plan());
         let mut activity = Activity::new(idle_timeout);
         let mut poll = tokio::time::interval(POLICY_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -254,21 +277,54 @@ impl Slot {
                     return Ended::Idle;
                 }
             }
-            let Some(why) = replacement_due(&current, served, stuck_limit, stuck_retry) else {
+            let Some(why) = self.replacement_due(&mut watch, &current, served).await else {
                 continue;
             };
             let pid = current.pid;
             match self.replace(current, attempt, why).await {
                 Ok(next) => {
-                    if next.pid == pid {
-                        stuck_retry = tokio::time::Instant::now() + STUCK_RETRY;
-                    }
+                    watch.replaced(next.pid == pid);
                     current = next;
                     activity.restart();
                 }
                 Err(ended) => return ended,
             }
         }
+    }
+
+    /// Why `current`, which has served `served`, is to be replaced now, if it is: stuck
+    /// requests first, then memory (sampled when due), then max_requests.
+    async fn replacement_due(
+        &mut self,
+        watch: &mut Watch,
+        current: &Running,
+        served: u64,
+    ) -> Option<Replace> {
+        let now = tokio::time::Instant::now();
+        if now >= watch.next_sample {
+            let every = watch.max_memory.map_or(RESIDENT_POLL, |_| MEMORY_POLL);
+            watch.next_sample = now + every;
+            let pid = current.pid;
+            let sampled = tokio::task::spawn_blocking(move || super::memory::resident(pid));
+            watch.resident = sampled.await.ok().flatten();
+            let resident = watch.resident;
+            self.view(|v| v.resident_bytes = resident);
+        }
+        if now < watch.not_before {
+            return None;
+        }
+        if current.endpoint.stuck() >= watch.stuck_limit {
+            return Some(Replace::Stuck);
+        }
+        if let (Some(cap), Some(resident)) = (watch.max_memory, watch.resident) {
+            if resident > cap {
+                return Some(Replace::Memory(resident));
+            }
+        }
+        current
+            .recycle_at
+            .is_some_and(|n| served >= n)
+            .then_some(Replace::Requests)
     }
 
     /// Zero-downtime replacement: the new process starts and is published while the old one
@@ -292,12 +348,18 @@ impl Slot {
                 old.pid,
                 old.endpoint.stuck()
             ),
+            Replace::Memory(resident) => tracing::warn!(
+                "[{name}] process {slot} (pid {}) uses {}, over its max_memory ({}); replacing it",
+                old.pid,
+                mebibytes(resident),
+                mebibytes(self.plan().policy.max_memory.unwrap_or(0))
+            ),
         }
         self.recycling = true;
         self.view(|v| {
             v.state = match why {
-                Replace::Requests => ProcessState::Recycling,
                 Replace::Stuck => ProcessState::Stuck,
+                Replace::Requests | Replace::Memory(_) => ProcessState::Recycling,
             };
         });
         let next = tokio::select! {
@@ -315,6 +377,7 @@ impl Slot {
                 self.view(|v| match why {
                     Replace::Requests => v.recycles += 1,
                     Replace::Stuck => v.stuck_replacements += 1,
+                    Replace::Memory(_) => v.memory_replacements += 1,
                 });
                 // Unpublished first, so no new request picks it; then its requests finish.
                 self.starter.outlet.publish(None, old.pid);
@@ -372,4 +435,9 @@ impl Slot {
             tracing::debug!("[{name}] recycled pid {} stopped", old.pid);
         });
     }
+}
+
+/// Bytes as the log says them: `123.4 MiB`.
+fn mebibytes(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
 }
