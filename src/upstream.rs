@@ -36,6 +36,11 @@ const RESEND_AFTER_IDLE: Duration = Duration::from_millis(500);
 
 pub use crate::config::Address;
 
+/// Requests past their deadline held per process at most (see [`Endpoint::hold`]).
+const MAX_HELD: usize = 4096;
+/// How long one is held at most.
+const HOLD_LIMIT: Duration = Duration::from_secs(600);
+
 /// The processes of an app that answer on their sockets: published by `supervisor` (its only
 /// writer), read by `proxy`.
 #[derive(Debug, Clone, Default)]
@@ -334,16 +339,25 @@ impl Endpoint {
     /// A request past its deadline: the process has it and a thread of it works on it, so it
     /// stays in flight and counts as stuck until its answer comes (read to its end and
     /// dropped, the connection pooled) or the connection ends with the process.
+    /// Bounded: a server wsgimux cannot replace (`upstream:`) that never answers would
+    /// otherwise gather held connections; past [`MAX_HELD`] or after [`HOLD_LIMIT`] a late
+    /// request is let go (its connection closed), as before there was holding.
     fn hold(self: &Arc<Self>, late: Answer, sender: Conn, guard: InFlight) -> SendError {
-        self.stuck.fetch_add(1, Ordering::Relaxed);
-        let endpoint = self.clone();
-        tokio::spawn(async move {
-            if let Ok(resp) = late.await {
-                let mut body = PooledBody::wrap(resp, sender, guard, None).into_body();
-                while let Some(Ok(_)) = http_body_util::BodyExt::frame(&mut body).await {}
-            }
-            endpoint.stuck.fetch_sub(1, Ordering::Relaxed);
-        });
+        if self.stuck.fetch_add(1, Ordering::Relaxed) < MAX_HELD {
+            let endpoint = self.clone();
+            tokio::spawn(async move {
+                let answered = async move {
+                    if let Ok(resp) = late.await {
+                        let mut body = PooledBody::wrap(resp, sender, guard, None).into_body();
+                        while let Some(Ok(_)) = http_body_util::BodyExt::frame(&mut body).await {}
+                    }
+                };
+                let _ = tokio::time::timeout(HOLD_LIMIT, answered).await;
+                endpoint.stuck.fetch_sub(1, Ordering::Relaxed);
+            });
+        } else {
+            self.stuck.fetch_sub(1, Ordering::Relaxed);
+        }
         SendError {
             error: UpstreamError::TimedOut {
                 address: self.address.clone(),

@@ -556,8 +556,8 @@ impl Validator<'_> {
 }
 
 /// An app's process policy keys, taken from what it wrote.
-fn policy_keys(raw: &mut RawApp) -> super::operating::RawPolicy {
-    super::operating::RawPolicy {
+fn policy_keys(raw: &mut RawApp) -> super::operating::PolicyKeys {
+    super::operating::PolicyKeys {
         start: raw.start.take(),
         idle_timeout: raw.idle_timeout.take(),
         max_requests: raw.max_requests,

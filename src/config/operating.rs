@@ -87,7 +87,7 @@ pub enum StartMode {
 }
 
 /// An app's process policy keys as written.
-pub(super) struct RawPolicy {
+pub(super) struct PolicyKeys {
     pub(super) start: Option<String>,
     pub(super) idle_timeout: Option<RawDuration>,
     pub(super) max_requests: Option<u64>,
@@ -248,8 +248,8 @@ impl Validator<'_> {
         out
     }
 
-    pub(super) fn process_policy(&mut self, app: &str, raw: RawPolicy) -> ProcessPolicy {
-        let RawPolicy {
+    pub(super) fn process_policy(&mut self, app: &str, raw: PolicyKeys) -> ProcessPolicy {
+        let PolicyKeys {
             start,
             idle_timeout,
             max_requests,
