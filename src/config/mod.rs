@@ -441,4 +441,6 @@ pub fn runtime_dir_hint(text: &str, file: &Path) -> Option<PathBuf> {
 }
 
 #[cfg(test)]
+mod policy_tests;
+#[cfg(test)]
 mod tests;

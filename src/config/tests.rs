@@ -3,11 +3,11 @@
 
 use super::*;
 
-fn parse(text: &str) -> Result<Config, ConfigError> {
+pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
     from_yaml(text, Path::new("/srv/site/wsgimux.yaml"))
 }
 
-fn first_problem(text: &str) -> Problem {
+pub(super) fn first_problem(text: &str) -> Problem {
     match parse(text) {
         Ok(c) => panic!("expected an error, got {c:#?}"),
         Err(e) => e.problems[0].clone(),
@@ -585,36 +585,4 @@ fn the_admission_cap_knows_the_app_kind() {
     assert_eq!(c.apps[0].admission_cap(), 2 * 4 + 10);
     // No thread count anyone can set: the upstream's own server decides.
     assert_eq!(c.apps[1].admission_cap(), 10);
-}
-
-#[test]
-fn stuck_limit_and_max_memory_are_read_and_their_mistakes_located() {
-    let app = "apps:\n  a:\n    python: python3\n    script: a.py\n";
-    let c = parse(&format!("{app}    stuck_limit: 3\n    max_memory: 1g\n")).unwrap();
-    let policy = &c.apps[0].process.policy;
-    assert_eq!(
-        (policy.stuck_limit, policy.max_memory),
-        (Some(3), Some(1 << 30))
-    );
-    let c = parse(app).unwrap();
-    let policy = &c.apps[0].process.policy;
-    assert_eq!(
-        (policy.stuck_limit, policy.max_memory),
-        (None, None),
-        "defaults"
-    );
-    let p = first_problem(&format!("{app}    stuck_limit: 0\n"));
-    assert_eq!(
-        (p.app.as_deref(), p.key.as_deref()),
-        (Some("a"), Some("stuck_limit"))
-    );
-    assert!(p.message.contains("more than 0"), "{p}");
-    let p = first_problem(&format!("{app}    max_memory: 8m\n"));
-    assert_eq!(
-        (p.key.as_deref(), p.location.map(|l| l.line)),
-        (Some("max_memory"), Some(5))
-    );
-    assert!(p.message.contains("at least 16m"), "{p}");
-    let p = first_problem(&format!("{app}    max_memory: lots\n"));
-    assert!(p.message.contains("is not a size"), "{p}");
 }

@@ -1,0 +1,35 @@
+//! The process policy keys a process is replaced by: `stuck_limit` and `max_memory`.
+
+use super::tests::{first_problem, parse};
+
+#[test]
+fn stuck_limit_and_max_memory_are_read_and_their_mistakes_located() {
+    let app = "apps:\n  a:\n    python: python3\n    script: a.py\n";
+    let c = parse(&format!("{app}    stuck_limit: 3\n    max_memory: 1g\n")).unwrap();
+    let policy = &c.apps[0].process.policy;
+    assert_eq!(
+        (policy.stuck_limit, policy.max_memory),
+        (Some(3), Some(1 << 30))
+    );
+    let c = parse(app).unwrap();
+    let policy = &c.apps[0].process.policy;
+    assert_eq!(
+        (policy.stuck_limit, policy.max_memory),
+        (None, None),
+        "defaults"
+    );
+    let p = first_problem(&format!("{app}    stuck_limit: 0\n"));
+    assert_eq!(
+        (p.app.as_deref(), p.key.as_deref()),
+        (Some("a"), Some("stuck_limit"))
+    );
+    assert!(p.message.contains("more than 0"), "{p}");
+    let p = first_problem(&format!("{app}    max_memory: 8m\n"));
+    assert_eq!(
+        (p.key.as_deref(), p.location.map(|l| l.line)),
+        (Some("max_memory"), Some(5))
+    );
+    assert!(p.message.contains("at least 16m"), "{p}");
+    let p = first_problem(&format!("{app}    max_memory: lots\n"));
+    assert!(p.message.contains("is not a size"), "{p}");
+}
