@@ -26,8 +26,7 @@ use crate::upstream::{BoxError, Endpoint, ProxyBody};
 pub struct AccessSink {
     to: Destination,
     format: AccessLogFormat,
-    /// Requests that reached no app: refused heads, no route, host-wide static files,
-    /// redirects, `OPTIONS *`.
+    /// Requests that reached no app: refused heads, no route, host statics, redirects, `OPTIONS *`.
     pub unrouted: Arc<Counters>,
 }
 
@@ -93,12 +92,14 @@ impl Default for AccessSink {
     }
 }
 
-/// Which app (and which of its processes) served a request: where it is counted.
+/// Which app (and which of its processes) served a request: where it is counted; its own
+/// error pages (`error_pages`, by status), for an error the front answers for it.
 #[derive(Debug, Clone)]
 pub struct Served {
     pub app: Arc<str>,
     pub stats: Arc<AppCounters>,
     pub process: Option<Arc<Endpoint>>,
+    pub error_pages: Arc<std::collections::BTreeMap<u16, std::path::PathBuf>>,
 }
 
 /// What is known of a request when it arrives.
@@ -207,8 +208,7 @@ impl AccessLog {
         }
     }
 
-    /// Wraps the response body; the line is logged (and the request counted) when the body is
-    /// done or dropped.
+    /// Wraps the response body; the line is logged (and counted) when it is done or dropped.
     pub fn finish(
         self,
         resp: Response<ProxyBody>,

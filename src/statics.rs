@@ -422,7 +422,7 @@ fn parse_range(value: &str, len: u64) -> RangeAnswer {
 }
 
 /// The media type for a file name's extension (nginx's common `mime.types` entries).
-fn content_type(path: &Path) -> &'static str {
+pub(crate) fn content_type(path: &Path) -> &'static str {
     let ext = path
         .extension()
         .and_then(|e| e.to_str())

@@ -65,6 +65,7 @@ impl Validator<'_> {
             Some(&name),
             raw.statics.take(),
         );
+        let error_pages = self.error_pages(&name, raw.error_pages.take());
         let policy = self.process_policy(&name, policy_keys(&mut raw));
         if self.problems.len() > before {
             return None;
@@ -100,6 +101,7 @@ impl Validator<'_> {
                 request_buffering: limits.request_buffering,
                 response_idle_timeout: limits.response_idle_timeout,
                 statics,
+                error_pages,
             },
             lifecycle: LifecycleSpec {
                 startup_timeout: run.startup_timeout,

@@ -391,6 +391,7 @@ fn route_keys(old: &RouteSpec, new: &RouteSpec) -> Vec<&'static str> {
         request_buffering,
         response_idle_timeout,
         statics,
+        error_pages,
     } = new;
     changed(&[
         (old.hosts != *hosts, "hosts"),
@@ -408,6 +409,7 @@ fn route_keys(old: &RouteSpec, new: &RouteSpec) -> Vec<&'static str> {
             "response_idle_timeout",
         ),
         (old.statics != *statics, "static"),
+        (old.error_pages != *error_pages, "error_pages"),
     ])
 }
 

@@ -151,6 +151,8 @@ pub struct RouteSpec {
     pub response_idle_timeout: Option<Duration>,
     /// Static folders under the app's mount, longest prefix first.
     pub statics: Vec<StaticAlias>,
+    /// The app's own pages for the errors the front answers for it (`error_pages`), by status.
+    pub error_pages: BTreeMap<u16, PathBuf>,
 }
 
 /// The keys read when processes start, retire or reload (`reload`, `supervisor`'s waits).

@@ -86,6 +86,14 @@ pub enum StartMode {
     OnDemand,
 }
 
+/// A status code as a mapping key: `502:` or `"502":`.
+#[derive(Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(untagged)]
+pub(super) enum RawStatus {
+    Number(u64),
+    Text(String),
+}
+
 /// An app's process policy keys as written.
 pub(super) struct PolicyKeys {
     pub(super) start: Option<String>,
@@ -199,6 +207,35 @@ impl Validator<'_> {
     }
 
     /// `static:` at `path` ("static" or "apps.NAME.static").
+    /// `error_pages`: a page per status the front answers for the app (4xx and 5xx), each a
+    /// file (read when the error happens, so an edited page needs no reload).
+    pub(super) fn error_pages(
+        &mut self,
+        app: &str,
+        raw: Option<BTreeMap<RawStatus, String>>,
+    ) -> BTreeMap<u16, PathBuf> {
+        let mut out = BTreeMap::new();
+        for (status, file) in raw.unwrap_or_default() {
+            let status = match status {
+                RawStatus::Number(n) => n.to_string(),
+                RawStatus::Text(t) => t,
+            };
+            match status.trim().parse::<u16>() {
+                Ok(code) if (400..=599).contains(&code) => {
+                    out.insert(code, self.resolve(file.trim()));
+                }
+                _ => {
+                    let loc = self
+                        .locator
+                        .key(&format!("apps.{app}.error_pages.{status}"));
+                    let msg = format!("{status:?} is not an error status (400 to 599, e.g. 502)");
+                    self.problem(loc, Some(app), "error_pages", msg);
+                }
+            }
+        }
+        out
+    }
+
     pub(super) fn statics(
         &mut self,
         path: &str,

@@ -1,4 +1,5 @@
-//! The process policy keys a process is replaced by: `stuck_limit` and `max_memory`.
+//! The process policy keys a process is replaced by (`stuck_limit`, `max_memory`), and the
+//! app's own error pages.
 
 use super::tests::{first_problem, parse};
 
@@ -32,4 +33,23 @@ fn stuck_limit_and_max_memory_are_read_and_their_mistakes_located() {
     assert!(p.message.contains("at least 16m"), "{p}");
     let p = first_problem(&format!("{app}    max_memory: lots\n"));
     assert!(p.message.contains("is not a size"), "{p}");
+}
+
+#[test]
+fn error_pages_are_read_by_status_and_a_status_that_is_no_error_is_located() {
+    let app = "apps:\n  a:\n    python: python3\n    script: a.py\n";
+    let c = parse(&format!(
+        "{app}    error_pages: {{502: pages/502.html, \"504\": /srv/504.html}}\n"
+    ))
+    .unwrap();
+    let pages = &c.apps[0].route.error_pages;
+    assert_eq!(pages.len(), 2, "{pages:?}");
+    assert!(pages[&502].ends_with("pages/502.html") && pages[&502].is_absolute());
+    assert_eq!(pages[&504], std::path::Path::new("/srv/504.html"));
+    let p = first_problem(&format!("{app}    error_pages: {{200: ok.html}}\n"));
+    assert_eq!(
+        (p.app.as_deref(), p.key.as_deref()),
+        (Some("a"), Some("error_pages"))
+    );
+    assert!(p.message.contains("not an error status"), "{p}");
 }

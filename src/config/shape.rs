@@ -223,6 +223,7 @@ fn shape_words(type_name: &str) -> String {
         "RawLimits" => "a mapping of limits (max_uri_length:, max_header_size:, header_timeout:, body_timeout:, max_response_header_size:, …)",
         "RawSize" => "a size: a number of bytes, or text like 512, 8k, 1m, 2g",
         "RawDuration" => "a duration: a number of seconds, or text like 250ms, 30s, 5min, 1h 30m",
+        "RawStatus" => "a status code such as 502",
         "EnvValue" => "text, a number or true/false (each variable's value)",
         "RawAccessLog" | "RawAccessLogFull" => "stdout, off, a file, or a mapping like {path: FILE, format: combined or json}",
         "RawAdmin" => "a mapping like {listen: \"127.0.0.1:9180\"}",

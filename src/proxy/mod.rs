@@ -12,6 +12,7 @@
 //! (hop-by-hop, forwarded, mount), `body` (the request body's limits and pre-read).
 
 mod body;
+mod error_page;
 mod headers;
 mod live;
 mod route;
@@ -179,13 +180,11 @@ impl Proxy {
                 }
             }
         };
-        let mut resp = result.unwrap_or_else(|e| {
-            // A failing app's reason is logged by its supervisor, not once per request.
-            if e.status().is_server_error() && !matches!(e, ProxyError::AppFailed { .. }) {
-                tracing::warn!("{e}");
-            }
-            e.into_response()
-        });
+        let mut resp = match result {
+            Ok(resp) => resp,
+            // Boxed: the rare path's state stays out of every request's future.
+            Err(e) => Box::pin(error_page::answer(e, app.as_ref())).await,
+        };
         if let Some(head) = http10 {
             headers::close_unframed_http10(&mut resp, head);
         }

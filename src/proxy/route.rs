@@ -3,6 +3,8 @@
 //! process for a request. Reads endpoint lists; never writes them, never starts a process
 //! (an on-demand app is woken through its `Demand`).
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +51,8 @@ pub struct AppRoute {
     /// Wakes the processes of an app that starts on demand (or stopped when idle).
     demand: Option<Demand>,
     startup_timeout: Duration,
+    /// The app's own pages for the errors the front answers for it, by status.
+    error_pages: Arc<BTreeMap<u16, PathBuf>>,
 }
 
 impl AppRoute {
@@ -98,6 +102,7 @@ impl AppRoute {
                 .collect(),
             demand,
             startup_timeout: spec.lifecycle.startup_timeout,
+            error_pages: Arc::new(spec.route.error_pages.clone()),
         }
     }
 
@@ -107,6 +112,7 @@ impl AppRoute {
             app: self.name.clone(),
             stats: self.stats.clone(),
             process: None,
+            error_pages: self.error_pages.clone(),
         }
     }
 

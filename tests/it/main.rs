@@ -2,6 +2,7 @@
 //! the build links once; each test gets its own temporary folder and a free port.
 
 mod acme;
+mod app_pages;
 mod caps;
 mod config_errors;
 mod corpus;

@@ -1,0 +1,51 @@
+//! Per-app error pages: `error_pages: {504: FILE, …}` replaces the front's own page for the
+//! errors it answers for that app, with the same status; read when the error happens.
+
+use std::time::Duration;
+
+use crate::harness::*;
+
+#[test]
+fn an_apps_own_error_pages_are_served_with_the_errors_status() {
+    let Some(py) = require_python("3.12") else {
+        return;
+    };
+    let site = Site::new();
+    site.probe("app");
+    site.write("pages/504.html", "<h1>We are slow today</h1>\n");
+    site.write("pages/413.txt", "Too big for us.\n");
+    site.config(&format!(
+        "apps:\n  s:\n    python: {py}\n    script: app/probe.py\n    request_timeout: 1s\n    max_body_size: 10\n    error_pages: {{504: pages/504.html, 413: pages/413.txt}}\n  plain:\n    python: {py}\n    script: app/probe.py\n    mount: /plain\n    request_timeout: 1s\n",
+        py = py.display()
+    ));
+    let server = site.serve();
+    let r = server.get("x", "/slow?s=3");
+    assert_eq!(r.status, 504);
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(r.text(), "<h1>We are slow today</h1>\n");
+    let upload = |path: &str| {
+        let raw = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\nConnection: close\r\n\r\n01234567890123456789");
+        request(server.addr, raw.as_bytes()).expect("a response")
+    };
+    let r = upload("/upload");
+    assert_eq!((r.status, r.text().as_str()), (413, "Too big for us.\n"));
+    assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
+    // Another app keeps the front's own pages.
+    let r = server.get("x", "/plain/slow?s=3");
+    assert_eq!(r.status, 504);
+    assert!(!r.text().contains("slow today"), "{}", r.text());
+    // Read when the error happens: an edited page needs no reload; a missing one is the
+    // front's page and one line naming the app and the file.
+    site.write("pages/504.html", "<h1>Still slow</h1>\n");
+    assert_eq!(server.get("x", "/slow?s=3").text(), "<h1>Still slow</h1>\n");
+    std::fs::remove_file(site.path().join("pages/413.txt")).expect("remove the page");
+    let r = upload("/upload");
+    assert_eq!(r.status, 413);
+    assert!(!r.text().contains("Too big for us"), "{}", r.text());
+    let line = server.wait_log("[s] cannot read error page", Duration::from_secs(5));
+    assert!(
+        line.is_some_and(|l| l.contains("413.txt")),
+        "{}",
+        server.log_text()
+    );
+}
