@@ -92,14 +92,15 @@ impl Default for AccessSink {
     }
 }
 
-/// Which app (and which of its processes) served a request: where it is counted; its own
-/// error pages (`error_pages`, by status), for an error the front answers for it.
+/// Which app (and which of its processes) served a request: where it is counted and logged
+/// (its own `access_log`, else the top-level one); its own `error_pages`, by status.
 #[derive(Debug, Clone)]
 pub struct Served {
     pub app: Arc<str>,
     pub stats: Arc<AppCounters>,
     pub process: Option<Arc<Endpoint>>,
     pub error_pages: Arc<std::collections::BTreeMap<u16, std::path::PathBuf>>,
+    pub access: Option<Arc<AccessSink>>,
 }
 
 /// What is known of a request when it arrives.
@@ -230,8 +231,7 @@ impl AccessLog {
         })
     }
 
-    /// For a 101: the response goes out unlogged; the line is written when the tunnel closes,
-    /// with its duration and the bytes each way.
+    /// For a 101: the line is written when the tunnel closes, with its time and bytes each way.
     pub fn finish_tunnel(
         self,
         resp: Response<ProxyBody>,
@@ -301,11 +301,13 @@ impl Entry {
             }
             None => self.sink.unrouted.record(status, complete, elapsed),
         }
-        if matches!(self.sink.to, Destination::Off) {
+        let sink = (self.served.as_ref()).and_then(|s| s.access.as_deref());
+        let sink = sink.unwrap_or(&self.sink);
+        if matches!(sink.to, Destination::Off) {
             return;
         }
         let app = self.served.as_ref().map_or("-", |s| &s.app);
-        let line = match self.sink.format {
+        let line = match sink.format {
             AccessLogFormat::Combined => self.combined(bytes, complete, elapsed, app),
             AccessLogFormat::Json => {
                 let f = Fields::of(l.head.as_ref());
@@ -333,7 +335,7 @@ impl Entry {
                 v.to_string()
             }
         };
-        self.sink.write(line);
+        sink.write(line);
     }
 
     /// Combined, then wsgimux's fields: the app, the Host (Apache's vhost_combined puts it
@@ -530,71 +532,4 @@ fn escape_into(out: &mut String, raw: &[u8]) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn vhost_is_the_host_name_without_its_port() {
-        let cases: &[(&str, &str, Option<u16>)] = &[
-            ("Example.com:8080", "example.com", Some(8080)),
-            ("shop.test", "shop.test", None),
-            ("shop.test.", "shop.test", None),
-            ("[::1]:8443", "[::1]", Some(8443)),
-            ("[::1]", "[::1]", None),
-            ("bad host:x", "bad host:x", None),
-        ];
-        for (raw, vhost, port) in cases {
-            let v = HeaderValue::from_str(raw).unwrap();
-            let mut line = String::new();
-            host_into(&mut line, Some(&v));
-            assert_eq!(line, *vhost, "{raw}");
-            assert_eq!(host_port(&v), *port, "{raw}");
-        }
-    }
-
-    #[test]
-    fn escapes() {
-        assert_eq!(escape(b"a\"b\\c\x01\xff"), "a\\\"b\\\\c\\x01\\xFF");
-    }
-
-    fn entry(head: bool) -> Entry {
-        let req = Request::get("/p%20x?q=1")
-            .header(USER_AGENT, "curl \"7\"")
-            .header(HOST, "Example.com:8080")
-            .body(())
-            .unwrap();
-        let peer = HeaderValue::from_static("127.0.0.1");
-        let mut log = if head {
-            AccessLog::begin(&req, peer)
-        } else {
-            AccessLog::refused(peer)
-        };
-        log.time = UNIX_EPOCH + Duration::from_secs(1_000_000_000);
-        Entry {
-            log,
-            status: if head { "200" } else { "400" }.parse().unwrap(),
-            served: None,
-            sink: Arc::new(AccessSink::default()),
-            tunnel_in: None,
-        }
-    }
-
-    #[test]
-    fn combined_lines() {
-        let rt = Duration::from_micros(7_400);
-        assert_eq!(
-            entry(true).combined(14, true, rt, "web"),
-            "127.0.0.1 - - [09/Sep/2001:01:46:40 +0000] \"GET /p%20x?q=1 HTTP/1.1\" 200 14 \"-\" \
-             \"curl \\\"7\\\"\" app=web vhost=example.com rt=0.007"
-        );
-        // Twice in the same second: the time's cached text is the same.
-        assert!(entry(true)
-            .combined(0, false, rt, "web")
-            .starts_with("127.0.0.1 - - [09/Sep/2001:01:46:40 +0000] \"GET"));
-        assert_eq!(
-            entry(false).combined(0, false, Duration::ZERO, "-"),
-            "127.0.0.1 - - [09/Sep/2001:01:46:40 +0000] \"-\" 400 - \"-\" \"-\" app=- vhost=- \
-             rt=0.000 aborted"
-        );
-    }
-}
+mod tests;

@@ -66,6 +66,10 @@ impl Validator<'_> {
             raw.statics.take(),
         );
         let error_pages = self.error_pages(&name, raw.error_pages.take());
+        let access_log = raw
+            .access_log
+            .take()
+            .map(|a| self.access_log(Some(&name), Some(a), None));
         let policy = self.process_policy(&name, policy_keys(&mut raw));
         if self.problems.len() > before {
             return None;
@@ -102,6 +106,7 @@ impl Validator<'_> {
                 response_idle_timeout: limits.response_idle_timeout,
                 statics,
                 error_pages,
+                access_log,
             },
             lifecycle: LifecycleSpec {
                 startup_timeout: run.startup_timeout,

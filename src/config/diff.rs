@@ -392,6 +392,7 @@ fn route_keys(old: &RouteSpec, new: &RouteSpec) -> Vec<&'static str> {
         response_idle_timeout,
         statics,
         error_pages,
+        access_log,
     } = new;
     changed(&[
         (old.hosts != *hosts, "hosts"),
@@ -410,6 +411,7 @@ fn route_keys(old: &RouteSpec, new: &RouteSpec) -> Vec<&'static str> {
         ),
         (old.statics != *statics, "static"),
         (old.error_pages != *error_pages, "error_pages"),
+        (old.access_log != *access_log, "access_log"),
     ])
 }
 

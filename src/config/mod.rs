@@ -153,6 +153,8 @@ pub struct RouteSpec {
     pub statics: Vec<StaticAlias>,
     /// The app's own pages for the errors the front answers for it (`error_pages`), by status.
     pub error_pages: BTreeMap<u16, PathBuf>,
+    /// The app's own access log, instead of the top-level one for its requests; None: that.
+    pub access_log: Option<AccessLogSpec>,
 }
 
 /// The keys read when processes start, retire or reload (`reload`, `supervisor`'s waits).

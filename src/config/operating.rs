@@ -127,11 +127,17 @@ pub struct ProcessPolicy {
 }
 
 impl Validator<'_> {
+    /// `access_log:` at the top level (`app` None) or of `app`.
     pub(super) fn access_log(
         &mut self,
+        app: Option<&str>,
         raw: Option<RawAccessLog>,
         format: Option<String>,
     ) -> AccessLogSpec {
+        let at = |key: &str| match app {
+            Some(a) => format!("apps.{a}.{key}"),
+            None => key.to_string(),
+        };
         let (to, inner_format) = match raw {
             None => (None, None),
             Some(RawAccessLog::To(t)) => (Some(t), None),
@@ -142,10 +148,10 @@ impl Validator<'_> {
             Some("stdout") | Some("-") => AccessLogTo::Stdout,
             Some("off") => AccessLogTo::Off,
             Some("") => {
-                let loc = self.locator.key("access_log");
+                let loc = self.locator.key(&at("access_log"));
                 self.problem(
                     loc,
-                    None,
+                    app,
                     "access_log",
                     "must not be empty: use stdout, off or a file path".into(),
                 );
@@ -161,10 +167,10 @@ impl Validator<'_> {
             None | Some("combined") => AccessLogFormat::Combined,
             Some("json") => AccessLogFormat::Json,
             Some(other) => {
-                let loc = self.locator.key(format_key);
+                let loc = self.locator.key(&at(format_key));
                 self.problem(
                     loc,
-                    None,
+                    app,
                     format_key,
                     format!("{other:?} is not a log format: use combined or json"),
                 );

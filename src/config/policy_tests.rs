@@ -1,7 +1,8 @@
-//! The process policy keys a process is replaced by (`stuck_limit`, `max_memory`), and the
-//! app's own error pages.
+//! Per-app keys: the policy a process is replaced by (`stuck_limit`, `max_memory`), the app's
+//! own error pages and access log.
 
 use super::tests::{first_problem, parse};
+use super::{AccessLogFormat, AccessLogTo};
 
 #[test]
 fn stuck_limit_and_max_memory_are_read_and_their_mistakes_located() {
@@ -52,4 +53,28 @@ fn error_pages_are_read_by_status_and_a_status_that_is_no_error_is_located() {
         (Some("a"), Some("error_pages"))
     );
     assert!(p.message.contains("not an error status"), "{p}");
+}
+
+#[test]
+fn an_apps_access_log_is_read_and_its_mistakes_name_the_app() {
+    let app = "apps:\n  a:\n    python: python3\n    script: a.py\n";
+    let c = parse(&format!(
+        "{app}    access_log: {{path: a.log, format: json}}\n"
+    ))
+    .unwrap();
+    let own = c.apps[0].route.access_log.as_ref().expect("its own log");
+    assert_eq!(own.format, AccessLogFormat::Json);
+    assert!(matches!(&own.to, AccessLogTo::File(p) if p.ends_with("a.log")));
+    assert!(parse(app).unwrap().apps[0].route.access_log.is_none());
+    let p = first_problem(&format!(
+        "{app}    access_log: {{path: a.log, format: fancy}}\n"
+    ));
+    assert_eq!(
+        (
+            p.app.as_deref(),
+            p.key.as_deref(),
+            p.location.map(|l| l.line)
+        ),
+        (Some("a"), Some("access_log.format"), Some(5))
+    );
 }

@@ -69,6 +69,7 @@ pub(super) struct RawApp {
     pub(super) max_requests_jitter: Option<u64>,
     pub(super) stuck_limit: Option<u32>,
     pub(super) error_pages: Option<BTreeMap<super::operating::RawStatus, String>>,
+    pub(super) access_log: Option<operating::RawAccessLog>,
     pub(super) max_memory: Option<super::front::RawSize>,
 }
 

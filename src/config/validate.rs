@@ -74,7 +74,7 @@ impl Validator<'_> {
             }
             d => d.map(|d| self.resolve(&d)),
         };
-        let access_log = self.access_log(raw.access_log, raw.access_log_format);
+        let access_log = self.access_log(None, raw.access_log, raw.access_log_format);
         let log_dir = self.log_dir(raw.log_dir);
         let log_format = match raw.log_format.as_deref().map(str::trim) {
             None | Some("text") => super::LogFormat::Text,

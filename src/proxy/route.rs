@@ -13,7 +13,7 @@ use hyper::header::{HeaderMap, HeaderValue};
 use percent_encoding::{percent_decode, utf8_percent_encode, AsciiSet, CONTROLS};
 use tokio::sync::watch;
 
-use crate::accesslog::Served;
+use crate::accesslog::{AccessSink, Served};
 use crate::config::{AppSpec, Entry, RequestBuffering, StaticAlias};
 use crate::metrics::AppCounters;
 use crate::upstream::{Demand, Endpoint, Endpoints};
@@ -53,6 +53,8 @@ pub struct AppRoute {
     startup_timeout: Duration,
     /// The app's own pages for the errors the front answers for it, by status.
     error_pages: Arc<BTreeMap<u16, PathBuf>>,
+    /// The app's own access log (`access_log`), opened by whoever builds the route table.
+    pub access: Option<Arc<AccessSink>>,
 }
 
 impl AppRoute {
@@ -103,6 +105,7 @@ impl AppRoute {
             demand,
             startup_timeout: spec.lifecycle.startup_timeout,
             error_pages: Arc::new(spec.route.error_pages.clone()),
+            access: None,
         }
     }
 
@@ -113,6 +116,7 @@ impl AppRoute {
             stats: self.stats.clone(),
             process: None,
             error_pages: self.error_pages.clone(),
+            access: self.access.clone(),
         }
     }
 

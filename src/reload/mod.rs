@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 
+use crate::accesslog::AccessSink;
 use crate::config::{AppSpec, Config};
 use crate::metrics::Registry;
 use crate::proxy::{AppRoute, Front, Live, Proxy, Table};
@@ -96,7 +97,7 @@ impl Reloader {
             .into_iter()
             .map(|a| (a.app.spec.name.clone(), a))
             .collect();
-        let routes = table(&config.apps, &apps, &metrics);
+        let routes = table(&config, &apps, &metrics);
         let running = Running {
             config: Arc::new(config),
             apps,
@@ -243,7 +244,7 @@ impl Reloader {
     /// with the new front settings if given (else the current ones). What `status` shows
     /// follows at the change's one exit (`finish`).
     fn publish(&mut self, front: Option<Front>) {
-        let routes = table(&self.running.config.apps, &self.running.apps, &self.metrics);
+        let routes = table(&self.running.config, &self.running.apps, &self.metrics);
         let front = match front {
             Some(f) => {
                 self.server.set_max_connections(f.limits.max_connections);
@@ -385,21 +386,39 @@ impl Reloader {
 
 /// The route table for the running apps, in config order.
 fn table(
-    order: &[AppSpec],
+    config: &Config,
     apps: &BTreeMap<String, RunningApp<Generation>>,
     metrics: &Registry,
 ) -> Table {
-    RouteTable::for_apps(order.iter().filter_map(|spec| {
+    RouteTable::for_apps(config.apps.iter().filter_map(|spec| {
         let g = &apps.get(&spec.name)?.generation;
-        let route = AppRoute::new(
+        let mut route = AppRoute::new(
             spec,
             g.id,
             g.endpoints.clone(),
             metrics.app(&spec.name),
             g.demand.clone(),
         );
+        route.access = app_access_log(spec, config.log_format);
         Some((spec, Arc::new(route)))
     }))
+}
+
+/// The app's own access log, opened (a file already open for another app or an earlier
+/// snapshot is shared); one that cannot be opened sends the app's lines to the top-level log,
+/// and says so.
+fn app_access_log(spec: &AppSpec, format: crate::config::LogFormat) -> Option<Arc<AccessSink>> {
+    let wanted = spec.route.access_log.as_ref()?;
+    match AccessSink::open(wanted, format, Arc::default()) {
+        Ok(sink) => Some(Arc::new(sink)),
+        Err(e) => {
+            tracing::error!(
+                "[{}] cannot open its access_log: {e}; its requests are logged with the others",
+                spec.name
+            );
+            None
+        }
+    }
 }
 
 #[cfg(test)]

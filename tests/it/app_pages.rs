@@ -1,5 +1,6 @@
-//! Per-app error pages: `error_pages: {504: FILE, …}` replaces the front's own page for the
-//! errors it answers for that app, with the same status; read when the error happens.
+//! Per-app error pages and access logs: `error_pages: {504: FILE, …}` replaces the front's own
+//! page for the errors it answers for that app (same status, read when the error happens);
+//! `access_log` of an app takes its requests' lines.
 
 use std::time::Duration;
 
@@ -48,4 +49,42 @@ fn an_apps_own_error_pages_are_served_with_the_errors_status() {
         "{}",
         server.log_text()
     );
+}
+
+/// `access_log` of an app: its requests' lines go to its own file (in its own format), the
+/// other apps' to the top-level log, as a virtual host's own log does in nginx and Apache.
+#[test]
+fn an_apps_own_access_log_takes_its_lines() {
+    let Some(py) = require_python("3.12") else {
+        return;
+    };
+    let site = Site::new();
+    site.probe("app");
+    std::fs::create_dir_all(site.path().join("logs")).expect("logs folder");
+    site.config(&format!(
+        "access_log: logs/all.log\napps:\n  own:\n    python: {py}\n    script: app/probe.py\n    mount: /own\n    access_log: {{path: logs/own.json, format: json}}\n  rest:\n    python: {py}\n    script: app/probe.py\n",
+        py = py.display()
+    ));
+    let server = site.serve();
+    assert_eq!(server.get("x", "/own/ver").status, 200);
+    assert_eq!(server.get("x", "/other").status, 200);
+    let read = |name: &str| {
+        std::fs::read_to_string(site.path().join("logs").join(name)).unwrap_or_default()
+    };
+    let lines = eventually(Duration::from_secs(5), || {
+        let (own, all) = (read("own.json"), read("all.log"));
+        (own.contains("/own/ver") && all.contains("/other")).then_some((own, all))
+    });
+    let (own, all) = lines.unwrap_or_else(|| (read("own.json"), read("all.log")));
+    let record: serde_json::Value =
+        serde_json::from_str(own.lines().next().unwrap_or("")).expect("a JSON record");
+    assert_eq!(
+        (record["uri"].as_str(), record["app"].as_str()),
+        (Some("/own/ver"), Some("own"))
+    );
+    assert!(
+        !all.contains("/own/ver"),
+        "the app's line went to its own log only: {all}"
+    );
+    assert!(all.contains("app=rest"), "{all}");
 }
