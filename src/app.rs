@@ -311,6 +311,8 @@ struct Doors {
     file: PathBuf,
     dir: PathBuf,
     admin: Option<tokio::task::JoinHandle<()>>,
+    /// The per-second history's one writer (`status::history`), a reader of the overview too.
+    history: tokio::task::JoinHandle<()>,
     _config_watch: Option<ConfigWatcher>,
 }
 
@@ -330,6 +332,9 @@ impl Doors {
                     source,
                 }
             })?;
+        let history = tokio::spawn(crate::status::history::sample_every_second(
+            overview.clone(),
+        ));
         let admin = admin_listener.map(|l| {
             if let Ok(a) = l.local_addr() {
                 tracing::info!("status page on http://{a}/ (metrics at /metrics)");
@@ -348,6 +353,7 @@ impl Doors {
             file,
             dir: dir.to_path_buf(),
             admin,
+            history,
             _config_watch: config_watch,
         };
         doors.relink();
@@ -370,6 +376,7 @@ impl Doors {
 
 impl Drop for Doors {
     fn drop(&mut self) {
+        self.history.abort();
         if let Some(a) = &self.admin {
             a.abort();
         }

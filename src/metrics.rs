@@ -98,6 +98,23 @@ impl Snapshot {
         self.sum_seconds += other.sum_seconds;
     }
 
+    /// What was counted since `earlier` (a snapshot of the same counters taken before).
+    pub fn since(&self, earlier: &Snapshot) -> Snapshot {
+        let mut by_class = self.by_class;
+        for (a, b) in by_class.iter_mut().zip(earlier.by_class) {
+            *a = a.saturating_sub(b);
+        }
+        let buckets = (self.buckets.iter().enumerate())
+            .map(|(i, &n)| n.saturating_sub(earlier.buckets.get(i).copied().unwrap_or(0)))
+            .collect();
+        Snapshot {
+            by_class,
+            aborted: self.aborted.saturating_sub(earlier.aborted),
+            buckets,
+            sum_seconds: (self.sum_seconds - earlier.sum_seconds).max(0.0),
+        }
+    }
+
     /// The `q` quantile (0..1) of latency in seconds, interpolated within its bucket the way
     /// Prometheus' `histogram_quantile` does; None without requests.
     pub fn quantile(&self, q: f64) -> Option<f64> {

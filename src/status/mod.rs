@@ -15,6 +15,7 @@ use crate::supervisor::{Generation, ProcessState, ProcessView};
 use crate::trigger::Report;
 
 mod certificates;
+pub mod history;
 mod render;
 pub mod stacks;
 mod words;
@@ -136,6 +137,9 @@ pub struct AppStatus {
     /// failing, the body was too large, …).
     #[serde(default)]
     pub front: Count,
+    /// Rates over the last minute, from the per-second history; absent before a request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recent: Option<history::Recent>,
 }
 
 /// Requests and errors, for the parts of an app's totals that are not a listed process.
@@ -346,6 +350,7 @@ fn app_status(a: &AppOverview, now: SystemTime) -> AppStatus {
     };
     let interpreter = a.app.interpreter.as_ref();
     AppStatus {
+        recent: history::global().recent(&spec.name),
         name: spec.name.clone(),
         routes: spec.routes(),
         interpreter: interpreter.map(|i| i.to_string()),

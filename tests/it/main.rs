@@ -10,6 +10,7 @@ mod deploy;
 mod frameworks;
 mod front;
 mod harness;
+mod history;
 mod hostile;
 mod layout;
 mod limits;
