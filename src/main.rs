@@ -84,6 +84,20 @@ enum Command {
         #[arg(long, value_name = "APP")]
         stacks: Option<String>,
     },
+    /// A live view of the running server's apps, busiest first (requests per second over the
+    /// last minute, 5xx per second, worst p99, in flight, processes, memory), redrawn every
+    /// two seconds until interrupted, like `uwsgitop`. Exits 2 when no server answers.
+    Top {
+        /// The config file the server was started with.
+        #[arg(long, short, value_name = "FILE", default_value = "wsgimux.yaml")]
+        config: PathBuf,
+        /// The server's control socket (default: found from the config file).
+        #[arg(long, value_name = "SOCKET", env = "WSGIMUX_CONTROL")]
+        control: Option<PathBuf>,
+        /// Print one view and exit (for scripts and a terminal without redraws).
+        #[arg(long)]
+        once: bool,
+    },
     /// Serve one WSGI app without a config file, like `mod_wsgi-express start-server`.
     Run(wsgimux::express::Express),
     /// Show which listener, route and app (or static folder) serves a URL, and the SCRIPT_NAME
@@ -196,6 +210,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             return Ok(print_report(report));
         }
         Command::Run(opts) => run_express(opts).await,
+        Command::Top {
+            config,
+            control,
+            once,
+        } => return Ok(top(&control_socket(&config, control), once).await),
         Command::Explain {
             config,
             control,
@@ -351,6 +370,32 @@ fn print_report(
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// `wsgimux top`: the apps busiest first, redrawn every two seconds (or once).
+async fn top(socket: &std::path::Path, once: bool) -> ExitCode {
+    loop {
+        let limit = std::time::Duration::from_secs(10);
+        let report = match wsgimux::control::status(socket, limit).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let frame = wsgimux::status::top::render_frame(&report);
+        if once {
+            print!("{frame}");
+            return ExitCode::SUCCESS;
+        }
+        // Home and clear, then the frame: one write, so the terminal does not flicker.
+        print!("\x1b[H\x1b[2J{frame}");
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+            _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
         }
     }
 }

@@ -18,6 +18,7 @@ mod certificates;
 pub mod history;
 mod render;
 pub mod stacks;
+pub mod top;
 mod words;
 
 pub use render::{render_html, render_prometheus, render_text};

@@ -43,3 +43,50 @@ fn status_carries_the_last_minutes_rates() {
     );
     assert!(recent["p99_ms"].as_u64().is_some(), "{recent}");
 }
+
+/// `wsgimux top --once`: one view of the apps, the busiest first.
+#[test]
+fn top_lists_the_busiest_app_first() {
+    let Some(py) = require_python("3.12") else {
+        return;
+    };
+    let site = Site::new();
+    site.probe("app");
+    site.config(&format!(
+        "apps:\n  aaa_quiet:\n    python: {py}\n    script: app/probe.py\n    mount: /quiet\n  zzz_busy:\n    python: {py}\n    script: app/probe.py\n",
+        py = py.display()
+    ));
+    let server = site.serve();
+    assert_eq!(server.get("x", "/quiet/ver").status, 200);
+    for _ in 0..20 {
+        assert_eq!(server.get("x", "/ver").status, 200);
+    }
+    let top = || {
+        let out = std::process::Command::new(BIN)
+            .args(["top", "--once", "--config"])
+            .arg(site.path().join("wsgimux.yaml"))
+            .output()
+            .expect("run wsgimux top");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Once the history has its first second: a rate for the busy app.
+    let frame = eventually(Duration::from_secs(5), || {
+        let f = top();
+        let busy = f.lines().find(|l| l.starts_with("zzz_busy"))?.to_string();
+        (busy.split_whitespace().nth(1) != Some("0.0")).then_some(f)
+    })
+    .unwrap_or_else(top);
+    let lines: Vec<&str> = frame.lines().collect();
+    assert!(
+        lines[1].starts_with("APP") && lines[1].contains("REQ/S"),
+        "{frame}"
+    );
+    assert!(
+        lines[2].starts_with("zzz_busy"),
+        "the busiest first: {frame}"
+    );
+    assert!(lines[3].starts_with("aaa_quiet"), "{frame}");
+    let requests: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!(requests.last(), Some(&"20"), "{frame}");
+}
