@@ -68,7 +68,11 @@ fn page<B>(req: &Request<B>, overview: &Overview) -> Response<Full<Bytes>> {
             "/" => (
                 Reply::AdminPage,
                 "text/html; charset=utf-8",
-                status::render_html(&status::collect(overview)),
+                status::render_html(&{
+                    let mut report = status::collect(overview);
+                    status::charts::attach(&mut report);
+                    report
+                }),
             ),
             "/metrics" => (
                 Reply::AdminPage,

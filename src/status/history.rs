@@ -146,6 +146,14 @@ impl History {
         }
     }
 
+    /// `app`'s last `n` seconds, oldest first (none before its first request).
+    pub fn last(&self, app: &str, n: usize) -> Vec<Second> {
+        let apps = self.apps.lock();
+        apps.ok()
+            .and_then(|a| a.get(app).map(|h| h.last(n)))
+            .unwrap_or_default()
+    }
+
     /// `app`'s rates over the last minute; None before its first request.
     pub fn recent(&self, app: &str) -> Option<Recent> {
         self.apps.lock().ok()?.get(app).map(|h| h.recent(60))

@@ -15,6 +15,7 @@ use crate::supervisor::{Generation, ProcessState, ProcessView};
 use crate::trigger::Report;
 
 mod certificates;
+pub mod charts;
 pub mod history;
 mod render;
 pub mod stacks;
@@ -141,6 +142,9 @@ pub struct AppStatus {
     /// Rates over the last minute, from the per-second history; absent before a request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recent: Option<history::Recent>,
+    /// Its last five minutes, for the page's charts (`charts::attach`; never in JSON).
+    #[serde(skip)]
+    pub chart: Vec<history::Second>,
 }
 
 /// Requests and errors, for the parts of an app's totals that are not a listed process.
@@ -352,6 +356,7 @@ fn app_status(a: &AppOverview, now: SystemTime) -> AppStatus {
     let interpreter = a.app.interpreter.as_ref();
     AppStatus {
         recent: history::global().recent(&spec.name),
+        chart: Vec::new(),
         name: spec.name.clone(),
         routes: spec.routes(),
         interpreter: interpreter.map(|i| i.to_string()),

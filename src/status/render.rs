@@ -164,8 +164,9 @@ fn text_row(out: &mut String, c: &[String; 10]) {
     );
 }
 
-/// The admin page: one self-contained HTML document (no external assets), refreshed every
-/// 5 s, laid out for a phone as well as a desktop.
+/// The admin page: one self-contained HTML document (no external assets), updated every 2 s
+/// by its own script (every 5 s without one), laid out for a phone as well as a desktop;
+/// the charts where `charts::attach` gave an app its history.
 pub fn render_html(s: &StatusReport) -> String {
     let e = html_escape;
     let now = unix(SystemTime::now());
@@ -175,7 +176,7 @@ pub fn render_html(s: &StatusReport) -> String {
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="refresh" content="5">
+<noscript><meta http-equiv="refresh" content="5"></noscript>
 <title>wsgimux status</title>
 <style>
 body{{font:15px/1.4 system-ui,-apple-system,sans-serif;margin:0;padding:12px;background:#f6f7f9;color:#1d2125}}
@@ -186,6 +187,7 @@ h1{{font-size:20px;margin:0 0 4px}} h2{{font-size:17px;margin:0}}
 th,td{{text-align:right;padding:4px 8px;border-bottom:1px solid #eee;white-space:nowrap}} th:first-child,td:first-child,td.s,th.s{{text-align:left}}
 .ready{{color:#137333}} .starting,.recycling,.idle{{color:#8a6100}} .restarting,.down,.stopping,.failing{{color:#b3261e}}
 .bad{{color:#b3261e}} .ok{{color:#137333}} code{{font-size:13px}}
+.charts{{display:flex;flex-wrap:wrap;gap:8px 16px;margin-top:8px}} .chart{{margin:0}} .chart figcaption{{font-size:13px;color:#555}}
 </style></head><body>
 <h1>wsgimux</h1>
 <div class="meta">version {} · pid {} · up {} · <code>{}</code></div>
@@ -209,7 +211,9 @@ th,td{{text-align:right;padding:4px 8px;border-bottom:1px solid #eee;white-space
     for a in &s.apps {
         html_app(&mut out, a);
     }
-    out.push_str("<div class=\"meta\">Refreshes every 5 s · <a href=\"/metrics\">/metrics</a> · <a href=\"/status.json\">/status.json</a></div>\n</body></html>\n");
+    out.push_str("<div class=\"meta\">Updates every 2 s (every 5 s without JavaScript) · <a href=\"/metrics\">/metrics</a> · <a href=\"/status.json\">/status.json</a></div>\n");
+    // Live without a page reload: the page fetches itself and swaps its body in.
+    out.push_str("<script>setInterval(()=>fetch(location.href).then(r=>r.text()).then(t=>{const d=new DOMParser().parseFromString(t,'text/html');document.body.innerHTML=d.body.innerHTML}).catch(()=>{}),2000)</script>\n</body></html>\n");
     out
 }
 
@@ -287,7 +291,9 @@ fn html_app(out: &mut String, a: &AppStatus) {
             );
         }
     }
-    out.push_str("</tbody></table></div></section>\n");
+    out.push_str("</tbody></table></div>");
+    super::charts::html(out, &a.chart);
+    out.push_str("</section>\n");
 }
 
 /// A family with one sample per app, labelled by app only.
