@@ -2,7 +2,7 @@
 //! one-second buckets per app, filled by one sampler task from the app's counters (so a
 //! request costs nothing more), read by `status`. An app gets its ring with its first request:
 //! dormant apps cost nothing. Each bucket is 16 bytes; a ring, 3,600 of them: 56 KiB per app
-//! that has served (28 MiB for 500 busy apps).
+//! that has served (28 MiB for 500 busy apps, measured: `bench/history_memory.py`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
