@@ -411,12 +411,8 @@ async fn stacks(socket: &std::path::Path, app: String, json: bool) -> ExitCode {
         }
     };
     if json {
-        match serde_json::to_string_pretty(&found) {
-            Ok(text) => println!("{text}"),
-            Err(e) => {
-                eprintln!("error: cannot encode the stacks: {e}");
-                return ExitCode::from(1);
-            }
+        if let Err(code) = print_json(&found, "the stacks") {
+            return code;
         }
     } else {
         print!("{}", wsgimux::status::stacks::render_text(&app, &found));
@@ -445,14 +441,19 @@ async fn status(socket: &std::path::Path, json: bool, stacks_of: Option<String>)
         print!("{}", wsgimux::status::render_text(&report));
         return ExitCode::SUCCESS;
     }
-    match serde_json::to_string_pretty(&report) {
+    print_json(&report, "the status").map_or_else(|code| code, |()| ExitCode::SUCCESS)
+}
+
+/// Prints `value` as pretty JSON; exit code 1 (after saying so) when it cannot be encoded.
+fn print_json(value: &impl serde::Serialize, what: &str) -> Result<(), ExitCode> {
+    match serde_json::to_string_pretty(value) {
         Ok(text) => {
             println!("{text}");
-            ExitCode::SUCCESS
+            Ok(())
         }
         Err(e) => {
-            eprintln!("error: cannot encode the status: {e}");
-            ExitCode::from(1)
+            eprintln!("error: cannot encode {what}: {e}");
+            Err(ExitCode::from(1))
         }
     }
 }

@@ -177,6 +177,8 @@ pub async fn sample_every_second(overview: tokio::sync::watch::Receiver<Arc<supe
         let samples = snapshot
             .apps
             .iter()
+            // An app that never served has no ring and gets none: no snapshot, no views copy.
+            .filter(|a| a.stats.total.requests() > 0)
             .map(|a| {
                 let views = a.generation.views();
                 Sample {
